@@ -1,0 +1,1 @@
+"""Constants and record layouts shared by every layer. No behaviour lives here."""

@@ -1,0 +1,17 @@
+"""Linux errno values the KVM uAPI returns for paravirtualized time (REFERENCE section 3)."""
+
+ENOENT = 2
+ENXIO = 6
+EFAULT = 14
+EBUSY = 16
+EEXIST = 17
+EINVAL = 22
+
+NAMES: dict[int, str] = {
+    ENOENT: "ENOENT",
+    ENXIO: "ENXIO",
+    EFAULT: "EFAULT",
+    EBUSY: "EBUSY",
+    EEXIST: "EEXIST",
+    EINVAL: "EINVAL",
+}

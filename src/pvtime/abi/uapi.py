@@ -1,0 +1,114 @@
+"""KVM/arm64 userspace-interface constants: capabilities, attribute groups, register ids, exits.
+
+Values are Linux's (include/uapi/linux/kvm.h, arch/arm64/include/uapi/asm/kvm.h), and the
+LPT group from the unmerged 2020 RFC.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+# Capabilities.
+KVM_CAP_STEAL_TIME = 187
+
+# Memory-region flags (struct kvm_userspace_memory_region.flags).
+KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
+KVM_MEM_READONLY = 1 << 1
+KVM_MEM_VALID_FLAGS = KVM_MEM_LOG_DIRTY_PAGES | KVM_MEM_READONLY
+KVM_USER_MEM_SLOTS = 512
+PAGE_SIZE = 4096
+
+# vCPU device attributes.
+KVM_ARM_VCPU_PMU_V3_CTRL = 0
+KVM_ARM_VCPU_TIMER_CTRL = 1
+KVM_ARM_VCPU_PVTIME_CTRL = 2
+KVM_ARM_VCPU_PVTIME_IPA = 0
+
+# VM device attributes for Live Physical Time (2020 RFC).
+KVM_ARM_VM_PVTIME_LPT_CTRL = 0
+KVM_ARM_VM_PVTIME_LPT_IPA = 0
+KVM_ARM_VM_PVTIME_LPT_FREQ = 1
+
+INVALID_GPA = (1 << 64) - 1  # what GET returns when no IPA is set
+
+# Register ids: KVM_REG_ARM64 | size | coprocessor | index.
+KVM_REG_ARM64 = 0x6000_0000_0000_0000
+KVM_REG_SIZE_SHIFT = 52
+KVM_REG_SIZE_MASK = 0x00F0_0000_0000_0000
+KVM_REG_SIZE_U32 = 0x0020_0000_0000_0000
+KVM_REG_SIZE_U64 = 0x0030_0000_0000_0000
+KVM_REG_ARM_COPROC_SHIFT = 16
+KVM_REG_ARM_COPROC_MASK = 0x0000_0000_0FFF_0000
+KVM_REG_ARM_CORE = 0x0010 << KVM_REG_ARM_COPROC_SHIFT
+KVM_REG_ARM_FW = 0x0014 << KVM_REG_ARM_COPROC_SHIFT
+KVM_REG_ARM_SYSREG = 0x0013 << KVM_REG_ARM_COPROC_SHIFT
+KVM_REG_ARM_FW_FEAT_BMAP = 0x0016 << KVM_REG_ARM_COPROC_SHIFT
+
+KVM_REG_ARM_STD_BMAP = KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_FW_FEAT_BMAP | 0
+KVM_REG_ARM_STD_HYP_BMAP = KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_FW_FEAT_BMAP | 1
+KVM_REG_ARM_VENDOR_HYP_BMAP = KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_FW_FEAT_BMAP | 2
+KVM_REG_ARM_STD_HYP_BIT_PV_TIME = 0
+KVM_REG_ARM_STD_HYP_BMAP_SUPPORTED = 1 << KVM_REG_ARM_STD_HYP_BIT_PV_TIME
+
+
+def reg_size(reg_id: int) -> int:
+    """Size in bytes encoded in a register id (KVM_REG_SIZE)."""
+    return 1 << ((reg_id & KVM_REG_SIZE_MASK) >> KVM_REG_SIZE_SHIFT)
+
+
+def core_reg(u32_index: int) -> int:
+    """The id of a 64-bit core register at offsetof(struct kvm_regs, ...) / sizeof(u32)."""
+    return KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_CORE | u32_index
+
+
+# struct kvm_regs: user_pt_regs { regs[31], sp, pc, pstate }, then sp_el1, elr_el1, spsr[5].
+def reg_x(n: int) -> int:
+    """The id of general register xN (0..30)."""
+    if not 0 <= n <= 30:
+        raise ValueError(f"x{n}: general registers are x0..x30")
+    return core_reg(2 * n)
+
+
+REG_SP = core_reg(2 * 31)  # SP_EL0
+REG_PC = core_reg(2 * 32)
+REG_PSTATE = core_reg(2 * 33)
+REG_SP_EL1 = core_reg(2 * 34)
+REG_ELR_EL1 = core_reg(2 * 35)
+REG_SPSR_EL1 = core_reg(2 * 36)
+
+
+def sysreg(op0: int, op1: int, crn: int, crm: int, op2: int) -> int:
+    """The id of a system register (KVM_REG_ARM64_SYSREG encoding)."""
+    return (
+        KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_SYSREG
+        | (op0 << 14) | (op1 << 11) | (crn << 7) | (crm << 3) | op2
+    )
+
+
+# Timer registers KVM exposes through ONE_REG (arch/arm64/include/uapi/asm/kvm.h).
+KVM_REG_ARM_TIMER_CTL = sysreg(3, 3, 14, 3, 1)
+KVM_REG_ARM_TIMER_CNT = sysreg(3, 3, 14, 3, 2)  # encodes CNTVCT through a quirk of history
+KVM_REG_ARM_TIMER_CVAL = sysreg(3, 3, 14, 0, 2)  # likewise swapped with CNT
+KVM_REG_ARM_PTIMER_CTL = sysreg(3, 3, 14, 2, 1)
+KVM_REG_ARM_PTIMER_CVAL = sysreg(3, 3, 14, 2, 2)
+KVM_REG_ARM_PTIMER_CNT = sysreg(3, 3, 14, 0, 1)
+
+
+class ExitReason(IntEnum):
+    """struct kvm_run.exit_reason values pvtime returns."""
+
+    HLT = 5  # the vCPU halted (WFI/WFE): its thread blocks until the next timer event
+    MMIO = 6
+    SHUTDOWN = 8
+    INTR = 10  # the host ended the thread's time slice; re-entering run() is the schedule-in
+    INTERNAL_ERROR = 17
+    SYSTEM_EVENT = 24
+
+
+KVM_SYSTEM_EVENT_SHUTDOWN = 1
+KVM_SYSTEM_EVENT_RESET = 2
+KVM_INTERNAL_ERROR_EMULATION = 1
+
+# Linux scheduler and guest accounting constants (REFERENCE section 4).
+NSEC_PER_SEC = 1_000_000_000
+USER_HZ = 100

@@ -1,0 +1,77 @@
+"""Host tasks and their schedstat accounting, kept as Linux's kernel/sched/stats.h keeps it.
+
+`/proc/<tid>/schedstat` shows three numbers: the time on CPU (sum_exec_runtime), the time spent
+runnable on a run queue but not running (`run_delay`), and the number of timeslices (pcount).
+`run_delay` grows only when the task arrives on a CPU after queueing (sched_info_arrive); a task
+that sleeps (a vCPU in WFI) accrues nothing.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class TaskState(Enum):
+    """Where a task is, from the scheduler's point of view."""
+
+    SLEEPING = "sleeping"  # blocked: not on a run queue
+    QUEUED = "queued"  # runnable, waiting on a run queue
+    RUNNING = "running"
+    EXITED = "exited"
+
+
+class Task:
+    """A host thread with schedstat accounting (all times are virtual nanoseconds)."""
+
+    def __init__(self, tid: int, name: str) -> None:
+        self.tid = tid
+        self.name = name
+        self.state = TaskState.SLEEPING
+        self.run_time_ns = 0  # sum_exec_runtime
+        self.run_delay_ns = 0  # sched_info.run_delay
+        self.timeslices = 0  # sched_info.pcount
+        self._last_queued: int | None = None
+        self._last_arrival = 0
+
+    def __repr__(self) -> str:
+        return f"Task({self.tid}, {self.name!r}, {self.state.value})"
+
+    def schedstat(self) -> tuple[int, int, int]:
+        """The three fields of /proc/<tid>/schedstat."""
+        return (self.run_time_ns, self.run_delay_ns, self.timeslices)
+
+    def enqueue(self, now_ns: int) -> None:
+        """The task became runnable (woke, or was preempted): sched_info_enqueue."""
+        self._require(self.state in (TaskState.SLEEPING, TaskState.RUNNING), "enqueue")
+        if self._last_queued is None:
+            self._last_queued = now_ns
+        self.state = TaskState.QUEUED
+
+    def arrive(self, now_ns: int) -> None:
+        """The task is switched in on a CPU: sched_info_arrive adds its wait to run_delay."""
+        self._require(self.state in (TaskState.SLEEPING, TaskState.QUEUED), "arrive")
+        if self._last_queued is not None:
+            self.run_delay_ns += now_ns - self._last_queued
+            self._last_queued = None
+        self._last_arrival = now_ns
+        self.timeslices += 1
+        self.state = TaskState.RUNNING
+
+    def depart(self, now_ns: int, *, runnable: bool) -> None:
+        """The task is switched out: still runnable (preempted) or going to sleep."""
+        self._require(self.state is TaskState.RUNNING, "depart")
+        self.run_time_ns += now_ns - self._last_arrival
+        self.state = TaskState.SLEEPING
+        if runnable:
+            self.enqueue(now_ns)
+
+    def exit(self, now_ns: int) -> None:
+        """The task ends; its accounting stays readable."""
+        if self.state is TaskState.RUNNING:
+            self.depart(now_ns, runnable=False)
+        self._last_queued = None
+        self.state = TaskState.EXITED
+
+    def _require(self, ok: bool, what: str) -> None:
+        if not ok:
+            raise RuntimeError(f"task {self.name}: cannot {what} while {self.state.value}")
