@@ -1,0 +1,83 @@
+"""Conversions per second of the LPT fixed-point conversions, against exact Fraction arithmetic.
+
+Run: ``python bench/bench_fixedpoint.py [--n N] [--repeat R] [--native HZ] [--pv HZ]``.
+Prints figures only; nothing here asserts on time.  Wall clock (perf_counter) is allowed in
+bench/ only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import random
+import time
+from collections.abc import Callable
+from fractions import Fraction
+from math import ceil, floor
+
+from pvtime.fixedpoint import (
+    U64_MAX,
+    native_to_pv,
+    pv_to_native,
+    pv_to_native_deadline,
+    scale_factors,
+)
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (falls back to platform.processor())."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Hardware", "Processor", "cpu model"):
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def rate(fn: Callable[[int], int], inputs: list[int], repeat: int) -> float:
+    """Best-of-``repeat`` calls per second of ``fn`` over ``inputs``."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for t in inputs:
+            fn(t)
+        best = min(best, time.perf_counter() - start)
+    return len(inputs) / best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100_000, help="inputs per run")
+    parser.add_argument("--repeat", type=int, default=5, help="runs; the best is kept")
+    parser.add_argument("--native", type=int, default=24_000_000, help="native Hz")
+    parser.add_argument("--pv", type=int, default=1_000_000_000, help="PV Hz")
+    args = parser.parse_args()
+
+    sf = scale_factors(args.native, args.pv)
+    fwd, rev = Fraction(args.pv, args.native), Fraction(args.native, args.pv)
+    rng = random.Random(0)  # fixed inputs: the same work on every run
+    # Native inputs below the PV horizon (no wrap), PV inputs over the whole u64 range.
+    native_in = [rng.randrange(U64_MAX // max(1, args.pv // args.native + 1)) for _ in range(args.n)]
+    pv_in = [rng.randrange(U64_MAX) for _ in range(args.n)]
+
+    cases = [
+        ("native_to_pv", native_in, lambda t: native_to_pv(t, sf), lambda t: floor(t * fwd)),
+        ("pv_to_native (RFC)", pv_in, lambda t: pv_to_native(t, sf), lambda t: floor(t * rev)),
+        ("pv_to_native_deadline", pv_in, lambda t: pv_to_native_deadline(t, sf),
+         lambda t: ceil(t * rev)),
+    ]
+    print(f"cpu: {cpu_model()}")
+    print(f"python: {platform.python_implementation()} {platform.python_version()}")
+    print(f"native {args.native} Hz -> pv {args.pv} Hz; {args.n} inputs, best of {args.repeat}")
+    print(f"{'conversion':<24}{'fixedpoint/s':>14}{'Fraction/s':>14}{'ratio':>8}")
+    for name, inputs, ours, peer in cases:
+        ours_rate = rate(ours, inputs, args.repeat)
+        peer_rate = rate(peer, inputs, args.repeat)
+        print(f"{name:<24}{ours_rate:>14,.0f}{peer_rate:>14,.0f}{ours_rate / peer_rate:>7.1f}x")
+
+
+if __name__ == "__main__":
+    main()
