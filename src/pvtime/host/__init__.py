@@ -1,6 +1,7 @@
-"""The host: counter, physical CPUs, tasks with schedstat accounting, and (later) a scheduler."""
+"""The host: counter, tasks with schedstat accounting, and the bodies tasks run."""
 
-from pvtime.host.task import Task, TaskState
-from pvtime.host.host import Host, Slice
+from pvtime.host.host import Host
+from pvtime.host.noise import CpuHog
+from pvtime.host.task import Slice, Step, Task, TaskBody, TaskState
 
-__all__ = ["Host", "Slice", "Task", "TaskState"]
+__all__ = ["CpuHog", "Host", "Slice", "Step", "Task", "TaskBody", "TaskState"]

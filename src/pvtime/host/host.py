@@ -9,31 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-
 from pvtime.abi.uapi import NSEC_PER_SEC
-from pvtime.host.task import Task, TaskState
-
-
-@dataclass
-class Slice:
-    """A task's turn on a CPU, from `start_ns` until at most `deadline_ns`."""
-
-    task: Task
-    start_ns: int
-    deadline_ns: int
-    now_ns: int
-
-    @property
-    def remaining_ns(self) -> int:
-        """Time left before the host takes the CPU back."""
-        return max(0, self.deadline_ns - self.now_ns)
-
-    def advance(self, ns: int) -> None:
-        """Consume CPU time; never past the deadline."""
-        if ns < 0:
-            raise ValueError("time does not run backwards")
-        self.now_ns = min(self.deadline_ns, self.now_ns + ns)
+from pvtime.host.task import Slice, Task, TaskState
 
 
 class Host:

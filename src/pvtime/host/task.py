@@ -8,7 +8,9 @@ that sleeps (a vCPU in WFI) accrues nothing.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
 
 class TaskState(Enum):
@@ -75,3 +77,40 @@ class Task:
     def _require(self, ok: bool, what: str) -> None:
         if not ok:
             raise RuntimeError(f"task {self.name}: cannot {what} while {self.state.value}")
+
+
+@dataclass
+class Slice:
+    """A task's turn on a CPU, from `start_ns` until at most `deadline_ns`."""
+
+    task: Task
+    start_ns: int
+    deadline_ns: int
+    now_ns: int
+
+    @property
+    def remaining_ns(self) -> int:
+        """Time left before the host takes the CPU back."""
+        return max(0, self.deadline_ns - self.now_ns)
+
+    def advance(self, ns: int) -> None:
+        """Consume CPU time; never past the deadline."""
+        if ns < 0:
+            raise ValueError("time does not run backwards")
+        self.now_ns = min(self.deadline_ns, self.now_ns + ns)
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a task's body reports when it gives the CPU back."""
+
+    state: TaskState  # QUEUED: still runnable; SLEEPING: blocked; EXITED: done
+    wake_at_ns: int | None = None  # for SLEEPING: when to wake it (None: only an explicit wake)
+
+
+class TaskBody(Protocol):
+    """The code a host task runs: called on a CPU with its slice, returns when it yields."""
+
+    def step(self, slice_: Slice) -> Step:
+        """Run until the slice's deadline, a block, or the end."""
+        ...

@@ -1,0 +1,367 @@
+/* pvtime guest runtime: console, semihosting, PSCI, timer, exceptions, locks (see rt.h). */
+#include "rt.h"
+
+/* Per-vCPU stacks; not cleared (link.ld puts .stacks outside .bss). */
+__attribute__((section(".stacks"), aligned(16))) u8 rt_stacks[RT_MAX_CPUS][RT_STACK_SIZE];
+
+/* ------------------------------------------------------------------------------------------ */
+/* Memory                                                                                       */
+
+void *memset(void *d, int c, usize n)
+{
+	volatile u8 *p = d;
+	while (n--)
+		*p++ = (u8)c;
+	return d;
+}
+
+void *memcpy(void *d, const void *s, usize n)
+{
+	volatile u8 *p = d;
+	const volatile u8 *q = s;
+	while (n--)
+		*p++ = *q++;
+	return d;
+}
+
+int memcmp(const void *a, const void *b, usize n)
+{
+	const u8 *p = a, *q = b;
+	for (; n; n--, p++, q++)
+		if (*p != *q)
+			return *p < *q ? -1 : 1;
+	return 0;
+}
+
+usize strlen(const char *s)
+{
+	usize n = 0;
+	while (s[n])
+		n++;
+	return n;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Semihosting and power                                                                        */
+
+void rt_exit(int status)
+{
+	/* AArch64 semihosting: x1 points to {reason, subcode}. */
+	volatile u64 block[2];
+	block[0] = SEMIHOST_ADP_STOPPED_APPLICATION_EXIT;
+	block[1] = (u64)(s64)status;
+	rt_semihost(SEMIHOST_SYS_EXIT_EXTENDED, (u64)(uptr)block);
+	/* No semihosting: power off instead (the status is lost). */
+	rt_psci_system_off();
+}
+
+void rt_psci_cpu_off(void)
+{
+	rt_hvc(PSCI_CPU_OFF, 0, 0, 0);
+	for (;;)
+		__asm__ volatile("msr daifset, #0xf\n\twfi" ::: "memory");
+}
+
+void rt_psci_system_off(void)
+{
+	rt_hvc(PSCI_SYSTEM_OFF, 0, 0, 0);
+	for (;;)
+		__asm__ volatile("msr daifset, #0xf\n\twfi" ::: "memory");
+}
+
+void rt_psci_system_reset(void)
+{
+	rt_hvc(PSCI_SYSTEM_RESET, 0, 0, 0);
+	for (;;)
+		__asm__ volatile("msr daifset, #0xf\n\twfi" ::: "memory");
+}
+
+unsigned rt_probe_cpus(void)
+{
+	unsigned n = 1;
+	while (n < RT_MAX_CPUS) {
+		s64 r = rt_psci_affinity_info(rt_cpu_mpidr(n), 0);
+		if (r < 0) /* INVALID_PARAMETERS or NOT_PRESENT: no such vCPU */
+			break;
+		n++;
+	}
+	return n;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Console                                                                                      */
+
+static struct rt_lock console_lock;
+
+void rt_putc(char c)
+{
+	volatile u32 *uart = (volatile u32 *)RT_UART_BASE;
+	while (uart[RT_UART_FR / 4] & RT_UART_FR_TXFF)
+		;
+	uart[RT_UART_DR / 4] = (u8)c;
+}
+
+void rt_puts(const char *s)
+{
+	while (*s)
+		rt_putc(*s++);
+}
+
+static int put_num(u64 v, unsigned base, int upper, int neg, int width, int zero, int left)
+{
+	char buf[24];
+	const char *digits = upper ? "0123456789ABCDEF" : "0123456789abcdef";
+	int n = 0, len, out = 0;
+	do {
+		buf[n++] = digits[v % base];
+		v /= base;
+	} while (v);
+	len = n + (neg ? 1 : 0);
+	if (!left && !zero)
+		for (; width > len; width--, out++)
+			rt_putc(' ');
+	if (neg) {
+		rt_putc('-');
+		out++;
+	}
+	if (!left && zero)
+		for (; width > len; width--, out++)
+			rt_putc('0');
+	while (n) {
+		rt_putc(buf[--n]);
+		out++;
+	}
+	if (left)
+		for (; width > len; width--, out++)
+			rt_putc(' ');
+	return out;
+}
+
+static int rt_vprintf(const char *fmt, __builtin_va_list ap)
+{
+	int out = 0;
+	for (; *fmt; fmt++) {
+		if (*fmt != '%') {
+			rt_putc(*fmt);
+			out++;
+			continue;
+		}
+		fmt++;
+		int zero = 0, left = 0, width = 0, lng = 0;
+		for (;; fmt++) {
+			if (*fmt == '0')
+				zero = 1;
+			else if (*fmt == '-')
+				left = 1;
+			else
+				break;
+		}
+		while (*fmt >= '0' && *fmt <= '9')
+			width = width * 10 + (*fmt++ - '0');
+		while (*fmt == 'l' || *fmt == 'z') {
+			lng++;
+			fmt++;
+		}
+		switch (*fmt) {
+		case 'd':
+		case 'i': {
+			s64 v = lng ? __builtin_va_arg(ap, s64) : __builtin_va_arg(ap, int);
+			u64 mag = v < 0 ? (u64)0 - (u64)v : (u64)v;
+			out += put_num(mag, 10, 0, v < 0, width, zero, left);
+			break;
+		}
+		case 'u':
+		case 'x':
+		case 'X': {
+			u64 v = lng ? __builtin_va_arg(ap, u64) : __builtin_va_arg(ap, unsigned);
+			out += put_num(v, *fmt == 'u' ? 10 : 16, *fmt == 'X', 0, width, zero, left);
+			break;
+		}
+		case 'p':
+			rt_puts("0x");
+			out += 2 + put_num((u64)(uptr)__builtin_va_arg(ap, void *), 16, 0, 0, width, zero,
+					   left);
+			break;
+		case 's': {
+			const char *s = __builtin_va_arg(ap, const char *);
+			if (!s)
+				s = "(null)";
+			int len = (int)strlen(s);
+			if (!left)
+				for (; width > len; width--, out++)
+					rt_putc(' ');
+			rt_puts(s);
+			out += len;
+			if (left)
+				for (; width > len; width--, out++)
+					rt_putc(' ');
+			break;
+		}
+		case 'c':
+			rt_putc((char)__builtin_va_arg(ap, int));
+			out++;
+			break;
+		case '%':
+			rt_putc('%');
+			out++;
+			break;
+		case '\0':
+			return out;
+		default: /* unknown conversion: print it verbatim */
+			rt_putc('%');
+			rt_putc(*fmt);
+			out += 2;
+			break;
+		}
+	}
+	return out;
+}
+
+int rt_printf(const char *fmt, ...)
+{
+	__builtin_va_list ap;
+	__builtin_va_start(ap, fmt);
+	rt_lock_acquire(&console_lock);
+	int n = rt_vprintf(fmt, ap);
+	rt_lock_release(&console_lock);
+	__builtin_va_end(ap);
+	return n;
+}
+
+int rt_printf_unlocked(const char *fmt, ...)
+{
+	__builtin_va_list ap;
+	__builtin_va_start(ap, fmt);
+	int n = rt_vprintf(fmt, ap);
+	__builtin_va_end(ap);
+	return n;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Timer                                                                                        */
+
+#define NSEC_PER_SEC 1000000000ULL
+
+u64 rt_ticks_to_ns(u64 ticks, u64 freq)
+{
+	/* freq < 2^32, so (ticks % freq) * 1e9 < 2^62. */
+	return ticks / freq * NSEC_PER_SEC + ticks % freq * NSEC_PER_SEC / freq;
+}
+
+u64 rt_ns_to_ticks(u64 ns, u64 freq)
+{
+	return ns / NSEC_PER_SEC * freq + ns % NSEC_PER_SEC * freq / NSEC_PER_SEC;
+}
+
+void rt_delay_ns(u64 ns)
+{
+	u64 end = rt_cntvct() + rt_ns_to_ticks(ns, rt_cntfrq());
+	while (rt_cntvct() < end)
+		rt_cpu_relax();
+}
+
+void rt_wfi_sleep_ns(u64 ns)
+{
+	u64 daif = rt_read_sysreg(daif);
+	rt_irq_disable();
+	rt_cntv_set_cval(rt_cntvct() + rt_ns_to_ticks(ns, rt_cntfrq()));
+	rt_cntv_set_ctl(RT_CNT_CTL_ENABLE);
+	while (!(rt_cntv_ctl() & RT_CNT_CTL_ISTATUS))
+		rt_wfi();
+	rt_cntv_set_ctl(0);
+	rt_write_sysreg(daif, daif);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Exceptions                                                                                   */
+
+static volatile rt_irq_handler_fn irq_handler;
+
+void rt_set_irq_handler(rt_irq_handler_fn fn)
+{
+	irq_handler = fn;
+	rt_dmb();
+}
+
+static const char *const vec_kind[4] = {"synchronous", "IRQ", "FIQ", "SError"};
+static const char *const vec_from[4] = {"EL1h", "EL1t", "lower EL (AArch64)",
+					"lower EL (AArch32)"};
+
+void rt_exception(u64 kind, struct rt_frame *f);
+void rt_exception(u64 kind, struct rt_frame *f)
+{
+	if (kind == RT_VEC_IRQ && irq_handler) {
+		irq_handler(f);
+		return;
+	}
+	u64 esr = rt_read_sysreg(esr_el1);
+	u64 far = rt_read_sysreg(far_el1);
+	rt_printf_unlocked("\nFATAL: cpu%u: unexpected %s exception from %s: ESR_EL1=0x%lx "
+			   "(EC=0x%x) ELR_EL1=0x%lx FAR_EL1=0x%lx SPSR_EL1=0x%lx\n",
+			   rt_cpu_id(), vec_kind[kind & 3], vec_from[(kind >> 2) & 3], esr,
+			   (unsigned)(esr >> 26) & 0x3f, f->elr, far, f->spsr);
+	rt_printf_unlocked("FATAL: x0=0x%lx x1=0x%lx x2=0x%lx x3=0x%lx sp=0x%lx lr=0x%lx\n", f->x[0],
+			   f->x[1], f->x[2], f->x[3], f->sp, f->x[30]);
+	rt_exit(RT_EXIT_FATAL);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Entry from start.S                                                                           */
+
+void rt_primary_start(void);
+void rt_primary_start(void) { rt_exit(main()); }
+
+void rt_secondary_start(u64 ctx);
+void rt_secondary_start(u64 ctx)
+{
+	secondary_main(ctx);
+	rt_psci_cpu_off();
+}
+
+__attribute__((weak)) void secondary_main(u64 ctx)
+{
+	(void)ctx;
+	rt_psci_cpu_off();
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Bakery lock: correct with plain loads/stores as long as each is single-copy atomic and they
+ * are ordered (DMB SY between them; memory is Device-nGnRnE anyway with the MMU off).         */
+
+void rt_lock_acquire(struct rt_lock *l)
+{
+	unsigned me = rt_cpu_id();
+	u64 max = 0;
+	l->choosing[me] = 1;
+	rt_dmb();
+	for (unsigned j = 0; j < RT_MAX_CPUS; j++) {
+		u64 n = l->number[j];
+		if (n > max)
+			max = n;
+	}
+	l->number[me] = max + 1;
+	rt_dmb();
+	l->choosing[me] = 0;
+	rt_dmb();
+	for (unsigned j = 0; j < RT_MAX_CPUS; j++) {
+		if (j == me)
+			continue;
+		while (l->choosing[j])
+			rt_cpu_relax();
+		rt_dmb();
+		for (;;) {
+			u64 nj = l->number[j], ni = l->number[me];
+			if (nj == 0 || nj > ni || (nj == ni && j > me))
+				break;
+			rt_cpu_relax();
+		}
+	}
+	rt_dmb();
+}
+
+void rt_lock_release(struct rt_lock *l)
+{
+	rt_dmb();
+	l->number[rt_cpu_id()] = 0;
+	rt_dmb();
+}

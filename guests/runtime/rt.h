@@ -1,0 +1,307 @@
+/*
+ * pvtime guest runtime: the small bare-metal layer the AArch64 guest programs are built on.
+ *
+ * Machine contract (see guests/README.md): QEMU "virt"-like, RAM at 0x40000000, PL011 at
+ * 0x09000000, PSCI and SMCCC over HVC, Arm semihosting with HLT #0xF000, the generic timer's
+ * virtual timer delivered as a plain IRQ (no GIC).
+ *
+ * The MMU stays off, so every data access is Device-nGnRnE: the code is built with
+ * -mstrict-align and -mgeneral-regs-only, and cross-CPU coordination uses only plain aligned
+ * loads and stores with DMB barriers (no exclusives, see rt_lock_*).
+ */
+#ifndef RT_H
+#define RT_H
+
+#include "rt_config.h"
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+typedef signed char s8;
+typedef short s16;
+typedef int s32;
+typedef long long s64;
+typedef unsigned long uptr;
+typedef unsigned long usize;
+
+#define NULL ((void *)0)
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define U64_MAX (~0ULL)
+
+#define READ_ONCE(x) (*(const volatile __typeof__(x) *)&(x))
+#define WRITE_ONCE(x, v) (*(volatile __typeof__(x) *)&(x) = (v))
+
+/* ------------------------------------------------------------------------------------------ */
+/* Machine addresses                                                                            */
+
+#define RT_UART_BASE 0x09000000UL
+#define RT_UART_DR 0x00
+#define RT_UART_FR 0x18
+#define RT_UART_FR_TXFF (1u << 5)
+
+/* ------------------------------------------------------------------------------------------ */
+/* Program interface: provided by each program.                                                 */
+
+/* Runs on vCPU 0 after start-up; its return value is the semihosting exit status. */
+int main(void);
+/* Runs on a vCPU started by rt_psci_cpu_on(..., rt_secondary_entry, ctx); must not return
+ * (if it does, the runtime calls PSCI CPU_OFF). */
+void secondary_main(u64 ctx);
+
+/* Entry point to pass to PSCI CPU_ON (start.S). */
+extern char rt_secondary_entry[];
+
+/* ------------------------------------------------------------------------------------------ */
+/* Barriers, system registers, CPU identity                                                     */
+
+static inline void rt_dmb(void) { __asm__ volatile("dmb sy" ::: "memory"); }
+static inline void rt_dsb(void) { __asm__ volatile("dsb sy" ::: "memory"); }
+static inline void rt_isb(void) { __asm__ volatile("isb" ::: "memory"); }
+static inline void rt_wfi(void) { __asm__ volatile("dsb sy\n\twfi" ::: "memory"); }
+static inline void rt_cpu_relax(void) { __asm__ volatile("yield" ::: "memory"); }
+
+#define rt_read_sysreg(r)                                                                        \
+	({                                                                                       \
+		u64 __v;                                                                         \
+		__asm__ volatile("mrs %0, " #r : "=r"(__v)::"memory");                           \
+		__v;                                                                             \
+	})
+#define rt_write_sysreg(r, v)                                                                    \
+	do {                                                                                     \
+		u64 __v = (u64)(v);                                                              \
+		__asm__ volatile("msr " #r ", %0" ::"r"(__v) : "memory");                        \
+	} while (0)
+
+static inline void rt_irq_enable(void) { __asm__ volatile("msr daifclr, #2" ::: "memory"); }
+static inline void rt_irq_disable(void) { __asm__ volatile("msr daifset, #2" ::: "memory"); }
+
+/* This vCPU's index: MPIDR_EL1.Aff0. */
+static inline unsigned rt_cpu_id(void) { return (unsigned)(rt_read_sysreg(mpidr_el1) & 0xff); }
+/* The MPIDR value (affinity fields only) of vCPU `cpu`, as PSCI takes it. */
+static inline u64 rt_cpu_mpidr(unsigned cpu) { return (u64)cpu & 0xff; }
+
+/* ------------------------------------------------------------------------------------------ */
+/* SMCCC                                                                                        */
+
+struct rt_smccc_res {
+	u64 a0, a1, a2, a3;
+};
+
+/* One SMCCC call with the given conduit instruction; x4..x17 are treated as clobbered. */
+#define RT_SMCCC_CALL(insn, fid, arg1, arg2, arg3)                                               \
+	({                                                                                       \
+		register u64 __x0 __asm__("x0") = (u64)(fid);                                    \
+		register u64 __x1 __asm__("x1") = (u64)(arg1);                                   \
+		register u64 __x2 __asm__("x2") = (u64)(arg2);                                   \
+		register u64 __x3 __asm__("x3") = (u64)(arg3);                                   \
+		__asm__ volatile(insn                                                            \
+				 : "+r"(__x0), "+r"(__x1), "+r"(__x2), "+r"(__x3)                \
+				 :                                                               \
+				 : "x4", "x5", "x6", "x7", "x8", "x9", "x10", "x11", "x12",      \
+				   "x13", "x14", "x15", "x16", "x17", "memory");                 \
+		(struct rt_smccc_res){__x0, __x1, __x2, __x3};                                   \
+	})
+
+static inline struct rt_smccc_res rt_hvc(u64 fid, u64 a1, u64 a2, u64 a3)
+{
+	return RT_SMCCC_CALL("hvc #0", fid, a1, a2, a3);
+}
+static inline struct rt_smccc_res rt_hvc_imm1(u64 fid, u64 a1, u64 a2, u64 a3)
+{
+	return RT_SMCCC_CALL("hvc #1", fid, a1, a2, a3);
+}
+static inline struct rt_smccc_res rt_smc(u64 fid, u64 a1, u64 a2, u64 a3)
+{
+	return RT_SMCCC_CALL("smc #0", fid, a1, a2, a3);
+}
+static inline struct rt_smccc_res rt_smc_imm1(u64 fid, u64 a1, u64 a2, u64 a3)
+{
+	return RT_SMCCC_CALL("smc #1", fid, a1, a2, a3);
+}
+
+typedef struct rt_smccc_res (*rt_conduit_fn)(u64 fid, u64 a1, u64 a2, u64 a3);
+
+/* SMCCC function ids and return codes (REFERENCE section 1). */
+#define SMCCC_VERSION 0x80000000u
+#define SMCCC_ARCH_FEATURES 0x80000001u
+#define SMCCC_PV_TIME_FEATURES 0xC5000020u
+#define SMCCC_PV_TIME_ST 0xC5000021u
+#define SMCCC_PV_TIME_LPT 0xC5000022u
+#define SMCCC_VERSION_1_1 0x10001u
+#define SMCCC_RET_SUCCESS 0ULL
+#define SMCCC_RET_NOT_SUPPORTED U64_MAX /* -1 */
+#define SMCCC_RET_NOT_REQUIRED ((u64)-2)
+#define SMCCC_RET_INVALID_PARAMETER ((u64)-3)
+
+/* ------------------------------------------------------------------------------------------ */
+/* PSCI (over HVC)                                                                              */
+
+#define PSCI_VERSION 0x84000000u
+#define PSCI_CPU_OFF 0x84000002u
+#define PSCI_CPU_ON 0xC4000003u
+#define PSCI_AFFINITY_INFO 0xC4000004u
+#define PSCI_SYSTEM_OFF 0x84000008u
+#define PSCI_SYSTEM_RESET 0x84000009u
+#define PSCI_FEATURES 0x8400000Au
+
+#define PSCI_RET_SUCCESS 0
+#define PSCI_RET_NOT_SUPPORTED (-1)
+#define PSCI_RET_INVALID_PARAMETERS (-2)
+#define PSCI_RET_DENIED (-3)
+#define PSCI_RET_ALREADY_ON (-4)
+#define PSCI_RET_ON_PENDING (-5)
+#define PSCI_RET_INTERNAL_FAILURE (-6)
+#define PSCI_RET_NOT_PRESENT (-7)
+#define PSCI_RET_DISABLED (-8)
+#define PSCI_RET_INVALID_ADDRESS (-9)
+
+#define PSCI_AFFINITY_ON 0
+#define PSCI_AFFINITY_OFF 1
+#define PSCI_AFFINITY_ON_PENDING 2
+
+static inline u32 rt_psci_version(void) { return (u32)rt_hvc(PSCI_VERSION, 0, 0, 0).a0; }
+static inline s32 rt_psci_features(u32 fid) { return (s32)rt_hvc(PSCI_FEATURES, fid, 0, 0).a0; }
+static inline s64 rt_psci_cpu_on(u64 target_mpidr, void *entry, u64 ctx)
+{
+	return (s64)rt_hvc(PSCI_CPU_ON, target_mpidr, (u64)(uptr)entry, ctx).a0;
+}
+static inline s64 rt_psci_affinity_info(u64 target_mpidr, u32 level)
+{
+	return (s64)rt_hvc(PSCI_AFFINITY_INFO, target_mpidr, level, 0).a0;
+}
+__attribute__((noreturn)) void rt_psci_cpu_off(void);
+__attribute__((noreturn)) void rt_psci_system_off(void);
+__attribute__((noreturn)) void rt_psci_system_reset(void);
+
+/*
+ * Discover how many vCPUs the machine has: for index 1, 2, ... ask AFFINITY_INFO(level 0) and
+ * stop at the first index answered INVALID_PARAMETERS or NOT_PRESENT (or at RT_MAX_CPUS).
+ * Returns the count including vCPU 0.
+ */
+unsigned rt_probe_cpus(void);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Semihosting                                                                                  */
+
+#define SEMIHOST_SYS_WRITEC 0x03
+#define SEMIHOST_SYS_WRITE0 0x04
+#define SEMIHOST_SYS_EXIT 0x18
+#define SEMIHOST_SYS_EXIT_EXTENDED 0x20
+#define SEMIHOST_ADP_STOPPED_APPLICATION_EXIT 0x20026
+
+static inline u64 rt_semihost(u64 op, u64 param)
+{
+	register u64 x0 __asm__("x0") = op;
+	register u64 x1 __asm__("x1") = param;
+	__asm__ volatile("hlt #0xf000" : "+r"(x0) : "r"(x1) : "memory");
+	return x0;
+}
+
+/* Exit the whole machine with `status` (SYS_EXIT_EXTENDED, ApplicationExit, subcode = status). */
+__attribute__((noreturn)) void rt_exit(int status);
+
+/* Exit status used by the runtime when a CPU takes an unexpected exception. */
+#define RT_EXIT_FATAL 70
+
+/* ------------------------------------------------------------------------------------------ */
+/* Console                                                                                      */
+
+void rt_putc(char c);
+void rt_puts(const char *s); /* no newline added */
+/* printf over the PL011: %d %i %u %x %X %p %s %c %%, length l/ll/z, flags '0' '-', width. The
+ * whole line is emitted under the console lock so lines from different CPUs do not mix. */
+__attribute__((format(printf, 1, 2))) int rt_printf(const char *fmt, ...);
+/* The same without the lock (the fatal-exception path). */
+__attribute__((format(printf, 1, 2))) int rt_printf_unlocked(const char *fmt, ...);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Generic timer                                                                                */
+
+#define RT_CNT_CTL_ENABLE (1u << 0)
+#define RT_CNT_CTL_IMASK (1u << 1)
+#define RT_CNT_CTL_ISTATUS (1u << 2)
+
+static inline u64 rt_cntfrq(void) { return rt_read_sysreg(cntfrq_el0) & 0xffffffffu; }
+static inline u64 rt_cntvct(void)
+{
+	rt_isb();
+	return rt_read_sysreg(cntvct_el0);
+}
+static inline u32 rt_cntv_ctl(void) { return (u32)rt_read_sysreg(cntv_ctl_el0); }
+static inline void rt_cntv_set_ctl(u32 ctl)
+{
+	rt_write_sysreg(cntv_ctl_el0, ctl);
+	rt_isb();
+}
+static inline void rt_cntv_set_cval(u64 cval)
+{
+	rt_write_sysreg(cntv_cval_el0, cval);
+	rt_isb();
+}
+static inline void rt_cntv_set_tval(s32 tval)
+{
+	rt_write_sysreg(cntv_tval_el0, (u64)(s64)tval);
+	rt_isb();
+}
+static inline u64 rt_cntv_cval(void) { return rt_read_sysreg(cntv_cval_el0); }
+
+/* Counter ticks <-> nanoseconds at CNTFRQ (no 128-bit division needed). */
+u64 rt_ticks_to_ns(u64 ticks, u64 freq);
+u64 rt_ns_to_ticks(u64 ns, u64 freq);
+/* Busy-wait (no WFI) for `ns` nanoseconds of counter time. */
+void rt_delay_ns(u64 ns);
+/* Wait in WFI for `ns` of counter time using the virtual timer with the IRQ *masked* (PSTATE.I
+ * set): WFI wakes on the pending timer condition without taking the interrupt. The virtual
+ * timer is disabled again on return. Must not be used while a tick is armed. */
+void rt_wfi_sleep_ns(u64 ns);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Exceptions                                                                                   */
+
+struct rt_frame {
+	u64 x[31]; /* x0..x30 */
+	u64 sp;    /* SP at the time of the exception */
+	u64 elr;
+	u64 spsr;
+};
+
+/* Called on an IRQ taken from EL1h (VBAR_EL1 + 0x280), with IRQs masked. NULL: fatal. */
+typedef void (*rt_irq_handler_fn)(struct rt_frame *frame);
+void rt_set_irq_handler(rt_irq_handler_fn fn);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Cross-CPU coordination (memory is Device-nGnRnE with the MMU off: no exclusives)            */
+
+/* Publish `v` to other CPUs: every earlier store is visible before it. */
+static inline void rt_store_release_u64(volatile u64 *p, u64 v)
+{
+	rt_dmb();
+	*p = v;
+	rt_dmb();
+}
+/* Read a value published by another CPU; later loads are ordered after it. */
+static inline u64 rt_load_acquire_u64(const volatile u64 *p)
+{
+	u64 v = *p;
+	rt_dmb();
+	return v;
+}
+
+/* Lamport's bakery lock for up to RT_MAX_CPUS CPUs: plain loads and stores only. */
+struct rt_lock {
+	volatile u64 choosing[RT_MAX_CPUS];
+	volatile u64 number[RT_MAX_CPUS];
+};
+void rt_lock_acquire(struct rt_lock *l);
+void rt_lock_release(struct rt_lock *l);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Memory                                                                                       */
+
+void *memset(void *d, int c, usize n);
+void *memcpy(void *d, const void *s, usize n);
+int memcmp(const void *a, const void *b, usize n);
+usize strlen(const char *s);
+
+#endif

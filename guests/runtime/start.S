@@ -1,0 +1,153 @@
+/*
+ * Start-up and exception vectors.
+ *
+ * vCPU 0 enters at _start (EL1h, MMU off, DAIF masked, x0 = 0); the other vCPUs enter at
+ * rt_secondary_entry through PSCI CPU_ON (x0 = context id). Each vCPU takes the stack
+ * rt_stacks[Aff0] and points VBAR_EL1 at rt_vectors; vCPU 0 alone clears .bss (before it starts
+ * any other vCPU) and calls rt_primary_start, the others call rt_secondary_start(context id).
+ */
+#include "rt_config.h"
+
+	.section .text.boot, "ax"
+	.global _start
+	.type _start, %function
+_start:
+	msr	daifset, #0xf
+	mov	x19, x0
+	mov	x20, #1
+	b	rt_common_entry
+	.size _start, . - _start
+
+	.global rt_secondary_entry
+	.type rt_secondary_entry, %function
+rt_secondary_entry:
+	msr	daifset, #0xf
+	mov	x19, x0
+	mov	x20, #0
+	b	rt_common_entry
+	.size rt_secondary_entry, . - rt_secondary_entry
+
+	.type rt_common_entry, %function
+rt_common_entry:
+	msr	spsel, #1
+	mrs	x1, mpidr_el1
+	and	x1, x1, #0xff
+	cmp	x1, #RT_MAX_CPUS
+	b.hs	rt_park
+	/* sp = rt_stacks + (index + 1) * RT_STACK_SIZE */
+	adrp	x2, rt_stacks
+	add	x2, x2, :lo12:rt_stacks
+	add	x3, x1, #1
+	mov	x4, #RT_STACK_SIZE
+	madd	x2, x3, x4, x2
+	mov	sp, x2
+	adrp	x2, rt_vectors
+	add	x2, x2, :lo12:rt_vectors
+	msr	vbar_el1, x2
+	isb
+	mov	x29, #0
+	mov	x30, #0
+	cbz	x20, 2f
+	/* vCPU 0: clear .bss (8-byte aligned bounds, see link.ld) */
+	adrp	x2, __bss_start
+	add	x2, x2, :lo12:__bss_start
+	adrp	x3, __bss_end
+	add	x3, x3, :lo12:__bss_end
+1:	cmp	x2, x3
+	b.hs	3f
+	str	xzr, [x2], #8
+	b	1b
+3:	dsb	sy
+	bl	rt_primary_start
+	b	rt_park
+2:	mov	x0, x19
+	bl	rt_secondary_start
+	.global rt_park
+rt_park:
+	msr	daifset, #0xf
+	wfi
+	b	rt_park
+	.size rt_common_entry, . - rt_common_entry
+
+/* ---------------------------------------------------------------------------------------- */
+/* Vector table: every entry saves a struct rt_frame and calls rt_exception(kind, frame).   */
+
+	.macro	VENTRY kind
+	.balign	0x80
+	sub	sp, sp, #RT_FRAME_SIZE
+	stp	x0, x1, [sp, #0]
+	mov	x0, #\kind
+	b	rt_exception_entry
+	.endm
+
+	.section .text.vectors, "ax"
+	.balign	0x800
+	.global	rt_vectors
+rt_vectors:
+	/* current EL, SP_EL0 */
+	VENTRY	(RT_VEC_SYNC + 4)
+	VENTRY	(RT_VEC_IRQ + 4)
+	VENTRY	(RT_VEC_FIQ + 4)
+	VENTRY	(RT_VEC_SERROR + 4)
+	/* current EL, SP_ELx */
+	VENTRY	RT_VEC_SYNC
+	VENTRY	RT_VEC_IRQ
+	VENTRY	RT_VEC_FIQ
+	VENTRY	RT_VEC_SERROR
+	/* lower EL, AArch64 */
+	VENTRY	(RT_VEC_SYNC + 8)
+	VENTRY	(RT_VEC_IRQ + 8)
+	VENTRY	(RT_VEC_FIQ + 8)
+	VENTRY	(RT_VEC_SERROR + 8)
+	/* lower EL, AArch32 */
+	VENTRY	(RT_VEC_SYNC + 12)
+	VENTRY	(RT_VEC_IRQ + 12)
+	VENTRY	(RT_VEC_FIQ + 12)
+	VENTRY	(RT_VEC_SERROR + 12)
+
+	.balign	0x80
+	.type rt_exception_entry, %function
+rt_exception_entry:
+	stp	x2, x3, [sp, #16]
+	stp	x4, x5, [sp, #32]
+	stp	x6, x7, [sp, #48]
+	stp	x8, x9, [sp, #64]
+	stp	x10, x11, [sp, #80]
+	stp	x12, x13, [sp, #96]
+	stp	x14, x15, [sp, #112]
+	stp	x16, x17, [sp, #128]
+	stp	x18, x19, [sp, #144]
+	stp	x20, x21, [sp, #160]
+	stp	x22, x23, [sp, #176]
+	stp	x24, x25, [sp, #192]
+	stp	x26, x27, [sp, #208]
+	stp	x28, x29, [sp, #224]
+	add	x2, sp, #RT_FRAME_SIZE
+	stp	x30, x2, [sp, #240]
+	mrs	x2, elr_el1
+	mrs	x3, spsr_el1
+	stp	x2, x3, [sp, #256]
+	mov	x1, sp
+	bl	rt_exception
+	ldp	x2, x3, [sp, #256]
+	msr	elr_el1, x2
+	msr	spsr_el1, x3
+	ldp	x0, x1, [sp, #0]
+	ldp	x2, x3, [sp, #16]
+	ldp	x4, x5, [sp, #32]
+	ldp	x6, x7, [sp, #48]
+	ldp	x8, x9, [sp, #64]
+	ldp	x10, x11, [sp, #80]
+	ldp	x12, x13, [sp, #96]
+	ldp	x14, x15, [sp, #112]
+	ldp	x16, x17, [sp, #128]
+	ldp	x18, x19, [sp, #144]
+	ldp	x20, x21, [sp, #160]
+	ldp	x22, x23, [sp, #176]
+	ldp	x24, x25, [sp, #192]
+	ldp	x26, x27, [sp, #208]
+	ldp	x28, x29, [sp, #224]
+	ldr	x30, [sp, #240]
+	add	sp, sp, #RT_FRAME_SIZE
+	eret
+	.size rt_exception_entry, . - rt_exception_entry

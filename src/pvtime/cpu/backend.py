@@ -1,0 +1,98 @@
+"""The contract between a CPU backend and the hypervisor that traps for it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from pvtime.abi.sysregs import SysReg
+
+
+class Conduit(Enum):
+    """How an SMCCC call reached the hypervisor."""
+
+    HVC = "hvc"
+    SMC = "smc"
+
+
+class GuestFault(Exception):
+    """The guest did something its vCPU cannot survive (unmapped access, undefined register...)."""
+
+    def __init__(self, reason: str, *, pc: int = 0, instruction: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.pc = pc
+        self.instruction = instruction
+
+
+class Clock(Protocol):
+    """The CPU time a backend may use: a cursor in virtual ns that it advances, up to a deadline."""
+
+    now_ns: int
+    deadline_ns: int
+
+    def advance(self, ns: int) -> None:
+        """Consume CPU time (clamped at the deadline)."""
+        ...
+
+
+class VcpuTraps(Protocol):
+    """What the hypervisor handles on behalf of a running vCPU."""
+
+    def hypercall(self, regs: list[int], conduit: Conduit, imm: int) -> None:
+        """SMCCC/PSCI call: `regs` holds x0..x3 on entry and the results on return."""
+        ...
+
+    def read_sysreg(self, reg: SysReg) -> int:
+        """A trapped MRS; raises GuestFault for a register the vCPU does not have."""
+        ...
+
+    def write_sysreg(self, reg: SysReg, value: int) -> None:
+        """A trapped MSR; raises GuestFault for a register the vCPU does not have."""
+        ...
+
+    def read_memory(self, gpa: int, size: int) -> bytes | None:
+        """Guest RAM contents, or None where no memslot backs the range."""
+        ...
+
+    def write_memory(self, gpa: int, data: bytes) -> bool:
+        """Store to guest RAM; False where no writable memslot backs the range."""
+        ...
+
+    def irq_pending(self) -> bool:
+        """Is an interrupt asserted for this vCPU now (the timers' level)?"""
+        ...
+
+    def next_irq_ns(self) -> int | None:
+        """The virtual time at which an interrupt will next assert, if one is armed."""
+        ...
+
+    def exit_requested(self) -> bool:
+        """Has a trap asked to leave to the VMM (for example PSCI SYSTEM_OFF)?"""
+        ...
+
+
+class StopKind(Enum):
+    """Why a backend returned."""
+
+    DEADLINE = "deadline"  # the slice's time is used up
+    HALT = "halt"  # WFI/WFE with no interrupt pending
+    EXIT = "exit"  # a trap requested an exit to the VMM
+    MMIO = "mmio"  # an access to an address no memslot backs (or a write to a read-only slot)
+    FAULT = "fault"  # the vCPU cannot go on
+    POWER_OFF = "power_off"  # the vCPU's code ended (the model's main returned)
+
+
+@dataclass(frozen=True)
+class Stop:
+    """A backend's report of why it stopped executing."""
+
+    kind: StopKind
+    pc: int = 0
+    instruction: str = ""
+    reason: str = ""
+    mmio_addr: int = 0
+    mmio_len: int = 0
+    mmio_data: bytes = b""
+    mmio_write: bool = False

@@ -1,0 +1,148 @@
+"""The model CPU backend: runs a Python model guest program on one vCPU.
+
+Guest code is a generator of `Compute`/`WaitForInterrupt` actions; hypercalls, memory and system
+register accesses are synchronous calls that trap to the hypervisor, as on a real CPU. Time passes
+only through `Compute` and is bounded by the slice's deadline; a timer interrupt is taken
+between actions, or in the middle of a `Compute` at the instant it asserts.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from pvtime.abi.sysregs import SysReg
+from pvtime.cpu.backend import Clock, Conduit, GuestFault, Stop, StopKind, VcpuTraps
+from pvtime.guest.machine import Compute, CpuProgram, ModelProgram, WaitForInterrupt
+
+# An IRQ handler that never acknowledges its interrupt would spin forever; a real CPU would too,
+# but a simulator must stop it and say why.
+_MAX_IRQS_WITHOUT_PROGRESS = 1000
+
+
+class _GuestView:
+    """The `GuestCpu` a program sees: every access goes through the hypervisor's traps."""
+
+    def __init__(self, traps: VcpuTraps) -> None:
+        self._traps = traps
+
+    def _call(self, conduit: Conduit, imm: int, x0: int, x1: int, x2: int, x3: int) -> tuple[int, int, int, int]:
+        regs = [x0 & (2**64 - 1), x1 & (2**64 - 1), x2 & (2**64 - 1), x3 & (2**64 - 1)]
+        self._traps.hypercall(regs, conduit, imm)
+        return regs[0], regs[1], regs[2], regs[3]
+
+    def hvc(self, x0: int, x1: int = 0, x2: int = 0, x3: int = 0, *, imm: int = 0) -> tuple[int, int, int, int]:
+        return self._call(Conduit.HVC, imm, x0, x1, x2, x3)
+
+    def smc(self, x0: int, x1: int = 0, x2: int = 0, x3: int = 0, *, imm: int = 0) -> tuple[int, int, int, int]:
+        return self._call(Conduit.SMC, imm, x0, x1, x2, x3)
+
+    def mrs(self, reg: SysReg) -> int:
+        return self._traps.read_sysreg(reg)
+
+    def msr(self, reg: SysReg, value: int) -> None:
+        self._traps.write_sysreg(reg, value & (2**64 - 1))
+
+    def read(self, addr: int, size: int) -> bytes:
+        data = self._traps.read_memory(addr, size)
+        if data is None:
+            raise GuestFault(f"load of {size} bytes from unmapped address {addr:#x}")
+        return data
+
+    def write(self, addr: int, data: bytes) -> None:
+        if not self._traps.write_memory(addr, data):
+            raise GuestFault(f"store of {len(data)} bytes to unmapped or read-only address {addr:#x}")
+
+    def load64(self, addr: int) -> int:
+        if addr % 8:
+            raise GuestFault(f"unaligned 64-bit load from {addr:#x}")
+        return struct.unpack("<Q", self.read(addr, 8))[0]
+
+
+class ModelCpu:
+    """Executes a `ModelProgram` for one vCPU, resumable across slices."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.core_regs: dict[int, int] = {}  # a register file for ONE_REG; model code ignores it
+        self._program: ModelProgram | None = None
+        self._code: CpuProgram | None = None
+        self._compute_left = 0
+        self._waiting = False
+        self._done = False
+
+    def load(self, program: ModelProgram) -> None:
+        """Install the guest program (the model's equivalent of placing code in RAM); restarts the vCPU."""
+        self._program = program
+        self._code = None
+        self._compute_left = 0
+        self._waiting = False
+        self._done = False
+
+    def complete_mmio(self, data: bytes) -> None:
+        """Model guests never exit for MMIO, so there is never a read to complete."""
+        raise RuntimeError("no MMIO read is pending on a model vCPU")
+
+    @property
+    def loaded(self) -> bool:
+        """Is a program installed?"""
+        return self._program is not None
+
+    def execute(self, traps: VcpuTraps, clock: Clock) -> Stop:
+        """Run until the deadline, a halt, an exit request, the end of the program or a fault."""
+        if self._program is None:
+            return Stop(StopKind.FAULT, reason="no guest program loaded on this vCPU")
+        if self._done:
+            return Stop(StopKind.POWER_OFF)
+        view = _GuestView(traps)
+        try:
+            return self._run(view, traps, clock)
+        except GuestFault as fault:
+            self._done = True
+            return Stop(StopKind.FAULT, pc=fault.pc, instruction=fault.instruction, reason=fault.reason)
+
+    def _run(self, view: _GuestView, traps: VcpuTraps, clock: Clock) -> Stop:
+        assert self._program is not None
+        if self._code is None:
+            self._code = self._program.main(view, self.index)
+        irqs_here, irq_time = 0, -1
+        while True:
+            if traps.exit_requested():
+                return Stop(StopKind.EXIT)
+            if traps.irq_pending():
+                irqs_here = irqs_here + 1 if clock.now_ns == irq_time else 1
+                irq_time = clock.now_ns
+                if irqs_here > _MAX_IRQS_WITHOUT_PROGRESS:
+                    raise GuestFault("interrupt storm: the IRQ handler never acknowledges the timer")
+                self._waiting = False
+                self._program.irq(view, self.index)
+                continue
+            if clock.now_ns >= clock.deadline_ns:
+                return Stop(StopKind.DEADLINE)
+            if self._waiting:
+                return Stop(StopKind.HALT)
+            if self._compute_left > 0:
+                self._compute(traps, clock)
+                continue
+            try:
+                action = next(self._code)
+            except StopIteration:
+                self._done = True
+                return Stop(StopKind.POWER_OFF)
+            if isinstance(action, Compute):
+                if action.ns < 0:
+                    raise GuestFault(f"Compute({action.ns}): negative time")
+                self._compute_left = action.ns
+            elif isinstance(action, WaitForInterrupt):
+                self._waiting = True
+            else:
+                raise GuestFault(f"unknown action {action!r} from the guest program")
+
+    def _compute(self, traps: VcpuTraps, clock: Clock) -> None:
+        """Execute pending work up to the next interrupt or the deadline."""
+        until = clock.deadline_ns
+        fire = traps.next_irq_ns()
+        if fire is not None and fire > clock.now_ns:
+            until = min(until, fire)
+        step = min(self._compute_left, until - clock.now_ns)
+        clock.advance(step)
+        self._compute_left -= step

@@ -1,0 +1,156 @@
+"""A model Linux guest kernel: PV-time probe, CPU hotplug, a periodic tick with steal accounting,
+the run-queue clock, and a deterministic workload of busy and idle periods.
+
+The tick is a high-resolution periodic timer on CNTV (as arm64 Linux with HIGH_RES_TIMERS): each
+interrupt accounts one tick and moves the deadline to the next period boundary after now, so
+ticks missed while the vCPU was not running are not replayed -- their time shows up as steal.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from pvtime.abi.sysregs import CNTFRQ_EL0, CNTV_CTL_EL0, CNTV_CVAL_EL0, CNTVCT_EL0, CTL_ENABLE
+from pvtime.abi.uapi import NSEC_PER_SEC
+from pvtime.guest.cputime import TickAccounting
+from pvtime.guest.machine import Compute, CpuProgram, GuestCpu, WaitForInterrupt
+from pvtime.guest.paravirt import PvSteal
+from pvtime.guest.rq_clock import RqClock
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Busy/idle pattern per CPU: busy for U(busy_ns), then idle for U(idle_ns), repeated."""
+
+    busy_ns: tuple[int, int] = (2_000_000, 12_000_000)
+    idle_ns: tuple[int, int] = (0, 0)
+    seed: int = 0
+
+
+@dataclass
+class KernelOptions:
+    """Boot options and named Linux behaviours of the model kernel."""
+
+    hz: int = 250
+    steal_acc: bool = True  # False: booted with no-steal-acc
+    rq_carry_excess: bool = False  # True: update_rq_clock_task before Linux 6.13
+    # Linux keeps rq->prev_steal_time when a CPU comes back online, although PV_TIME_ST has just
+    # zeroed the record: the next delta wraps. pvtime resets it unless this quirk is set.
+    quirk_hotplug_prev_steal: bool = False
+    workload: Workload = field(default_factory=Workload)
+
+
+class ModelKernel:
+    """A `ModelProgram`: one kernel shared by all its vCPUs."""
+
+    def __init__(self, options: KernelOptions | None = None) -> None:
+        self.options = options or KernelOptions()
+        self.pv = PvSteal()
+        self.ticks = TickAccounting(self.options.hz)
+        self.rq: dict[int, RqClock] = {}
+        self.online: set[int] = set()
+        self.pv_probed = False
+        self.steal_rq_enabled = False
+        self.online_errors: dict[int, int] = {}
+        self.tick_count: dict[int, int] = {}
+        self._idle: dict[int, bool] = {}
+        self._next_tick: dict[int, int] = {}
+        self._freq = 0
+        self._offline_requests: set[int] = set()
+        self._online_requests: set[int] = set()
+
+    # --- clocks ---------------------------------------------------------------------------
+
+    def sched_clock(self, cpu: GuestCpu) -> int:
+        """Guest nanoseconds from the virtual counter."""
+        return cpu.mrs(CNTVCT_EL0) * NSEC_PER_SEC // self._freq
+
+    def steal_clock(self, cpu: GuestCpu, index: int) -> int:
+        """paravirt_steal_clock(index)."""
+        return self.pv.steal_clock(cpu, index)
+
+    # --- boot and hotplug -------------------------------------------------------------------
+
+    def main(self, cpu: GuestCpu, index: int) -> CpuProgram:
+        """Each vCPU: boot (CPU 0 probes PV time), come online, start the tick, run the workload."""
+        self._freq = cpu.mrs(CNTFRQ_EL0)
+        if index == 0:
+            self.pv_probed = self.pv.init(cpu)
+            self.steal_rq_enabled = self.pv_probed and self.options.steal_acc
+        self.rq[index] = RqClock(steal_acc=self.steal_rq_enabled, carry_excess=self.options.rq_carry_excess)
+        self.rq[index].clock = self.sched_clock(cpu)
+        self.rq[index].clock_task = self.rq[index].clock
+        self.cpu_up(cpu, index)
+        period_ticks = self._freq // self.options.hz
+        self._next_tick[index] = cpu.mrs(CNTVCT_EL0) + period_ticks
+        cpu.msr(CNTV_CVAL_EL0, self._next_tick[index])
+        cpu.msr(CNTV_CTL_EL0, CTL_ENABLE)
+        rng = random.Random(self.options.workload.seed * 1_000_003 + index)
+        w = self.options.workload
+        while True:
+            self._apply_hotplug_requests(cpu, index)
+            self._idle[index] = False
+            yield Compute(rng.randint(*w.busy_ns))
+            idle = rng.randint(*w.idle_ns)
+            if idle > 0:
+                self._idle[index] = True
+                until = self.sched_clock(cpu) + idle
+                while self.sched_clock(cpu) < until:
+                    yield WaitForInterrupt()
+
+    def cpu_up(self, cpu: GuestCpu, index: int) -> None:
+        """The CPU comes online: the PV-time cpuhp callback runs on it."""
+        self.online.add(index)
+        if self.pv_probed:
+            err = self.pv.cpu_online(cpu, index)
+            if err:
+                self.online_errors[index] = err
+            elif not self.options.quirk_hotplug_prev_steal:
+                self.ticks.reset_prev_steal(index)
+                self.rq[index].reset_steal_baseline()
+
+    def cpu_down(self, index: int) -> None:
+        """The CPU goes offline: its region is unmapped, its steal clock reads 0."""
+        self.online.discard(index)
+        self.pv.cpu_offline(index)
+
+    def request_offline(self, index: int) -> None:
+        """Ask CPU `index` to go offline at its next scheduling point (a test's hotplug lever)."""
+        self._offline_requests.add(index)
+
+    def request_online(self, index: int) -> None:
+        """Ask CPU `index` to come back online at its next scheduling point."""
+        self._online_requests.add(index)
+
+    def _apply_hotplug_requests(self, cpu: GuestCpu, index: int) -> None:
+        if index in self._offline_requests:
+            self._offline_requests.discard(index)
+            self.cpu_down(index)
+        if index in self._online_requests and index not in self.online:
+            self._online_requests.discard(index)
+            self.cpu_up(cpu, index)
+
+    # --- the tick -------------------------------------------------------------------------
+
+    def irq(self, cpu: GuestCpu, index: int) -> None:
+        """Timer interrupt: account one tick, update the rq clock, program the next tick."""
+        now_count = cpu.mrs(CNTVCT_EL0)
+        period = self._freq // self.options.hz
+        nxt = self._next_tick[index]
+        while nxt <= now_count:  # hrtimer_forward: skip to the first boundary after now
+            nxt += period
+        self._next_tick[index] = nxt
+        cpu.msr(CNTV_CVAL_EL0, nxt)
+        self.tick_count[index] = self.tick_count.get(index, 0) + 1
+        clock = self.steal_clock(cpu, index)
+        idle = self._idle.get(index, False)
+        if self.pv_probed:
+            self.ticks.account_process_tick(index, clock, user=not idle, idle=idle)
+        else:
+            self.ticks.account_process_tick(index, 0, user=not idle, idle=idle)
+        self.rq[index].update(now_count * NSEC_PER_SEC // self._freq, clock)
+
+    def proc_stat(self) -> str:
+        """/proc/stat's cpu lines."""
+        return self.ticks.proc_stat()

@@ -1,0 +1,66 @@
+"""SMCCC dispatch (arch/arm64/kvm/hypercalls.c) and the firmware feature bitmap register.
+
+Every handled call sets x0..x3; unknown ids answer x0 = -1 with x1..x3 = 0. An SMC with a
+non-zero immediate answers x0 = ~0 and leaves x1..x3 alone.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pvtime.abi import smccc
+from pvtime.abi.errno import EBUSY, EINVAL
+from pvtime.abi.uapi import INVALID_GPA, KVM_REG_ARM_STD_HYP_BIT_PV_TIME, KVM_REG_ARM_STD_HYP_BMAP_SUPPORTED
+from pvtime.cpu.backend import Conduit
+from pvtime.kvm import psci, pvtime
+from pvtime.kvm.errors import KvmError
+
+if TYPE_CHECKING:
+    from pvtime.kvm.vcpu import Vcpu
+    from pvtime.kvm.vm import Vm
+
+U32 = 0xFFFF_FFFF
+_PV_TIME_IDS = frozenset({smccc.PV_TIME_FEATURES, smccc.PV_TIME_ST, smccc.PV_TIME_LPT})
+
+
+def pv_time_visible(vm: Vm) -> bool:
+    """The VM's STD_HYP bitmap exposes PV time."""
+    return bool(vm.std_hyp_bmap >> KVM_REG_ARM_STD_HYP_BIT_PV_TIME & 1)
+
+
+def set_std_hyp_bmap(vm: Vm, value: int) -> None:
+    """kvm_arm_set_fw_reg_bmap for KVM_REG_ARM_STD_HYP_BMAP (size and EFAULT checked by the caller)."""
+    if value & ~KVM_REG_ARM_STD_HYP_BMAP_SUPPORTED:
+        raise KvmError(EINVAL, f"STD_HYP_BMAP {value:#x}: unsupported bits "
+                               f"{value & ~KVM_REG_ARM_STD_HYP_BMAP_SUPPORTED:#x}")
+    if vm.has_run and value != vm.std_hyp_bmap:
+        raise KvmError(EBUSY, "STD_HYP_BMAP: a vCPU of this VM has run; the bitmap is frozen")
+    vm.std_hyp_bmap = value
+
+
+def handle(vcpu: Vcpu, regs: list[int], conduit: Conduit, imm: int) -> None:
+    """Serve one SMCCC call in place on x0..x3."""
+    if conduit is Conduit.SMC and imm != 0:
+        regs[0] = smccc.U64_MASK
+        return
+    fid = regs[0] & U32
+    vcpu.stats.hypercalls += 1
+    result = [smccc.NOT_SUPPORTED, 0, 0, 0]
+    if fid in _PV_TIME_IDS and not pv_time_visible(vcpu.vm):
+        pass  # hidden by the firmware bitmap: answered as an unknown id
+    elif fid == smccc.SMCCC_VERSION:
+        result[0] = smccc.SMCCC_VERSION_1_1
+    elif fid == smccc.SMCCC_ARCH_FEATURES:
+        feature = regs[1] & U32
+        if feature == smccc.PV_TIME_FEATURES and pv_time_visible(vcpu.vm):
+            result[0] = smccc.SUCCESS
+    elif fid == smccc.PV_TIME_FEATURES:
+        result[0] = pvtime.pv_features(vcpu.steal, regs[1] & U32, vcpu.vm.lpt_ready())
+    elif fid == smccc.PV_TIME_ST:
+        gpa = pvtime.init_stolen_time(vcpu.steal, vcpu.current_task(), vcpu.vm.memory)
+        result[0] = gpa if gpa != INVALID_GPA else smccc.NOT_SUPPORTED
+    elif fid == smccc.PV_TIME_LPT:
+        result[0] = vcpu.vm.lpt_ipa_for_guest()
+    elif psci.is_psci(fid):
+        result[0] = psci.call(vcpu, fid, regs)
+    regs[:] = [smccc.to_u64(v) for v in result]

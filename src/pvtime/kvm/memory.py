@@ -1,0 +1,107 @@
+"""Guest physical memory: memslots backed by buffers the VMM owns (KVM_SET_USER_MEMORY_REGION)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pvtime.abi.errno import EEXIST, EINVAL
+from pvtime.abi.uapi import KVM_MEM_READONLY, KVM_MEM_VALID_FLAGS, KVM_USER_MEM_SLOTS, PAGE_SIZE
+from pvtime.kvm.errors import KvmError
+
+
+@dataclass
+class Memslot:
+    """One slot: `memory_size` bytes of the VMM's `buffer` at `guest_phys_addr`."""
+
+    slot: int
+    guest_phys_addr: int
+    memory_size: int
+    flags: int
+    buffer: memoryview
+    dirty_pages: set[int] = field(default_factory=set)  # page indexes written by the host
+
+    @property
+    def end(self) -> int:
+        """First address past the slot."""
+        return self.guest_phys_addr + self.memory_size
+
+    @property
+    def readonly(self) -> bool:
+        """KVM_MEM_READONLY: guest writes exit to the VMM, host writes fail."""
+        return bool(self.flags & KVM_MEM_READONLY)
+
+    def contains(self, gpa: int, size: int = 1) -> bool:
+        """Is [gpa, gpa+size) inside the slot?"""
+        return self.guest_phys_addr <= gpa and gpa + size <= self.end
+
+
+class GuestMemory:
+    """The VM's memslots, and host-side reads and writes of guest RAM through them."""
+
+    def __init__(self) -> None:
+        self.slots: dict[int, Memslot] = {}
+
+    def set_region(self, slot: int, guest_phys_addr: int, memory_size: int,
+                   userspace: bytearray | memoryview | None, flags: int = 0) -> None:
+        """Create, delete (size 0) or change the flags of a slot, with Linux's checks."""
+        if flags & ~KVM_MEM_VALID_FLAGS:
+            raise KvmError(EINVAL, f"memslot {slot}: unknown flags {flags:#x}")
+        if not 0 <= slot < KVM_USER_MEM_SLOTS:
+            raise KvmError(EINVAL, f"memslot {slot}: slot must be in 0..{KVM_USER_MEM_SLOTS - 1}")
+        if guest_phys_addr % PAGE_SIZE or memory_size % PAGE_SIZE or memory_size < 0:
+            raise KvmError(EINVAL, f"memslot {slot}: address {guest_phys_addr:#x} and size "
+                                   f"{memory_size:#x} must be page aligned")
+        if guest_phys_addr < 0 or guest_phys_addr + memory_size > 1 << 48:
+            raise KvmError(EINVAL, f"memslot {slot}: outside the 48-bit IPA space")
+        old = self.slots.get(slot)
+        if memory_size == 0:
+            if old is None:
+                raise KvmError(EINVAL, f"memslot {slot}: deleting a slot that does not exist")
+            del self.slots[slot]
+            return
+        if userspace is None:
+            raise KvmError(EINVAL, f"memslot {slot}: no userspace buffer")
+        view = memoryview(userspace).cast("B")
+        if view.readonly or len(view) < memory_size:
+            raise KvmError(EINVAL, f"memslot {slot}: the buffer must be writable and at least "
+                                   f"{memory_size:#x} bytes")
+        if old is not None:
+            if old.memory_size != memory_size or old.buffer.obj is not view.obj:
+                raise KvmError(EINVAL, f"memslot {slot}: only flags or the address may change")
+            if (old.flags ^ flags) & KVM_MEM_READONLY:
+                raise KvmError(EINVAL, f"memslot {slot}: KVM_MEM_READONLY cannot be toggled")
+        for other in self.slots.values():
+            if other.slot != slot and guest_phys_addr < other.end and other.guest_phys_addr < guest_phys_addr + memory_size:
+                raise KvmError(EEXIST, f"memslot {slot}: overlaps memslot {other.slot}")
+        self.slots[slot] = Memslot(slot, guest_phys_addr, memory_size, flags, view[:memory_size])
+
+    def find(self, gpa: int, size: int = 1) -> Memslot | None:
+        """The slot holding all of [gpa, gpa+size), if one does."""
+        for s in self.slots.values():
+            if s.contains(gpa, size):
+                return s
+        return None
+
+    def read(self, gpa: int, size: int) -> bytes | None:
+        """kvm_read_guest: the bytes, or None where no slot backs them (read-only slots read)."""
+        s = self.find(gpa, size)
+        if s is None:
+            return None
+        off = gpa - s.guest_phys_addr
+        return bytes(s.buffer[off:off + size])
+
+    def write(self, gpa: int, data: bytes) -> bool:
+        """kvm_write_guest: False (nothing written) where no writable slot backs the range."""
+        s = self.find(gpa, len(data))
+        if s is None or s.readonly:
+            return False
+        off = gpa - s.guest_phys_addr
+        s.buffer[off:off + len(data)] = data
+        first, last = off // PAGE_SIZE, (off + max(len(data), 1) - 1) // PAGE_SIZE
+        s.dirty_pages.update(range(first, last + 1))
+        return True
+
+    def writable_page(self, gpa: int) -> bool:
+        """gfn_to_hva succeeds for writing: the page is in a writable slot."""
+        s = self.find(gpa - gpa % PAGE_SIZE, PAGE_SIZE)
+        return s is not None and not s.readonly

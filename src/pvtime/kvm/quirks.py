@@ -1,0 +1,21 @@
+"""Named Linux behaviours that pvtime fixes by default and can reproduce on request.
+
+As KVM names its own quirks, each known defect of REFERENCE section 6 that lives in the host has
+a name here. A VM opts in with `Vm.enable_quirks`.
+"""
+
+from __future__ import annotations
+
+from enum import Flag, auto
+
+
+class Quirk(Flag):
+    """Host-side Linux defects a VM may reproduce."""
+
+    NONE = 0
+    # vCPU moved to another host thread: Linux computes `now - last_steal` across two tasks'
+    # run_delay, which mixes them and can wrap. pvtime's default re-baselines on the new task.
+    STEAL_ACROSS_TASKS = auto()
+    # Before Linux 5.9 the host kept steal in its own state and wrote it over the guest's record,
+    # so a restored VM restarted from the new host's value (0). pvtime re-reads guest RAM.
+    STEAL_CACHED_IN_HOST = auto()

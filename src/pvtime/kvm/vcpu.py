@@ -1,0 +1,269 @@
+"""A vCPU: device attributes, ONE_REG, power state, and `run()` with vcpu_load's stolen-time update."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pvtime.abi import sysregs
+from pvtime.abi.errno import EFAULT, ENOENT, ENXIO
+from pvtime.abi.sysregs import SysReg
+from pvtime.abi.uapi import (
+    KVM_ARM_VCPU_PVTIME_CTRL, KVM_INTERNAL_ERROR_EMULATION, KVM_REG_ARM_CORE,
+    KVM_REG_ARM_COPROC_MASK, KVM_REG_ARM_STD_HYP_BMAP, KVM_REG_ARM_TIMER_CNT,
+    KVM_REG_ARM_TIMER_CTL, KVM_REG_ARM_TIMER_CVAL, KVM_REG_ARM_PTIMER_CNT,
+    KVM_REG_ARM_PTIMER_CTL, KVM_REG_ARM_PTIMER_CVAL, KVM_REG_SIZE_MASK, reg_size,
+)
+from pvtime.cpu.backend import Conduit, GuestFault, Stop, StopKind
+from pvtime.cpu.model import ModelCpu
+from pvtime.guest.machine import ModelProgram
+from pvtime.host.task import Task
+from pvtime.kvm import hypercalls, pvtime
+from pvtime.kvm.arch_timer import ArchTimer
+from pvtime.kvm.errors import KvmError
+from pvtime.kvm.exits import Exit, HaltExit, InternalErrorExit, IntrExit, MmioExit, SystemEventExit
+
+if TYPE_CHECKING:
+    from pvtime.kvm.vm import Vm
+
+U64 = (1 << 64) - 1
+
+
+@dataclass
+class VcpuStats:
+    """Counters a VMM or benchmark can read (like KVM's binary stats)."""
+
+    runs: int = 0
+    loads: int = 0
+    hypercalls: int = 0
+
+
+class Vcpu:
+    """One virtual CPU of a `Vm`; create it with `Vm.create_vcpu`."""
+
+    def __init__(self, vm: Vm, vcpu_id: int, cpu: ModelCpu) -> None:
+        self.vm = vm
+        self.id = vcpu_id
+        # MPIDR affinity equals the index: Aff0 = bits 0-7, Aff1 = bits 8-15, bit 31 RES1.
+        self.mpidr = (1 << 31) | (vcpu_id & 0xFF) | ((vcpu_id >> 8) & 0xFF) << 8
+        self.cpu = cpu
+        self.steal = pvtime.StealState()
+        self.timer = ArchTimer(vm.counter)
+        self.stats = VcpuStats()
+        self.powered_off = False
+        self._system_event: int | None = None
+        self._wake: Callable[[], None] | None = None
+
+    def __repr__(self) -> str:
+        return f"Vcpu({self.vm.name}/{self.id})"
+
+    # --- device attributes (KVM_{SET,GET,HAS}_DEVICE_ATTR on the vCPU fd) -------------------
+
+    def set_device_attr(self, group: int, attr: int, value: object) -> None:
+        """KVM_SET_DEVICE_ATTR; `value` is the u64 at attr.addr (an int, or 8 little-endian bytes)."""
+        if group != KVM_ARM_VCPU_PVTIME_CTRL:
+            raise KvmError(ENXIO, f"vCPU attribute group {group}: unknown")
+        pvtime.set_ipa(self.steal, self.vm.pvtime_supported(), attr, value, self.vm.memory)
+
+    def get_device_attr(self, group: int, attr: int) -> int:
+        """KVM_GET_DEVICE_ATTR: the attribute's u64 value."""
+        if group != KVM_ARM_VCPU_PVTIME_CTRL:
+            raise KvmError(ENXIO, f"vCPU attribute group {group}: unknown")
+        return pvtime.get_ipa(self.steal, self.vm.pvtime_supported(), attr)
+
+    def has_device_attr(self, group: int, attr: int) -> None:
+        """KVM_HAS_DEVICE_ATTR: returns if supported, raises ENXIO otherwise."""
+        if group != KVM_ARM_VCPU_PVTIME_CTRL:
+            raise KvmError(ENXIO, f"vCPU attribute group {group}: unknown")
+        pvtime.has_ipa(self.vm.pvtime_supported(), attr)
+
+    # --- ONE_REG ---------------------------------------------------------------------------
+
+    def set_one_reg(self, reg_id: int, value: object) -> None:
+        """KVM_SET_ONE_REG: core registers, timer registers and the firmware bitmap."""
+        size = self._reg_size(reg_id)
+        val = _reg_value(value, size, reg_id)
+        if reg_id == KVM_REG_ARM_STD_HYP_BMAP:
+            hypercalls.set_std_hyp_bmap(self.vm, val)
+        elif reg_id & KVM_REG_ARM_COPROC_MASK == KVM_REG_ARM_CORE:
+            self.cpu.core_regs[reg_id] = val
+        elif reg_id in _TIMER_REGS:
+            self._set_timer_reg(reg_id, val)
+        else:
+            raise KvmError(ENOENT, f"register {reg_id:#x}: unknown")
+
+    def get_one_reg(self, reg_id: int) -> int:
+        """KVM_GET_ONE_REG."""
+        self._reg_size(reg_id)
+        if reg_id == KVM_REG_ARM_STD_HYP_BMAP:
+            return self.vm.std_hyp_bmap
+        if reg_id & KVM_REG_ARM_COPROC_MASK == KVM_REG_ARM_CORE:
+            return self.cpu.core_regs.get(reg_id, 0)
+        if reg_id in _TIMER_REGS:
+            return self.read_sysreg(_TIMER_REGS[reg_id])
+        raise KvmError(ENOENT, f"register {reg_id:#x}: unknown")
+
+    def _reg_size(self, reg_id: int) -> int:
+        """The size a register id encodes; ENOENT when a known register is named with another size."""
+        size = reg_size(reg_id)
+        base = reg_id & ~KVM_REG_SIZE_MASK
+        known = (base == KVM_REG_ARM_STD_HYP_BMAP & ~KVM_REG_SIZE_MASK
+                 or base in _TIMER_BASES or base & KVM_REG_ARM_COPROC_MASK == KVM_REG_ARM_CORE)
+        if known and size != 8:
+            raise KvmError(ENOENT, f"register {reg_id:#x}: size {size} bytes, the register has 8")
+        return size
+
+    def _set_timer_reg(self, reg_id: int, val: int) -> None:
+        if reg_id == KVM_REG_ARM_TIMER_CNT:
+            # Writing CNTVCT sets the VM-wide CNTVOFF, as KVM does since 6.4.
+            self.vm.counter.voffset = (self.timer.cntpct(self.vm.host.counter()) - val) & U64
+        elif reg_id == KVM_REG_ARM_PTIMER_CNT:
+            self.vm.counter.poffset = (self.vm.host.counter() - val) & U64
+        else:
+            self.timer.write(_TIMER_REGS[reg_id], val, self.vm.host.counter())
+
+    # --- power state ---------------------------------------------------------------------
+
+    def init(self, *, power_off: bool = False) -> None:
+        """KVM_ARM_VCPU_INIT: reset the vCPU; KVM_ARM_VCPU_POWER_OFF starts it powered off.
+
+        The stolen-time IPA survives, as in Linux.
+        """
+        self.powered_off = power_off
+        self.timer.vtimer.ctl = self.timer.ptimer.ctl = 0
+        self._system_event = None
+
+    def load_model_program(self, program: ModelProgram) -> None:
+        """Model backend: install the guest program this vCPU runs from reset."""
+        self.cpu.load(program)
+
+    def power_off(self) -> None:
+        """PSCI CPU_OFF: the vCPU stops until another vCPU turns it on."""
+        self.powered_off = True
+
+    def power_on(self, entry: int, context_id: int) -> None:
+        """PSCI CPU_ON from another vCPU: reset at `entry` with x0 = `context_id`, and wake it."""
+        self.powered_off = False
+        self.cpu.core_regs.clear()
+        if self._wake is not None:
+            self._wake()
+
+    def complete_mmio(self, data: bytes) -> None:
+        """Supply the data of the last MMIO read exit (kvm_run.mmio.data) before the next run()."""
+        self.cpu.complete_mmio(data)
+
+    def set_wake_callback(self, wake: Callable[[], None] | None) -> None:
+        """Called when another vCPU powers this one on (kvm_vcpu_wake_up of a blocked thread)."""
+        self._wake = wake
+
+    def request_system_event(self, event_type: int) -> None:
+        """Make the current run() return a KVM_EXIT_SYSTEM_EVENT."""
+        self._system_event = event_type
+
+    # --- KVM_RUN -------------------------------------------------------------------------
+
+    def current_task(self) -> Task:
+        """The host thread executing this vCPU now."""
+        return self.vm.host.current_task()
+
+    def run(self) -> Exit:
+        """KVM_RUN: load the vCPU on the calling task, enter the guest, return the next exit."""
+        host = self.vm.host
+        slice_ = host.current
+        if slice_ is None:
+            raise RuntimeError(f"{self}: run() must be called by a host task on a CPU (Host.on_cpu)")
+        self.stats.runs += 1
+        self.vm.note_first_run()
+        self._vcpu_load(slice_.task)
+        if self.powered_off:
+            return HaltExit(None)
+        stop = self.cpu.execute(self, slice_)
+        return self._exit_for(stop)
+
+    def _vcpu_load(self, task: Task) -> None:
+        """kvm_arch_vcpu_load + KVM_REQ_RECORD_STEAL: update the record before guest entry."""
+        self.stats.loads += 1
+        pvtime.update_stolen_time(self.steal, task, self.vm.memory, self.vm.quirks)
+
+    def _exit_for(self, stop: Stop) -> Exit:
+        match stop.kind:
+            case StopKind.DEADLINE:
+                return IntrExit()
+            case StopKind.HALT:
+                return HaltExit(self.next_irq_ns())
+            case StopKind.POWER_OFF:
+                self.powered_off = True
+                return HaltExit(None)
+            case StopKind.EXIT:
+                event, self._system_event = self._system_event, None
+                if event is not None:
+                    return SystemEventExit(event)
+                return HaltExit(None) if self.powered_off else IntrExit()
+            case StopKind.MMIO:
+                return MmioExit(stop.mmio_addr, stop.mmio_len, stop.mmio_data, stop.mmio_write)
+        return InternalErrorExit(KVM_INTERNAL_ERROR_EMULATION, stop.pc, stop.instruction, stop.reason)
+
+    # --- traps (the VcpuTraps protocol the CPU backend calls) -----------------------------
+
+    def hypercall(self, regs: list[int], conduit: Conduit, imm: int) -> None:
+        """HVC/SMC: the SMCCC dispatch."""
+        hypercalls.handle(self, regs, conduit, imm)
+
+    def read_sysreg(self, reg: SysReg) -> int:
+        """A trapped MRS."""
+        if reg == sysregs.MPIDR_EL1:
+            return self.mpidr
+        value = self.timer.read(reg, self.vm.host.counter(), self.vm.guest_counter_hz())
+        if value is None:
+            raise GuestFault(f"MRS of {sysregs.name(reg)}: register not implemented", instruction=f"mrs x?, {sysregs.name(reg)}")
+        return value
+
+    def write_sysreg(self, reg: SysReg, value: int) -> None:
+        """A trapped MSR."""
+        if not self.timer.write(reg, value, self.vm.host.counter()):
+            raise GuestFault(f"MSR of {sysregs.name(reg)}: register not writable", instruction=f"msr {sysregs.name(reg)}, x?")
+
+    def read_memory(self, gpa: int, size: int) -> bytes | None:
+        """Guest RAM through the memslots."""
+        return self.vm.memory.read(gpa, size)
+
+    def write_memory(self, gpa: int, data: bytes) -> bool:
+        """Guest RAM through the memslots (read-only slots refuse)."""
+        return self.vm.memory.write(gpa, data)
+
+    def irq_pending(self) -> bool:
+        """A timer interrupt is asserted now."""
+        return self.timer.irq_pending(self.vm.host.counter())
+
+    def next_irq_ns(self) -> int | None:
+        """When an armed timer next asserts, in host virtual time."""
+        count = self.timer.next_fire_host_count()
+        return None if count is None else self.vm.host.counter_to_ns(max(count, 0))
+
+    def exit_requested(self) -> bool:
+        """A trap wants to return to the VMM (system event, or CPU_OFF)."""
+        return self._system_event is not None or self.powered_off
+
+
+_TIMER_REGS: dict[int, SysReg] = {
+    KVM_REG_ARM_TIMER_CTL: sysregs.CNTV_CTL_EL0,
+    KVM_REG_ARM_TIMER_CVAL: sysregs.CNTV_CVAL_EL0,
+    KVM_REG_ARM_TIMER_CNT: sysregs.CNTVCT_EL0,
+    KVM_REG_ARM_PTIMER_CTL: sysregs.CNTP_CTL_EL0,
+    KVM_REG_ARM_PTIMER_CVAL: sysregs.CNTP_CVAL_EL0,
+    KVM_REG_ARM_PTIMER_CNT: sysregs.CNTPCT_EL0,
+}
+_TIMER_BASES = frozenset(r & ~KVM_REG_SIZE_MASK for r in _TIMER_REGS)
+
+
+def _reg_value(value: object, size: int, reg_id: int) -> int:
+    """copy_from_user of a register value of `size` bytes: EFAULT when unreadable."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        if len(value) < size:
+            raise KvmError(EFAULT, f"register {reg_id:#x}: {len(value)} bytes given, {size} needed")
+        return int.from_bytes(bytes(value[:size]), "little")
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << (8 * size):
+        return value
+    raise KvmError(EFAULT, f"register {reg_id:#x}: value {value!r} is not a readable u{8 * size}")

@@ -1,0 +1,1 @@
+"""Simulation: builds hosts and VMMs, runs virtual time, collects metrics."""

@@ -1,0 +1,6 @@
+"""The VMM: lays out guest memory, configures PV time through the KVM API, runs vCPU threads."""
+
+from pvtime.vmm.layout import Layout
+from pvtime.vmm.machine import Machine, MachineConfig, VcpuThread
+
+__all__ = ["Layout", "Machine", "MachineConfig", "VcpuThread"]

@@ -1,0 +1,125 @@
+"""A VM as a VMM builds it: memory, PV-time configuration, vCPUs and their host threads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pvtime.abi.uapi import KVM_ARM_VCPU_PVTIME_CTRL, KVM_ARM_VCPU_PVTIME_IPA, KVM_CAP_STEAL_TIME
+from pvtime.guest.machine import ModelProgram
+from pvtime.host.task import Slice, Step, Task, TaskState
+from pvtime.kvm import (
+    HaltExit, InternalErrorExit, IntrExit, Kvm, MmioExit, Quirk, SystemEventExit, Vcpu, Vm,
+)
+from pvtime.vmm.layout import QEMU_VIRT, Layout
+
+MiB = 1024 * 1024
+
+
+@dataclass
+class MachineConfig:
+    """What a VMM is asked to build."""
+
+    name: str
+    vcpus: int = 1
+    memory_mib: int = 64
+    pvtime: bool = True
+    quirks: Quirk = Quirk.NONE
+    layout: Layout = field(default_factory=lambda: QEMU_VIRT)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the bad field."""
+        if self.vcpus < 1:
+            raise ValueError(f"{self.name}: vcpus must be >= 1, got {self.vcpus}")
+        if self.pvtime and self.vcpus > self.layout.max_vcpus():
+            raise ValueError(f"{self.name}: vcpus {self.vcpus} exceeds the PV-time region "
+                             f"({self.layout.max_vcpus()} records)")
+        if self.memory_mib < 1:
+            raise ValueError(f"{self.name}: memory_mib must be >= 1, got {self.memory_mib}")
+
+
+class Machine:
+    """One VM and the buffers the VMM owns for it."""
+
+    RAM_SLOT = 0
+    PVTIME_SLOT = 1
+
+    def __init__(self, kvm: Kvm, config: MachineConfig) -> None:
+        config.validate()
+        self.config = config
+        self.kvm = kvm
+        self.vm: Vm = kvm.create_vm(config.name)
+        self.vm.enable_quirks(config.quirks)
+        layout = config.layout
+        self.ram = bytearray(config.memory_mib * MiB)
+        self.vm.set_user_memory_region(self.RAM_SLOT, layout.ram_base, len(self.ram), self.ram)
+        self.pvtime_mem: bytearray | None = None
+        self.vcpus: list[Vcpu] = [self.vm.create_vcpu(i) for i in range(config.vcpus)]
+        if config.pvtime:
+            self._configure_pvtime()
+        self.console = bytearray()
+        self.stopped: str | None = None  # why the VM stopped, once it has
+        self.errors: list[InternalErrorExit] = []
+
+    def _configure_pvtime(self) -> None:
+        """Reserve the records' granule(s) and give each vCPU its IPA, as QEMU's kvm-steal-time."""
+        layout = self.config.layout
+        if not self.vm.check_extension(KVM_CAP_STEAL_TIME):
+            raise RuntimeError(f"{self.config.name}: the host does not support KVM_CAP_STEAL_TIME")
+        self.pvtime_mem = bytearray(layout.pvtime_region_size(len(self.vcpus)))
+        self.vm.set_user_memory_region(self.PVTIME_SLOT, layout.pvtime_base, len(self.pvtime_mem), self.pvtime_mem)
+        for vcpu in self.vcpus:
+            vcpu.set_device_attr(KVM_ARM_VCPU_PVTIME_CTRL, KVM_ARM_VCPU_PVTIME_IPA, layout.steal_record(vcpu.id))
+
+    def load_model_guest(self, program: ModelProgram) -> None:
+        """Boot the model guest on every vCPU."""
+        for vcpu in self.vcpus:
+            vcpu.load_model_program(program)
+
+    def stop(self, why: str) -> None:
+        """Stop every vCPU of this VM (the other VMs go on)."""
+        if self.stopped is None:
+            self.stopped = why
+
+    def handle_mmio(self, vcpu: Vcpu, ex: MmioExit) -> None:
+        """The VMM's devices: the PL011 data register; other addresses read as zero."""
+        layout = self.config.layout
+        if ex.is_write and ex.phys_addr == layout.uart_base:
+            self.console += ex.data[:1]
+        elif not ex.is_write:
+            vcpu.complete_mmio(bytes(ex.len))
+
+
+class VcpuThread:
+    """The VMM thread of one vCPU: `while True: exit = vcpu.run(); handle(exit)`."""
+
+    def __init__(self, machine: Machine, vcpu: Vcpu) -> None:
+        self.machine = machine
+        self.vcpu = vcpu
+        self.task: Task | None = None
+        # run_delay when the vCPU first entered the guest: a guest that calls PV_TIME_ST in its
+        # first slice counts steal from this value, so host truth is measured from it.
+        self.first_run_delay_ns: int | None = None
+
+    def step(self, slice_: Slice) -> Step:
+        """Run the vCPU until its slice ends, it halts, or the VM stops."""
+        if self.first_run_delay_ns is None:
+            self.first_run_delay_ns = slice_.task.run_delay_ns
+        while True:
+            if self.machine.stopped is not None:
+                return Step(TaskState.EXITED)
+            ex = self.vcpu.run()
+            if isinstance(ex, IntrExit):
+                return Step(TaskState.QUEUED)
+            if isinstance(ex, HaltExit):
+                return Step(TaskState.SLEEPING, ex.wake_at_ns)
+            if isinstance(ex, MmioExit):
+                self.machine.handle_mmio(self.vcpu, ex)
+                continue
+            if isinstance(ex, SystemEventExit):
+                self.machine.stop(f"system event {ex.type}")
+                return Step(TaskState.EXITED)
+            if isinstance(ex, InternalErrorExit):
+                self.machine.errors.append(ex)
+                self.machine.stop(f"vcpu{self.vcpu.id}: {ex}")
+                return Step(TaskState.EXITED)
+            raise RuntimeError(f"unexpected exit {ex!r}")
