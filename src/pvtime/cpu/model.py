@@ -12,7 +12,7 @@ import struct
 
 from pvtime.abi.sysregs import SysReg
 from pvtime.cpu.backend import Clock, Conduit, GuestFault, Stop, StopKind, VcpuTraps
-from pvtime.guest.machine import Compute, CpuProgram, ModelProgram, WaitForInterrupt
+from pvtime.guest.machine import Compute, CpuProgram, ModelProgram, MmioRead, MmioWrite, WaitForInterrupt
 
 # An IRQ handler that never acknowledges its interrupt would spin forever; a real CPU would too,
 # but a simulator must stop it and say why.
@@ -69,6 +69,8 @@ class ModelCpu:
         self._compute_left = 0
         self._waiting = False
         self._done = False
+        self._mmio_read: MmioRead | None = None  # a read exit the VMM has not completed yet
+        self._send: bytes | None = None  # what the next step of the program receives
 
     def load(self, program: ModelProgram) -> None:
         """Install the guest program (the model's equivalent of placing code in RAM); restarts the vCPU."""
@@ -77,10 +79,17 @@ class ModelCpu:
         self._compute_left = 0
         self._waiting = False
         self._done = False
+        self._mmio_read = None
+        self._send = None
 
     def complete_mmio(self, data: bytes) -> None:
-        """Model guests never exit for MMIO, so there is never a read to complete."""
-        raise RuntimeError("no MMIO read is pending on a model vCPU")
+        """The VMM's data for the pending MMIO read exit."""
+        if self._mmio_read is None:
+            raise RuntimeError(f"vCPU {self.index}: no MMIO read is pending")
+        if len(data) != self._mmio_read.size:
+            raise ValueError(f"vCPU {self.index}: MMIO read of {self._mmio_read.size} bytes "
+                             f"completed with {len(data)}")
+        self._mmio_read, self._send = None, bytes(data)
 
     @property
     def loaded(self) -> bool:
@@ -93,6 +102,9 @@ class ModelCpu:
             return Stop(StopKind.FAULT, reason="no guest program loaded on this vCPU")
         if self._done:
             return Stop(StopKind.POWER_OFF)
+        if self._mmio_read is not None:
+            return Stop(StopKind.FAULT, reason=f"MMIO read of {self._mmio_read.addr:#x} was never "
+                                                "completed by the VMM")
         view = _GuestView(traps)
         try:
             return self._run(view, traps, clock)
@@ -124,7 +136,8 @@ class ModelCpu:
                 self._compute(traps, clock)
                 continue
             try:
-                action = next(self._code)
+                action = self._code.send(self._send)
+                self._send = None
             except StopIteration:
                 self._done = True
                 return Stop(StopKind.POWER_OFF)
@@ -134,6 +147,12 @@ class ModelCpu:
                 self._compute_left = action.ns
             elif isinstance(action, WaitForInterrupt):
                 self._waiting = True
+            elif isinstance(action, MmioWrite):
+                return Stop(StopKind.MMIO, mmio_addr=action.addr, mmio_len=len(action.data),
+                            mmio_data=bytes(action.data), mmio_write=True)
+            elif isinstance(action, MmioRead):
+                self._mmio_read = action
+                return Stop(StopKind.MMIO, mmio_addr=action.addr, mmio_len=action.size)
             else:
                 raise GuestFault(f"unknown action {action!r} from the guest program")
 

@@ -1,8 +1,8 @@
 """What a model guest sees of its machine, and the actions its program yields.
 
 A model guest program is a generator per vCPU: it calls the `GuestCpu` synchronously for
-hypercalls, memory and system registers, and yields `Compute` (execute instructions for some CPU
-time) or `WaitForInterrupt` (WFI). Between steps the CPU takes timer interrupts, calling the
+hypercalls, RAM and system registers, and yields `Compute` (execute instructions for some CPU
+time), `WaitForInterrupt` (WFI) or a device access (`MmioRead`/`MmioWrite`, which exit to the VMM). Between steps the CPU takes timer interrupts, calling the
 program's `irq` handler, exactly where a real CPU would take the IRQ exception.
 """
 
@@ -59,8 +59,24 @@ class WaitForInterrupt:
     """WFI: stop until an interrupt is pending."""
 
 
-Action = Compute | WaitForInterrupt
-CpuProgram = Generator[Action, None, None]
+@dataclass(frozen=True)
+class MmioWrite:
+    """A store to device memory: the VMM handles it (an MMIO exit) before the guest goes on."""
+
+    addr: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class MmioRead:
+    """A load from device memory: `yield` evaluates to the bytes the VMM supplied."""
+
+    addr: int
+    size: int
+
+
+Action = Compute | WaitForInterrupt | MmioWrite | MmioRead
+CpuProgram = Generator[Action, bytes | None, None]
 
 
 class ModelProgram(Protocol):

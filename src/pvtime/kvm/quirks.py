@@ -13,8 +13,10 @@ class Quirk(Flag):
     """Host-side Linux defects a VM may reproduce."""
 
     NONE = 0
-    # vCPU moved to another host thread: Linux computes `now - last_steal` across two tasks'
-    # run_delay, which mixes them and can wrap. pvtime's default re-baselines on the new task.
+    # `last_steal` not taken from the loading task: on a vCPU's first load Linux adds the
+    # thread's whole run_delay (last_steal starts at 0), and when the vCPU moved to another host
+    # thread it computes `now - last_steal` across two tasks, which mixes them and can wrap.
+    # pvtime's default re-baselines on the loading task in both cases.
     STEAL_ACROSS_TASKS = auto()
     # Before Linux 5.9 the host kept steal in its own state and wrote it over the guest's record,
     # so a restored VM restarted from the new host's value (0). pvtime re-reads guest RAM.

@@ -1,0 +1,72 @@
+"""KVM_SET_USER_MEMORY_REGION checks and host-side guest memory access."""
+
+import pytest
+
+from pvtime.abi.errno import EEXIST, EINVAL
+from pvtime.abi.uapi import KVM_MEM_READONLY
+from pvtime.host import Host
+from pvtime.kvm import Kvm, KvmError
+
+
+@pytest.fixture
+def vm():
+    return Kvm(Host()).create_vm()
+
+
+def errno_of(fn, *args, **kw):
+    with pytest.raises(KvmError) as err:
+        fn(*args, **kw)
+    return err.value.errno
+
+
+def test_the_vmm_buffer_is_the_guest_memory(vm):
+    buf = bytearray(0x2000)
+    vm.set_user_memory_region(0, 0x4000_0000, 0x2000, buf)
+    assert vm.memory.write(0x4000_0010, b"abc")
+    assert buf[0x10:0x13] == b"abc"
+    buf[0x20] = 7
+    assert vm.memory.read(0x4000_0020, 1) == b"\x07"
+
+
+def test_unbacked_reads_and_writes_fail(vm):
+    vm.set_user_memory_region(0, 0x4000_0000, 0x1000, bytearray(0x1000))
+    assert vm.memory.read(0x3FFF_FFF8, 8) is None
+    assert vm.memory.read(0x4000_0FFC, 8) is None  # straddles the end
+    assert not vm.memory.write(0x5000_0000, b"x")
+
+
+def test_read_only_slots_are_readable_but_not_writable(vm):
+    buf = bytearray(b"\x55" * 0x1000)
+    vm.set_user_memory_region(0, 0x1000, 0x1000, buf, KVM_MEM_READONLY)
+    assert vm.memory.read(0x1000, 2) == b"\x55\x55"
+    assert not vm.memory.write(0x1000, b"\0")
+    assert buf[0] == 0x55
+
+
+@pytest.mark.parametrize("args,err", [
+    ((0, 0x1001, 0x1000), EINVAL),  # unaligned address
+    ((0, 0x1000, 0x800), EINVAL),  # unaligned size
+    ((512, 0x1000, 0x1000), EINVAL),  # slot id out of range
+    ((1, 0x0, 0x0), EINVAL),  # deleting a slot that does not exist
+])
+def test_bad_regions(vm, args, err):
+    assert errno_of(vm.set_user_memory_region, *args, bytearray(0x1000)) == err
+
+
+def test_unknown_flags_and_short_buffers_are_einval(vm):
+    assert errno_of(vm.set_user_memory_region, 0, 0x1000, 0x1000, bytearray(0x1000), 0x80) == EINVAL
+    assert errno_of(vm.set_user_memory_region, 0, 0x1000, 0x2000, bytearray(0x1000)) == EINVAL
+    assert errno_of(vm.set_user_memory_region, 0, 0x1000, 0x1000, bytes(0x1000)) == EINVAL
+
+
+def test_overlap_is_eexist_and_delete_frees_the_range(vm):
+    vm.set_user_memory_region(0, 0x10000, 0x2000, bytearray(0x2000))
+    assert errno_of(vm.set_user_memory_region, 1, 0x11000, 0x1000, bytearray(0x1000)) == EEXIST
+    vm.set_user_memory_region(0, 0x10000, 0, None)
+    vm.set_user_memory_region(1, 0x11000, 0x1000, bytearray(0x1000))
+
+
+def test_read_only_cannot_be_toggled_in_place(vm):
+    buf = bytearray(0x1000)
+    vm.set_user_memory_region(0, 0x1000, 0x1000, buf)
+    assert errno_of(vm.set_user_memory_region, 0, 0x1000, 0x1000, buf, KVM_MEM_READONLY) == EINVAL
