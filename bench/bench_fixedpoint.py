@@ -8,12 +8,11 @@ bench/ only.
 from __future__ import annotations
 
 import argparse
-import platform
 import random
-import time
-from collections.abc import Callable
 from fractions import Fraction
 from math import ceil, floor
+
+from common import machine_line, rate
 
 from pvtime.fixedpoint import (
     U64_MAX,
@@ -22,30 +21,6 @@ from pvtime.fixedpoint import (
     pv_to_native_deadline,
     scale_factors,
 )
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (falls back to platform.processor())."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Hardware", "Processor", "cpu model"):
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def rate(fn: Callable[[int], int], inputs: list[int], repeat: int) -> float:
-    """Best-of-``repeat`` calls per second of ``fn`` over ``inputs``."""
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        for t in inputs:
-            fn(t)
-        best = min(best, time.perf_counter() - start)
-    return len(inputs) / best
 
 
 def main() -> None:
@@ -69,8 +44,7 @@ def main() -> None:
         ("pv_to_native_deadline", pv_in, lambda t: pv_to_native_deadline(t, sf),
          lambda t: ceil(t * rev)),
     ]
-    print(f"cpu: {cpu_model()}")
-    print(f"python: {platform.python_implementation()} {platform.python_version()}")
+    print(machine_line())
     print(f"native {args.native} Hz -> pv {args.pv} Hz; {args.n} inputs, best of {args.repeat}")
     print(f"{'conversion':<24}{'fixedpoint/s':>14}{'Fraction/s':>14}{'ratio':>8}")
     for name, inputs, ours, peer in cases:

@@ -47,3 +47,20 @@ def make_env(vcpus: int = 1, *, pvtime: bool = True, counter_hz: int = 25_000_00
 @pytest.fixture
 def env() -> Env:
     return make_env(2)
+
+
+class RecordingCpu:
+    """A vCPU as its guest sees it, recording every hypercall function id (for probe-order tests)."""
+
+    def __init__(self, env: Env, i: int) -> None:
+        from pvtime.cpu.model import GuestView
+
+        self._view = GuestView(env.vcpu(i))
+        self.calls: list[int] = []
+
+    def hvc(self, x0: int, x1: int = 0, x2: int = 0, x3: int = 0, *, imm: int = 0):
+        self.calls.append(x0)
+        return self._view.hvc(x0, x1, x2, x3, imm=imm)
+
+    def __getattr__(self, name: str):
+        return getattr(self._view, name)

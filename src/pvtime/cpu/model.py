@@ -19,7 +19,7 @@ from pvtime.guest.machine import Compute, CpuProgram, ModelProgram, MmioRead, Mm
 _MAX_IRQS_WITHOUT_PROGRESS = 1000
 
 
-class _GuestView:
+class GuestView:
     """The `GuestCpu` a program sees: every access goes through the hypervisor's traps."""
 
     def __init__(self, traps: VcpuTraps) -> None:
@@ -105,14 +105,14 @@ class ModelCpu:
         if self._mmio_read is not None:
             return Stop(StopKind.FAULT, reason=f"MMIO read of {self._mmio_read.addr:#x} was never "
                                                 "completed by the VMM")
-        view = _GuestView(traps)
+        view = GuestView(traps)
         try:
             return self._run(view, traps, clock)
         except GuestFault as fault:
             self._done = True
             return Stop(StopKind.FAULT, pc=fault.pc, instruction=fault.instruction, reason=fault.reason)
 
-    def _run(self, view: _GuestView, traps: VcpuTraps, clock: Clock) -> Stop:
+    def _run(self, view: GuestView, traps: VcpuTraps, clock: Clock) -> Stop:
         assert self._program is not None
         if self._code is None:
             self._code = self._program.main(view, self.index)

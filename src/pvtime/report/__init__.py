@@ -1,0 +1,1 @@
+"""Results: tables, series files, figures, traces and the summary of a run."""

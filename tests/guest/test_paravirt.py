@@ -1,0 +1,107 @@
+"""The Linux arm64 stolen-time client (arch/arm64/kernel/paravirt.c) against the pvtime host."""
+
+import struct
+
+from pvtime.abi import smccc
+from pvtime.abi.errno import EINVAL, ENXIO
+from pvtime.abi.uapi import KVM_REG_ARM_STD_HYP_BMAP
+from pvtime.guest.paravirt import PvSteal, has_pv_steal_clock
+from tests.conftest import RecordingCpu, make_env
+
+
+def on_cpu(env, i=0):
+    return env.host.on_cpu(env.tasks[i], 0)
+
+
+def test_probe_order_is_linuxs():
+    env = make_env(1)
+    cpu = RecordingCpu(env, 0)
+    with on_cpu(env):
+        assert has_pv_steal_clock(cpu)
+    # psci_init_smccc (PSCI_FEATURES(SMCCC_VERSION), SMCCC_VERSION), then has_pv_steal_clock.
+    assert cpu.calls == [smccc.PSCI_FEATURES, smccc.SMCCC_VERSION, smccc.SMCCC_ARCH_FEATURES,
+                         smccc.PV_TIME_FEATURES]
+
+
+def test_probe_fails_without_an_ipa_and_stops_at_pv_time_features():
+    env = make_env(1, pvtime=False)
+    cpu = RecordingCpu(env, 0)
+    with on_cpu(env):
+        assert not has_pv_steal_clock(cpu)
+    assert cpu.calls[-1] == smccc.PV_TIME_FEATURES
+
+
+def test_probe_fails_at_arch_features_when_the_bitmap_hides_pv_time():
+    env = make_env(1)
+    env.vcpu(0).set_one_reg(KVM_REG_ARM_STD_HYP_BMAP, 0)
+    cpu = RecordingCpu(env, 0)
+    with on_cpu(env):
+        assert not has_pv_steal_clock(cpu)
+    assert cpu.calls[-1] == smccc.SMCCC_ARCH_FEATURES  # PV_TIME_FEATURES is never called
+
+
+def test_online_maps_the_record_and_the_clock_reads_stolen_time():
+    env = make_env(2)
+    pv = PvSteal()
+    cpu = RecordingCpu(env, 1)
+    with on_cpu(env, 1):
+        assert pv.init(cpu)
+        assert pv.cpu_online(cpu, 1) == 0
+        assert pv.regions[1] == 0x090A_0000 + 64
+        env.machine.pvtime_mem[72:80] = struct.pack("<Q", 123_456)
+        assert pv.steal_clock(cpu, 1) == 123_456
+        assert pv.steal_clock(cpu, 0) == 0  # CPU 0 never came online: unmapped reads 0
+
+
+def test_online_fails_with_einval_when_pv_time_st_is_not_supported():
+    env = make_env(1, pvtime=False)
+    pv = PvSteal()
+    with on_cpu(env):
+        assert pv.cpu_online(RecordingCpu(env, 0), 0) == -EINVAL
+    assert 0 not in pv.regions
+
+
+def test_bad_revision_fails_with_enxio_and_the_mapping_stays_published():
+    env = make_env(1)
+    pv = PvSteal()
+    cpu = RecordingCpu(env, 0)
+
+    class BadRevision:
+        def __getattr__(self, name):
+            return getattr(cpu, name)
+
+        def read(self, addr, size):
+            data = bytearray(cpu.read(addr, size))
+            data[0] = 1  # revision 1
+            return bytes(data)
+
+    with on_cpu(env):
+        pv.init(cpu)
+        assert pv.cpu_online(BadRevision(), 0) == -ENXIO
+    assert 0 in pv.regions  # Linux publishes kaddr before checking
+    assert any("Unexpected revision" in m for m in pv.messages)
+
+
+def test_offline_unmaps_and_re_online_zeroes_the_host_value():
+    env = make_env(1)
+    pv = PvSteal()
+    cpu = RecordingCpu(env, 0)
+    with on_cpu(env):
+        pv.init(cpu)
+        pv.cpu_online(cpu, 0)
+    env.host.hold(env.tasks[0], 50_000)
+    with on_cpu(env):
+        env.vcpu(0)._vcpu_load(env.tasks[0])
+        assert pv.steal_clock(cpu, 0) == 50_000
+        pv.cpu_offline(0)
+        assert pv.steal_clock(cpu, 0) == 0
+        assert pv.cpu_online(cpu, 0) == 0  # PV_TIME_ST again
+        assert pv.steal_clock(cpu, 0) == 0  # ...which zeroed the host value
+
+
+def test_steal_clock_is_zero_before_pv_time_init():
+    env = make_env(1)
+    pv = PvSteal()
+    pv.regions[0] = 0x090A_0000
+    with on_cpu(env):
+        assert pv.steal_clock(RecordingCpu(env, 0), 0) == 0  # native_steal_clock
