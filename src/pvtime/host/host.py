@@ -76,6 +76,19 @@ class Host:
                 task.depart(ended, runnable=True)
             self.clock_ns = max(self.clock_ns, ended)
 
+    @contextmanager
+    def running(self, slice_: Slice) -> Iterator[Slice]:
+        """Make `slice_` the one executing, for a scheduler that does its own schedstat calls.
+
+        Several CPUs run one slice at a time, in virtual-time order: KVM reads the calling task
+        and the time from `current` while the slice's body executes.
+        """
+        outer, self.current = self.current, slice_
+        try:
+            yield slice_
+        finally:
+            self.current = outer
+
     def hold(self, task: Task, wait_ns: int) -> None:
         """Keep `task` runnable but off the CPU for `wait_ns`: deterministic steal on purpose.
 

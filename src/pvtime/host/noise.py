@@ -34,3 +34,35 @@ class CpuHog:
         if pos >= busy:
             return Step(TaskState.SLEEPING, slice_.now_ns + self.period_ns - pos)
         return Step(TaskState.QUEUED)
+
+
+class PeriodicBurst:
+    """A periodic job: released every `period_ns` (from `phase_ns`), needs `burst_ns` of CPU each
+    time, and sleeps once the work is done. Unlike `CpuHog`, the burst is CPU time, so a burst
+    that is kept waiting finishes late rather than shorter (a backup job, a VMM I/O thread).
+    """
+
+    def __init__(self, burst_ns: int, period_ns: int, phase_ns: int = 0) -> None:
+        if period_ns <= 0:
+            raise ValueError(f"period_ns must be positive, got {period_ns}")
+        if not 0 < burst_ns <= period_ns:
+            raise ValueError(f"burst_ns must be in 1..period_ns ({period_ns}), got {burst_ns}")
+        if phase_ns < 0:
+            raise ValueError(f"phase_ns must be >= 0, got {phase_ns}")
+        self.burst_ns = burst_ns
+        self.period_ns = period_ns
+        self._next_release = phase_ns
+        self._left = 0
+
+    def step(self, slice_: Slice) -> Step:
+        """Work off the released bursts until the slice ends or nothing is left."""
+        while slice_.now_ns >= self._next_release:
+            self._left += self.burst_ns
+            self._next_release += self.period_ns
+        if self._left > 0:
+            use = min(self._left, slice_.remaining_ns)
+            slice_.advance(use)
+            self._left -= use
+        if self._left > 0:
+            return Step(TaskState.QUEUED)
+        return Step(TaskState.SLEEPING, self._next_release)

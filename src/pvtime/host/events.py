@@ -1,0 +1,73 @@
+"""The discrete-event core: callbacks ordered by virtual time (integer nanoseconds).
+
+Events at the same time run by priority (lower first), then in the order they were posted, so a
+run is a pure function of its inputs. SimPy orders its events by the same key (time, priority,
+insertion), which is what lets bench/bench_sim.py drive the same scheduler with either core and
+compare them; this one was chosen because it is several times faster on that workload (see the
+bench for the figures) and has no dependency.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from typing import Protocol
+
+# Priorities used by the host: wake-ups are processed before a CPU's scheduling decision at the
+# same instant, so the decision sees every task that became runnable by then.
+PRIO_WAKE = 1
+PRIO_CPU = 2
+PRIO_SAMPLE = 3
+
+
+class EventCore(Protocol):
+    """What the host scheduler needs from a discrete-event engine."""
+
+    @property
+    def now(self) -> int:
+        """The virtual time of the event being processed (ns)."""
+        ...
+
+    def at(self, time_ns: int, prio: int, fn: Callable[[], None]) -> None:
+        """Call `fn` at `time_ns` (>= now)."""
+        ...
+
+    def run(self, until_ns: int) -> None:
+        """Process every event before `until_ns`; afterwards `now` is `until_ns`."""
+        ...
+
+
+class EventLoop:
+    """A binary-heap event loop: the default `EventCore`."""
+
+    def __init__(self) -> None:
+        self._now = 0
+        self._seq = 0
+        self._heap: list[tuple[int, int, int, Callable[[], None]]] = []
+        self.processed = 0  # events run so far (for benchmarks and progress)
+
+    @property
+    def now(self) -> int:
+        return self._now
+
+    def at(self, time_ns: int, prio: int, fn: Callable[[], None]) -> None:
+        if time_ns < self._now:
+            raise ValueError(f"event at {time_ns} ns is in the past (now {self._now} ns)")
+        self._seq += 1
+        heapq.heappush(self._heap, (time_ns, prio, self._seq, fn))
+
+    def run(self, until_ns: int) -> None:
+        heap = self._heap
+        pop = heapq.heappop
+        n = 0
+        while heap and heap[0][0] < until_ns:
+            time_ns, _, _, fn = pop(heap)
+            self._now = time_ns
+            fn()
+            n += 1
+        self.processed += n
+        self._now = max(self._now, until_ns)
+
+    def pending(self) -> int:
+        """Events not yet processed."""
+        return len(self._heap)
