@@ -40,6 +40,7 @@ class GuestMemory:
 
     def __init__(self) -> None:
         self.slots: dict[int, Memslot] = {}
+        self._last: Memslot | None = None  # the slot of the last lookup: accesses cluster
 
     def set_region(self, slot: int, guest_phys_addr: int, memory_size: int,
                    userspace: bytearray | memoryview | None, flags: int = 0) -> None:
@@ -58,6 +59,7 @@ class GuestMemory:
             if old is None:
                 raise KvmError(EINVAL, f"memslot {slot}: deleting a slot that does not exist")
             del self.slots[slot]
+            self._last = None
             return
         if userspace is None:
             raise KvmError(EINVAL, f"memslot {slot}: no userspace buffer")
@@ -74,11 +76,16 @@ class GuestMemory:
             if other.slot != slot and guest_phys_addr < other.end and other.guest_phys_addr < guest_phys_addr + memory_size:
                 raise KvmError(EEXIST, f"memslot {slot}: overlaps memslot {other.slot}")
         self.slots[slot] = Memslot(slot, guest_phys_addr, memory_size, flags, view[:memory_size])
+        self._last = None
 
     def find(self, gpa: int, size: int = 1) -> Memslot | None:
         """The slot holding all of [gpa, gpa+size), if one does."""
+        last = self._last
+        if last is not None and last.guest_phys_addr <= gpa and gpa + size <= last.end:
+            return last
         for s in self.slots.values():
             if s.contains(gpa, size):
+                self._last = s
                 return s
         return None
 

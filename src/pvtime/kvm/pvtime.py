@@ -78,12 +78,13 @@ def update_stolen_time(steal: StealState, task: Task, memory: GuestMemory, quirk
     if raw is None:
         return  # the IPA is no longer backed: nothing at all, the baseline stays
     now = task.run_delay_ns
-    if steal.task is not task and not quirks & Quirk.STEAL_ACROSS_TASKS:
+    if steal.task is not task and not (quirks and quirks & Quirk.STEAL_ACROSS_TASKS):
         # First load, or the vCPU moved to another thread: `last_steal` is not this task's
         # run_delay (Linux starts it at 0), so start anew from this task's sum rather than
         # adding its whole history or subtracting another task's total.
         steal.last_steal = now
-    old = steal.cached if quirks & Quirk.STEAL_CACHED_IN_HOST else struct.unpack("<Q", raw)[0]
+    cached = quirks and quirks & Quirk.STEAL_CACHED_IN_HOST  # `quirks and`: skip Flag ops when NONE
+    old = steal.cached if cached else struct.unpack("<Q", raw)[0]
     value = (old + now - steal.last_steal) & U64
     steal.last_steal, steal.task, steal.cached = now, task, value
     memory.write(field, struct.pack("<Q", value))
