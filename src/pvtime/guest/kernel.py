@@ -18,6 +18,8 @@ from pvtime.guest.machine import Compute, CpuProgram, GuestCpu, WaitForInterrupt
 from pvtime.guest.paravirt import PvSteal
 from pvtime.guest.rq_clock import RqClock
 
+HOLDING_PEN_SPIN_NS = 10_000  # how long a waiting secondary spins between checks
+
 
 @dataclass(frozen=True)
 class Workload:
@@ -59,6 +61,7 @@ class ModelKernel:
         self._freq = 0
         self._offline_requests: set[int] = set()
         self._online_requests: set[int] = set()
+        self.boot_cpu_ready = False  # the boot CPU has run pv_time_init
 
     # --- clocks ---------------------------------------------------------------------------
 
@@ -75,9 +78,15 @@ class ModelKernel:
     def main(self, cpu: GuestCpu, index: int) -> CpuProgram:
         """Each vCPU: boot (CPU 0 probes PV time), come online, start the tick, run the workload."""
         self._freq = cpu.mrs(CNTFRQ_EL0)
+        # Secondaries wait in a holding pen (spin-table style) until the boot CPU has probed PV
+        # time, as Linux brings them up only after pv_time_init: otherwise a secondary that runs
+        # first would come online without its stolen-time region.
+        while index != 0 and not self.boot_cpu_ready:
+            yield Compute(HOLDING_PEN_SPIN_NS)
         if index == 0:
             self.pv_probed = self.pv.init(cpu)
             self.steal_rq_enabled = self.pv_probed and self.options.steal_acc
+            self.boot_cpu_ready = True
         self.rq[index] = RqClock(steal_acc=self.steal_rq_enabled, carry_excess=self.options.rq_carry_excess)
         self.rq[index].clock = self.sched_clock(cpu)
         self.rq[index].clock_task = self.rq[index].clock

@@ -1,0 +1,140 @@
+"""The results folder: series as CSV and Parquet, figures, the Perfetto trace, summary.json."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pvtime.report.figures import occupancy_figure, steal_figure
+from pvtime.sim.recorder import CATEGORIES, CPU_TRACK_BASE
+from pvtime.sim.runner import RunResult
+
+SERIES_COLUMNS = ("time_ns", "vm", "vcpu", "host_run_delay_ns", "record_steal_ns", "guest_steal_ns")
+OCCUPANCY_COLUMNS = ("time_ns", "host", "cpu", "vcpu_ns", "vmm_ns", "noise_ns", "idle_ns")
+
+
+def write_results(result: RunResult, out: Path) -> list[Path]:
+    """Write every output file into `out` (created if needed); return their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    series = series_columns(result)
+    occupancy = occupancy_columns(result)
+    for name, cols in (("series", series), ("occupancy", occupancy)):
+        written.append(_write_csv(out / f"{name}.csv", cols))
+        written.append(_write_parquet(out / f"{name}.parquet", cols))
+    steal_figure(result, out / "steal.png")
+    occupancy_figure(result, out / "occupancy.png")
+    written += [out / "steal.png", out / "occupancy.png"]
+    if result.spec.trace:
+        written.append(_write_json(out / "trace.json", trace_document(result), indent=None))
+    written.append(_write_json(out / "summary.json", summary(result), indent=2))
+    return written
+
+
+def series_columns(result: RunResult) -> dict[str, list[Any]]:
+    """Per-vCPU steal on the sample grid; -1 where a view does not exist (no PV time)."""
+    cols: dict[str, list[Any]] = {c: [] for c in SERIES_COLUMNS}
+    grid = [int(t) for t in result.grid_ns]
+    for row in result.vcpus:
+        s = result.series[f"{row.vm}/vcpu{row.vcpu}"]
+        cols["time_ns"] += grid
+        cols["vm"] += [row.vm] * len(grid)
+        cols["vcpu"] += [row.vcpu] * len(grid)
+        for c in SERIES_COLUMNS[3:]:
+            cols[c] += [int(v) for v in s[c]]
+    return cols
+
+
+def occupancy_columns(result: RunResult) -> dict[str, list[Any]]:
+    """Busy time per host CPU, task category and sample interval."""
+    cols: dict[str, list[Any]] = {c: [] for c in OCCUPANCY_COLUMNS}
+    sample = result.spec.sample_ms * 1_000_000
+    for (host, cpu), busy in sorted(result.occupancy.items()):
+        for b in range(busy.shape[1]):
+            start = b * sample
+            width = min(sample, result.duration_ns - start)
+            used = [int(busy[c, b]) for c in range(len(CATEGORIES))]
+            cols["time_ns"].append(start)
+            cols["host"].append(host)
+            cols["cpu"].append(cpu)
+            for cat, v in zip(CATEGORIES, used):
+                cols[f"{cat}_ns"].append(v)
+            cols["idle_ns"].append(width - sum(used))
+    return cols
+
+
+def trace_document(result: RunResult) -> dict[str, Any]:
+    """Chrome/Perfetto trace: a process per host, a thread per task (and one per CPU)."""
+    meta: list[dict[str, Any]] = []
+    for host, pid in sorted(result.host_pids.items(), key=lambda kv: kv[1]):
+        meta.append({"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "args": {"name": host}})
+        for cpu in range(result.host_cpus[host]):
+            meta.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": CPU_TRACK_BASE + cpu,
+                         "args": {"name": f"CPU {cpu}"}})
+    for (pid, tid), name in sorted(result.task_names.items()):
+        meta.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": name}})
+    counters: list[dict[str, Any]] = []
+    pid_of = {row.vm: result.host_pids[row.host] for row in result.vcpus}
+    for row in result.vcpus:
+        key = f"{row.vm}/vcpu{row.vcpu}"
+        s = result.series[key]
+        for i, t in enumerate(result.grid_ns):
+            args = {"host run_delay": round(int(s["host_run_delay_ns"][i]) / 1e6, 6)}
+            if int(s["guest_steal_ns"][i]) >= 0:
+                args["guest /proc/stat"] = round(int(s["guest_steal_ns"][i]) / 1e6, 6)
+            counters.append({"ph": "C", "name": f"steal ms {key}", "pid": pid_of[row.vm],
+                             "ts": int(t) / 1000, "args": args})
+    return {"traceEvents": meta + result.trace_events + counters, "displayTimeUnit": "ms",
+            "otherData": {"scenario": result.spec.name, "seed": result.spec.seed}}
+
+
+def summary(result: RunResult) -> dict[str, Any]:
+    """Machine-readable summary: per vCPU, per task, per VM, and the simulator's counters."""
+    spec = result.spec
+    return {
+        "scenario": spec.name,
+        "source": result.source,
+        "seed": spec.seed,
+        "duration_ns": result.duration_ns,
+        "vcpus": [{
+            "host": r.host, "vm": r.vm, "vcpu": r.vcpu, "task": r.task, "tid": r.tid,
+            "pvtime": r.pvtime, "guest": r.guest,
+            "host_run_delay_ns": r.host_run_delay_ns, "record_steal_ns": r.record_steal_ns,
+            "guest_steal_ns": r.guest_steal_ns, "proc_stat_steal_user_hz": r.proc_stat_steal,
+            "steal_pct": None if r.steal_pct is None else round(r.steal_pct, 6),
+            "record_minus_host_ns": r.record_minus_host_ns,
+            "proc_stat_minus_host_ns": r.proc_stat_minus_host_ns,
+            "elapsed_ns": r.elapsed_ns, "run_time_ns": r.run_time_ns, "timeslices": r.timeslices,
+            "vcpu_loads": r.vcpu_loads,
+        } for r in result.vcpus],
+        "tasks": [{"host": t.host, "name": t.name, "tid": t.tid, "kind": t.kind,
+                   "schedstat": [t.run_time_ns, t.run_delay_ns, t.timeslices]} for t in result.tasks],
+        "vms": [{"host": v.host, "name": v.name, "guest": v.guest, "stopped": v.stopped,
+                 "proc_stat": v.proc_stat, "console": v.console} for v in result.vms],
+        "stats": result.stats,
+    }
+
+
+def _write_csv(path: Path, cols: dict[str, list[Any]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(cols)
+        w.writerows(zip(*cols.values()))
+    return path
+
+
+def _write_parquet(path: Path, cols: dict[str, list[Any]]) -> Path:
+    pq.write_table(pa.table(cols), path)
+    return path
+
+
+def _write_json(path: Path, doc: Any, *, indent: int | None) -> Path:
+    with path.open("w", encoding="utf-8") as f:
+        json.dump(doc, f, sort_keys=True, indent=indent, separators=(",", ": ") if indent else (",", ":"))
+        f.write("\n")
+    return path

@@ -1,0 +1,1 @@
+"""Embedded scenario files (TOML); `pvtime scenarios` lists them."""

@@ -1,0 +1,281 @@
+"""Build the hosts, VMs and noise of a scenario, run them in virtual time, and collect results."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pvtime.abi import smccc
+from pvtime.abi.records import STEAL_TIME_OFFSET
+from pvtime.abi.uapi import NSEC_PER_SEC, USER_HZ
+from pvtime.cpu.backend import Conduit
+from pvtime.guest.kernel import KernelOptions, ModelKernel, Workload
+from pvtime.host import (
+    CpuHog, EventLoop, Host, PeriodicBurst, Scheduler, SchedTunables, Task, TaskBody,
+)
+from pvtime.kvm import Kvm, Vcpu
+from pvtime.sim.recorder import CATEGORIES, Recorder, VcpuProbe
+from pvtime.sim.scenario import ElfGuestSpec, ModelGuestSpec, Scenario, ScenarioSpec, VmSpec
+from pvtime.vmm import Machine, MachineConfig, VcpuThread
+
+US = 1000
+MS = 1_000_000
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class VcpuRow:
+    """One vCPU's steal at the end of the run, as the host and the guest see it."""
+
+    host: str
+    vm: str
+    vcpu: int
+    task: str
+    tid: int
+    pvtime: bool
+    guest: str
+    host_run_delay_ns: int  # run_delay growth of its thread since its first vcpu_load (truth)
+    record_steal_ns: int | None  # the stolen-time record, what the guest's steal clock reads
+    guest_steal_ns: int | None  # the guest kernel's cpustat[STEAL]
+    proc_stat_steal: int | None  # the same in /proc/stat units (USER_HZ)
+    elapsed_ns: int  # from its first run to the end
+    run_time_ns: int
+    timeslices: int
+    vcpu_loads: int
+
+    @property
+    def steal_pct(self) -> float | None:
+        """/proc/stat steal as a share of the vCPU's elapsed time."""
+        if self.proc_stat_steal is None or self.elapsed_ns <= 0:
+            return None
+        return 100.0 * self.proc_stat_steal * (NSEC_PER_SEC // USER_HZ) / self.elapsed_ns
+
+    @property
+    def record_minus_host_ns(self) -> int | None:
+        """What the guest's steal clock reads minus the host's truth (0 when exact)."""
+        return None if self.record_steal_ns is None else self.record_steal_ns - self.host_run_delay_ns
+
+    @property
+    def proc_stat_minus_host_ns(self) -> int | None:
+        """The guest's accounted steal minus the host's truth (the tick lag, and all of it without PV time)."""
+        return None if self.guest_steal_ns is None else self.guest_steal_ns - self.host_run_delay_ns
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    """One host task's /proc/<tid>/schedstat at the end."""
+
+    host: str
+    name: str
+    tid: int
+    kind: str
+    run_time_ns: int
+    run_delay_ns: int
+    timeslices: int
+
+
+@dataclass(frozen=True)
+class VmRow:
+    """How a VM ended."""
+
+    host: str
+    name: str
+    guest: str
+    stopped: str | None
+    proc_stat: str
+    console: str
+
+
+@dataclass
+class RunResult:
+    """Everything a report needs."""
+
+    spec: ScenarioSpec
+    source: str
+    duration_ns: int
+    vcpus: list[VcpuRow]
+    tasks: list[TaskRow]
+    vms: list[VmRow]
+    grid_ns: np.ndarray
+    series: dict[str, dict[str, np.ndarray]]  # "vm/vcpuN" -> column -> values on the grid
+    occupancy: dict[tuple[str, int], np.ndarray]  # (host, cpu) -> (categories, bins) busy ns
+    trace_events: list[dict[str, Any]]
+    host_pids: dict[str, int]
+    task_names: dict[tuple[int, int], str]  # (pid, tid) -> name
+    host_cpus: dict[str, int]
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Vm:
+    spec: VmSpec
+    host: Host
+    machine: Machine
+    threads: list[VcpuThread]
+    kernel: ModelKernel | None
+
+
+def run(scenario: Scenario, progress: Progress | None = None) -> RunResult:
+    """Run `scenario` to its end; `progress(now_ns, duration_ns)` is called as virtual time advances."""
+    spec = scenario.spec
+    duration = spec.duration_ms * MS
+    core = EventLoop()
+    hosts = [Host(h.counter_hz, ncpus=h.cpus, schedstats=h.schedstats, name=h.name) for h in spec.host]
+    recorder = Recorder(hosts, duration, spec.sample_ms * MS, trace=spec.trace)
+    by_name = {h.name: h for h in hosts}
+    scheds: dict[str, Scheduler] = {}
+    for hs, host in zip(spec.host, hosts):
+        tun = SchedTunables(hs.sched.latency_us * US, hs.sched.min_granularity_us * US,
+                            hs.sched.wakeup_granularity_us * US)
+        scheds[host.name] = Scheduler(host, core, tun, end_ns=duration, observer=recorder)
+    kvms = {h.name: Kvm(h) for h in hosts}
+    kinds: dict[tuple[int, int], str] = {}
+    vms = [_build_vm(i, vs, spec, by_name[vs.host], kvms[vs.host], scheds[vs.host], recorder, kinds)
+           for i, vs in enumerate(spec.vm)]
+    for ns in spec.noise:
+        host = by_name[ns.host]
+        for k in range(ns.count):
+            name = ns.name if ns.count == 1 else f"{ns.name}.{k}"
+            body: TaskBody
+            if ns.kind == "hog":
+                body = CpuHog(ns.duty, ns.period_us * US, ns.phase_us * US)
+            else:
+                assert ns.burst_us is not None
+                body = PeriodicBurst(ns.burst_us * US, ns.period_us * US, ns.phase_us * US)
+            _spawn(host, scheds[host.name], recorder, kinds, name, body, "noise", nice=ns.nice, cpus=ns.cpus)
+    chunk = max(spec.sample_ms * MS, duration // 200)
+    t = 0
+    while t < duration:
+        t = min(duration, t + chunk)
+        core.run(t)
+        if progress is not None:
+            progress(t, duration)
+    for s in scheds.values():
+        s.finish()
+    return _collect(spec, scenario.source, duration, hosts, vms, recorder, scheds, core, kinds)
+
+
+def _spawn(host: Host, sched: Scheduler, recorder: Recorder, kinds: dict[tuple[int, int], str], name: str,
+           body: TaskBody, kind: str, *, nice: int = 0, cpus: list[int] | None = None,
+           probe: VcpuProbe | None = None) -> Task:
+    task = host.spawn(name)
+    recorder.register(host, task, kind, probe)
+    kinds[(id(host), task.tid)] = kind
+    sched.add(task, body, nice=nice, cpus=cpus)
+    return task
+
+
+def _build_vm(index: int, vs: VmSpec, spec: ScenarioSpec, host: Host, kvm: Kvm, sched: Scheduler,
+              recorder: Recorder, kinds: dict[tuple[int, int], str]) -> _Vm:
+    machine = Machine(kvm, MachineConfig(vs.name, vcpus=vs.vcpus, memory_mib=vs.memory_mib, pvtime=vs.pvtime))
+    kernel: ModelKernel | None = None
+    guest = vs.guest
+    if isinstance(guest, ModelGuestSpec):
+        workload = Workload(busy_ns=(guest.busy_us[0] * US, guest.busy_us[1] * US),
+                            idle_ns=(guest.idle_us[0] * US, guest.idle_us[1] * US),
+                            seed=spec.seed * 1_000_003 + index)
+        kernel = ModelKernel(KernelOptions(hz=guest.hz, steal_acc=guest.steal_acc, workload=workload))
+        machine.load_model_guest(kernel)
+    elif isinstance(guest, ElfGuestSpec):
+        raise RuntimeError(f"vm {vs.name}: ELF guests need the unicorn CPU backend, not available yet")
+    threads = []
+    for vcpu in machine.vcpus:
+        thread = VcpuThread(machine, vcpu)
+        probe = _probe(vs, machine, vcpu, thread, kernel)
+        cpus = [vs.pin[vcpu.id]] if vs.pin is not None else vs.cpus
+        task = _spawn(host, sched, recorder, kinds, f"{vs.name}/vcpu{vcpu.id}", thread, "vcpu",
+                      nice=vs.nice, cpus=cpus, probe=probe)
+        thread.task = task
+        vcpu.set_wake_callback(lambda t=task: sched.wake(t))
+        _observe_hypercalls(vcpu, host, task, recorder, probe)
+        threads.append(thread)
+    if vs.vmm_thread is not None:
+        body = PeriodicBurst(vs.vmm_thread.burst_us * US, vs.vmm_thread.period_us * US)
+        _spawn(host, sched, recorder, kinds, f"{vs.name}/vmm", body, "vmm", nice=vs.nice, cpus=vs.cpus)
+    return _Vm(vs, host, machine, threads, kernel)
+
+
+def _probe(vs: VmSpec, machine: Machine, vcpu: Vcpu, thread: VcpuThread, kernel: ModelKernel | None) -> VcpuProbe:
+    def truth() -> int:
+        # run_delay growth since the guest's last PV_TIME_ST (which zeroes the record and moves
+        # KVM's baseline), or since the first vcpu_load for a guest that never calls it.
+        task = thread.task
+        first = baseline.get("st", thread.first_run_delay_ns)
+        return 0 if task is None or first is None else task.run_delay_ns - first
+
+    def record() -> int | None:
+        if not vs.pvtime:
+            return None
+        raw = machine.vm.memory.read(vcpu.steal.base + STEAL_TIME_OFFSET, 8)
+        return None if raw is None else struct.unpack("<Q", raw)[0]
+
+    def guest() -> int | None:
+        return None if kernel is None else kernel.ticks.stat(vcpu.id).steal
+
+    baseline: dict[str, int] = {}
+    probe = VcpuProbe(f"{vs.name}/vcpu{vcpu.id}", truth, record, guest)
+    probe.baseline = baseline
+    return probe
+
+
+def _observe_hypercalls(vcpu: Vcpu, host: Host, task: Task, recorder: Recorder, probe: VcpuProbe) -> None:
+    """Observe the vCPU's SMCCC calls, as the kvm_hvc_arm64 tracepoint does, without changing them.
+
+    kvm has no tracepoint hook, so the vCPU's trap handler is wrapped on this instance.
+    """
+    inner = vcpu.hypercall
+
+    def hypercall(regs: list[int], conduit: Conduit, imm: int) -> None:
+        fid = regs[0] & 0xFFFF_FFFF
+        inner(regs, conduit, imm)
+        if fid == smccc.PV_TIME_ST and regs[0] != smccc.to_u64(smccc.NOT_SUPPORTED):
+            probe.baseline["st"] = task.run_delay_ns
+        recorder.on_hypercall(host, task, host.now_ns(), fid, regs[0])
+
+    vcpu.hypercall = hypercall  # type: ignore[method-assign]
+
+
+def _collect(spec: ScenarioSpec, source: str, duration: int, hosts: list[Host], vms: list[_Vm],
+             recorder: Recorder, scheds: dict[str, Scheduler], core: EventLoop,
+             kinds: dict[tuple[int, int], str]) -> RunResult:
+    rows: list[VcpuRow] = []
+    series: dict[str, dict[str, np.ndarray]] = {}
+    for vm in vms:
+        for thread in vm.threads:
+            task = thread.task
+            assert task is not None
+            probe = recorder.probes[(id(vm.host), task.tid)]
+            first_t = probe.times[0] if probe.times else duration
+            guest = probe.guest()
+            record = probe.record()
+            rows.append(VcpuRow(
+                vm.host.name, vm.spec.name, thread.vcpu.id, task.name, task.tid, vm.spec.pvtime,
+                vm.spec.guest.kind, probe.truth(), record, guest,
+                None if guest is None else guest // (NSEC_PER_SEC // USER_HZ),
+                duration - first_t, task.run_time_ns, task.timeslices, thread.vcpu.stats.loads))
+            series[probe.key] = recorder.sampled(probe)
+    tasks = [TaskRow(h.name, t.name, t.tid, kinds.get((id(h), t.tid), "noise"), *t.schedstat())
+             for h in hosts for t in h.tasks]
+    vm_rows = [VmRow(vm.host.name, vm.spec.name, vm.spec.guest.kind, vm.machine.stopped,
+                     vm.kernel.proc_stat() if vm.kernel is not None else "",
+                     vm.machine.console.decode("utf-8", "replace")) for vm in vms]
+    occupancy = {(h.name, c): recorder.busy[id(h)][c] for h in hosts for c in range(h.ncpus)}
+    stats = {
+        "events": core.processed,
+        "segments": sum(s.segments for s in scheds.values()),
+        "context_switches": sum(s.switches for s in scheds.values()),
+        "late_preemptions": sum(s.late_preemptions for s in scheds.values()),
+        "hypercalls_traced": recorder.hypercalls,
+    }
+    pids = {h.name: recorder.pid[id(h)] for h in hosts}
+    names = {(recorder.pid[id(h)], t.tid): t.name for h in hosts for t in h.tasks}
+    return RunResult(spec, source, duration, rows, tasks, vm_rows, recorder.grid(), series, occupancy,
+                     recorder.events, pids, names, {h.name: h.ncpus for h in hosts}, stats)
+
+
+__all__ = ["CATEGORIES", "RunResult", "TaskRow", "VcpuRow", "VmRow", "run"]

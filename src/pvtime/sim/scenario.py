@@ -1,0 +1,288 @@
+"""Scenario files: TOML describing hosts, VMs, noise, duration and seed, validated with pydantic.
+
+Every error names the file, the line and the field, e.g.
+`busy.toml:14: vm[1].guest.busy_us: Input should be a valid integer`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pvtime.sim.toml_lines import dotted, key_lines, line_of
+
+PACKAGE_IMAGES = ("conformance", "minikernel")
+U32_MAX = (1 << 32) - 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SchedSpec(_Strict):
+    """CFS tunables of a host, before Linux's CPU-count scaling."""
+
+    latency_us: int = Field(6000, gt=0)
+    min_granularity_us: int = Field(750, gt=0)
+    wakeup_granularity_us: int = Field(1000, gt=0)
+
+
+class HostSpec(_Strict):
+    """A physical machine."""
+
+    name: str = Field(min_length=1)
+    cpus: int = Field(ge=1, le=4096)
+    counter_hz: int = Field(25_000_000, ge=1, le=U32_MAX)
+    schedstats: bool = True
+    sched: SchedSpec = SchedSpec()
+
+
+class ModelGuestSpec(_Strict):
+    """The Python model Linux guest: a 250 Hz tick and busy/idle periods per vCPU."""
+
+    kind: Literal["model"]
+    busy_us: tuple[int, int] = (2000, 12000)
+    idle_us: tuple[int, int] = (0, 0)
+    hz: int = Field(250, ge=1, le=10000)
+    steal_acc: bool = True
+
+    @model_validator(mode="after")
+    def _ranges(self) -> ModelGuestSpec:
+        for name in ("busy_us", "idle_us"):
+            lo, hi = getattr(self, name)
+            if not 0 <= lo <= hi:
+                raise ValueError(f"{name} must be [low, high] with 0 <= low <= high, got [{lo}, {hi}]")
+        if self.busy_us[1] == 0:
+            raise ValueError("busy_us must allow some work (high > 0)")
+        return self
+
+
+class ElfGuestSpec(_Strict):
+    """A freestanding AArch64 ELF: an image shipped in the package, or a file."""
+
+    kind: Literal["elf"]
+    image: Literal["conformance", "minikernel"] | None = None
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ElfGuestSpec:
+        if (self.image is None) == (self.path is None):
+            raise ValueError("give exactly one of image (a packaged image: "
+                             f"{', '.join(PACKAGE_IMAGES)}) or path (an ELF file)")
+        return self
+
+
+GuestSpec = Annotated[ModelGuestSpec | ElfGuestSpec, Field(discriminator="kind")]
+
+
+class VmmThreadSpec(_Strict):
+    """The VMM's own thread of a VM (device emulation, I/O): a periodic burst of CPU work."""
+
+    period_us: int = Field(gt=0)
+    burst_us: int = Field(gt=0)
+
+
+class VmSpec(_Strict):
+    """A virtual machine on one host."""
+
+    name: str = Field(min_length=1)
+    host: str
+    vcpus: int = Field(1, ge=1, le=512)
+    memory_mib: int = Field(64, ge=1, le=65536)
+    pvtime: bool = True
+    nice: int = Field(0, ge=-20, le=19)
+    cpus: list[int] | None = None  # affinity of every vCPU thread
+    pin: list[int] | None = None  # vCPU i's thread pinned to host CPU pin[i]
+    guest: GuestSpec
+    vmm_thread: VmmThreadSpec | None = None
+
+
+class NoiseSpec(_Strict):
+    """Host tasks that compete with the vCPUs: CPU hogs (with a duty cycle) or periodic bursts."""
+
+    name: str = Field(min_length=1)
+    host: str
+    kind: Literal["hog", "burst"] = "hog"
+    count: int = Field(1, ge=1, le=4096)
+    nice: int = Field(0, ge=-20, le=19)
+    cpus: list[int] | None = None
+    duty: float = Field(1.0, gt=0.0, le=1.0)  # hog: busy share of each period
+    period_us: int = Field(10_000, gt=0)
+    burst_us: int | None = Field(None, gt=0)  # burst: CPU time needed each period
+    phase_us: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _burst(self) -> NoiseSpec:
+        if self.kind == "burst" and self.burst_us is None:
+            raise ValueError("a burst needs burst_us")
+        if self.burst_us is not None and self.burst_us > self.period_us:
+            raise ValueError(f"burst_us ({self.burst_us}) exceeds period_us ({self.period_us})")
+        return self
+
+
+class ScenarioSpec(_Strict):
+    """A whole scenario."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    duration_ms: int = Field(gt=0, le=3_600_000)
+    seed: int = 0
+    sample_ms: int = Field(10, gt=0)
+    trace: bool = True  # write the Perfetto trace (large for big scenarios)
+    host: list[HostSpec] = Field(min_length=1)
+    vm: list[VmSpec] = []
+    noise: list[NoiseSpec] = []
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One problem in a scenario file."""
+
+    file: str
+    line: int | None
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot be run; `issues` lists each problem with file, line and field."""
+
+    def __init__(self, issues: list[Issue]) -> None:
+        super().__init__("\n".join(str(i) for i in issues))
+        self.issues = issues
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A validated scenario and where it came from."""
+
+    spec: ScenarioSpec
+    source: str  # file path, or "embedded:<name>"
+
+
+def embedded_names() -> list[str]:
+    """The scenarios shipped in the package."""
+    root = resources.files("pvtime.scenarios")
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
+
+
+def embedded_text(name: str) -> str:
+    """The TOML text of an embedded scenario."""
+    return resources.files("pvtime.scenarios").joinpath(f"{name}.toml").read_text(encoding="utf-8")
+
+
+def load(name_or_path: str | None = None) -> Scenario:
+    """Load a scenario file, or an embedded scenario by name (default: `default`)."""
+    if name_or_path is None:
+        name_or_path = "default"
+    path = Path(name_or_path)
+    if path.is_file():
+        return parse(path.read_text(encoding="utf-8"), str(path))
+    if name_or_path in embedded_names():
+        return parse(embedded_text(name_or_path), f"embedded:{name_or_path}")
+    raise ScenarioError([Issue(name_or_path, None, "", "no such file, and not an embedded scenario "
+                               f"(embedded: {', '.join(embedded_names())})")])
+
+
+def parse(text: str, source: str = "<scenario>") -> Scenario:
+    """Parse and validate TOML text; raises ScenarioError naming file, line and field."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError([_syntax_issue(source, str(exc))]) from None
+    lines = key_lines(text)
+    try:
+        spec = ScenarioSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ScenarioError([_issue(source, lines, err["loc"], err["msg"], data)
+                             for err in exc.errors()]) from None
+    issues = [_issue(source, lines, loc, msg, data) for loc, msg in _cross_checks(spec, source)]
+    if issues:
+        raise ScenarioError(issues)
+    return Scenario(spec, source)
+
+
+def _syntax_issue(source: str, message: str) -> Issue:
+    import re
+
+    m = re.search(r"\(at line (\d+), column \d+\)", message)
+    line = int(m.group(1)) if m else None
+    return Issue(source, line, "", f"TOML syntax: {message}")
+
+
+def _issue(source: str, lines: dict[Any, int], loc: tuple[Any, ...], msg: str, data: Any) -> Issue:
+    loc = _without_tags(tuple(loc))
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    return Issue(source, line_of(lines, loc), dotted(loc), msg)
+
+
+def _without_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Drop the discriminator tag pydantic inserts in a tagged union's path (guest.model.x)."""
+    out: list[Any] = []
+    for i, part in enumerate(loc):
+        if i > 0 and loc[i - 1] == "guest" and part in ("model", "elf"):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def elf_backend_available() -> bool:
+    """Is the unicorn CPU backend (needed by ELF guests) in this build?"""
+    return importlib.util.find_spec("pvtime.cpu.unicorn") is not None
+
+
+def _cross_checks(spec: ScenarioSpec, source: str) -> list[tuple[tuple[Any, ...], str]]:
+    """What one field cannot check alone: names, CPU numbers, images."""
+    out: list[tuple[tuple[Any, ...], str]] = []
+    hosts = {}
+    for i, h in enumerate(spec.host):
+        if h.name in hosts:
+            out.append((("host", i, "name"), f"duplicate host name {h.name!r}"))
+        hosts[h.name] = h
+    names: set[str] = set()
+    for kind, items in (("vm", spec.vm), ("noise", spec.noise)):
+        for i, item in enumerate(items):
+            if item.name in names:
+                out.append(((kind, i, "name"), f"duplicate name {item.name!r}"))
+            names.add(item.name)
+            host = hosts.get(item.host)
+            if host is None:
+                out.append(((kind, i, "host"), f"unknown host {item.host!r} "
+                            f"(hosts: {', '.join(sorted(hosts))})"))
+                continue
+            for key in ("cpus", "pin"):
+                cpus = getattr(item, key, None)
+                if cpus is None:
+                    continue
+                if not cpus:
+                    out.append(((kind, i, key), "must list at least one host CPU"))
+                for j, c in enumerate(cpus):
+                    if not 0 <= c < host.cpus:
+                        out.append(((kind, i, key, j), f"host CPU {c} does not exist on {host.name} "
+                                    f"(CPUs 0..{host.cpus - 1})"))
+    for i, vm in enumerate(spec.vm):
+        if vm.pin is not None and vm.cpus is not None:
+            out.append((("vm", i, "pin"), "give pin or cpus, not both"))
+        if vm.pin is not None and len(vm.pin) != vm.vcpus:
+            out.append((("vm", i, "pin"), f"lists {len(vm.pin)} CPUs for {vm.vcpus} vCPUs"))
+        g = vm.guest
+        if isinstance(g, ElfGuestSpec):
+            if not elf_backend_available():
+                out.append((("vm", i, "guest", "kind"), "ELF guests need the unicorn CPU backend "
+                            "(pvtime.cpu.unicorn), which is not available in this build yet"))
+            elif g.path is not None:
+                base = Path(source).parent if not source.startswith("embedded:") else Path.cwd()
+                if not (base / g.path).expanduser().is_file():
+                    out.append((("vm", i, "guest", "path"), f"no such ELF file: {g.path}"))
+    return out
