@@ -15,7 +15,7 @@ from pvtime.abi.uapi import NSEC_PER_SEC, USER_HZ
 from pvtime.cpu.backend import Conduit
 from pvtime.guest.kernel import KernelOptions, ModelKernel, Workload
 from pvtime.host import (
-    CpuHog, EventLoop, Host, PeriodicBurst, Scheduler, SchedTunables, Task, TaskBody,
+    CpuHog, EventCore, EventLoop, Host, PeriodicBurst, Scheduler, SchedTunables, Task, TaskBody,
 )
 from pvtime.kvm import Kvm, Vcpu
 from pvtime.sim.recorder import CATEGORIES, Recorder, VcpuProbe
@@ -120,11 +120,15 @@ class _Vm:
     kernel: ModelKernel | None
 
 
-def run(scenario: Scenario, progress: Progress | None = None) -> RunResult:
-    """Run `scenario` to its end; `progress(now_ns, duration_ns)` is called as virtual time advances."""
+def run(scenario: Scenario, progress: Progress | None = None, *, core: EventCore | None = None) -> RunResult:
+    """Run `scenario` to its end; `progress(now_ns, duration_ns)` is called as virtual time advances.
+
+    `core` replaces the default event loop (bench/bench_sim.py drives the same run with SimPy).
+    """
     spec = scenario.spec
     duration = spec.duration_ms * MS
-    core = EventLoop()
+    if core is None:
+        core = EventLoop()
     hosts = [Host(h.counter_hz, ncpus=h.cpus, schedstats=h.schedstats, name=h.name) for h in spec.host]
     recorder = Recorder(hosts, duration, spec.sample_ms * MS, trace=spec.trace)
     by_name = {h.name: h for h in hosts}
@@ -241,7 +245,7 @@ def _observe_hypercalls(vcpu: Vcpu, host: Host, task: Task, recorder: Recorder, 
 
 
 def _collect(spec: ScenarioSpec, source: str, duration: int, hosts: list[Host], vms: list[_Vm],
-             recorder: Recorder, scheds: dict[str, Scheduler], core: EventLoop,
+             recorder: Recorder, scheds: dict[str, Scheduler], core: EventCore,
              kinds: dict[tuple[int, int], str]) -> RunResult:
     rows: list[VcpuRow] = []
     series: dict[str, dict[str, np.ndarray]] = {}
@@ -266,7 +270,7 @@ def _collect(spec: ScenarioSpec, source: str, duration: int, hosts: list[Host], 
                      vm.machine.console.decode("utf-8", "replace")) for vm in vms]
     occupancy = {(h.name, c): recorder.busy[id(h)][c] for h in hosts for c in range(h.ncpus)}
     stats = {
-        "events": core.processed,
+        "events": getattr(core, "processed", -1),
         "segments": sum(s.segments for s in scheds.values()),
         "context_switches": sum(s.switches for s in scheds.values()),
         "late_preemptions": sum(s.late_preemptions for s in scheds.values()),
