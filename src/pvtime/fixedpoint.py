@@ -407,3 +407,83 @@ def describe(native_hz: int, pv_hz: int) -> dict[str, int | float | None]:
         "native_wrap_seconds": horizon.native_wrap_seconds,
         "native_wrap_years": _years(horizon.native_wrap_seconds),
     }
+
+
+# --- migration between native frequencies, and the event stream ---------------------------
+
+
+def rescale_count(count: int, old: ScaleFactors, new: ScaleFactors) -> int:
+    """A guest counter value ``count`` of the old host, as the new host's counter must read it.
+
+    Used by the host at a migrated VM's first run (REFERENCE section 5: ``cntvct' = cntvct *
+    f_new / f_old``), for the virtual and the physical counter.  Two requirements, both met:
+
+    - accuracy: the result is ``ceil(count * f_new / f_old)`` (exact rational, rounded up) unless
+      the second requirement needs more, so the PV clock loses nothing to rounding;
+    - monotonicity as the guest sees it: ``native_to_pv(result, new) >= native_to_pv(count, old)``,
+      i.e. the guest's PV counter never steps back across the migration (the multipliers are
+      floored independently, so the exact ceiling alone can read one PV tick low).
+
+    ``old.pv_hz`` must equal ``new.pv_hz`` (ValueError otherwise: the PV frequency is the VM's,
+    it does not change across hosts).  A count past the old PV horizon (the PV value has wrapped)
+    is rescaled by the exact ratio only.  The result saturates at ``2^64 - 1``.
+    """
+    count = _check_ticks(count)
+    _check_same_pv(old, new)
+    exact = _ceil_div(count * new.native_hz, old.native_hz)
+    horizon = overflow_horizon(old).pv_wrap_at
+    if horizon is None or count < horizon:
+        exact = max(exact, pv_to_native_deadline(native_to_pv(count, old), new))
+    return min(exact, U64_MAX)
+
+
+def rescale_deadline(cval: int, old: ScaleFactors, new: ScaleFactors) -> int:
+    """A timer compare value of the old host, as the new host must hold it: never early.
+
+    The old CVAL fires when the guest's PV counter reaches ``D = native_to_pv(cval, old)`` (the
+    first PV value the guest would have seen at or past its deadline); the new CVAL is the
+    smallest new count whose PV value reaches ``D``: :func:`pv_to_native_deadline`.  No
+    truncation to 32 bits anywhere (the RFC held the pending delta in a u32), and no delta at
+    all: an absolute PV deadline is mapped, so an expired timer (``cval <= count``) stays
+    expired against :func:`rescale_count` of that count (``D <= native_to_pv(count, old) <=
+    native_to_pv(rescale_count(count), new)``).  A CVAL at or past the old PV horizon (a
+    deadline the PV counter cannot express, e.g. the ``~0`` "never" value with ``pv > native``)
+    maps to ``2^64 - 1``.
+    """
+    cval = _check_ticks(cval)
+    _check_same_pv(old, new)
+    horizon = overflow_horizon(old).pv_wrap_at
+    if horizon is not None and cval >= horizon:
+        return U64_MAX
+    return pv_to_native_deadline(native_to_pv(cval, old), new)
+
+
+def _check_same_pv(old: ScaleFactors, new: ScaleFactors) -> None:
+    if old.pv_hz != new.pv_hz:
+        raise ValueError(f"pv_hz changes across the migration ({old.pv_hz} -> {new.pv_hz} Hz): "
+                         "the PV frequency belongs to the VM")
+
+
+EVNTI_MAX = 15  # CNTKCTL_EL1.EVNTI is 4 bits
+
+
+def evnti_shift(sf: ScaleFactors) -> int:
+    """The nearest integer to ``log2(native_hz / pv_hz)``: how far the event-stream bit moves.
+
+    The event stream fires on transitions of counter bit EVNTI; a guest picks EVNTI for its
+    (PV) frequency, so on the native counter the same period is ``log2(native/pv)`` bits further
+    up.  Exact integer arithmetic: with ``x = max/min`` of the two frequencies and ``k =
+    floor(log2 x)``, round up iff ``x^2 >= 2^(2k+1)``; there are no ties (``x^2 = 2^(2k+1)``
+    would make ``sqrt(2)`` rational).
+    """
+    hi, lo = (sf.native_hz, sf.pv_hz) if sf.native_hz >= sf.pv_hz else (sf.pv_hz, sf.native_hz)
+    k = (hi // lo).bit_length() - 1
+    if hi * hi >= lo * lo << (2 * k + 1):
+        k += 1
+    return k if sf.native_hz >= sf.pv_hz else -k
+
+
+def translate_evnti(evnti: int, sf: ScaleFactors) -> int:
+    """A guest's EVNTI (chosen for ``pv_hz``) for the native counter, clamped to 0..15."""
+    evnti = _check_int("evnti", evnti, 0, EVNTI_MAX)
+    return min(EVNTI_MAX, max(0, evnti + evnti_shift(sf)))

@@ -9,11 +9,13 @@ ticks missed while the vCPU was not running are not replayed -- their time shows
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pvtime.abi.sysregs import CNTFRQ_EL0, CNTV_CTL_EL0, CNTV_CVAL_EL0, CNTVCT_EL0, CTL_ENABLE
+from pvtime.abi.sysregs import CNTV_CTL_EL0, CNTV_TVAL_EL0, CTL_ENABLE, SysReg
 from pvtime.abi.uapi import NSEC_PER_SEC
 from pvtime.guest.cputime import TickAccounting
+from pvtime.guest.lpt import ArchCounter, Clocksource, LptClock, el0_mrs, linux_evnti
 from pvtime.guest.machine import Compute, CpuProgram, GuestCpu, WaitForInterrupt
 from pvtime.guest.paravirt import PvSteal
 from pvtime.guest.rq_clock import RqClock
@@ -41,6 +43,25 @@ class KernelOptions:
     # zeroed the record: the next delta wraps. pvtime resets it unless this quirk is set.
     quirk_hotplug_prev_steal: bool = False
     workload: Workload = field(default_factory=Workload)
+    # Live Physical Time (guest/lpt.py): use the PV counter when the host offers it. False is an
+    # LPT-unaware kernel (the architected counter at the CNTFRQ read at boot).
+    lpt: bool = True
+    # The RFC's truncating PV -> native timer conversion (fires up to a native tick early or more).
+    quirk_lpt_truncating_timer: bool = False
+    event_stream: bool = True  # Linux's 10 kHz event stream (CNTKCTL_EL1.EVNTEN/EVNTI)
+    # Called at every tick as (cpu index, guest clock ns, lateness ns): how a simulation samples
+    # the guest's clock against its own virtual time (a tracepoint, not guest behaviour).
+    tick_observer: Callable[[int, int, int], None] | None = None
+
+
+@dataclass
+class TimerStats:
+    """The tick timer as the guest saw it: how late each interrupt came after its deadline."""
+
+    fires: int = 0
+    early: int = 0  # interrupts taken before the PV deadline (never, unless the RFC quirk is set)
+    max_late_ns: int = 0
+    total_late_ns: int = 0
 
 
 class ModelKernel:
@@ -59,6 +80,9 @@ class ModelKernel:
         self._idle: dict[int, bool] = {}
         self._next_tick: dict[int, int] = {}
         self._freq = 0
+        self.clock: Clocksource | None = None  # chosen by the boot CPU
+        self.timer = TimerStats()
+        self.messages: list[str] = []
         self._offline_requests: set[int] = set()
         self._online_requests: set[int] = set()
         self.boot_cpu_ready = False  # the boot CPU has run pv_time_init
@@ -66,8 +90,22 @@ class ModelKernel:
     # --- clocks ---------------------------------------------------------------------------
 
     def sched_clock(self, cpu: GuestCpu) -> int:
-        """Guest nanoseconds from the virtual counter."""
-        return cpu.mrs(CNTVCT_EL0) * NSEC_PER_SEC // self._freq
+        """Guest nanoseconds from the virtual counter (through the clocksource: PV with LPT)."""
+        assert self.clock is not None
+        return self.clock.read(cpu) * NSEC_PER_SEC // self._freq
+
+    def user_read(self, cpu: GuestCpu, reg: SysReg) -> int:
+        """A user-space ``mrs`` of CNTVCT/CNTPCT/CNTFRQ (trapped and emulated under LPT)."""
+        assert self.clock is not None
+        return el0_mrs(cpu, self.clock, reg)
+
+    def _init_clock(self, cpu: GuestCpu) -> None:
+        """The boot CPU picks the clocksource: LPT when enabled and offered, else the counter."""
+        clock: Clocksource | None = None
+        if self.options.lpt:
+            clock = LptClock.probe(cpu, self.messages, truncating_timer=self.options.quirk_lpt_truncating_timer)
+        self.clock = clock if clock is not None else ArchCounter(cpu)
+        self._freq = self.clock.freq
 
     def steal_clock(self, cpu: GuestCpu, index: int) -> int:
         """paravirt_steal_clock(index)."""
@@ -77,7 +115,8 @@ class ModelKernel:
 
     def main(self, cpu: GuestCpu, index: int) -> CpuProgram:
         """Each vCPU: boot (CPU 0 probes PV time), come online, start the tick, run the workload."""
-        self._freq = cpu.mrs(CNTFRQ_EL0)
+        if index == 0:
+            self._init_clock(cpu)
         # Secondaries wait in a holding pen (spin-table style) until the boot CPU has probed PV
         # time, as Linux brings them up only after pv_time_init: otherwise a secondary that runs
         # first would come online without its stolen-time region.
@@ -87,13 +126,17 @@ class ModelKernel:
             self.pv_probed = self.pv.init(cpu)
             self.steal_rq_enabled = self.pv_probed and self.options.steal_acc
             self.boot_cpu_ready = True
+        assert self.clock is not None
+        self.clock.cpu_init(cpu)
+        if self.options.event_stream:
+            self.clock.set_event_stream(cpu, index, linux_evnti(self._freq))
         self.rq[index] = RqClock(steal_acc=self.steal_rq_enabled, carry_excess=self.options.rq_carry_excess)
         self.rq[index].clock = self.sched_clock(cpu)
         self.rq[index].clock_task = self.rq[index].clock
         self.cpu_up(cpu, index)
         period_ticks = self._freq // self.options.hz
-        self._next_tick[index] = cpu.mrs(CNTVCT_EL0) + period_ticks
-        cpu.msr(CNTV_CVAL_EL0, self._next_tick[index])
+        self._next_tick[index] = self.clock.read(cpu) + period_ticks
+        self.clock.set_cval(cpu, self._next_tick[index])
         cpu.msr(CNTV_CTL_EL0, CTL_ENABLE)
         rng = random.Random(self.options.workload.seed * 1_000_003 + index)
         w = self.options.workload
@@ -144,13 +187,27 @@ class ModelKernel:
 
     def irq(self, cpu: GuestCpu, index: int) -> None:
         """Timer interrupt: account one tick, update the rq clock, program the next tick."""
-        now_count = cpu.mrs(CNTVCT_EL0)
+        assert self.clock is not None
+        self.clock.refresh(cpu, index)  # after a migration: re-translate the event stream
+        now_count = self.clock.read(cpu)
         period = self._freq // self.options.hz
         nxt = self._next_tick[index]
+        if now_count < nxt:
+            # Fired before its deadline (only the RFC's truncating conversion does this): the
+            # hrtimer has not expired; retry a minimal delta later, as clockevents does.
+            self.timer.early += 1
+            cpu.msr(CNTV_TVAL_EL0, 1)
+            return
+        late_ns = (now_count - nxt) * NSEC_PER_SEC // self._freq
+        self.timer.fires += 1
+        self.timer.total_late_ns += late_ns
+        self.timer.max_late_ns = max(self.timer.max_late_ns, late_ns)
         while nxt <= now_count:  # hrtimer_forward: skip to the first boundary after now
             nxt += period
         self._next_tick[index] = nxt
-        cpu.msr(CNTV_CVAL_EL0, nxt)
+        self.clock.set_cval(cpu, nxt)
+        if self.options.tick_observer is not None:
+            self.options.tick_observer(index, now_count * NSEC_PER_SEC // self._freq, late_ns)
         self.tick_count[index] = self.tick_count.get(index, 0) + 1
         clock = self.steal_clock(cpu, index)
         idle = self._idle.get(index, False)

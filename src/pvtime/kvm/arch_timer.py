@@ -24,6 +24,10 @@ class VmCounter:
 
     voffset: int = 0  # CNTVOFF
     poffset: int = 0  # physical counter offset (KVM_ARM_SET_COUNTER_OFFSET)
+    # (value written, host count at the write) of the last KVM_REG_ARM_{,P}TIMER_CNT write: the
+    # instant an LPT rescale at a migrated VM's first run maps from (pvtime.kvm.lpt).
+    v_anchor: tuple[int, int] | None = None
+    p_anchor: tuple[int, int] | None = None
 
 
 @dataclass

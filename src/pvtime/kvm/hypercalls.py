@@ -12,7 +12,7 @@ from pvtime.abi import smccc
 from pvtime.abi.errno import EBUSY, EINVAL
 from pvtime.abi.uapi import INVALID_GPA, KVM_REG_ARM_STD_HYP_BIT_PV_TIME, KVM_REG_ARM_STD_HYP_BMAP_SUPPORTED
 from pvtime.cpu.backend import Conduit
-from pvtime.kvm import psci, pvtime
+from pvtime.kvm import lpt, psci, pvtime
 from pvtime.kvm.errors import KvmError
 
 if TYPE_CHECKING:
@@ -55,12 +55,12 @@ def handle(vcpu: Vcpu, regs: list[int], conduit: Conduit, imm: int) -> None:
         if feature == smccc.PV_TIME_FEATURES and pv_time_visible(vcpu.vm):
             result[0] = smccc.SUCCESS
     elif fid == smccc.PV_TIME_FEATURES:
-        result[0] = pvtime.pv_features(vcpu.steal, regs[1] & U32, vcpu.vm.lpt_ready())
+        result[0] = lpt.pv_features(vcpu, regs[1] & U32)
     elif fid == smccc.PV_TIME_ST:
         gpa = pvtime.init_stolen_time(vcpu.steal, vcpu.current_task(), vcpu.vm.memory)
         result[0] = gpa if gpa != INVALID_GPA else smccc.NOT_SUPPORTED
     elif fid == smccc.PV_TIME_LPT:
-        result[0] = vcpu.vm.lpt_ipa_for_guest()
+        result[0] = lpt.ipa_for_guest(vcpu.vm, regs[1])
     elif psci.is_psci(fid):
         result[0] = psci.call(vcpu, fid, regs)
     regs[:] = [smccc.to_u64(v) for v in result]

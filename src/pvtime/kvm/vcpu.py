@@ -119,8 +119,10 @@ class Vcpu:
         if reg_id == KVM_REG_ARM_TIMER_CNT:
             # Writing CNTVCT sets the VM-wide CNTVOFF, as KVM does since 6.4.
             self.vm.counter.voffset = (self.timer.cntpct(self.vm.host.counter()) - val) & U64
+            self.vm.counter.v_anchor = (val, self.vm.host.counter())  # for an LPT rescale
         elif reg_id == KVM_REG_ARM_PTIMER_CNT:
             self.vm.counter.poffset = (self.vm.host.counter() - val) & U64
+            self.vm.counter.p_anchor = (val, self.vm.host.counter())
         else:
             self.timer.write(_TIMER_REGS[reg_id], val, self.vm.host.counter())
 

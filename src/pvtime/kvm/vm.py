@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pvtime.abi import smccc
 from pvtime.abi.errno import EEXIST, EINVAL, ENXIO
-from pvtime.abi.uapi import KVM_CAP_STEAL_TIME, KVM_REG_ARM_STD_HYP_BMAP_SUPPORTED
+from pvtime.abi.uapi import (
+    KVM_ARM_VM_PVTIME_LPT_CTRL, KVM_CAP_STEAL_TIME, KVM_REG_ARM_STD_HYP_BMAP_SUPPORTED,
+)
 from pvtime.cpu.model import ModelCpu
 from pvtime.host.host import Host
 from pvtime.kvm.arch_timer import VmCounter
+from pvtime.kvm import lpt
 from pvtime.kvm.errors import KvmError
 from pvtime.kvm.memory import GuestMemory
 from pvtime.kvm.quirks import Quirk
@@ -35,6 +37,7 @@ class Vm:
         self.std_hyp_bmap = KVM_REG_ARM_STD_HYP_BMAP_SUPPORTED  # resets to all supported bits
         self.quirks = Quirk.NONE
         self.has_run = False
+        self.lpt = lpt.LptState()
 
     def __repr__(self) -> str:
         return f"Vm({self.name})"
@@ -75,27 +78,35 @@ class Vm:
         return self.host.counter_hz
 
     def note_first_run(self) -> None:
-        """Called on every KVM_RUN; the first one freezes the VM's configuration."""
+        """Called on every KVM_RUN; the first one updates the LPT record (once per VM start,
+        before any guest entry; a KvmError fails that run) and freezes the VM's configuration."""
+        if not self.has_run:
+            lpt.vm_start(self)
         self.has_run = True
 
-    # Live Physical Time (VM attribute group KVM_ARM_VM_PVTIME_LPT_CTRL) is not configured on
-    # this VM type: the group is unknown and the hypercalls answer NOT_SUPPORTED.
+    # Live Physical Time: VM attribute group KVM_ARM_VM_PVTIME_LPT_CTRL (pvtime.kvm.lpt).
     def set_device_attr(self, group: int, attr: int, value: object) -> None:
-        """KVM_SET_DEVICE_ATTR on the VM fd."""
-        raise KvmError(ENXIO, f"VM attribute group {group}: unknown")
+        """KVM_SET_DEVICE_ATTR on the VM fd; `value` is the int (or bytes) at attr.addr."""
+        if group != KVM_ARM_VM_PVTIME_LPT_CTRL:
+            raise KvmError(ENXIO, f"VM attribute group {group}: unknown")
+        lpt.set_attr(self, attr, value)
 
     def get_device_attr(self, group: int, attr: int) -> int:
         """KVM_GET_DEVICE_ATTR on the VM fd."""
-        raise KvmError(ENXIO, f"VM attribute group {group}: unknown")
+        if group != KVM_ARM_VM_PVTIME_LPT_CTRL:
+            raise KvmError(ENXIO, f"VM attribute group {group}: unknown")
+        return lpt.get_attr(self, attr)
 
     def has_device_attr(self, group: int, attr: int) -> None:
-        """KVM_HAS_DEVICE_ATTR on the VM fd."""
-        raise KvmError(ENXIO, f"VM attribute group {group}: unknown")
+        """KVM_HAS_DEVICE_ATTR on the VM fd: returns if supported, raises ENXIO otherwise."""
+        if group != KVM_ARM_VM_PVTIME_LPT_CTRL:
+            raise KvmError(ENXIO, f"VM attribute group {group}: unknown")
+        lpt.has_attr(self, attr)
 
     def lpt_ready(self) -> bool:
         """Has this VM's LPT record been updated (PV_TIME_FEATURES(LPT) answers 0)?"""
-        return False
+        return self.lpt.updated
 
     def lpt_ipa_for_guest(self) -> int:
-        """PV_TIME_LPT's answer."""
-        return smccc.NOT_SUPPORTED
+        """PV_TIME_LPT's answer (with x1 = 0)."""
+        return lpt.ipa_for_guest(self, 0)
