@@ -97,6 +97,7 @@ KVM_REG_ARM_PTIMER_CNT = sysreg(3, 3, 14, 0, 1)
 class ExitReason(IntEnum):
     """struct kvm_run.exit_reason values pvtime returns."""
 
+    DEBUG = 4  # pvtime: an Arm semihosting call for the VMM (KVM_EXIT_DEBUG)
     HLT = 5  # the vCPU halted (WFI/WFE): its thread blocks until the next timer event
     MMIO = 6
     SHUTDOWN = 8

@@ -4,6 +4,22 @@
 hypervisor through `VcpuTraps` and report why they stopped with a `Stop`.
 """
 
-from pvtime.cpu.backend import Clock, Conduit, Stop, StopKind, VcpuTraps
+from pvtime.cpu.backend import Clock, Conduit, CpuBackend, Stop, StopKind, VcpuTraps
 
-__all__ = ["Clock", "Conduit", "Stop", "StopKind", "VcpuTraps"]
+CPU_KINDS = ("model", "unicorn")
+
+
+def create_cpu(kind: str, index: int, *, instructions_per_sec: int | None = None) -> CpuBackend:
+    """The backend for vCPU `index` of a VM whose CPU kind is `kind` ("model" or "unicorn")."""
+    if kind == "model":
+        from pvtime.cpu.model import ModelCpu
+
+        return ModelCpu(index)  # type: ignore[return-value]
+    if kind == "unicorn":
+        from pvtime.cpu.unicorn import DEFAULT_INSTRUCTIONS_PER_SEC, UnicornCpu
+
+        return UnicornCpu(index, instructions_per_sec=instructions_per_sec or DEFAULT_INSTRUCTIONS_PER_SEC)
+    raise ValueError(f"CPU backend {kind!r}: expected one of {', '.join(CPU_KINDS)}")
+
+
+__all__ = ["CPU_KINDS", "Clock", "Conduit", "CpuBackend", "Stop", "StopKind", "VcpuTraps", "create_cpu"]

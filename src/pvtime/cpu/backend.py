@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import Protocol, Sequence
 
 from pvtime.abi.sysregs import SysReg
 
@@ -34,6 +34,19 @@ class Clock(Protocol):
 
     def advance(self, ns: int) -> None:
         """Consume CPU time (clamped at the deadline)."""
+        ...
+
+
+class GuestRegion(Protocol):
+    """A memslot as a CPU backend maps it: guest-physical range, host buffer, read-only flag."""
+
+    guest_phys_addr: int
+    memory_size: int
+    buffer: memoryview
+
+    @property
+    def readonly(self) -> bool:
+        """Guest writes to a read-only region are MMIO exits."""
         ...
 
 
@@ -72,6 +85,10 @@ class VcpuTraps(Protocol):
         """Has a trap asked to leave to the VMM (for example PSCI SYSTEM_OFF)?"""
         ...
 
+    def memslots(self) -> Sequence[GuestRegion]:
+        """The VM's memslots now (a machine-code backend maps them; the buffers are shared)."""
+        ...
+
 
 class StopKind(Enum):
     """Why a backend returned."""
@@ -82,6 +99,7 @@ class StopKind(Enum):
     MMIO = "mmio"  # an access to an address no memslot backs (or a write to a read-only slot)
     FAULT = "fault"  # the vCPU cannot go on
     POWER_OFF = "power_off"  # the vCPU's code ended (the model's main returned)
+    SEMIHOSTING = "semihosting"  # HLT #0xF000: a semihosting call for the VMM (PC already past it)
 
 
 @dataclass(frozen=True)
@@ -96,3 +114,21 @@ class Stop:
     mmio_len: int = 0
     mmio_data: bytes = b""
     mmio_write: bool = False
+    semihost_op: int = 0  # w0 of a semihosting call
+    semihost_param: int = 0  # x1 of a semihosting call
+
+
+class CpuBackend(Protocol):
+    """What the hypervisor needs from the engine that executes one vCPU's guest code."""
+
+    index: int
+    # ONE_REG core registers by KVM id; `clear()` is the vCPU reset (KVM_ARM_VCPU_INIT).
+    core_regs: dict[int, int]
+
+    def execute(self, traps: VcpuTraps, clock: Clock) -> Stop:
+        """Run guest code until something the hypervisor or the VMM must handle."""
+        ...
+
+    def complete_mmio(self, data: bytes) -> None:
+        """The data of the last MMIO read exit; applied (and the PC moved on) at the next execute()."""
+        ...

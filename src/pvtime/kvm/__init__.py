@@ -1,7 +1,9 @@
 """The hypervisor, in the shape of the KVM/arm64 userspace API (rust-vmm kvm-ioctls style)."""
 
 from pvtime.kvm.errors import KvmError
-from pvtime.kvm.exits import Exit, HaltExit, InternalErrorExit, IntrExit, MmioExit, SystemEventExit
+from pvtime.kvm.exits import (
+    Exit, HaltExit, InternalErrorExit, IntrExit, MmioExit, SemihostingExit, SystemEventExit,
+)
 from pvtime.kvm.quirks import Quirk
 from pvtime.kvm.system import Kvm
 from pvtime.kvm.vcpu import Vcpu
@@ -9,5 +11,5 @@ from pvtime.kvm.vm import Vm
 
 __all__ = [
     "Exit", "HaltExit", "InternalErrorExit", "IntrExit", "Kvm", "KvmError", "MmioExit",
-    "Quirk", "SystemEventExit", "Vcpu", "Vm",
+    "Quirk", "SemihostingExit", "SystemEventExit", "Vcpu", "Vm",
 ]

@@ -65,4 +65,18 @@ class IntrExit:
     reason: ClassVar[ExitReason] = ExitReason.INTR
 
 
-Exit = MmioExit | SystemEventExit | InternalErrorExit | HaltExit | IntrExit
+@dataclass(frozen=True)
+class SemihostingExit:
+    """Arm semihosting (`HLT #0xF000`), a debug facility the VMM serves, as QEMU does.
+
+    KVM has no such exit (a real Arm CPU makes HLT undefined at EL1); pvtime reports it as
+    KVM_EXIT_DEBUG. `op` is w0 and `param` x1; the PC is already past the HLT. The VMM writes
+    the call's result to x0 with `set_one_reg(reg_x(0), value)` before the next `run()`.
+    """
+
+    reason: ClassVar[ExitReason] = ExitReason.DEBUG
+    op: int
+    param: int
+
+
+Exit = MmioExit | SystemEventExit | InternalErrorExit | HaltExit | IntrExit | SemihostingExit

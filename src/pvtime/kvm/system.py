@@ -20,8 +20,11 @@ class Kvm:
             return int(self.host.schedstats)
         return 0
 
-    def create_vm(self, name: str | None = None, *, protected: bool = False) -> Vm:
-        """KVM_CREATE_VM."""
-        vm = Vm(self, name or f"vm{len(self.vms)}", protected=protected)
+    def create_vm(self, name: str | None = None, *, protected: bool = False, cpu: str = "model",
+                  instructions_per_sec: int | None = None) -> Vm:
+        """KVM_CREATE_VM. `cpu` picks the vCPU backend: "model" (Python model guests) or "unicorn"
+        (AArch64 machine code, `instructions_per_sec` of virtual time per guest instruction rate)."""
+        vm = Vm(self, name or f"vm{len(self.vms)}", protected=protected, cpu=cpu,
+                instructions_per_sec=instructions_per_sec)
         self.vms.append(vm)
         return vm

@@ -8,22 +8,23 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pvtime.abi import sysregs
-from pvtime.abi.errno import EFAULT, ENOENT, ENXIO
+from pvtime.abi.errno import EFAULT, EINVAL, ENOENT, ENXIO
 from pvtime.abi.sysregs import SysReg
 from pvtime.abi.uapi import (
     KVM_ARM_VCPU_PVTIME_CTRL, KVM_INTERNAL_ERROR_EMULATION, KVM_REG_ARM_CORE,
     KVM_REG_ARM_COPROC_MASK, KVM_REG_ARM_STD_HYP_BMAP, KVM_REG_ARM_TIMER_CNT,
     KVM_REG_ARM_TIMER_CTL, KVM_REG_ARM_TIMER_CVAL, KVM_REG_ARM_PTIMER_CNT,
-    KVM_REG_ARM_PTIMER_CTL, KVM_REG_ARM_PTIMER_CVAL, KVM_REG_SIZE_MASK, reg_size,
+    KVM_REG_ARM_PTIMER_CTL, KVM_REG_ARM_PTIMER_CVAL, KVM_REG_SIZE_MASK, REG_PC, reg_size, reg_x,
 )
-from pvtime.cpu.backend import Conduit, GuestFault, Stop, StopKind
-from pvtime.cpu.model import ModelCpu
+from pvtime.cpu.backend import Conduit, CpuBackend, GuestFault, GuestRegion, Stop, StopKind
 from pvtime.guest.machine import ModelProgram
 from pvtime.host.task import Task
 from pvtime.kvm import hypercalls, pvtime
 from pvtime.kvm.arch_timer import ArchTimer
 from pvtime.kvm.errors import KvmError
-from pvtime.kvm.exits import Exit, HaltExit, InternalErrorExit, IntrExit, MmioExit, SystemEventExit
+from pvtime.kvm.exits import (
+    Exit, HaltExit, InternalErrorExit, IntrExit, MmioExit, SemihostingExit, SystemEventExit,
+)
 
 if TYPE_CHECKING:
     from pvtime.kvm.vm import Vm
@@ -43,7 +44,7 @@ class VcpuStats:
 class Vcpu:
     """One virtual CPU of a `Vm`; create it with `Vm.create_vcpu`."""
 
-    def __init__(self, vm: Vm, vcpu_id: int, cpu: ModelCpu) -> None:
+    def __init__(self, vm: Vm, vcpu_id: int, cpu: CpuBackend) -> None:
         self.vm = vm
         self.id = vcpu_id
         # MPIDR affinity equals the index: Aff0 = bits 0-7, Aff1 = bits 8-15, bit 31 RES1.
@@ -88,7 +89,12 @@ class Vcpu:
         if reg_id == KVM_REG_ARM_STD_HYP_BMAP:
             hypercalls.set_std_hyp_bmap(self.vm, val)
         elif reg_id & KVM_REG_ARM_COPROC_MASK == KVM_REG_ARM_CORE:
-            self.cpu.core_regs[reg_id] = val
+            try:
+                self.cpu.core_regs[reg_id] = val
+            except KeyError:
+                raise KvmError(ENOENT, f"core register {reg_id:#x}: unknown") from None
+            except ValueError as err:
+                raise KvmError(EINVAL, f"core register {reg_id:#x}: {err}") from None
         elif reg_id in _TIMER_REGS:
             self._set_timer_reg(reg_id, val)
         else:
@@ -100,7 +106,10 @@ class Vcpu:
         if reg_id == KVM_REG_ARM_STD_HYP_BMAP:
             return self.vm.std_hyp_bmap
         if reg_id & KVM_REG_ARM_COPROC_MASK == KVM_REG_ARM_CORE:
-            return self.cpu.core_regs.get(reg_id, 0)
+            try:
+                return self.cpu.core_regs.get(reg_id, 0)
+            except KeyError:
+                raise KvmError(ENOENT, f"core register {reg_id:#x}: unknown") from None
         if reg_id in _TIMER_REGS:
             return self.read_sysreg(_TIMER_REGS[reg_id])
         raise KvmError(ENOENT, f"register {reg_id:#x}: unknown")
@@ -136,6 +145,7 @@ class Vcpu:
         self.powered_off = power_off
         self.timer.vtimer.ctl = self.timer.ptimer.ctl = 0
         self._system_event = None
+        self.cpu.core_regs.clear()  # EL1h, MMU off, DAIF masked (the unicorn backend resets its engine)
 
     def load_model_program(self, program: ModelProgram) -> None:
         """Model backend: install the guest program this vCPU runs from reset."""
@@ -149,6 +159,8 @@ class Vcpu:
         """PSCI CPU_ON from another vCPU: reset at `entry` with x0 = `context_id`, and wake it."""
         self.powered_off = False
         self.cpu.core_regs.clear()
+        self.cpu.core_regs[REG_PC] = entry
+        self.cpu.core_regs[reg_x(0)] = context_id
         if self._wake is not None:
             self._wake()
 
@@ -205,6 +217,8 @@ class Vcpu:
                 return HaltExit(None) if self.powered_off else IntrExit()
             case StopKind.MMIO:
                 return MmioExit(stop.mmio_addr, stop.mmio_len, stop.mmio_data, stop.mmio_write)
+            case StopKind.SEMIHOSTING:
+                return SemihostingExit(stop.semihost_op, stop.semihost_param)
         return InternalErrorExit(KVM_INTERNAL_ERROR_EMULATION, stop.pc, stop.instruction, stop.reason)
 
     # --- traps (the VcpuTraps protocol the CPU backend calls) -----------------------------
@@ -247,6 +261,10 @@ class Vcpu:
     def exit_requested(self) -> bool:
         """A trap wants to return to the VMM (system event, or CPU_OFF)."""
         return self._system_event is not None or self.powered_off
+
+    def memslots(self) -> list[GuestRegion]:
+        """The VM's memslots, for a backend that maps guest RAM into its engine."""
+        return list(self.vm.memory.slots.values())
 
 
 _TIMER_REGS: dict[int, SysReg] = {

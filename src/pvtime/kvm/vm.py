@@ -8,7 +8,7 @@ from pvtime.abi.errno import EEXIST, EINVAL, ENXIO
 from pvtime.abi.uapi import (
     KVM_ARM_VM_PVTIME_LPT_CTRL, KVM_CAP_STEAL_TIME, KVM_REG_ARM_STD_HYP_BMAP_SUPPORTED,
 )
-from pvtime.cpu.model import ModelCpu
+from pvtime.cpu import create_cpu
 from pvtime.host.host import Host
 from pvtime.kvm.arch_timer import VmCounter
 from pvtime.kvm import lpt
@@ -26,8 +26,11 @@ MAX_VCPUS = 512
 class Vm:
     """A virtual machine; create it with `Kvm.create_vm`."""
 
-    def __init__(self, kvm: Kvm, name: str, *, protected: bool = False) -> None:
+    def __init__(self, kvm: Kvm, name: str, *, protected: bool = False, cpu: str = "model",
+                 instructions_per_sec: int | None = None) -> None:
         self.kvm = kvm
+        self.cpu_kind = cpu  # the CPU backend every vCPU of this VM uses ("model" or "unicorn")
+        self.instructions_per_sec = instructions_per_sec  # unicorn: guest instructions per virtual s
         self.host: Host = kvm.host
         self.name = name
         self.protected = protected
@@ -55,7 +58,7 @@ class Vm:
             raise KvmError(EEXIST, f"vCPU {vcpu_id} already exists")
         if self.has_run:
             raise KvmError(EINVAL, "cannot add a vCPU after the VM has run")
-        vcpu = Vcpu(self, vcpu_id, ModelCpu(vcpu_id))
+        vcpu = Vcpu(self, vcpu_id, create_cpu(self.cpu_kind, vcpu_id, instructions_per_sec=self.instructions_per_sec))
         self.vcpus.append(vcpu)
         return vcpu
 

@@ -1,0 +1,503 @@
+"""The unicorn CPU backend: one vCPU executing AArch64 machine code in unicorn (the QEMU engine).
+
+What the hypervisor sees is what KVM/arm64 gives a VMM:
+
+- Memory: every memslot buffer is mapped into the vCPU's engine with `mem_map_ptr`, so RAM is
+  shared by all vCPUs of a VM and by the VMM, byte for byte. Read-only slots are mapped read-only;
+  a guest write to one is an MMIO write exit, as in KVM. Any other data access is an MMIO exit
+  when it has a valid syndrome (`mmio_decode`), and an internal error otherwise. During an MMIO
+  exit the PC still points at the access; the next `execute()` writes a read's data (given with
+  `complete_mmio`) to the destination register and moves the PC past it (kvm_handle_mmio_return).
+- Traps: HVC and SMC go to the SMCCC dispatch; MRS/MSR of the generic-timer registers and
+  MPIDR_EL1 are served by the hypervisor (`UC_HOOK_INSN`); every other system register is the
+  engine's own. `HLT #0xF000` (Arm semihosting) stops with `StopKind.SEMIHOSTING`, the PC past it,
+  for the VMM to serve.
+- Interrupts: there is no GIC. The only interrupt is the timers' level line (ENABLE && !IMASK &&
+  count >= CVAL, from the hypervisor's `irq_pending`). When it is asserted and PSTATE.I is clear,
+  the backend performs the architectural IRQ exception entry to EL1h: ELR_EL1 = the preferred
+  return address, SPSR_EL1 = PSTATE, PSTATE.DAIF all set, SP switched to SP_EL1, PC = VBAR_EL1 +
+  0x080 (from EL1t), 0x280 (from EL1h) or 0x480 (from EL0). The guest acknowledges the interrupt
+  by reprogramming its timer (CVAL/TVAL forward, or CTL.IMASK/ENABLE), which drops the line.
+  While the line is asserted but masked, the engine runs in short polled bursts so that an unmask
+  (`msr daifclr`, which unicorn does not trap) takes the interrupt within `POLL_INSNS`.
+- WFI: the engine returns at a WFI; with no interrupt asserted (masked or not) the vCPU halts
+  until its next timer event (`StopKind.HALT`). WFE is executed by unicorn as a no-op, which the
+  architecture allows (a WFE may complete at any time).
+- Faults: an instruction fetch outside RAM, an undefined instruction, an MMIO access without a
+  valid syndrome, or an exception the guest would have to take itself (SVC, BRK, aborts) stop
+  this vCPU with `StopKind.FAULT` naming the PC, the disassembled instruction and the reason. The
+  vCPU stays stopped; nothing else is affected.
+- Time: guest instructions advance virtual time at `instructions_per_sec`. Instructions are
+  counted per translation block by `BlockCounter`; each run of the engine is bounded by the slice
+  deadline and the next timer event, so interrupts arrive on time and the same run gives the same
+  result.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+from unicorn import (
+    UC_ARCH_ARM64, UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_MEM_FETCH_UNMAPPED, UC_HOOK_MEM_READ_UNMAPPED,
+    UC_HOOK_MEM_WRITE_PROT, UC_HOOK_MEM_WRITE_UNMAPPED, UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_PROT,
+    UC_MEM_WRITE_UNMAPPED, UC_MODE_ARM, UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE, Uc, UcError,
+)
+from unicorn import arm64_const as A
+
+from pvtime.abi import sysregs
+from pvtime.abi.sysregs import SysReg
+from pvtime.abi.uapi import (
+    REG_ELR_EL1, REG_PC, REG_PSTATE, REG_SP, REG_SP_EL1, REG_SPSR_EL1, reg_x,
+)
+from pvtime.cpu.backend import Clock, Conduit, GuestFault, Stop, StopKind, VcpuTraps
+from pvtime.cpu.block_counter import BlockCounter
+from pvtime.cpu.disasm import disassemble
+from pvtime.cpu.mmio_decode import MmioAccess, decode
+
+U64 = (1 << 64) - 1
+NSEC_PER_SEC = 1_000_000_000
+DEFAULT_INSTRUCTIONS_PER_SEC = 1_000_000_000  # 1 instruction per virtual ns
+
+# How long the engine runs between checks of PSTATE.I while the interrupt line is asserted but
+# masked: the latency of an interrupt after `msr daifclr`, in instructions.
+POLL_INSNS = 4096
+
+# PSTATE: N Z C V | D A I F (bits 9..6) | M[3:0] (EL in 3:2, SPSel in 0).
+PSTATE_I = 1 << 7
+PSTATE_DAIF = 0xF << 6
+PSTATE_NZCV = 0xF << 28
+PSTATE_EL1H = 0b0101
+PSTATE_RESET = PSTATE_DAIF | PSTATE_EL1H  # KVM's vCPU reset: EL1h, DAIF masked
+_VALID_MODES = (0b0000, 0b0100, 0b0101)  # EL0t, EL1t, EL1h (KVM refuses the others)
+
+WFI = 0xD503_207F
+HLT_SEMIHOSTING = 0xD45E_0000
+
+# unicorn's exception numbers (QEMU EXCP_*), as UC_HOOK_INTR reports them.
+_EXCP_UDEF, _EXCP_SWI, _EXCP_PREFETCH_ABORT, _EXCP_DATA_ABORT, _EXCP_BKPT = 1, 2, 3, 4, 7
+_EXCP_HVC, _EXCP_SMC = 11, 13
+_EXCP_NAMES = {
+    _EXCP_UDEF: "undefined instruction", _EXCP_SWI: "SVC (a synchronous exception the guest must take)",
+    _EXCP_PREFETCH_ABORT: "prefetch abort", _EXCP_DATA_ABORT: "data abort (alignment or permission)",
+    _EXCP_BKPT: "BRK breakpoint (a synchronous exception the guest must take)",
+}
+
+# System registers the hypervisor serves; the engine keeps all others (SCTLR, VBAR, ELR...).
+_TRAPPED: frozenset[SysReg] = frozenset({
+    sysregs.CNTFRQ_EL0, sysregs.CNTPCT_EL0, sysregs.CNTVCT_EL0, sysregs.CNTP_TVAL_EL0,
+    sysregs.CNTP_CTL_EL0, sysregs.CNTP_CVAL_EL0, sysregs.CNTV_TVAL_EL0, sysregs.CNTV_CTL_EL0,
+    sysregs.CNTV_CVAL_EL0, sysregs.CNTKCTL_EL1, sysregs.MPIDR_EL1,
+})
+
+_X_REGS = [getattr(A, f"UC_ARM64_REG_X{i}") for i in range(31)]
+_NEVER = 0xFFFF_FFFF_FFFF_FFFC  # `until` address for emu_start: never reached
+
+# SCR_EL3 (op0=3, op1=6, CRn=1, CRm=1, op2=0): NS | HCE | RW, so that HVC is enabled and EL1 is
+# AArch64 (unicorn starts with SCR_EL3 = 0, where HVC is UNDEFINED).
+_SCR_EL3 = (1, 1, 3, 6, 0)
+_SCR_NS_HCE_RW = (1 << 0) | (1 << 8) | (1 << 10)
+_SPSR_EL1 = (4, 0, 3, 0, 0)  # (CRn, CRm, op0, op1, op2): unicorn has no plain id for it
+
+
+@dataclass
+class _PendingMmio:
+    """An MMIO exit the VMM has not finished: applied at the next execute()."""
+
+    access: MmioAccess
+    data: bytes | None = None
+
+
+class CoreRegs:
+    """The vCPU's KVM_REG_ARM_CORE registers, read and written in the engine.
+
+    Behaves like the model backend's dict for `Vcpu`: `regs[id] = v`, `regs.get(id, 0)`, and
+    `clear()`, which is the vCPU reset. An unknown core id raises KeyError; an invalid PSTATE
+    mode raises ValueError (KVM answers ENOENT and EINVAL).
+    """
+
+    def __init__(self, cpu: UnicornCpu) -> None:
+        self._cpu = cpu
+
+    def __setitem__(self, reg_id: int, value: int) -> None:
+        self._cpu.write_core(reg_id, value)
+
+    def __getitem__(self, reg_id: int) -> int:
+        return self._cpu.read_core(reg_id)
+
+    def get(self, reg_id: int, default: int = 0) -> int:
+        """Like dict.get, but every core register exists (unknown ids still raise KeyError)."""
+        return self._cpu.read_core(reg_id)
+
+    def clear(self) -> None:
+        """Reset the vCPU (KVM_ARM_VCPU_INIT / PSCI CPU_ON)."""
+        self._cpu.reset()
+
+
+class UnicornCpu:
+    """Executes one vCPU's AArch64 code in its own unicorn engine, resumable across slices."""
+
+    def __init__(self, index: int, *, instructions_per_sec: int = DEFAULT_INSTRUCTIONS_PER_SEC,
+                 native_counter: bool | None = None) -> None:
+        if instructions_per_sec <= 0:
+            raise ValueError(f"instructions_per_sec must be positive, got {instructions_per_sec}")
+        self.index = index
+        self.instructions_per_sec = instructions_per_sec
+        self.instructions = 0  # executed so far (per translation block, see BlockCounter)
+        self.core_regs = CoreRegs(self)
+        uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
+        uc.ctl_set_cpu_model(A.UC_CPU_ARM64_A72)
+        uc.reg_write(A.UC_ARM64_REG_CP_REG, (*_SCR_EL3, _SCR_NS_HCE_RW))
+        self._uc = uc
+        self._reset_context = uc.context_save()
+        self.counter = BlockCounter(uc, native=native_counter)
+        uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+        uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED
+                    | UC_HOOK_MEM_WRITE_PROT, self._on_memory)
+        uc.hook_add(UC_HOOK_INSN, self._on_sysreg, True, 1, 0, A.UC_ARM64_INS_MRS)
+        uc.hook_add(UC_HOOK_INSN, self._on_sysreg, False, 1, 0, A.UC_ARM64_INS_MSR)
+        self._mapped: list[tuple[int, int, bool, int]] = []
+        self._buffers: list[object] = []  # ctypes views keeping the mapped buffers exported
+        self._traps: VcpuTraps | None = None
+        self._clock: Clock | None = None
+        self._accounted = 0  # counter bytes already turned into time
+        self._time_rem = 0  # instructions * 1e9 not yet a whole ns
+        self._stop: Stop | None = None  # set by a hook to end the current execute()
+        self._mmio: _PendingMmio | None = None
+        self._fault: Stop | None = None
+        self._halted = False
+        self.reset()
+
+    # --- state -------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """The vCPU-init state: all registers zero, EL1h, MMU off, DAIF masked, PC 0."""
+        uc = self._uc
+        uc.context_restore(self._reset_context)
+        for reg in _X_REGS:
+            uc.reg_write(reg, 0)
+        uc.reg_write(A.UC_ARM64_REG_PSTATE, PSTATE_RESET)
+        self._write_banks(0, 0)
+        uc.reg_write(A.UC_ARM64_REG_PC, 0)
+        self._mmio = None
+        self._fault = None
+        self._halted = False
+
+    def load(self, program: object) -> None:
+        """Model programs do not run here: place an ELF in guest RAM and set the PC instead."""
+        raise TypeError("the unicorn backend runs AArch64 machine code: load an image into guest RAM "
+                        "and set the PC with set_one_reg (see pvtime.vmm.elf)")
+
+    @property
+    def loaded(self) -> bool:
+        """Machine code is whatever guest RAM holds: always 'loaded'."""
+        return True
+
+    def pstate(self) -> int:
+        """The current PSTATE (NZCV, DAIF, mode)."""
+        return self._uc.reg_read(A.UC_ARM64_REG_PSTATE) & U64
+
+    def _sp_el0_live(self, pstate: int | None = None) -> bool:
+        """Is SP (the engine's x31) SP_EL0 now? At EL0, or at EL1 with SPSel = 0."""
+        mode = (self.pstate() if pstate is None else pstate) & 0xF
+        return mode & 1 == 0
+
+    def _read_banks(self) -> tuple[int, int]:
+        uc = self._uc
+        live = uc.reg_read(A.UC_ARM64_REG_SP)
+        if self._sp_el0_live():
+            return live, uc.reg_read(A.UC_ARM64_REG_SP_EL1)
+        return uc.reg_read(A.UC_ARM64_REG_SP_EL0), live
+
+    def _write_banks(self, sp_el0: int, sp_el1: int) -> None:
+        uc = self._uc
+        uc.reg_write(A.UC_ARM64_REG_SP_EL0, sp_el0)
+        uc.reg_write(A.UC_ARM64_REG_SP_EL1, sp_el1)
+        uc.reg_write(A.UC_ARM64_REG_SP, sp_el0 if self._sp_el0_live() else sp_el1)
+
+    def _set_pstate(self, value: int) -> None:
+        """Write PSTATE, keeping SP_EL0/SP_EL1 banked correctly across an SPSel/EL change."""
+        banks = self._read_banks()
+        self._uc.reg_write(A.UC_ARM64_REG_PSTATE, value)
+        self._write_banks(*banks)
+
+    def read_core(self, reg_id: int) -> int:
+        """ONE_REG read of a core register by KVM id."""
+        uc = self._uc
+        for n in range(31):
+            if reg_id == reg_x(n):
+                return uc.reg_read(_X_REGS[n]) & U64
+        if reg_id == REG_PC:
+            return uc.reg_read(A.UC_ARM64_REG_PC) & U64
+        if reg_id == REG_PSTATE:
+            return self.pstate()
+        if reg_id == REG_SP:
+            return self._read_banks()[0] & U64
+        if reg_id == REG_SP_EL1:
+            return self._read_banks()[1] & U64
+        if reg_id == REG_ELR_EL1:
+            return uc.reg_read(A.UC_ARM64_REG_ELR_EL1) & U64
+        if reg_id == REG_SPSR_EL1:
+            return uc.reg_read(A.UC_ARM64_REG_CP_REG, _SPSR_EL1) & U64
+        raise KeyError(reg_id)
+
+    def write_core(self, reg_id: int, value: int) -> None:
+        """ONE_REG write of a core register by KVM id."""
+        uc = self._uc
+        value &= U64
+        for n in range(31):
+            if reg_id == reg_x(n):
+                uc.reg_write(_X_REGS[n], value)
+                return
+        if reg_id == REG_PC:
+            uc.reg_write(A.UC_ARM64_REG_PC, value)
+            self._mmio = None  # a new PC abandons an unfinished MMIO access
+        elif reg_id == REG_PSTATE:
+            if value & 0x1F not in _VALID_MODES:
+                raise ValueError(f"PSTATE {value:#x}: mode {value & 0x1F:#x} is not EL0t, EL1t or EL1h")
+            self._set_pstate(value & 0xFFFF_FFFF)
+        elif reg_id == REG_SP:
+            self._write_banks(value, self._read_banks()[1])
+        elif reg_id == REG_SP_EL1:
+            self._write_banks(self._read_banks()[0], value)
+        elif reg_id == REG_ELR_EL1:
+            uc.reg_write(A.UC_ARM64_REG_ELR_EL1, value)
+        elif reg_id == REG_SPSR_EL1:
+            uc.reg_write(A.UC_ARM64_REG_CP_REG, (*_SPSR_EL1, value))
+        else:
+            raise KeyError(reg_id)
+
+    def complete_mmio(self, data: bytes) -> None:
+        """The data of the last MMIO read exit (kvm_run.mmio.data), for the next execute()."""
+        if self._mmio is None or self._mmio.access.is_write:
+            raise RuntimeError(f"vCPU {self.index}: no MMIO read is pending")
+        self._mmio.data = bytes(data)
+
+    def read_word(self, addr: int) -> int | None:
+        """The 32-bit instruction word at a guest address, or None where nothing is mapped."""
+        try:
+            return int.from_bytes(self._uc.mem_read(addr, 4), "little")
+        except UcError:
+            return None
+
+    # --- execution ---------------------------------------------------------------------------
+
+    def execute(self, traps: VcpuTraps, clock: Clock) -> Stop:
+        """Run until the deadline, a halt, an exit request, an MMIO access, semihosting or a fault."""
+        if self._fault is not None:
+            return self._fault
+        self._traps, self._clock = traps, clock
+        self._sync_memory(traps)
+        self._accounted = self.counter.used
+        try:
+            if self._mmio is not None:
+                self._finish_mmio()
+            return self._run(traps, clock)
+        finally:
+            self._account()
+            self._traps = self._clock = None
+
+    def _run(self, traps: VcpuTraps, clock: Clock) -> Stop:
+        uc = self._uc
+        while True:
+            if traps.exit_requested():
+                return Stop(StopKind.EXIT)
+            pending = traps.irq_pending()
+            if pending:
+                self._halted = False  # WFI completes on an asserted interrupt, masked or not
+                if not self.pstate() & PSTATE_I:
+                    self._take_irq()
+            if clock.now_ns >= clock.deadline_ns:
+                return Stop(StopKind.DEADLINE)
+            if self._halted:
+                return Stop(StopKind.HALT)
+            self._arm_budget()
+            self._stop = None
+            pc = uc.reg_read(A.UC_ARM64_REG_PC)
+            try:
+                uc.emu_start(pc, _NEVER)
+            except UcError as err:
+                if self._stop is None:
+                    self._stop = self._fault_stop(uc.reg_read(A.UC_ARM64_REG_PC), f"unicorn: {err}")
+            self._account()
+            stop, self._stop = self._stop, None
+            if stop is not None:
+                if stop.kind is StopKind.FAULT:
+                    self._fault = stop
+                elif stop.kind is StopKind.SEMIHOSTING:
+                    uc.reg_write(A.UC_ARM64_REG_PC, stop.pc + 4)
+                if stop.kind is not StopKind.EXIT or traps.exit_requested():
+                    return stop
+                continue
+            if self.counter.stopped:
+                continue  # the budget ran out: deadline, timer event, or an IRQ to take
+            pc = uc.reg_read(A.UC_ARM64_REG_PC)
+            if self.read_word(pc - 4) == WFI:
+                self._halted = True
+                continue
+            self._fault = self._fault_stop(pc, "the engine stopped for no known reason")
+            return self._fault
+
+    def _arm_budget(self) -> None:
+        """Let the engine run until the slice deadline or the next timer event, whichever is first."""
+        traps, clock = self._traps, self._clock
+        assert traps is not None and clock is not None
+        now = clock.now_ns
+        if traps.irq_pending():
+            if not self.pstate() & PSTATE_I:
+                self.counter.arm(0)
+                return
+            insns = POLL_INSNS
+        else:
+            insns = 1 << 40
+        until = clock.deadline_ns
+        fire = traps.next_irq_ns()
+        if fire is not None and fire > now:
+            until = min(until, fire)
+        # ceil: the engine must reach `until`, so that the event is due when it stops.
+        need = -(-max(until - now, 0) * self.instructions_per_sec // NSEC_PER_SEC)
+        self.counter.arm(4 * max(1, min(insns, need)))
+
+    def _account(self) -> None:
+        """Turn the instructions executed since the last call into virtual time."""
+        used = self.counter.used
+        insns = (used - self._accounted) // 4
+        self._accounted = used
+        if insns <= 0 or self._clock is None:
+            return
+        self.instructions += insns
+        total = insns * NSEC_PER_SEC + self._time_rem
+        ns, self._time_rem = divmod(total, self.instructions_per_sec)
+        self._clock.advance(ns)
+
+    def _take_irq(self) -> None:
+        """Architectural IRQ entry to EL1h (there is no EL2/EL3 in the guest's world)."""
+        uc = self._uc
+        pstate = self.pstate()
+        mode = pstate & 0xF
+        offset = 0x480 if mode >> 2 == 0 else (0x280 if mode & 1 else 0x080)
+        uc.reg_write(A.UC_ARM64_REG_ELR_EL1, uc.reg_read(A.UC_ARM64_REG_PC))
+        uc.reg_write(A.UC_ARM64_REG_CP_REG, (*_SPSR_EL1, pstate & 0xFFFF_FFFF))
+        self._set_pstate((pstate & PSTATE_NZCV) | PSTATE_DAIF | PSTATE_EL1H)
+        uc.reg_write(A.UC_ARM64_REG_PC, (uc.reg_read(A.UC_ARM64_REG_VBAR_EL1) & ~0x7FF) + offset)
+
+    def _finish_mmio(self) -> None:
+        """kvm_handle_mmio_return: write a read's data to Rt, then step past the access."""
+        pending, self._mmio = self._mmio, None
+        assert pending is not None
+        access = pending.access
+        if not access.is_write and access.rt != 31:
+            self._uc.reg_write(_X_REGS[access.rt], access.load_value(pending.data or bytes(access.size)))
+        self._uc.reg_write(A.UC_ARM64_REG_PC, self._uc.reg_read(A.UC_ARM64_REG_PC) + 4)
+
+    def _sync_memory(self, traps: VcpuTraps) -> None:
+        """Map the VM's memslots (again, if the VMM changed them since the last run)."""
+        slots = sorted(traps.memslots(), key=lambda s: s.guest_phys_addr)
+        wanted = [(s.guest_phys_addr, s.memory_size, bool(s.readonly), id(s.buffer.obj)) for s in slots]
+        if wanted == self._mapped:
+            return
+        uc = self._uc
+        for gpa, size, _, _ in self._mapped:
+            uc.mem_unmap(gpa, size)
+        self._mapped, self._buffers = [], []
+        for slot, key in zip(slots, wanted):
+            view = (ctypes.c_char * slot.memory_size).from_buffer(slot.buffer)
+            prot = UC_PROT_READ | UC_PROT_EXEC | (0 if slot.readonly else UC_PROT_WRITE)
+            uc.mem_map_ptr(slot.guest_phys_addr, slot.memory_size, prot, ctypes.addressof(view))
+            self._buffers.append(view)
+            self._mapped.append(key)
+
+    # --- diagnostics -------------------------------------------------------------------------
+
+    def _fault_stop(self, pc: int, reason: str, word: int | None = None) -> Stop:
+        if word is None:
+            word = self.read_word(pc)
+        text = disassemble(word, pc) if word is not None else "(no memory at the PC)"
+        return Stop(StopKind.FAULT, pc=pc, instruction=text, reason=reason)
+
+    # --- hooks (called by unicorn while emu_start runs) ------------------------------------------
+
+    def _on_interrupt(self, uc: Uc, intno: int, user: object) -> None:
+        if intno in (_EXCP_HVC, _EXCP_SMC):
+            self._hypercall(uc, Conduit.HVC if intno == _EXCP_HVC else Conduit.SMC)
+            return
+        pc = uc.reg_read(A.UC_ARM64_REG_PC)
+        if intno == _EXCP_SWI:
+            pc -= 4  # the PC is already past an SVC
+        word = self.read_word(pc)
+        if intno == _EXCP_UDEF and word == HLT_SEMIHOSTING:
+            self._stop = Stop(StopKind.SEMIHOSTING, pc=pc, semihost_op=uc.reg_read(A.UC_ARM64_REG_X0) & 0xFFFF_FFFF,
+                              semihost_param=uc.reg_read(A.UC_ARM64_REG_X1) & U64)
+        else:
+            reason = _EXCP_NAMES.get(intno, f"exception {intno} the guest cannot take")
+            self._stop = self._fault_stop(pc, reason, word)
+        uc.emu_stop()
+
+    def _hypercall(self, uc: Uc, conduit: Conduit) -> None:
+        traps = self._traps
+        assert traps is not None
+        self._account()
+        pc = uc.reg_read(A.UC_ARM64_REG_PC)  # past the HVC/SMC, as on exception return
+        word = self.read_word(pc - 4) or 0
+        regs = [uc.reg_read(r) & U64 for r in _X_REGS[:4]]
+        try:
+            traps.hypercall(regs, conduit, (word >> 5) & 0xFFFF)
+        except GuestFault as fault:
+            self._stop = self._fault_stop(pc - 4, fault.reason, word)
+            uc.emu_stop()
+            return
+        for reg, value in zip(_X_REGS[:4], regs):
+            uc.reg_write(reg, value & U64)
+        if traps.exit_requested():
+            self._stop = Stop(StopKind.EXIT)
+            uc.emu_stop()
+        else:
+            self._arm_budget()  # a call may change what is due (PV time, timers of other vCPUs)
+
+    def _on_memory(self, uc: Uc, access: int, address: int, size: int, value: int, user: object) -> bool:
+        pc = uc.reg_read(A.UC_ARM64_REG_PC)
+        if access == UC_MEM_FETCH_UNMAPPED:
+            self._stop = Stop(StopKind.FAULT, pc=address, instruction="(no memory at the PC)",
+                              reason=f"instruction fetch from {address:#x}, which no memslot backs")
+            return False
+        word = self.read_word(pc)
+        mmio = decode(word) if word is not None else None
+        is_write = access in (UC_MEM_WRITE_UNMAPPED, UC_MEM_WRITE_PROT)
+        if mmio is None or mmio.is_write != is_write:
+            what = "store to" if is_write else "load from"
+            self._stop = self._fault_stop(pc, f"{what} {address:#x} outside RAM by an instruction KVM cannot "
+                                              f"emulate (no valid syndrome: not a single-register access "
+                                              f"without writeback)", word)
+            return False
+        if is_write:
+            data = (value & ((1 << (8 * mmio.size)) - 1)).to_bytes(mmio.size, "little")
+        else:
+            data = b""
+        self._mmio = _PendingMmio(mmio)
+        self._stop = Stop(StopKind.MMIO, pc=pc, mmio_addr=address, mmio_len=mmio.size, mmio_data=data,
+                          mmio_write=is_write)
+        return False
+
+    def _on_sysreg(self, uc: Uc, reg: int, cp: object, is_read: bool) -> bool:
+        sysreg = SysReg(cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)  # type: ignore[attr-defined]
+        if sysreg not in _TRAPPED:
+            return False  # the engine's own register
+        traps = self._traps
+        assert traps is not None
+        self._account()  # the counter must include the instructions executed so far
+        try:
+            if is_read:
+                value = traps.read_sysreg(sysreg)
+                if reg in _REG_IDS:
+                    uc.reg_write(reg, value & U64)
+            else:
+                traps.write_sysreg(sysreg, cp.val & U64)  # type: ignore[attr-defined]
+                self._arm_budget()  # the timer may fire earlier (or now)
+        except GuestFault as fault:
+            pc = uc.reg_read(A.UC_ARM64_REG_PC)
+            self._stop = self._fault_stop(pc, fault.reason)
+            self.counter.arm(0)  # stop at the next block: an MSR/MRS does not end its block
+        return True
+
+
+_REG_IDS = frozenset(_X_REGS)
