@@ -51,6 +51,11 @@ CFLAGS: tuple[str, ...] = (
     # and no code may touch FP/SIMD registers (the exception entry does not save them).
     "-mstrict-align",
     "-mgeneral-regs-only",
+    # zig hands clang the -mcpu feature list (which includes +v8a, implying FP and NEON) after
+    # the features the -m flags above produce, undoing them: restate them last.
+    *("-Xclang", "-target-feature", "-Xclang", "+strict-align"),
+    *("-Xclang", "-target-feature", "-Xclang", "-fp-armv8"),
+    *("-Xclang", "-target-feature", "-Xclang", "-neon"),
     "-fno-pic",
     "-fno-pie",
     "-fno-stack-protector",
@@ -68,6 +73,7 @@ CFLAGS: tuple[str, ...] = (
     "-Wl,--no-dynamic-linker",
     "-Wl,-z,norelro",
     "-Wl,-z,noexecstack",
+    "-Wl,-z,max-page-size=4096",
 )
 
 

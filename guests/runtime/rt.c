@@ -272,6 +272,19 @@ void rt_wfi_sleep_ns(u64 ns)
 	rt_write_sysreg(daif, daif);
 }
 
+u64 rt_wait_nonzero_u64_until(const volatile u64 *p, u64 deadline)
+{
+	u64 v;
+	while (!(v = rt_load_acquire_u64(p)) && rt_cntvct() < deadline)
+		rt_wfi_sleep_ns(50000);
+	return v;
+}
+
+u64 rt_wait_nonzero_u64(const volatile u64 *p, u64 timeout_ns)
+{
+	return rt_wait_nonzero_u64_until(p, rt_cntvct() + rt_ns_to_ticks(timeout_ns, rt_cntfrq()));
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Exceptions                                                                                   */
 

@@ -17,17 +17,17 @@
 typedef unsigned char u8;
 typedef unsigned short u16;
 typedef unsigned int u32;
-typedef unsigned long long u64;
+typedef unsigned long u64; /* LP64: printf %lu/%lx */
 typedef signed char s8;
 typedef short s16;
 typedef int s32;
-typedef long long s64;
+typedef long s64;
 typedef unsigned long uptr;
 typedef unsigned long usize;
 
 #define NULL ((void *)0)
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
-#define U64_MAX (~0ULL)
+#define U64_MAX (~0UL)
 
 #define READ_ONCE(x) (*(const volatile __typeof__(x) *)&(x))
 #define WRITE_ONCE(x, v) (*(volatile __typeof__(x) *)&(x) = (v))
@@ -287,6 +287,15 @@ static inline u64 rt_load_acquire_u64(const volatile u64 *p)
 	rt_dmb();
 	return v;
 }
+
+/*
+ * Wait until another CPU publishes a non-zero value at `p`, for at most `timeout_ns` of counter
+ * time, sleeping in WFI (rt_wfi_sleep_ns, 50 us) between looks so that an idle waiter costs the
+ * hypervisor nothing. Returns the value, or 0 on timeout. Same restriction as rt_wfi_sleep_ns.
+ */
+u64 rt_wait_nonzero_u64(const volatile u64 *p, u64 timeout_ns);
+/* The same with an absolute deadline in counter ticks (CNTVCT_EL0). */
+u64 rt_wait_nonzero_u64_until(const volatile u64 *p, u64 deadline);
 
 /* Lamport's bakery lock for up to RT_MAX_CPUS CPUs: plain loads and stores only. */
 struct rt_lock {
