@@ -92,6 +92,7 @@ KVM_REG_ARM_TIMER_CVAL = sysreg(3, 3, 14, 0, 2)  # likewise swapped with CNT
 KVM_REG_ARM_PTIMER_CTL = sysreg(3, 3, 14, 2, 1)
 KVM_REG_ARM_PTIMER_CVAL = sysreg(3, 3, 14, 2, 2)
 KVM_REG_ARM_PTIMER_CNT = sysreg(3, 3, 14, 0, 1)
+KVM_REG_ARM_CNTKCTL_EL1 = sysreg(3, 0, 14, 1, 0)  # EL0 counter access and the event stream
 
 
 class ExitReason(IntEnum):

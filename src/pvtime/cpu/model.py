@@ -71,6 +71,7 @@ class ModelCpu:
         self._done = False
         self._mmio_read: MmioRead | None = None  # a read exit the VMM has not completed yet
         self._send: bytes | None = None  # what the next step of the program receives
+        self._view: GuestView | None = None
 
     def load(self, program: ModelProgram) -> None:
         """Install the guest program (the model's equivalent of placing code in RAM); restarts the vCPU."""
@@ -105,7 +106,13 @@ class ModelCpu:
         if self._mmio_read is not None:
             return Stop(StopKind.FAULT, reason=f"MMIO read of {self._mmio_read.addr:#x} was never "
                                                 "completed by the VMM")
-        view = GuestView(traps)
+        # One view for the program's lifetime, pointed at whichever vCPU executes this CPU now:
+        # the program's generators keep the view they started with, and a model CPU handed over
+        # in an in-process migration (pvtime.vmm.migration) continues on another vCPU.
+        if self._view is None:
+            self._view = GuestView(traps)
+        self._view._traps = traps
+        view = self._view
         try:
             return self._run(view, traps, clock)
         except GuestFault as fault:

@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pvtime.abi import sysregs
-from pvtime.abi.errno import EFAULT, EINVAL, ENOENT, ENXIO
+from pvtime.abi.errno import EBUSY, EFAULT, EINVAL, ENOENT, ENXIO
 from pvtime.abi.sysregs import SysReg
 from pvtime.abi.uapi import (
     KVM_ARM_VCPU_PVTIME_CTRL, KVM_INTERNAL_ERROR_EMULATION, KVM_REG_ARM_CORE,
     KVM_REG_ARM_COPROC_MASK, KVM_REG_ARM_STD_HYP_BMAP, KVM_REG_ARM_TIMER_CNT,
     KVM_REG_ARM_TIMER_CTL, KVM_REG_ARM_TIMER_CVAL, KVM_REG_ARM_PTIMER_CNT,
     KVM_REG_ARM_PTIMER_CTL, KVM_REG_ARM_PTIMER_CVAL, KVM_REG_SIZE_MASK, REG_PC, reg_size, reg_x,
+    KVM_REG_ARM_CNTKCTL_EL1,
 )
 from pvtime.cpu.backend import Conduit, CpuBackend, GuestFault, GuestRegion, Stop, StopKind
 from pvtime.guest.machine import ModelProgram
@@ -147,6 +148,19 @@ class Vcpu:
         self._system_event = None
         self.cpu.core_regs.clear()  # EL1h, MMU off, DAIF masked (the unicorn backend resets its engine)
 
+    def adopt_model_cpu(self, cpu: CpuBackend) -> None:
+        """Model backend, in-process migration only: continue a migrated vCPU's Python program.
+
+        A model guest's execution state is Python objects (its generators), which no stream can
+        carry as bytes; the VMM hands the source vCPU's model CPU to this one instead
+        (pvtime.vmm.migration). Refused (EBUSY) once the VM has run, EINVAL for another index.
+        """
+        if self.vm.has_run:
+            raise KvmError(EBUSY, f"{self}: the VM has run; a model CPU can only be adopted before")
+        if getattr(cpu, "index", None) != self.id or self.vm.cpu_kind != "model":
+            raise KvmError(EINVAL, f"{self}: cannot adopt model CPU {getattr(cpu, 'index', '?')}")
+        self.cpu = cpu
+
     def load_model_program(self, program: ModelProgram) -> None:
         """Model backend: install the guest program this vCPU runs from reset."""
         self.cpu.load(program)
@@ -274,6 +288,7 @@ _TIMER_REGS: dict[int, SysReg] = {
     KVM_REG_ARM_PTIMER_CTL: sysregs.CNTP_CTL_EL0,
     KVM_REG_ARM_PTIMER_CVAL: sysregs.CNTP_CVAL_EL0,
     KVM_REG_ARM_PTIMER_CNT: sysregs.CNTPCT_EL0,
+    KVM_REG_ARM_CNTKCTL_EL1: sysregs.CNTKCTL_EL1,
 }
 _TIMER_BASES = frozenset(r & ~KVM_REG_SIZE_MASK for r in _TIMER_REGS)
 

@@ -1,14 +1,15 @@
 """The guest physical memory map, as QEMU's `virt` machine lays it out (hw/arm/virt.c).
 
 The stolen-time records get their own 64 KiB granule (vCPU i at base + 64*i), sharing it with
-no RAM and no MMIO, as DEN0057A and QEMU advise.
+no RAM and no MMIO, as DEN0057A and QEMU advise. The VM's LPT record takes the last 64 bytes of
+that granule (so it holds one stolen-time record fewer).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pvtime.abi.records import STEAL_RECORD_SIZE
+from pvtime.abi.records import LPT_RECORD_ALIGN, STEAL_RECORD_SIZE
 
 GRANULE = 64 * 1024
 
@@ -30,8 +31,12 @@ class Layout:
         return self.pvtime_base + STEAL_RECORD_SIZE * vcpu_index
 
     def max_vcpus(self) -> int:
-        """How many records fit in the PV-time region."""
-        return self.pvtime_size // STEAL_RECORD_SIZE
+        """How many stolen-time records fit in the PV-time region beside the LPT record."""
+        return (self.pvtime_size - LPT_RECORD_ALIGN) // STEAL_RECORD_SIZE
+
+    def lpt_record(self) -> int:
+        """The IPA of the VM's LPT record: the last 64 bytes of the first PV-time granule."""
+        return self.pvtime_base + GRANULE - LPT_RECORD_ALIGN
 
     def pvtime_region_size(self, nvcpus: int) -> int:
         """Size of the region for `nvcpus` records, rounded up to whole 64 KiB granules."""

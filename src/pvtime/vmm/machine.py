@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pvtime.abi.uapi import KVM_ARM_VCPU_PVTIME_CTRL, KVM_ARM_VCPU_PVTIME_IPA, KVM_CAP_STEAL_TIME
+from pvtime.abi.uapi import (
+    KVM_ARM_VCPU_PVTIME_CTRL, KVM_ARM_VCPU_PVTIME_IPA, KVM_ARM_VM_PVTIME_LPT_CTRL,
+    KVM_ARM_VM_PVTIME_LPT_FREQ, KVM_ARM_VM_PVTIME_LPT_IPA, KVM_CAP_STEAL_TIME,
+)
 from pvtime.guest.machine import ModelProgram
 from pvtime.host.task import Slice, Step, Task, TaskState
 from pvtime.kvm import (
-    HaltExit, InternalErrorExit, IntrExit, Kvm, MmioExit, Quirk, SystemEventExit, Vcpu, Vm,
+    HaltExit, InternalErrorExit, IntrExit, Kvm, KvmError, MmioExit, Quirk, SystemEventExit, Vcpu, Vm,
 )
 from pvtime.vmm.layout import QEMU_VIRT, Layout
 
@@ -25,6 +28,7 @@ class MachineConfig:
     pvtime: bool = True
     quirks: Quirk = Quirk.NONE
     layout: Layout = field(default_factory=lambda: QEMU_VIRT)
+    lpt_pv_hz: int | None = None  # Live Physical Time at this PV frequency (None: not configured)
 
     def validate(self) -> None:
         """Raise ValueError naming the bad field."""
@@ -35,6 +39,8 @@ class MachineConfig:
                              f"({self.layout.max_vcpus()} records)")
         if self.memory_mib < 1:
             raise ValueError(f"{self.name}: memory_mib must be >= 1, got {self.memory_mib}")
+        if self.lpt_pv_hz is not None and not 1 <= self.lpt_pv_hz <= 0xFFFF_FFFF:
+            raise ValueError(f"{self.name}: lpt_pv_hz must be in 1..2^32-1 Hz, got {self.lpt_pv_hz}")
 
 
 class Machine:
@@ -56,8 +62,12 @@ class Machine:
         self.vcpus: list[Vcpu] = [self.vm.create_vcpu(i) for i in range(config.vcpus)]
         if config.pvtime:
             self._configure_pvtime()
+        if config.lpt_pv_hz is not None:
+            self.configure_lpt(config.lpt_pv_hz)
         self.console = bytearray()
         self.stopped: str | None = None  # why the VM stopped, once it has
+        self.paused = False  # vCPU threads block until resume() (migration's stop-and-copy)
+        self.model_program: ModelProgram | None = None
         self.errors: list[InternalErrorExit] = []
 
     def _configure_pvtime(self) -> None:
@@ -65,13 +75,37 @@ class Machine:
         layout = self.config.layout
         if not self.vm.check_extension(KVM_CAP_STEAL_TIME):
             raise RuntimeError(f"{self.config.name}: the host does not support KVM_CAP_STEAL_TIME")
-        self.pvtime_mem = bytearray(layout.pvtime_region_size(len(self.vcpus)))
-        self.vm.set_user_memory_region(self.PVTIME_SLOT, layout.pvtime_base, len(self.pvtime_mem), self.pvtime_mem)
+        self.add_pvtime_region()
         for vcpu in self.vcpus:
             vcpu.set_device_attr(KVM_ARM_VCPU_PVTIME_CTRL, KVM_ARM_VCPU_PVTIME_IPA, layout.steal_record(vcpu.id))
 
+    def add_pvtime_region(self) -> bytearray:
+        """The PV-time granule(s) as a memslot (once): stolen-time records and the LPT record."""
+        if self.pvtime_mem is None:
+            layout = self.config.layout
+            self.pvtime_mem = bytearray(layout.pvtime_region_size(len(self.vcpus)))
+            self.vm.set_user_memory_region(self.PVTIME_SLOT, layout.pvtime_base, len(self.pvtime_mem),
+                                           self.pvtime_mem)
+        return self.pvtime_mem
+
+    def configure_lpt(self, pv_hz: int, ipa: int | None = None) -> None:
+        """LPT: the record in the PV-time granule, and the PV frequency (the RFC's VM attributes)."""
+        self.add_pvtime_region()
+        ipa = self.config.layout.lpt_record() if ipa is None else ipa
+        self.vm.set_device_attr(KVM_ARM_VM_PVTIME_LPT_CTRL, KVM_ARM_VM_PVTIME_LPT_IPA, ipa)
+        self.vm.set_device_attr(KVM_ARM_VM_PVTIME_LPT_CTRL, KVM_ARM_VM_PVTIME_LPT_FREQ, pv_hz)
+
+    def pause(self) -> None:
+        """Stop entering the guest (vCPU threads block at their next step); state stays intact."""
+        self.paused = True
+
+    def resume(self) -> None:
+        """Undo `pause`; the caller wakes the vCPU threads (the scheduler owns them)."""
+        self.paused = False
+
     def load_model_guest(self, program: ModelProgram) -> None:
         """Boot the model guest on every vCPU."""
+        self.model_program = program
         for vcpu in self.vcpus:
             vcpu.load_model_program(program)
 
@@ -99,15 +133,30 @@ class VcpuThread:
         # run_delay when the vCPU first entered the guest: a guest that calls PV_TIME_ST in its
         # first slice counts steal from this value, so host truth is measured from it.
         self.first_run_delay_ns: int | None = None
+        # The furthest virtual time this thread has executed to: a segment is simulated ahead of
+        # the event loop, so a migration saves the counters no earlier than this.
+        self.last_ns = 0
 
     def step(self, slice_: Slice) -> Step:
         """Run the vCPU until its slice ends, it halts, or the VM stops."""
+        try:
+            return self._step(slice_)
+        finally:
+            self.last_ns = max(self.last_ns, slice_.now_ns)
+
+    def _step(self, slice_: Slice) -> Step:
         if self.first_run_delay_ns is None:
             self.first_run_delay_ns = slice_.task.run_delay_ns
         while True:
             if self.machine.stopped is not None:
                 return Step(TaskState.EXITED)
-            ex = self.vcpu.run()
+            if self.machine.paused:
+                return Step(TaskState.SLEEPING)  # until the VMM resumes and wakes the thread
+            try:
+                ex = self.vcpu.run()
+            except KvmError as err:  # KVM_RUN failed (e.g. LPT half configured): this VM stops
+                self.machine.stop(f"vcpu{self.vcpu.id}: KVM_RUN: {err}")
+                return Step(TaskState.EXITED)
             if isinstance(ex, IntrExit):
                 return Step(TaskState.QUEUED)
             if isinstance(ex, HaltExit):

@@ -1,0 +1,514 @@
+"""Saving a running VM, restoring it on another host (of any counter frequency), live migration.
+
+The VMM side of REFERENCE section 5's migration, through the kvm API only, as a real VMM does it:
+
+- **Memory**: the VMM's own buffers (RAM, and the PV-time granule holding the stolen-time and LPT
+  records -- which is how steal and the LPT sequence travel: in guest memory). Pre-copy rounds
+  send every page that differs from what the destination already holds (the first round: every
+  non-zero page), diffing against the copy sent -- exact for every CPU backend, including guests
+  whose stores bypass KVM's dirty log (unicorn writes RAM directly).
+- **vCPU state** with ``get_one_reg``: the core registers; the timer registers by their KVM ids
+  (``KVM_REG_ARM_{,P}TIMER_{CTL,CVAL,CNT}``) and CNTKCTL_EL1; the firmware bitmap; the power
+  state. **Attributes** with ``get_device_attr``: each vCPU's stolen-time IPA, the LPT IPA and
+  frequency. The destination sets them all again, in KVM's required order (memory first, then
+  attributes, then ``KVM_ARM_VCPU_INIT`` and registers; the physical counter before the virtual
+  one, because CNTVOFF is relative to CNTPCT).
+- **Counters across hosts**: the stream carries counter values in the source's native ticks and
+  the source's frequency. The destination restores them as they are (plus the downtime, if the
+  caller says how long it was, in source ticks); at the first KVM_RUN the destination host
+  rescales the counters and both timers from the LPT record's old ``native_freq``
+  (:mod:`pvtime.kvm.lpt`). A VM without LPT gets no rescale: its counter continues at the new
+  host's rate, as KVM does.
+- **The guest program**. Unicorn guests are machine code in RAM plus registers: fully in the
+  stream. A *resident* model program (``resident_name`` attribute, state only in guest RAM,
+  e.g. :class:`pvtime.guest.clockwatch.ClockWatch`) is named in the stream and re-instantiated
+  by name: it migrates between processes too. Any other model program (the model Linux kernel)
+  keeps its execution state in Python generators, which no byte stream can carry honestly: the
+  stream names a *hand-over token*, and the model CPUs themselves are handed over in-process
+  through a :class:`ModelHandover` (``Vcpu.adopt_model_cpu``). A receiver without that hand-over
+  (another process) refuses the stream with a clear error.
+
+Failure is safe: saving never changes the source; a refused part changes nothing at the
+destination; if the final restore fails the source is resumed and keeps running
+(:meth:`LiveMigration.complete`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from pvtime.abi.errno import ENXIO
+from pvtime.abi.records import LPT_RECORD_SIZE, LptRecord
+from pvtime.abi.uapi import (
+    INVALID_GPA, KVM_ARM_VCPU_PVTIME_CTRL, KVM_ARM_VCPU_PVTIME_IPA, KVM_ARM_VM_PVTIME_LPT_CTRL,
+    KVM_ARM_VM_PVTIME_LPT_FREQ, KVM_ARM_VM_PVTIME_LPT_IPA, KVM_CAP_STEAL_TIME, KVM_REG_ARM_CNTKCTL_EL1,
+    KVM_REG_ARM_PTIMER_CNT, KVM_REG_ARM_PTIMER_CTL, KVM_REG_ARM_PTIMER_CVAL,
+    KVM_REG_ARM_STD_HYP_BMAP, KVM_REG_ARM_TIMER_CNT, KVM_REG_ARM_TIMER_CTL, KVM_REG_ARM_TIMER_CVAL,
+    NSEC_PER_SEC, PAGE_SIZE, REG_ELR_EL1, REG_PC, REG_PSTATE, REG_SP, REG_SP_EL1, REG_SPSR_EL1, reg_x,
+)
+from pvtime.guest.clockwatch import ClockWatch
+from pvtime.guest.machine import ModelProgram
+from pvtime.host import Host, Slice, Task
+from pvtime.kvm import Kvm, KvmError, Quirk
+from pvtime.vmm.layout import Layout
+from pvtime.vmm.machine import Machine, MachineConfig
+from pvtime.vmm.migration_stream import MigrationError, Part, decode, encode
+
+__all__ = [
+    "LiveMigration", "MigrationError", "MigrationStats", "ModelHandover", "Receiver", "Sender",
+    "RESIDENT_PROGRAMS", "restore", "save",
+]
+
+U64 = (1 << 64) - 1
+CORE_REGS = [reg_x(i) for i in range(31)] + [REG_SP, REG_PC, REG_PSTATE, REG_SP_EL1, REG_ELR_EL1, REG_SPSR_EL1]
+# Restore order matters: CNTPCT before CNTVCT (CNTVOFF is relative to CNTPCT), compare values
+# before the controls that arm them.
+COUNTER_REGS = [KVM_REG_ARM_PTIMER_CNT, KVM_REG_ARM_TIMER_CNT]
+TIMER_REGS = [KVM_REG_ARM_PTIMER_CVAL, KVM_REG_ARM_TIMER_CVAL, KVM_REG_ARM_PTIMER_CTL,
+              KVM_REG_ARM_TIMER_CTL, KVM_REG_ARM_CNTKCTL_EL1]
+# Model programs whose whole state lives in guest RAM: migrated by name, across processes too.
+RESIDENT_PROGRAMS: dict[str, Callable[[dict[str, Any]], ModelProgram]] = {
+    ClockWatch.resident_name: ClockWatch.from_options,
+}
+
+
+class ModelHandover:
+    """In-process hand-over of model CPUs (Python guest programs cannot be serialised as bytes)."""
+
+    def __init__(self) -> None:
+        self._slots: dict[str, tuple[list[Any], ModelProgram | None]] = {}
+        self._next = 0
+
+    def deposit(self, machine: Machine) -> str:
+        """Offer `machine`'s model CPUs; returns the token the stream names."""
+        self._next += 1
+        token = f"{machine.vm.name}#{self._next}"
+        self._slots[token] = ([vcpu.cpu for vcpu in machine.vcpus], machine.model_program)
+        return token
+
+    def has(self, token: str) -> bool:
+        """Is `token` deposited here?"""
+        return token in self._slots
+
+    def take(self, token: str) -> tuple[list[Any], ModelProgram | None]:
+        """The CPUs and program for `token` (once)."""
+        return self._slots.pop(token)
+
+
+@dataclass
+class MigrationStats:
+    """What a migration moved and how long the guest was stopped."""
+
+    rounds: int = 0  # pre-copy rounds
+    pages: list[int] = field(default_factory=list)  # pages per part (the final one last)
+    bytes: int = 0
+    paused_at_ns: int | None = None
+    resumed_at_ns: int | None = None
+
+    @property
+    def downtime_ns(self) -> int | None:
+        """Virtual time from the source's last guest instruction to the destination's restore."""
+        if self.paused_at_ns is None or self.resumed_at_ns is None:
+            return None
+        return self.resumed_at_ns - self.paused_at_ns
+
+
+def _regions(machine: Machine) -> list[tuple[int, int, bytearray]]:
+    """(slot, guest address, buffer) of every memory region the VMM owns for `machine`."""
+    layout = machine.config.layout
+    out = [(Machine.RAM_SLOT, layout.ram_base, machine.ram)]
+    if machine.pvtime_mem is not None:
+        out.append((Machine.PVTIME_SLOT, layout.pvtime_base, machine.pvtime_mem))
+    return out
+
+
+def _at(host: Host, now_ns: int) -> Any:
+    """Make the VMM's migration thread the caller at `now_ns` (KVM reads the time from it)."""
+    return host.running(Slice(Task(0, "vmm-migration"), now_ns, now_ns, now_ns))
+
+
+def _config_json(config: MachineConfig) -> dict[str, Any]:
+    return {"name": config.name, "vcpus": config.vcpus, "memory_mib": config.memory_mib,
+            "pvtime": config.pvtime, "quirks": config.quirks.value, "lpt_pv_hz": config.lpt_pv_hz,
+            "layout": dataclasses.asdict(config.layout)}
+
+
+class Sender:
+    """The source side of one migration: pre-copy parts, then the final part."""
+
+    def __init__(self, machine: Machine, migration_id: str, *, handover: ModelHandover | None = None) -> None:
+        self.machine = machine
+        self.migration_id = migration_id
+        self.handover = handover
+        self.stats = MigrationStats()
+        self._sent = {slot: bytearray(len(buf)) for slot, _, buf in _regions(machine)}
+        self._parts = 0
+
+    def _meta(self, final: bool) -> dict[str, Any]:
+        return {"migration": self.migration_id, "part": self._parts, "final": final,
+                "config": _config_json(self.machine.config),
+                "regions": [[slot, gpa, len(buf)] for slot, gpa, buf in _regions(self.machine)]}
+
+    def _dirty(self) -> dict[tuple[int, int], bytes]:
+        pages: dict[tuple[int, int], bytes] = {}
+        for slot, _, buf in _regions(self.machine):
+            sent, view = self._sent[slot], memoryview(buf)
+            for off in range(0, len(buf), PAGE_SIZE):
+                page = view[off:off + PAGE_SIZE]
+                if page != sent[off:off + PAGE_SIZE]:
+                    data = page.tobytes()
+                    pages[(slot, off // PAGE_SIZE)] = data
+                    sent[off:off + PAGE_SIZE] = data
+        return pages
+
+    def precopy(self) -> bytes:
+        """A part with every page changed since the last part; the VM may keep running."""
+        part = Part(self._meta(False), self._dirty())
+        self.stats.rounds += 1
+        return self._emit(part)
+
+    def final(self, now_ns: int) -> bytes:
+        """The last part, for a VM that does not run any more (paused): pages and CPU state.
+
+        `now_ns` is when the guest last executed (counters are read at that instant).
+        """
+        m = self.machine
+        if not m.paused and m.vm.has_run:
+            raise MigrationError(f"{m.config.name}: pause the VM before the final part")
+        with _at(m.kvm.host, now_ns):
+            state = self._state(now_ns)
+        self.stats.paused_at_ns = now_ns
+        return self._emit(Part(self._meta(True), self._dirty(), state))
+
+    def _emit(self, part: Part) -> bytes:
+        data = encode(part)
+        self._parts += 1
+        self.stats.pages.append(len(part.pages))
+        self.stats.bytes += len(data)
+        return data
+
+    def _state(self, now_ns: int) -> dict[str, Any]:
+        m = self.machine
+        vm = m.vm
+        try:
+            lpt_ipa = vm.get_device_attr(KVM_ARM_VM_PVTIME_LPT_CTRL, KVM_ARM_VM_PVTIME_LPT_IPA)
+            lpt_hz = vm.get_device_attr(KVM_ARM_VM_PVTIME_LPT_CTRL, KVM_ARM_VM_PVTIME_LPT_FREQ)
+        except KvmError as err:
+            if err.errno != ENXIO:
+                raise
+            lpt_ipa, lpt_hz = INVALID_GPA, 0
+        vcpus = []
+        for vcpu in m.vcpus:
+            try:
+                ipa = vcpu.get_device_attr(KVM_ARM_VCPU_PVTIME_CTRL, KVM_ARM_VCPU_PVTIME_IPA)
+            except KvmError as err:
+                if err.errno != ENXIO:
+                    raise
+                ipa = INVALID_GPA
+            regs = {f"{r:#x}": vcpu.get_one_reg(r) for r in CORE_REGS + COUNTER_REGS + TIMER_REGS}
+            vcpus.append({"id": vcpu.id, "powered_off": vcpu.powered_off,
+                          "steal_ipa": None if ipa == INVALID_GPA else ipa, "regs": regs})
+        return {
+            "saved_at_ns": now_ns,
+            "native_hz": m.kvm.host.counter_hz,
+            "std_hyp_bmap": m.vcpus[0].get_one_reg(KVM_REG_ARM_STD_HYP_BMAP),
+            "lpt": None if lpt_hz == 0 and lpt_ipa == INVALID_GPA else {"ipa": lpt_ipa, "pv_hz": lpt_hz},
+            "vcpus": vcpus,
+            "guest": self._guest(),
+        }
+
+    def _guest(self) -> dict[str, Any]:
+        m = self.machine
+        if m.vm.cpu_kind != "model":
+            return {"kind": m.vm.cpu_kind}
+        program = m.model_program
+        if program is None:
+            return {"kind": "none"}
+        name = getattr(program, "resident_name", None)
+        if name is not None:
+            return {"kind": "resident", "program": name, "options": program.resident_options()}  # type: ignore[attr-defined]
+        if self.handover is None:
+            raise MigrationError(f"{m.config.name}: a model guest ({type(program).__name__}) keeps its "
+                                 "state in Python objects; migrate it in-process with a ModelHandover")
+        return {"kind": "handover", "token": self.handover.deposit(m)}
+
+
+class Receiver:
+    """The destination side: accepts parts in order, restores on the final one.
+
+    `downtime_ns`: how long the guest was stopped, when the caller knows it (hosts sharing a
+    timeline, as in a simulation): the counters are moved on by it, so the guest's clock keeps
+    real time. None: the counters resume where they stopped (the guest does not see the pause).
+    """
+
+    def __init__(self, kvm: Kvm, *, handover: ModelHandover | None = None, name: str | None = None) -> None:
+        self.kvm = kvm
+        self.handover = handover
+        self.name = name
+        self._first: dict[str, Any] | None = None
+        self._memory: dict[int, bytearray] = {}
+        self._next = 0
+
+    def feed(self, data: bytes | bytearray | memoryview, *, now_ns: int | None = None,
+             downtime_ns: int | None = None) -> Machine | None:
+        """Take one part; the restored (not yet running) Machine after the final one, else None."""
+        part = decode(data)
+        meta = part.meta
+        if self._first is None:
+            self._begin(meta)
+        assert self._first is not None
+        if meta.get("migration") != self._first["migration"]:
+            raise MigrationError(f"part of migration {meta.get('migration')!r} in migration "
+                                 f"{self._first['migration']!r}: mismatched stream")
+        if meta.get("part") != self._next:
+            raise MigrationError(f"part {meta.get('part')} received, part {self._next} expected")
+        if meta.get("config") != self._first["config"] or meta.get("regions") != self._first["regions"]:
+            raise MigrationError("the machine described changed between parts: mismatched stream")
+        for (slot, index), _ in part.pages.items():
+            mem = self._memory.get(slot)
+            if mem is None or (index + 1) * PAGE_SIZE > len(mem):
+                raise MigrationError(f"page {index} of slot {slot} is outside the machine's memory")
+        if part.final and meta.get("final") is not True:
+            raise MigrationError("STAT section in a part not marked final")
+        for (slot, index), page in part.pages.items():
+            self._memory[slot][index * PAGE_SIZE:(index + 1) * PAGE_SIZE] = page
+        self._next += 1
+        if not part.final:
+            return None
+        assert part.state is not None
+        host = self.kvm.host
+        return restore_state(self.kvm, self._first, self._memory, part.state, handover=self.handover,
+                             name=self.name, now_ns=host.now_ns() if now_ns is None else now_ns,
+                             downtime_ns=downtime_ns)
+
+    def _begin(self, meta: dict[str, Any]) -> None:
+        if meta.get("part") != 0:
+            raise MigrationError(f"stream starts at part {meta.get('part')}, not 0: truncated stream")
+        try:
+            regions = [(int(s), int(g), int(n)) for s, g, n in meta["regions"]]
+            _config_from_json(meta["config"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise MigrationError(f"META section: bad machine description ({err})") from None
+        self._first = meta
+        self._memory = {slot: bytearray(size) for slot, _, size in regions}
+
+
+def _config_from_json(c: dict[str, Any], name: str | None = None) -> MachineConfig:
+    return MachineConfig(name or c["name"], vcpus=int(c["vcpus"]), memory_mib=int(c["memory_mib"]),
+                         pvtime=False, quirks=Quirk(int(c["quirks"])), layout=Layout(**c["layout"]))
+
+
+def restore_state(kvm: Kvm, meta: dict[str, Any], memory: dict[int, bytearray], state: dict[str, Any], *,
+                  handover: ModelHandover | None, name: str | None, now_ns: int,
+                  downtime_ns: int | None) -> Machine:
+    """Build the destination machine from a complete stream; MigrationError if it cannot be."""
+    try:
+        return _restore(kvm, meta, memory, state, handover, name, now_ns, downtime_ns)
+    except (KeyError, TypeError, ValueError) as err:
+        if isinstance(err, MigrationError):
+            raise
+        raise MigrationError(f"STAT section: bad state ({type(err).__name__}: {err})") from None
+
+
+def _restore(kvm: Kvm, meta: dict[str, Any], memory: dict[int, bytearray], state: dict[str, Any],
+             handover: ModelHandover | None, name: str | None, now_ns: int, downtime_ns: int | None) -> Machine:
+    config = _config_from_json(meta["config"], name)
+    old_hz = int(state["native_hz"])
+    guest = state["guest"]
+    vcpus = state["vcpus"]
+    if len(vcpus) != config.vcpus:
+        raise MigrationError(f"STAT lists {len(vcpus)} vCPUs, the machine has {config.vcpus}")
+    # Refuse what cannot work before building anything.
+    if any(v["steal_ipa"] is not None for v in vcpus) and not kvm.check_extension(KVM_CAP_STEAL_TIME):
+        raise MigrationError(f"destination host {kvm.host.name} does not support stolen time "
+                             "(KVM_CAP_STEAL_TIME is 0) and the VM uses it: mismatched host")
+    lpt = state["lpt"]
+    if lpt is not None:
+        _check_lpt_record(memory, meta, int(lpt["ipa"]), int(lpt["pv_hz"]))
+    kind = guest["kind"]
+    if kind == "handover" and (handover is None or not handover.has(guest["token"])):
+        raise MigrationError(f"the stream hands a model guest over in-process (token {guest['token']!r}), "
+                             "and no such hand-over is here: model programs are Python objects; migrate "
+                             "between processes with a resident program or an ELF guest")
+    if kind == "resident" and guest["program"] not in RESIDENT_PROGRAMS:
+        raise MigrationError(f"unknown resident model program {guest['program']!r}")
+    if kind not in ("handover", "resident", "none", "model"):
+        raise MigrationError(f"guest kind {kind!r} cannot be restored by this VMM")
+    machine = Machine(kvm, config)
+    try:
+        _fill(machine, meta, memory, state, old_hz, now_ns, downtime_ns)
+        if kind == "handover":
+            assert handover is not None
+            cpus, program = handover.take(guest["token"])
+            for vcpu, cpu in zip(machine.vcpus, cpus):
+                vcpu.adopt_model_cpu(cpu)
+            machine.model_program = program
+        elif kind == "resident":
+            machine.load_model_guest(RESIDENT_PROGRAMS[guest["program"]](guest["options"]))
+    except KvmError as err:
+        if machine.vm in kvm.vms:
+            kvm.vms.remove(machine.vm)  # close the half-built VM
+        raise MigrationError(f"destination refused the state: {err}") from None
+    return machine
+
+
+def _check_lpt_record(memory: dict[int, bytearray], meta: dict[str, Any], ipa: int, pv_hz: int) -> None:
+    for slot, gpa, size in meta["regions"]:
+        if gpa <= ipa and ipa + LPT_RECORD_SIZE <= gpa + size:
+            record = LptRecord.unpack(bytes(memory[slot][ipa - gpa:ipa - gpa + LPT_RECORD_SIZE]))
+            if record.sequence_number != 0 and record.pv_freq != pv_hz:
+                raise MigrationError(f"LPT record at {ipa:#x} says pv_freq {record.pv_freq} Hz, the "
+                                     f"stream configures {pv_hz} Hz: mismatched stream")
+            return
+    raise MigrationError(f"the LPT IPA {ipa:#x} is not in the migrated memory")
+
+
+def _fill(machine: Machine, meta: dict[str, Any], memory: dict[int, bytearray], state: dict[str, Any],
+          old_hz: int, now_ns: int, downtime_ns: int | None) -> None:
+    vm = machine.vm
+    for slot, _, size in meta["regions"]:
+        if slot == Machine.RAM_SLOT:
+            if size != len(machine.ram):
+                raise MigrationError(f"RAM is {size} bytes in the stream, {len(machine.ram)} in the config")
+            machine.ram[:] = memory[slot]
+        elif slot == Machine.PVTIME_SLOT:
+            region = machine.add_pvtime_region()
+            if size != len(region):
+                raise MigrationError(f"PV-time region is {size} bytes in the stream, {len(region)} here")
+            region[:] = memory[slot]
+        else:
+            raise MigrationError(f"memory slot {slot} is not one this VMM lays out")
+    vcpus = state["vcpus"]
+    if any(v["steal_ipa"] is not None for v in vcpus):
+        machine.config = dataclasses.replace(machine.config, pvtime=True)
+    for vcpu, v in zip(machine.vcpus, vcpus):
+        if v["steal_ipa"] is not None:
+            vcpu.set_device_attr(KVM_ARM_VCPU_PVTIME_CTRL, KVM_ARM_VCPU_PVTIME_IPA, int(v["steal_ipa"]))
+    lpt = state["lpt"]
+    if lpt is not None:
+        machine.configure_lpt(int(lpt["pv_hz"]), int(lpt["ipa"]))
+        machine.config = dataclasses.replace(machine.config, lpt_pv_hz=int(lpt["pv_hz"]))
+    extra = 0 if downtime_ns is None else max(0, downtime_ns) * old_hz // NSEC_PER_SEC
+    with _at(machine.kvm.host, now_ns):
+        machine.vcpus[0].set_one_reg(KVM_REG_ARM_STD_HYP_BMAP, int(state["std_hyp_bmap"]))
+        for vcpu, v in zip(machine.vcpus, vcpus):
+            vcpu.init(power_off=bool(v["powered_off"]))
+            regs = {int(k, 16): int(val) for k, val in v["regs"].items()}
+            for reg in CORE_REGS:
+                vcpu.set_one_reg(reg, regs[reg])
+            for reg in COUNTER_REGS:  # CNTPCT first: CNTVOFF is relative to it
+                vcpu.set_one_reg(reg, (regs[reg] + extra) & U64)
+            for reg in TIMER_REGS:
+                vcpu.set_one_reg(reg, regs[reg])
+
+
+def save(machine: Machine, *, now_ns: int, handover: ModelHandover | None = None,
+         migration_id: str | None = None) -> bytes:
+    """A one-part snapshot of a paused (or never run) VM: memory and state in one stream."""
+    sender = Sender(machine, migration_id or f"{machine.vm.name}@{now_ns}", handover=handover)
+    return sender.final(now_ns)
+
+
+def restore(kvm: Kvm, stream: bytes, *, handover: ModelHandover | None = None, name: str | None = None,
+            now_ns: int | None = None, downtime_ns: int | None = None) -> Machine:
+    """Restore a one-part stream (from :func:`save`) on `kvm`'s host."""
+    machine = Receiver(kvm, handover=handover, name=name).feed(stream, now_ns=now_ns, downtime_ns=downtime_ns)
+    if machine is None:
+        raise MigrationError("the stream ended before its final part: truncated stream")
+    return machine
+
+
+class LiveMigration:
+    """Pre-copy live migration of one VM to another host, as steps a simulation drives in time.
+
+    1. :meth:`precopy` while the source runs, as long as :meth:`want_more_rounds`;
+    2. :meth:`stop_and_copy` pauses the source and makes the final part;
+    3. :meth:`complete` restores it at the destination after the transfer time. On failure the
+       source is resumed (the caller wakes its threads) and MigrationError is raised; on success
+       the source is stopped for good.
+
+    Each step returns the bytes it put on the wire; the driver turns them into virtual time with
+    its link's bandwidth (:meth:`transfer_ns`).
+    """
+
+    def __init__(self, source: Machine, dest: Kvm, *, bandwidth_bytes_per_s: int = 1_250_000_000,
+                 max_rounds: int = 5, converge_pages: int = 64, handover: ModelHandover | None = None,
+                 count_downtime: bool = True, migration_id: str | None = None) -> None:
+        if bandwidth_bytes_per_s <= 0:
+            raise ValueError(f"bandwidth must be positive, got {bandwidth_bytes_per_s}")
+        self.source = source
+        self.dest = dest
+        self.bandwidth = bandwidth_bytes_per_s
+        self.max_rounds = max_rounds
+        self.converge_pages = converge_pages
+        self.count_downtime = count_downtime
+        self.handover = handover or ModelHandover()
+        mid = migration_id or f"{source.vm.name}:{source.kvm.host.name}->{dest.host.name}"
+        self.sender = Sender(source, mid, handover=self.handover)
+        self.receiver = Receiver(dest, handover=self.handover, name=source.config.name)
+        self.result: Machine | None = None
+        self._final: bytes | None = None
+
+    @property
+    def stats(self) -> MigrationStats:
+        """Pages, bytes, rounds and downtime so far."""
+        return self.sender.stats
+
+    def transfer_ns(self, nbytes: int) -> int:
+        """Virtual time to send `nbytes` over the link."""
+        return -(-nbytes * NSEC_PER_SEC // self.bandwidth)
+
+    def precopy(self) -> int:
+        """One pre-copy round (the source keeps running); bytes sent."""
+        data = self.sender.precopy()
+        self.receiver.feed(data)
+        return len(data)
+
+    def want_more_rounds(self) -> bool:
+        """Another round is worth it: below the round limit and the last round was not small."""
+        pages = self.stats.pages
+        return self.stats.rounds < self.max_rounds and (not pages or pages[-1] > self.converge_pages)
+
+    def stop_and_copy(self, now_ns: int, last_guest_ns: int | None = None) -> int:
+        """Pause the source and make the final part (counters read when the guest last ran)."""
+        self.source.pause()
+        at = max(now_ns, last_guest_ns or 0)
+        self._final = self.sender.final(at)
+        return len(self._final)
+
+    def complete(self, now_ns: int) -> Machine:
+        """Restore at the destination at `now_ns`; on failure the source is resumed."""
+        if self._final is None:
+            raise MigrationError("complete() before stop_and_copy()")
+        paused = self.stats.paused_at_ns
+        assert paused is not None
+        downtime = max(0, now_ns - paused) if self.count_downtime else None
+        try:
+            machine = self.receiver.feed(self._final, now_ns=now_ns, downtime_ns=downtime)
+        except MigrationError:
+            self.source.resume()
+            raise
+        assert machine is not None
+        self.stats.resumed_at_ns = now_ns
+        self.source.stop(f"migrated to {self.dest.host.name}")
+        self.result = machine
+        return machine
+
+
+def lpt_record(machine: Machine) -> LptRecord | None:
+    """The VM's LPT record as guest memory holds it (None without LPT): for reports and tests."""
+    ipa = machine.vm.lpt.ipa
+    if ipa == INVALID_GPA:
+        return None
+    raw = machine.vm.memory.read(ipa, LPT_RECORD_SIZE)
+    return None if raw is None else LptRecord.unpack(raw)
+
+
+def steal_of(machine: Machine, vcpu: int) -> int | None:
+    """A vCPU's stolen_time as its record in guest memory holds it (None without a record)."""
+    base = machine.vcpus[vcpu].steal.base
+    raw = machine.vm.memory.read(base + 8, 8) if base != INVALID_GPA else None
+    return None if raw is None else struct.unpack("<Q", raw)[0]
