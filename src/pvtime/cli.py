@@ -70,3 +70,76 @@ def scenarios_cmd() -> None:
         table.add_row(name, f"{spec.duration_ms} ms", ", ".join(f"{h.name} ({h.cpus} CPUs)" for h in spec.host),
                       f"{len(spec.vm)} / {sum(v.vcpus for v in spec.vm)}", spec.description)
     Console().print(table)
+
+
+@main.command("lpt")
+@click.option("--native", "native_hz", type=click.IntRange(1, 0xFFFF_FFFF), required=True,
+              help="the host counter frequency (Hz)")
+@click.option("--pv", "pv_hz", type=click.IntRange(1, 0xFFFF_FFFF), required=True,
+              help="the PV frequency the guest sees (Hz)")
+def lpt_cmd(native_hz: int, pv_hz: int) -> None:
+    """The LPT record for a host of --native Hz presenting --pv Hz: fields, error bounds, overflow."""
+    from pvtime.fixedpoint import describe
+
+    d = describe(native_hz, pv_hz)
+    table = Table(title=f"LPT: native {native_hz:,} Hz -> PV {pv_hz:,} Hz")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    for key in ("native_freq", "pv_freq", "scale_mult", "fracbits", "rscale_mult", "rfracbits"):
+        table.add_row(f"record.{key}", f"{d[key]} ({d[key]:#x})" if "mult" in key else str(d[key]))
+    table.add_row("native -> PV error bound", f"{d['native_to_pv_error_pv_ticks']} PV tick(s)")
+    table.add_row("PV -> native error bound", f"{d['pv_to_native_error_native_ticks']} native tick(s)")
+    table.add_row("RFC reverse conversion early by", f"up to {d['rfc_reverse_early_native_ticks']} native tick(s) "
+                  "(pvtime's deadline conversion: never early)")
+    years = d["pv_wrap_years"]
+    table.add_row("PV counter overflows after",
+                  "never before the native counter" if years is None
+                  else f"{d['pv_wrap_seconds']:.4g} s ({years:.4g} years) from native 0")
+    table.add_row("native counter wraps after", f"{d['native_wrap_seconds']:.4g} s ({d['native_wrap_years']:.4g} years)")
+    Console().print(table)
+
+
+@main.group("migrate")
+def migrate_group() -> None:
+    """Migrate a VM between two pvtime processes over a loopback socket."""
+
+
+@migrate_group.command("listen")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="0: any free port")
+@click.option("--native", "native_hz", type=click.IntRange(1, 0xFFFF_FFFF), default=1_000_000_000, show_default=True)
+@click.option("--run-ms", type=click.IntRange(0), default=10, show_default=True,
+              help="virtual ms to run the VM after the restore")
+def migrate_listen(port: int, native_hz: int, run_ms: int) -> None:
+    """Receive one VM on 127.0.0.1:PORT, run it, print a JSON summary."""
+    import json
+
+    from pvtime.sim.migration import MigrationError, listen_vm
+
+    try:
+        result = listen_vm(port, native_hz=native_hz, run_ms=run_ms,
+                           announce=lambda p: click.echo(f"listening on 127.0.0.1:{p}", err=True))
+    except MigrationError as err:
+        raise click.ClickException(f"migration refused: {err}") from None
+    click.echo(json.dumps(result, sort_keys=True))
+
+
+@migrate_group.command("send")
+@click.option("--to", "to", required=True, help="HOST:PORT of a `pvtime migrate listen`")
+@click.option("--native", "native_hz", type=click.IntRange(1, 0xFFFF_FFFF), default=25_000_000, show_default=True)
+@click.option("--pv", "pv_hz", type=click.IntRange(0, 0xFFFF_FFFF), default=1_000_000_000, show_default=True,
+              help="LPT frequency (0: no LPT)")
+@click.option("--run-ms", type=click.IntRange(0), default=10, show_default=True,
+              help="virtual ms to run the VM before migrating it")
+def migrate_send(to: str, native_hz: int, pv_hz: int, run_ms: int) -> None:
+    """Run a small clock-watching VM, migrate it to --to, print a JSON summary."""
+    import json
+
+    from pvtime.sim.migration import send_vm
+
+    host, _, port = to.rpartition(":")
+    if not host or not port.isdigit():
+        raise click.BadParameter(f"{to!r} is not HOST:PORT", param_hint="--to")
+    result = send_vm((host, int(port)), native_hz=native_hz, pv_hz=pv_hz or None, run_ms=run_ms)
+    click.echo(json.dumps(result, sort_keys=True))
+    if not result["accepted"]:
+        raise click.ClickException(f"the destination refused the VM: {result['message']} (the VM kept running)")

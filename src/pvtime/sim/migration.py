@@ -12,15 +12,23 @@ resumed, its threads are woken, and the error is kept in ``error``: the source V
 
 from __future__ import annotations
 
+import dataclasses
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pvtime.host import EventCore, Scheduler
+from pvtime.guest.clockwatch import ClockWatch, WatchLog
+from pvtime.host import EventCore, EventLoop, Host, Scheduler
 from pvtime.host.events import PRIO_WAKE
 from pvtime.kvm import Kvm
-from pvtime.vmm import Machine, VcpuThread
-from pvtime.vmm.migration import LiveMigration, MigrationError, ModelHandover
+from pvtime.vmm import Machine, MachineConfig, VcpuThread
+from pvtime.vmm.migration import (
+    LiveMigration, MigrationError, ModelHandover, Receiver, Sender, lpt_record, steal_of,
+)
+from pvtime.vmm.migration_net import receive, send_parts
+
+MS = 1_000_000
 
 StartHook = Callable[[Machine, int], list[VcpuThread]]
 
@@ -93,3 +101,86 @@ class MigrationDriver:
             return
         self.result = machine
         self.dest_threads = self.start(machine, now)
+
+
+# --- two `pvtime` processes: `pvtime migrate send` and `pvtime migrate listen` -----------------
+
+WATCH_LOG_OFFSET = 0x1000  # where the resident clock-watch guest keeps its log, from RAM base
+
+
+def _solo(host: Host) -> tuple[EventLoop, Scheduler]:
+    core = EventLoop()
+    return core, Scheduler(host, core)
+
+
+def _start(machine: Machine, host: Host, sched: Scheduler, at_ns: int | None = None) -> list[VcpuThread]:
+    threads = []
+    for vcpu in machine.vcpus:
+        thread = VcpuThread(machine, vcpu)
+        thread.task = host.spawn(f"{machine.config.name}/vcpu{vcpu.id}")
+        sched.add(thread.task, thread, start_ns=at_ns)
+        vcpu.set_wake_callback(lambda t=thread.task: sched.wake(t))
+        threads.append(thread)
+    return threads
+
+
+def watch_summary(machine: Machine) -> dict[str, object]:
+    """What the resident clock-watch guest logged, the LPT record, and steal (for the CLI)."""
+    off = WATCH_LOG_OFFSET
+    log = WatchLog.unpack(bytes(machine.ram[off:off + WatchLog.SIZE]))
+    record = lpt_record(machine)
+    return {"vm": machine.config.name, "stopped": machine.stopped, "reads": log.reads, "last": log.last,
+            "freq": log.freq, "backsteps": log.backsteps, "restarts": log.restarts,
+            "record": None if record is None else dataclasses.asdict(record), "steal_ns": steal_of(machine, 0)}
+
+
+def send_vm(address: tuple[str, int], *, native_hz: int, pv_hz: int | None, run_ms: int,
+            name: str = "watch") -> dict[str, object]:
+    """Run a clock-watch VM for `run_ms` on a host of `native_hz`, then migrate it to `address`.
+
+    If the receiver refuses, the VM is resumed and runs 1 ms more, to show it kept running.
+    """
+    host = Host(native_hz, name="source")
+    core, sched = _solo(host)
+    machine = Machine(Kvm(host), MachineConfig(name, memory_mib=2, lpt_pv_hz=pv_hz))
+    machine.load_model_guest(ClockWatch(machine.config.layout.ram_base + WATCH_LOG_OFFSET, lpt=pv_hz is not None))
+    threads = _start(machine, host, sched)
+    core.run(run_ms * MS)
+    machine.pause()
+    at = max([core.now] + [t.last_ns for t in threads])
+    sender = Sender(machine, f"{name}@{host.name}")
+    part = sender.final(at)
+    before = watch_summary(machine)
+    with socket.create_connection(address, timeout=30) as sock:
+        ok, message = send_parts(sock, [part])
+    if ok:
+        machine.stop(f"migrated to {address[0]}:{address[1]}")
+    else:
+        machine.resume()
+        for t in threads:
+            assert t.task is not None
+            sched.wake(t.task)
+        core.run(core.now + MS)
+    return {"accepted": ok, "message": message, "bytes": len(part), "saved_at_ns": at,
+            "at_save": before, "now": watch_summary(machine)}
+
+
+def listen_vm(port: int, *, native_hz: int, run_ms: int, announce: Callable[[int], None]) -> dict[str, object]:
+    """Receive one VM on 127.0.0.1:`port` (0: any), run it `run_ms` on a host of `native_hz`.
+
+    `announce(port)` is called once listening. Raises MigrationError on a refused stream.
+    """
+    host = Host(native_hz, name="dest")
+    core, sched = _solo(host)
+    kvm = Kvm(host)
+    with socket.create_server(("127.0.0.1", port)) as server:
+        announce(server.getsockname()[1])
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(30)
+            receiver = Receiver(kvm)
+            machine = receive(conn, lambda data: receiver.feed(data, now_ns=0))
+    _start(machine, host, sched, 0)
+    at_restore = watch_summary(machine)
+    core.run(run_ms * MS)
+    return {"at_restore": at_restore, "now": watch_summary(machine), "run_ms": run_ms}
