@@ -143,3 +143,7 @@ def migrate_send(to: str, native_hz: int, pv_hz: int, run_ms: int) -> None:
     click.echo(json.dumps(result, sort_keys=True))
     if not result["accepted"]:
         raise click.ClickException(f"the destination refused the VM: {result['message']} (the VM kept running)")
+
+
+if __name__ == "__main__":
+    main()
