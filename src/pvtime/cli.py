@@ -27,7 +27,7 @@ def main() -> None:
 def run(scenario: str | None, out: Path | None, seed: int | None, duration_ms: int | None,
         no_progress: bool) -> None:
     """Run SCENARIO (a TOML file or an embedded name; default: the embedded `default`)."""
-    from pvtime.report import summary_table, write_results
+    from pvtime.report import migration_table, summary_table, write_results
     from pvtime.sim import scenario as scenarios
     from pvtime.sim.runner import run as run_scenario
 
@@ -49,6 +49,8 @@ def run(scenario: str | None, out: Path | None, seed: int | None, duration_ms: i
 
         result = run_scenario(sc, progress)
     console.print(summary_table(result))
+    if result.migrations:
+        console.print(migration_table(result))
     for vm in result.vms:
         if vm.stopped:
             console.print(f"[red]{vm.name} stopped:[/red] {vm.stopped}", markup=True, highlight=False)

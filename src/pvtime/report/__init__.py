@@ -4,6 +4,6 @@ Nothing here reads the wall clock: the same run gives byte-identical files.
 """
 
 from pvtime.report.files import write_results
-from pvtime.report.table import summary_table
+from pvtime.report.table import migration_table, summary_table
 
-__all__ = ["summary_table", "write_results"]
+__all__ = ["migration_table", "summary_table", "write_results"]

@@ -117,6 +117,8 @@ def summary(result: RunResult) -> dict[str, Any]:
         "vms": [{"host": v.host, "name": v.name, "guest": v.guest, "stopped": v.stopped,
                  "proc_stat": v.proc_stat, "console": v.console} for v in result.vms],
         "stats": result.stats,
+        "migrations": result.migrations,
+        "clocks": result.clocks,
     }
 
 

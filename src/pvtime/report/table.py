@@ -30,3 +30,23 @@ def summary_table(result: RunResult) -> Table:
             _ms(row.record_steal_ns), _ms(row.guest_steal_ns), "-" if pct is None else f"{pct:.1f}",
             "-" if diff is None else str(diff), "-" if lag is None else f"{lag / 1e6:.1f}")
     return table
+
+
+def migration_table(result: RunResult) -> Table:
+    """One row per migration, and each migrated VM's guest clock against ideal (virtual) time."""
+    table = Table(title="live migrations: downtime, and the guest clock against ideal time")
+    table.caption = ("clock error: the guest clock (PV counter with LPT) minus virtual time at its "
+                     "ticks, over the whole run; late: tick interrupt after its deadline (steal)")
+    for col in ("VM", "route", "at ms", "status", "rounds", "MiB", "down ms", "clock err ns",
+                "late ms", "early"):
+        table.add_column(col, justify="right")
+    for m in result.migrations:
+        c = result.clocks.get(m["vm"], {})
+        down = m.get("downtime_ns")
+        err = "-" if c.get("error_min_ns") is None else f"{c['error_min_ns']}..{c['error_max_ns']}"
+        late = c.get("lateness_max_ns")
+        table.add_row(m["vm"], f"{m.get('from', '?')}>{m['to']}", str(m["at_ms"]),
+                      m["status"] if not m.get("error") else f"error: {m['error']}", str(m.get("rounds", "-")),
+                      f"{m.get('bytes', 0) / 2**20:.2f}", "-" if down is None else f"{down / 1e6:.3f}", err,
+                      "-" if late is None else f"{late / 1e6:.1f}", str(c.get("timer_early", "-")))
+    return table

@@ -17,9 +17,11 @@ from pvtime.guest.kernel import KernelOptions, ModelKernel, Workload
 from pvtime.host import (
     CpuHog, EventCore, EventLoop, Host, PeriodicBurst, Scheduler, SchedTunables, Task, TaskBody,
 )
+from pvtime.host.events import PRIO_WAKE
 from pvtime.kvm import Kvm, Vcpu
+from pvtime.sim.migration import LinkSpec, MigrationDriver
 from pvtime.sim.recorder import CATEGORIES, Recorder, VcpuProbe
-from pvtime.sim.scenario import ElfGuestSpec, ModelGuestSpec, Scenario, ScenarioSpec, VmSpec
+from pvtime.sim.scenario import ElfGuestSpec, MigrationSpec, ModelGuestSpec, Scenario, ScenarioSpec, VmSpec
 from pvtime.vmm import Machine, MachineConfig, VcpuThread
 
 US = 1000
@@ -109,6 +111,8 @@ class RunResult:
     task_names: dict[tuple[int, int], str]  # (pid, tid) -> name
     host_cpus: dict[str, int]
     stats: dict[str, int] = field(default_factory=dict)
+    migrations: list[dict[str, Any]] = field(default_factory=list)  # one row per [[migration]]
+    clocks: dict[str, dict[str, Any]] = field(default_factory=dict)  # VM -> its guest clock vs ideal
 
 
 @dataclass
@@ -118,6 +122,8 @@ class _Vm:
     machine: Machine
     threads: list[VcpuThread]
     kernel: ModelKernel | None
+    # (virtual ns, guest clock ns, timer lateness ns) at every guest tick (KernelOptions.tick_observer)
+    ticks: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 def run(scenario: Scenario, progress: Progress | None = None, *, core: EventCore | None = None) -> RunResult:
@@ -152,6 +158,7 @@ def run(scenario: Scenario, progress: Progress | None = None, *, core: EventCore
                 assert ns.burst_us is not None
                 body = PeriodicBurst(ns.burst_us * US, ns.period_us * US, ns.phase_us * US)
             _spawn(host, scheds[host.name], recorder, kinds, name, body, "noise", nice=ns.nice, cpus=ns.cpus)
+    drivers = _plan_migrations(spec, core, vms, by_name, kvms, scheds, recorder, kinds)
     chunk = max(spec.sample_ms * MS, duration // 200)
     t = 0
     while t < duration:
@@ -161,7 +168,74 @@ def run(scenario: Scenario, progress: Progress | None = None, *, core: EventCore
             progress(t, duration)
     for s in scheds.values():
         s.finish()
-    return _collect(spec, scenario.source, duration, hosts, vms, recorder, scheds, core, kinds)
+    result = _collect(spec, scenario.source, duration, hosts, vms, recorder, scheds, core, kinds)
+    result.migrations = [_migration_row(ms, d) for ms, d in drivers]
+    result.clocks = {vm.spec.name: _clock_row(vm) for vm in vms if vm.kernel is not None}
+    return result
+
+
+def _plan_migrations(spec: ScenarioSpec, core: EventLoop, vms: list[_Vm], hosts: dict[str, Host],
+                     kvms: dict[str, Kvm], scheds: dict[str, Scheduler], recorder: Recorder,
+                     kinds: dict[tuple[int, int], str]) -> list[tuple[MigrationSpec, list[MigrationDriver]]]:
+    """Schedule each [[migration]]: at its time, migrate the VM from wherever it is then."""
+    planned: list[tuple[MigrationSpec, list[MigrationDriver]]] = []
+    by_vm = {vm.spec.name: vm for vm in vms}
+    for ms in spec.migration:
+        box: list[MigrationDriver] = []
+        planned.append((ms, box))
+
+        def begin(ms: MigrationSpec = ms, box: list[MigrationDriver] = box) -> None:
+            vm = by_vm[ms.vm]
+            src = scheds[vm.host.name]
+            dst_host, dst_sched = hosts[ms.to], scheds[ms.to]
+
+            def start(machine: Machine, now: int) -> list[VcpuThread]:
+                vm.host, vm.machine, vm.threads = dst_host, machine, []
+                for vcpu in machine.vcpus:
+                    thread = VcpuThread(machine, vcpu)
+                    probe = _probe(vm.spec, machine, vcpu, thread, vm.kernel)
+                    cpus = [vm.spec.pin[vcpu.id]] if vm.spec.pin is not None else vm.spec.cpus
+                    task = _spawn(dst_host, dst_sched, recorder, kinds, f"{vm.spec.name}/vcpu{vcpu.id}", thread,
+                                  "vcpu", nice=vm.spec.nice, cpus=cpus, probe=probe)
+                    thread.task = task
+                    vcpu.set_wake_callback(lambda t=task: dst_sched.wake(t))
+                    _observe_hypercalls(vcpu, dst_host, task, recorder, probe)
+                    vm.threads.append(thread)
+                return vm.threads
+
+            link = LinkSpec(bandwidth_bytes_per_s=ms.bandwidth_mbit * 125_000, setup_ns=ms.setup_us * US,
+                            max_rounds=ms.max_rounds)
+            box.append(MigrationDriver(core, vm.machine, vm.threads, src, kvms[ms.to], start,
+                                       at_ns=core.now, link=link))
+
+        core.at(ms.at_ms * MS, PRIO_WAKE, begin)
+    return planned
+
+
+def _migration_row(ms: MigrationSpec, box: list[MigrationDriver]) -> dict[str, Any]:
+    row: dict[str, Any] = {"vm": ms.vm, "to": ms.to, "at_ms": ms.at_ms}
+    if not box:
+        return {**row, "status": "not reached"}
+    d = box[0]
+    st = d.migration.stats
+    status = "error" if d.error else ("done" if d.result is not None else "in progress")
+    return {**row, "status": status, "error": d.error, "from": d.migration.source.kvm.host.name,
+            "rounds": st.rounds, "pages": st.pages, "bytes": st.bytes, "downtime_ns": st.downtime_ns}
+
+
+def _clock_row(vm: _Vm) -> dict[str, Any]:
+    """The guest clock (its clocksource, PV with LPT) against virtual time, and tick lateness."""
+    assert vm.kernel is not None
+    clock = vm.kernel.clock
+    errors = [ns - t for t, ns, _ in vm.ticks]
+    late = [x for _, _, x in vm.ticks]
+    return {"clocksource": None if clock is None else clock.name, "freq": None if clock is None else clock.freq,
+            "ticks": len(errors), "error_first_ns": errors[0] if errors else None,
+            "error_last_ns": errors[-1] if errors else None,
+            "error_min_ns": min(errors, default=None), "error_max_ns": max(errors, default=None),
+            "timer_early": vm.kernel.timer.early, "lateness_max_ns": max(late, default=None),
+            "lateness_mean_ns": sum(late) // len(late) if late else None,
+            "samples": [[t, ns - t, x] for t, ns, x in vm.ticks]}
 
 
 def _spawn(host: Host, sched: Scheduler, recorder: Recorder, kinds: dict[tuple[int, int], str], name: str,
@@ -176,14 +250,18 @@ def _spawn(host: Host, sched: Scheduler, recorder: Recorder, kinds: dict[tuple[i
 
 def _build_vm(index: int, vs: VmSpec, spec: ScenarioSpec, host: Host, kvm: Kvm, sched: Scheduler,
               recorder: Recorder, kinds: dict[tuple[int, int], str]) -> _Vm:
-    machine = Machine(kvm, MachineConfig(vs.name, vcpus=vs.vcpus, memory_mib=vs.memory_mib, pvtime=vs.pvtime))
+    machine = Machine(kvm, MachineConfig(vs.name, vcpus=vs.vcpus, memory_mib=vs.memory_mib, pvtime=vs.pvtime,
+                                         lpt_pv_hz=vs.lpt_pv_hz))
     kernel: ModelKernel | None = None
+    box: list[_Vm] = []  # the _Vm, once built: its host changes when the VM migrates
     guest = vs.guest
     if isinstance(guest, ModelGuestSpec):
         workload = Workload(busy_ns=(guest.busy_us[0] * US, guest.busy_us[1] * US),
                             idle_ns=(guest.idle_us[0] * US, guest.idle_us[1] * US),
                             seed=spec.seed * 1_000_003 + index)
-        kernel = ModelKernel(KernelOptions(hz=guest.hz, steal_acc=guest.steal_acc, workload=workload))
+        kernel = ModelKernel(KernelOptions(hz=guest.hz, steal_acc=guest.steal_acc, workload=workload,
+                                           tick_observer=lambda i, ns, late: box[0].ticks.append(
+                                               (box[0].host.now_ns(), ns, late))))
         machine.load_model_guest(kernel)
     elif isinstance(guest, ElfGuestSpec):
         raise RuntimeError(f"vm {vs.name}: ELF guests need the unicorn CPU backend, not available yet")
@@ -201,7 +279,8 @@ def _build_vm(index: int, vs: VmSpec, spec: ScenarioSpec, host: Host, kvm: Kvm, 
     if vs.vmm_thread is not None:
         body = PeriodicBurst(vs.vmm_thread.burst_us * US, vs.vmm_thread.period_us * US)
         _spawn(host, sched, recorder, kinds, f"{vs.name}/vmm", body, "vmm", nice=vs.nice, cpus=vs.cpus)
-    return _Vm(vs, host, machine, threads, kernel)
+    box.append(_Vm(vs, host, machine, threads, kernel))
+    return box[0]
 
 
 def _probe(vs: VmSpec, machine: Machine, vcpu: Vcpu, thread: VcpuThread, kernel: ModelKernel | None) -> VcpuProbe:

@@ -101,6 +101,18 @@ class VmSpec(_Strict):
     pin: list[int] | None = None  # vCPU i's thread pinned to host CPU pin[i]
     guest: GuestSpec
     vmm_thread: VmmThreadSpec | None = None
+    lpt_pv_hz: int | None = Field(None, ge=1, le=U32_MAX)  # Live Physical Time at this PV frequency
+
+
+class MigrationSpec(_Strict):
+    """A live migration of a VM to another host at a virtual time (pre-copy, then stop-and-copy)."""
+
+    vm: str
+    to: str
+    at_ms: int = Field(ge=0)
+    bandwidth_mbit: int = Field(10_000, gt=0)
+    setup_us: int = Field(1000, ge=0)  # fixed switch-over cost, part of the downtime
+    max_rounds: int = Field(5, ge=1, le=100)
 
 
 class NoiseSpec(_Strict):
@@ -138,6 +150,7 @@ class ScenarioSpec(_Strict):
     host: list[HostSpec] = Field(min_length=1)
     vm: list[VmSpec] = []
     noise: list[NoiseSpec] = []
+    migration: list[MigrationSpec] = []
 
 
 @dataclass(frozen=True)
@@ -278,6 +291,18 @@ def _cross_checks(spec: ScenarioSpec, source: str) -> list[tuple[tuple[Any, ...]
                     if not 0 <= c < host.cpus:
                         out.append(((kind, i, key, j), f"host CPU {c} does not exist on {host.name} "
                                     f"(CPUs 0..{host.cpus - 1})"))
+    vm_names = {v.name: v for v in spec.vm}
+    for i, mig in enumerate(spec.migration):
+        if mig.vm not in vm_names:
+            out.append((("migration", i, "vm"), f"unknown vm {mig.vm!r}"))
+        if mig.to not in hosts:
+            out.append((("migration", i, "to"), f"unknown host {mig.to!r} (hosts: {', '.join(sorted(hosts))})"))
+        elif mig.vm in vm_names:
+            v = vm_names[mig.vm]
+            for key in ("cpus", "pin"):
+                bad = [c for c in (getattr(v, key) or []) if c >= hosts[mig.to].cpus]
+                if bad:
+                    out.append((("migration", i, "to"), f"vm {v.name}'s {key} {bad} do not exist on {mig.to}"))
     for i, vm in enumerate(spec.vm):
         if vm.pin is not None and vm.cpus is not None:
             out.append((("vm", i, "pin"), "give pin or cpus, not both"))
