@@ -147,5 +147,65 @@ def migrate_send(to: str, native_hz: int, pv_hz: int, run_ms: int) -> None:
         raise click.ClickException(f"the destination refused the VM: {result['message']} (the VM kept running)")
 
 
+@main.group("guest")
+def guest_group() -> None:
+    """Run AArch64 guest programs (freestanding ELF images) under the hypervisor."""
+
+
+@guest_group.command("run")
+@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--vcpus", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("--host-cpus", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="host CPUs; fewer than --vcpus makes the vCPU threads wait (steal)")
+@click.option("--memory", "memory_mib", type=click.IntRange(1, 4096), default=64, show_default=True,
+              help="guest RAM in MiB, at 0x40000000")
+@click.option("--counter-hz", type=click.IntRange(1, 0xFFFF_FFFF), default=62_500_000, show_default=True,
+              help="generic-timer frequency (CNTFRQ_EL0)")
+@click.option("--time-limit", "time_limit_s", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              show_default=True, help="virtual seconds before the run is abandoned (exit 124)")
+@click.option("--mips", type=click.IntRange(1, 100_000), default=1000, show_default=True,
+              help="guest speed: millions of instructions per virtual second")
+@click.option("--stats", is_flag=True, help="print per-vCPU instructions and steal to stderr at the end")
+def guest_run(image: Path, vcpus: int, host_cpus: int, memory_mib: int, counter_hz: int,
+              time_limit_s: float, mips: int, stats: bool) -> None:
+    """Run IMAGE (a freestanding AArch64 ELF for QEMU virt) with its console on stdout.
+
+    vCPU 0 starts at the ELF entry (EL1h, MMU off); the others wait for PSCI CPU_ON. The exit
+    status is the guest's semihosting exit status; 124 when --time-limit passes first; 125 when
+    the VM fails (a guest fault, or it stopped without a status: the reason goes to stderr).
+    """
+    import sys
+
+    from pvtime.sim.guest_run import GuestRunOptions, run_guest
+    from pvtime.vmm.elf import ElfError
+
+    out = sys.stdout.buffer
+
+    def console(data: bytes) -> None:
+        out.write(data)
+        out.flush()
+
+    options = GuestRunOptions(vcpus=vcpus, host_cpus=host_cpus, memory_mib=memory_mib, counter_hz=counter_hz,
+                              time_limit_ns=int(time_limit_s * 1e9), instructions_per_sec=mips * 1_000_000)
+    try:
+        result = run_guest(image, options, console=console)
+    except (ElfError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
+    if stats:
+        for v in result.vcpus:
+            click.echo(f"vcpu{v.vcpu}: {v.instructions} instructions, run_delay {v.run_delay_ns} ns, "
+                       f"record steal {v.record_steal_ns} ns", err=True)
+    if result.exit_status is not None:
+        sys.exit(result.exit_status)
+    if result.stopped is None:
+        click.echo(f"pvtime: {image}: time limit of {time_limit_s:g} virtual s reached", err=True)
+        sys.exit(124)
+    if result.stopped == "system event 1":
+        click.echo(f"pvtime: {image}: the guest powered off (PSCI SYSTEM_OFF) without an exit status", err=True)
+        sys.exit(0)
+    click.echo(f"pvtime: {image}: VM stopped: {result.stopped}", err=True)
+    sys.exit(125)
+
+
 if __name__ == "__main__":
     main()

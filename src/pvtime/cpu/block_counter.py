@@ -110,6 +110,10 @@ class BlockCounter:
         """Did the budget stop the engine since `arm()`?"""
         return bool(self._state[_STOPPED])
 
+    def charge(self, nbytes: int) -> None:
+        """Count `nbytes` more, as if that much code had run (the cost of a trapped access)."""
+        self._state[_USED] += nbytes
+
     def arm(self, budget_bytes: int) -> None:
         """Allow `budget_bytes` more code (at least one block) before the engine stops."""
         self._state[_STOPPED] = 0

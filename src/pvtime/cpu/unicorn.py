@@ -18,8 +18,11 @@ What the hypervisor sees is what KVM/arm64 gives a VMM:
   return address, SPSR_EL1 = PSTATE, PSTATE.DAIF all set, SP switched to SP_EL1, PC = VBAR_EL1 +
   0x080 (from EL1t), 0x280 (from EL1h) or 0x480 (from EL0). The guest acknowledges the interrupt
   by reprogramming its timer (CVAL/TVAL forward, or CTL.IMASK/ENABLE), which drops the line.
-  While the line is asserted but masked, the engine runs in short polled bursts so that an unmask
-  (`msr daifclr`, which unicorn does not trap) takes the interrupt within `POLL_INSNS`.
+  While the line is asserted but masked, the engine runs one translation block at a time: QEMU
+  ends a block after every write to DAIF (`msr daifclr`, `msr daif`), so the interrupt is taken
+  right after the instruction that unmasks it, as the architecture requires. A guest that keeps
+  IRQs masked with the line asserted for more than `POLL_BLOCKS` blocks is then polled every
+  `POLL_INSNS` instructions instead (an unmask inside such a burst is seen at its end).
 - WFI: the engine returns at a WFI; with no interrupt asserted (masked or not) the vCPU halts
   until its next timer event (`StopKind.HALT`). WFE is executed by unicorn as a no-op, which the
   architecture allows (a WFE may complete at any time).
@@ -44,6 +47,7 @@ from unicorn import (
     UC_MEM_WRITE_UNMAPPED, UC_MODE_ARM, UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE, Uc, UcError,
 )
 from unicorn import arm64_const as A
+from unicorn.unicorn_py3.unicorn import uclib
 
 from pvtime.abi import sysregs
 from pvtime.abi.sysregs import SysReg
@@ -59,9 +63,15 @@ U64 = (1 << 64) - 1
 NSEC_PER_SEC = 1_000_000_000
 DEFAULT_INSTRUCTIONS_PER_SEC = 1_000_000_000  # 1 instruction per virtual ns
 
-# How long the engine runs between checks of PSTATE.I while the interrupt line is asserted but
-# masked: the latency of an interrupt after `msr daifclr`, in instructions.
+# What a trapped system-register access (a counter read, a timer write) costs the guest, in
+# instruction times: on a real core the `isb; mrs cntvct_el0` pair of a counter read takes tens
+# of cycles. Charging it also bounds how many traps a polling loop makes per virtual second.
+SYSREG_ACCESS_INSNS = 20
+
+# While the interrupt line is asserted but masked: run one block at a time for POLL_BLOCKS runs,
+# then check PSTATE.I every POLL_INSNS instructions (see the module docstring).
 POLL_INSNS = 4096
+POLL_BLOCKS = 256
 
 # PSTATE: N Z C V | D A I F (bits 9..6) | M[3:0] (EL in 3:2, SPSel in 0).
 PSTATE_I = 1 << 7
@@ -84,11 +94,11 @@ _EXCP_NAMES = {
 }
 
 # System registers the hypervisor serves; the engine keeps all others (SCTLR, VBAR, ELR...).
-_TRAPPED: frozenset[SysReg] = frozenset({
+_TRAPPED: dict[tuple[int, int, int, int, int], SysReg] = {tuple(r): r for r in (  # type: ignore[misc]
     sysregs.CNTFRQ_EL0, sysregs.CNTPCT_EL0, sysregs.CNTVCT_EL0, sysregs.CNTP_TVAL_EL0,
     sysregs.CNTP_CTL_EL0, sysregs.CNTP_CVAL_EL0, sysregs.CNTV_TVAL_EL0, sysregs.CNTV_CTL_EL0,
     sysregs.CNTV_CVAL_EL0, sysregs.CNTKCTL_EL1, sysregs.MPIDR_EL1,
-})
+)}
 
 _X_REGS = [getattr(A, f"UC_ARM64_REG_X{i}") for i in range(31)]
 _NEVER = 0xFFFF_FFFF_FFFF_FFFC  # `until` address for emu_start: never reached
@@ -154,8 +164,17 @@ class UnicornCpu:
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED
                     | UC_HOOK_MEM_WRITE_PROT, self._on_memory)
-        uc.hook_add(UC_HOOK_INSN, self._on_sysreg, True, 1, 0, A.UC_ARM64_INS_MRS)
-        uc.hook_add(UC_HOOK_INSN, self._on_sysreg, False, 1, 0, A.UC_ARM64_INS_MSR)
+        # The counter is read in guests' polling loops: the MRS/MSR hook bypasses the binding's
+        # generic wrapper (3x cheaper per trap) and writes registers through the C API.
+        self._sys_cbs = [_SYS_CFUNC(self._on_mrs), _SYS_CFUNC(self._on_msr)]
+        for cb, insn in zip(self._sys_cbs, (A.UC_ARM64_INS_MRS, A.UC_ARM64_INS_MSR)):
+            handle = ctypes.c_size_t()
+            err = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), UC_HOOK_INSN, cb, None, ctypes.c_uint64(1),
+                                    ctypes.c_uint64(0), ctypes.c_int(insn))
+            if err:
+                raise UcError(err)
+        self._hook_error: BaseException | None = None
+        self._value = ctypes.c_uint64()
         self._mapped: list[tuple[int, int, bool, int]] = []
         self._buffers: list[object] = []  # ctypes views keeping the mapped buffers exported
         self._traps: VcpuTraps | None = None
@@ -166,6 +185,7 @@ class UnicornCpu:
         self._mmio: _PendingMmio | None = None
         self._fault: Stop | None = None
         self._halted = False
+        self._polls = 0  # consecutive one-block runs with the interrupt asserted but masked
         self.reset()
 
     # --- state -------------------------------------------------------------------------------
@@ -319,6 +339,9 @@ class UnicornCpu:
             except UcError as err:
                 if self._stop is None:
                     self._stop = self._fault_stop(uc.reg_read(A.UC_ARM64_REG_PC), f"unicorn: {err}")
+            if self._hook_error is not None:
+                err, self._hook_error = self._hook_error, None
+                raise err
             self._account()
             stop, self._stop = self._stop, None
             if stop is not None:
@@ -347,8 +370,13 @@ class UnicornCpu:
             if not self.pstate() & PSTATE_I:
                 self.counter.arm(0)
                 return
+            self._polls += 1
+            if self._polls <= POLL_BLOCKS:
+                self.counter.arm(1)  # exactly one block
+                return
             insns = POLL_INSNS
         else:
+            self._polls = 0
             insns = 1 << 40
         until = clock.deadline_ns
         fire = traps.next_irq_ns()
@@ -478,26 +506,59 @@ class UnicornCpu:
                           mmio_write=is_write)
         return False
 
-    def _on_sysreg(self, uc: Uc, reg: int, cp: object, is_read: bool) -> bool:
-        sysreg = SysReg(cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)  # type: ignore[attr-defined]
-        if sysreg not in _TRAPPED:
-            return False  # the engine's own register
-        traps = self._traps
-        assert traps is not None
-        self._account()  # the counter must include the instructions executed so far
+    def _on_mrs(self, handle: int, reg: int, cp: ctypes._Pointer, user: int) -> int:  # type: ignore[type-arg]
+        c = cp.contents
+        sysreg = _TRAPPED.get((c.op0, c.op1, c.crn, c.crm, c.op2))
+        if sysreg is None:
+            return 0  # the engine's own register
         try:
-            if is_read:
-                value = traps.read_sysreg(sysreg)
-                if reg in _REG_IDS:
-                    uc.reg_write(reg, value & U64)
-            else:
-                traps.write_sysreg(sysreg, cp.val & U64)  # type: ignore[attr-defined]
-                self._arm_budget()  # the timer may fire earlier (or now)
+            self.counter.charge(4 * SYSREG_ACCESS_INSNS)
+            self._account()  # the counter must include the instructions executed so far
+            assert self._traps is not None
+            self._value.value = self._traps.read_sysreg(sysreg) & U64
+            if reg in _REG_IDS:
+                uclib.uc_reg_write(handle, reg, ctypes.byref(self._value))
         except GuestFault as fault:
-            pc = uc.reg_read(A.UC_ARM64_REG_PC)
-            self._stop = self._fault_stop(pc, fault.reason)
-            self.counter.arm(0)  # stop at the next block: an MSR/MRS does not end its block
-        return True
+            self._sysreg_fault(fault)
+        except BaseException as err:  # noqa: BLE001 - re-raised after emu_start returns
+            self._hook_failed(err)
+        return 1
+
+    def _on_msr(self, handle: int, reg: int, cp: ctypes._Pointer, user: int) -> int:  # type: ignore[type-arg]
+        c = cp.contents
+        sysreg = _TRAPPED.get((c.op0, c.op1, c.crn, c.crm, c.op2))
+        if sysreg is None:
+            return 0
+        try:
+            self.counter.charge(4 * SYSREG_ACCESS_INSNS)
+            self._account()
+            assert self._traps is not None
+            self._traps.write_sysreg(sysreg, c.val & U64)
+            self._arm_budget()  # the timer may fire earlier (or now)
+        except GuestFault as fault:
+            self._sysreg_fault(fault)
+        except BaseException as err:  # noqa: BLE001
+            self._hook_failed(err)
+        return 1
+
+    def _sysreg_fault(self, fault: GuestFault) -> None:
+        pc = self._uc.reg_read(A.UC_ARM64_REG_PC)
+        self._stop = self._fault_stop(pc, fault.reason)
+        self.counter.arm(0)  # stop at the next block: an MSR/MRS does not end its block
+
+    def _hook_failed(self, err: BaseException) -> None:
+        if self._hook_error is None:
+            self._hook_error = err
+        self._uc.emu_stop()
 
 
+class _CpReg(ctypes.Structure):
+    """uc_arm64_cp_reg, as the MRS/MSR hook receives it."""
+
+    _fields_ = [("crn", ctypes.c_uint32), ("crm", ctypes.c_uint32), ("op0", ctypes.c_uint32),
+                ("op1", ctypes.c_uint32), ("op2", ctypes.c_uint32), ("val", ctypes.c_uint64)]
+
+
+_SYS_CFUNC = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32, ctypes.POINTER(_CpReg),
+                              ctypes.c_void_p)
 _REG_IDS = frozenset(_X_REGS)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pvtime.abi.uapi import (
     KVM_ARM_VCPU_PVTIME_CTRL, KVM_ARM_VCPU_PVTIME_IPA, KVM_ARM_VM_PVTIME_LPT_CTRL,
@@ -13,6 +15,10 @@ from pvtime.host.task import Slice, Step, Task, TaskState
 from pvtime.kvm import (
     HaltExit, InternalErrorExit, IntrExit, Kvm, KvmError, MmioExit, Quirk, SystemEventExit, Vcpu, Vm,
 )
+from pvtime.abi.uapi import REG_PC, reg_x
+from pvtime.kvm import SemihostingExit
+from pvtime.vmm import devices, semihosting
+from pvtime.vmm.elf import LoadedImage, load_elf
 from pvtime.vmm.layout import QEMU_VIRT, Layout
 
 MiB = 1024 * 1024
@@ -28,6 +34,8 @@ class MachineConfig:
     pvtime: bool = True
     quirks: Quirk = Quirk.NONE
     layout: Layout = field(default_factory=lambda: QEMU_VIRT)
+    cpu: str = "model"  # the vCPU backend: "model" (Python model guests) or "unicorn" (AArch64 code)
+    instructions_per_sec: int | None = None  # unicorn: guest instructions per virtual second
     lpt_pv_hz: int | None = None  # Live Physical Time at this PV frequency (None: not configured)
 
     def validate(self) -> None:
@@ -53,7 +61,7 @@ class Machine:
         config.validate()
         self.config = config
         self.kvm = kvm
-        self.vm: Vm = kvm.create_vm(config.name)
+        self.vm: Vm = kvm.create_vm(config.name, cpu=config.cpu, instructions_per_sec=config.instructions_per_sec)
         self.vm.enable_quirks(config.quirks)
         layout = config.layout
         self.ram = bytearray(config.memory_mib * MiB)
@@ -65,6 +73,9 @@ class Machine:
         if config.lpt_pv_hz is not None:
             self.configure_lpt(config.lpt_pv_hz)
         self.console = bytearray()
+        self.console_sink: Callable[[bytes], None] | None = None  # also gets console output as it comes
+        self.exit_status: int | None = None  # the guest's semihosting exit status, once it exits
+        self.uart = devices.uart_for(layout, self._emit)
         self.stopped: str | None = None  # why the VM stopped, once it has
         self.paused = False  # vCPU threads block until resume() (migration's stop-and-copy)
         self.model_program: ModelProgram | None = None
@@ -114,9 +125,49 @@ class Machine:
         if self.stopped is None:
             self.stopped = why
 
+    def _emit(self, data: bytes) -> None:
+        self.console += data
+        if self.console_sink is not None:
+            self.console_sink(data)
+
+    def load_elf(self, image: bytes | Path | str) -> LoadedImage:
+        """Place an AArch64 ELF in RAM; vCPU 0 starts at its entry, the others powered off (PSCI)."""
+        loaded = load_elf(image, self.ram, self.config.layout.ram_base)
+        for vcpu in self.vcpus:
+            vcpu.init(power_off=vcpu.id != 0)
+        self.vcpus[0].set_one_reg(REG_PC, loaded.entry)
+        return loaded
+
+    def read_guest(self, gpa: int, size: int) -> bytes | None:
+        """Guest memory as the VMM sees it (RAM and the PV-time region), None elsewhere."""
+        return self.vm.memory.read(gpa, size)
+
+    def handle_semihosting(self, vcpu: Vcpu, ex: SemihostingExit) -> None:
+        """Serve an Arm semihosting call (console output, exit status)."""
+        result = semihosting.serve(ex.op, ex.param, self.read_guest)
+        if result.console:
+            self._emit(result.console)
+        if result.x0 is not None:
+            vcpu.set_one_reg(reg_x(0), result.x0)
+        if result.error is not None:
+            self.stop(f"vcpu{vcpu.id}: semihosting: {result.error}")
+        elif result.exit_status is not None:
+            self.exit_status = result.exit_status
+            self.stop(f"guest exit {result.exit_status} (semihosting)")
+
     def handle_mmio(self, vcpu: Vcpu, ex: MmioExit) -> None:
         """The VMM's devices: the PL011 data register; other addresses read as zero."""
         layout = self.config.layout
+        if self.config.cpu != "model":  # machine code: a PL011, and nothing where nothing is
+            if self.uart.contains(ex.phys_addr):
+                data = self.uart.access(ex)
+                if data is not None:
+                    vcpu.complete_mmio(data)
+                return
+            error = devices.unassigned_access(vcpu, ex, self.read_guest)
+            self.errors.append(error)
+            self.stop(f"vcpu{vcpu.id}: {error}")
+            return
         if ex.is_write and ex.phys_addr == layout.uart_base:
             self.console += ex.data[:1]
         elif not ex.is_write:
@@ -163,6 +214,9 @@ class VcpuThread:
                 return Step(TaskState.SLEEPING, ex.wake_at_ns)
             if isinstance(ex, MmioExit):
                 self.machine.handle_mmio(self.vcpu, ex)
+                continue
+            if isinstance(ex, SemihostingExit):
+                self.machine.handle_semihosting(self.vcpu, ex)
                 continue
             if isinstance(ex, SystemEventExit):
                 self.machine.stop(f"system event {ex.type}")

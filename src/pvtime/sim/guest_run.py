@@ -1,0 +1,152 @@
+"""`pvtime guest run`: one AArch64 ELF guest on the unicorn backend, on a host with M CPUs.
+
+The VMM builds a QEMU-virt machine (RAM at 0x40000000, PL011 at 0x09000000, PV-time records at
+0x090a0000), loads the image, starts vCPU 0 at its entry and leaves the others powered off for
+PSCI CPU_ON. Each vCPU is a host task of the fair scheduler (`pvtime.host.scheduler`); with fewer
+host CPUs than vCPUs they wait on run queues, which is the steal the guest sees. Virtual time
+only: the same image and options give the same console output and counters.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pvtime.abi import smccc
+from pvtime.abi.records import STEAL_TIME_OFFSET
+from pvtime.cpu.backend import Conduit
+from pvtime.host import Host, Step, Task
+from pvtime.host.events import EventLoop
+from pvtime.host.scheduler import Scheduler
+from pvtime.host.task import Slice
+from pvtime.kvm import InternalErrorExit, Kvm, Vcpu
+from pvtime.vmm import Machine, MachineConfig, VcpuThread
+
+MS = 1_000_000
+
+
+@dataclass(frozen=True)
+class GuestRunOptions:
+    """What `pvtime guest run` is asked for."""
+
+    vcpus: int = 1
+    host_cpus: int = 1
+    memory_mib: int = 64
+    counter_hz: int = 62_500_000
+    time_limit_ns: int = 10_000_000_000
+    instructions_per_sec: int = 1_000_000_000
+
+    def validate(self) -> None:
+        """Raise ValueError naming the bad option."""
+        if not 1 <= self.vcpus <= 64:
+            raise ValueError(f"--vcpus must be in 1..64, got {self.vcpus}")
+        if self.host_cpus < 1:
+            raise ValueError(f"--host-cpus must be >= 1, got {self.host_cpus}")
+        if self.memory_mib < 1:
+            raise ValueError(f"--memory must be >= 1 MiB, got {self.memory_mib}")
+        if not 1 <= self.counter_hz < 1 << 32:
+            raise ValueError(f"--counter-hz must be in 1..2^32-1, got {self.counter_hz}")
+        if self.time_limit_ns <= 0:
+            raise ValueError("--time-limit must be positive")
+        if self.instructions_per_sec <= 0:
+            raise ValueError(f"the instruction rate must be positive, got {self.instructions_per_sec}")
+
+
+@dataclass
+class VcpuReport:
+    """One vCPU at the end of the run, as the host and the hypervisor saw it."""
+
+    vcpu: int
+    instructions: int = 0
+    run_delay_ns: int = 0  # the thread's final run_delay
+    st_baseline_ns: int | None = None  # run_delay when the guest last called PV_TIME_ST
+    record_steal_ns: int | None = None  # the stolen-time record at the end
+    # run_delay minus the baseline at each schedule-in after PV_TIME_ST: the values the guest's
+    # steal clock can read (KVM updates the record at each vcpu_load, before guest code runs).
+    steal_at_loads: list[int] = field(default_factory=list)
+
+    @property
+    def host_steal_ns(self) -> int | None:
+        """run_delay growth since PV_TIME_ST (what the record should say), if the guest called it."""
+        return None if self.st_baseline_ns is None else self.run_delay_ns - self.st_baseline_ns
+
+
+@dataclass
+class GuestRunResult:
+    """How the run ended."""
+
+    exit_status: int | None  # the guest's semihosting status
+    stopped: str | None  # why the VM stopped (None: the time limit came first)
+    errors: list[InternalErrorExit]
+    console: bytes
+    virtual_ns: int
+    vcpus: list[VcpuReport]
+    context_switches: int = 0
+
+
+class _ObservedThread:
+    """A vCPU thread whose schedule-ins are observed (run_delay after each arrival)."""
+
+    def __init__(self, thread: VcpuThread, report: VcpuReport) -> None:
+        self.thread = thread
+        self.report = report
+
+    def step(self, slice_: Slice) -> Step:
+        report = self.report
+        if report.st_baseline_ns is not None:
+            report.steal_at_loads.append(slice_.task.run_delay_ns - report.st_baseline_ns)
+        return self.thread.step(slice_)
+
+
+def _observe_pv_time_st(vcpu: Vcpu, task: Task, report: VcpuReport) -> None:
+    """Note the run_delay baseline PV_TIME_ST sets (KVM's last_steal), without changing the call."""
+    inner = vcpu.hypercall
+
+    def hypercall(regs: list[int], conduit: Conduit, imm: int) -> None:
+        fid = regs[0] & 0xFFFF_FFFF
+        inner(regs, conduit, imm)
+        if fid == smccc.PV_TIME_ST and regs[0] != smccc.to_u64(smccc.NOT_SUPPORTED):
+            report.st_baseline_ns = task.run_delay_ns
+            report.steal_at_loads = [0]
+
+    vcpu.hypercall = hypercall  # type: ignore[method-assign]
+
+
+def run_guest(image: bytes | Path | str, options: GuestRunOptions, *,
+              console: Callable[[bytes], None] | None = None) -> GuestRunResult:
+    """Run `image` until it exits, the VM stops, or the time limit; ElfError/ValueError on bad input."""
+    options.validate()
+    host = Host(options.counter_hz, ncpus=options.host_cpus, name="host")
+    kvm = Kvm(host)
+    machine = Machine(kvm, MachineConfig("guest", vcpus=options.vcpus, memory_mib=options.memory_mib,
+                                         cpu="unicorn", instructions_per_sec=options.instructions_per_sec))
+    machine.console_sink = console
+    machine.load_elf(image)
+    core = EventLoop()
+    sched = Scheduler(host, core, end_ns=options.time_limit_ns)
+    reports = []
+    for vcpu in machine.vcpus:
+        report = VcpuReport(vcpu.id)
+        reports.append(report)
+        thread = VcpuThread(machine, vcpu)
+        task = host.spawn(f"vcpu{vcpu.id}")
+        thread.task = task
+        _observe_pv_time_st(vcpu, task, report)
+        # A powered-off vCPU's thread blocks in KVM_RUN until CPU_ON wakes it.
+        vcpu.set_wake_callback(lambda t=task: sched.wake(t))
+        sched.add(task, _ObservedThread(thread, report))
+    t = 0
+    while machine.stopped is None and t < options.time_limit_ns:
+        t = min(options.time_limit_ns, t + 10 * MS)
+        core.run(t)
+    sched.finish()
+    for report, vcpu, task in zip(reports, machine.vcpus, host.tasks):
+        report.instructions = getattr(vcpu.cpu, "instructions", 0)
+        report.run_delay_ns = task.run_delay_ns
+        data = machine.vm.memory.read(vcpu.steal.base + STEAL_TIME_OFFSET, 8) if machine.pvtime_mem else None
+        report.record_steal_ns = struct.unpack("<Q", data)[0] if data else None
+    return GuestRunResult(machine.exit_status, machine.stopped, list(machine.errors), bytes(machine.console),
+                          max(host.clock_ns, core.now if machine.stopped is None else host.clock_ns),
+                          reports, sched.switches)
