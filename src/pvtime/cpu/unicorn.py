@@ -49,6 +49,9 @@ from unicorn import (
 from unicorn import arm64_const as A
 from unicorn.unicorn_py3.unicorn import uclib
 
+_reg_read_batch = uclib.uc_reg_read_batch
+_reg_write_batch = uclib.uc_reg_write_batch
+
 from pvtime.abi import sysregs
 from pvtime.abi.sysregs import SysReg
 from pvtime.abi.uapi import (
@@ -175,6 +178,13 @@ class UnicornCpu:
                 raise UcError(err)
         self._hook_error: BaseException | None = None
         self._value = ctypes.c_uint64()
+        self._scratch = ctypes.c_uint64()
+        # Register access through the C API: the binding's generic path costs ~3 us per register.
+        self._uch = uc._uch
+        self._args = (ctypes.c_uint64 * 4)()
+        self._arg_ids = (ctypes.c_int32 * 4)(*_X_REGS[:4])
+        self._arg_ptrs = (ctypes.c_void_p * 4)(*[ctypes.addressof(self._args) + 8 * i for i in range(4)])
+        self._ram: list[tuple[int, int, memoryview]] = []  # (gpa, size, buffer) of the mapped slots
         self._mapped: list[tuple[int, int, bool, int]] = []
         self._buffers: list[object] = []  # ctypes views keeping the mapped buffers exported
         self._traps: VcpuTraps | None = None
@@ -215,7 +225,8 @@ class UnicornCpu:
 
     def pstate(self) -> int:
         """The current PSTATE (NZCV, DAIF, mode)."""
-        return self._uc.reg_read(A.UC_ARM64_REG_PSTATE) & U64
+        uclib.uc_reg_read(self._uch, A.UC_ARM64_REG_PSTATE, ctypes.byref(self._scratch))
+        return self._scratch.value
 
     def _sp_el0_live(self, pstate: int | None = None) -> bool:
         """Is SP (the engine's x31) SP_EL0 now? At EL0, or at EL1 with SPSel = 0."""
@@ -295,10 +306,15 @@ class UnicornCpu:
 
     def read_word(self, addr: int) -> int | None:
         """The 32-bit instruction word at a guest address, or None where nothing is mapped."""
-        try:
-            return int.from_bytes(self._uc.mem_read(addr, 4), "little")
-        except UcError:
-            return None
+        for gpa, size, buf in self._ram:
+            off = addr - gpa
+            if 0 <= off <= size - 4:
+                return int.from_bytes(buf[off:off + 4], "little")
+        return None
+
+    def _pc(self) -> int:
+        uclib.uc_reg_read(self._uch, A.UC_ARM64_REG_PC, ctypes.byref(self._scratch))
+        return self._scratch.value
 
     # --- execution ---------------------------------------------------------------------------
 
@@ -333,9 +349,8 @@ class UnicornCpu:
                 return Stop(StopKind.HALT)
             self._arm_budget()
             self._stop = None
-            pc = uc.reg_read(A.UC_ARM64_REG_PC)
             try:
-                uc.emu_start(pc, _NEVER)
+                uc.emu_start(self._pc(), _NEVER)
             except UcError as err:
                 if self._stop is None:
                     self._stop = self._fault_stop(uc.reg_read(A.UC_ARM64_REG_PC), f"unicorn: {err}")
@@ -427,12 +442,13 @@ class UnicornCpu:
         uc = self._uc
         for gpa, size, _, _ in self._mapped:
             uc.mem_unmap(gpa, size)
-        self._mapped, self._buffers = [], []
+        self._mapped, self._buffers, self._ram = [], [], []
         for slot, key in zip(slots, wanted):
             view = (ctypes.c_char * slot.memory_size).from_buffer(slot.buffer)
             prot = UC_PROT_READ | UC_PROT_EXEC | (0 if slot.readonly else UC_PROT_WRITE)
             uc.mem_map_ptr(slot.guest_phys_addr, slot.memory_size, prot, ctypes.addressof(view))
             self._buffers.append(view)
+            self._ram.append((slot.guest_phys_addr, slot.memory_size, slot.buffer))
             self._mapped.append(key)
 
     # --- diagnostics -------------------------------------------------------------------------
@@ -465,25 +481,28 @@ class UnicornCpu:
         traps = self._traps
         assert traps is not None
         self._account()
-        pc = uc.reg_read(A.UC_ARM64_REG_PC)  # past the HVC/SMC, as on exception return
-        word = self.read_word(pc - 4) or 0
-        regs = [uc.reg_read(r) & U64 for r in _X_REGS[:4]]
+        imm = 0
+        if conduit is Conduit.SMC:  # KVM ignores the HVC immediate; an SMC's matters
+            imm = ((self.read_word(self._pc() - 4) or 0) >> 5) & 0xFFFF
+        args = self._args
+        _reg_read_batch(self._uch, self._arg_ids, self._arg_ptrs, 4)
+        regs = list(args)
         try:
-            traps.hypercall(regs, conduit, (word >> 5) & 0xFFFF)
+            traps.hypercall(regs, conduit, imm)
         except GuestFault as fault:
-            self._stop = self._fault_stop(pc - 4, fault.reason, word)
+            pc = self._pc() - 4  # the PC is past the HVC/SMC, as on exception return
+            self._stop = self._fault_stop(pc, fault.reason)
             uc.emu_stop()
             return
-        for reg, value in zip(_X_REGS[:4], regs):
-            uc.reg_write(reg, value & U64)
+        args[:] = [v & U64 for v in regs]
+        _reg_write_batch(self._uch, self._arg_ids, self._arg_ptrs, 4)
         if traps.exit_requested():
             self._stop = Stop(StopKind.EXIT)
             uc.emu_stop()
-        else:
-            self._arm_budget()  # a call may change what is due (PV time, timers of other vCPUs)
+        # No timer is an SMCCC/PSCI call's business: the budget stands.
 
     def _on_memory(self, uc: Uc, access: int, address: int, size: int, value: int, user: object) -> bool:
-        pc = uc.reg_read(A.UC_ARM64_REG_PC)
+        pc = self._pc()
         if access == UC_MEM_FETCH_UNMAPPED:
             self._stop = Stop(StopKind.FAULT, pc=address, instruction="(no memory at the PC)",
                               reason=f"instruction fetch from {address:#x}, which no memslot backs")
