@@ -333,3 +333,22 @@ def test_faults_stop_the_vcpu_with_pc_instruction_and_reason(source: str, reason
     assert rig.run() == ex  # the vCPU stays stopped
     assert isinstance(other.run(), HaltExit)  # another VM on the host goes on
     assert other.vcpus[0].get_one_reg(reg_x(0)) == 1
+
+
+def test_interrupt_without_vectors_is_an_exception_the_guest_cannot_take() -> None:
+    rig = Rig(assemble("""
+        mov x3, #1
+        msr cntv_cval_el0, xzr
+        msr cntv_ctl_el0, x3
+        msr daifclr, #2
+        b .
+    """))
+    ex = rig.run()
+    assert isinstance(ex, InternalErrorExit)
+    assert "VBAR_EL1 = 0x0" in ex.detail and "cannot take" in ex.detail
+    assert ex.pc == RAM_BASE + 16 and ex.instruction == "b #0x40000010"
+
+
+def test_unknown_cpu_backend_is_refused() -> None:
+    with pytest.raises(ValueError, match="CPU backend 'x86'"):
+        Rig(assemble("wfi")).kvm.create_vm("bad", cpu="x86").create_vcpu(0)

@@ -156,7 +156,9 @@ class UnicornCpu:
             raise ValueError(f"instructions_per_sec must be positive, got {instructions_per_sec}")
         self.index = index
         self.instructions_per_sec = instructions_per_sec
-        self.instructions = 0  # executed so far (per translation block, see BlockCounter)
+        # Instruction times used so far: instructions counted per translation block (BlockCounter)
+        # plus SYSREG_ACCESS_INSNS per trapped system-register access.
+        self.instructions = 0
         self.core_regs = CoreRegs(self)
         uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
         uc.ctl_set_cpu_model(A.UC_CPU_ARM64_A72)
@@ -343,6 +345,8 @@ class UnicornCpu:
                 self._halted = False  # WFI completes on an asserted interrupt, masked or not
                 if not self.pstate() & PSTATE_I:
                     self._take_irq()
+                    if self._fault is not None:
+                        return self._fault
             if clock.now_ns >= clock.deadline_ns:
                 return Stop(StopKind.DEADLINE)
             if self._halted:
@@ -419,10 +423,16 @@ class UnicornCpu:
         pstate = self.pstate()
         mode = pstate & 0xF
         offset = 0x480 if mode >> 2 == 0 else (0x280 if mode & 1 else 0x080)
-        uc.reg_write(A.UC_ARM64_REG_ELR_EL1, uc.reg_read(A.UC_ARM64_REG_PC))
+        pc = uc.reg_read(A.UC_ARM64_REG_PC)
+        vbar = uc.reg_read(A.UC_ARM64_REG_VBAR_EL1) & ~0x7FF
+        if self.read_word(vbar + offset) is None:
+            self._fault = self._fault_stop(pc, f"timer IRQ with VBAR_EL1 = {vbar:#x}: no code at the IRQ vector "
+                                               f"{vbar + offset:#x}, the guest cannot take the exception")
+            return
+        uc.reg_write(A.UC_ARM64_REG_ELR_EL1, pc)
         uc.reg_write(A.UC_ARM64_REG_CP_REG, (*_SPSR_EL1, pstate & 0xFFFF_FFFF))
         self._set_pstate((pstate & PSTATE_NZCV) | PSTATE_DAIF | PSTATE_EL1H)
-        uc.reg_write(A.UC_ARM64_REG_PC, (uc.reg_read(A.UC_ARM64_REG_VBAR_EL1) & ~0x7FF) + offset)
+        uc.reg_write(A.UC_ARM64_REG_PC, vbar + offset)
 
     def _finish_mmio(self) -> None:
         """kvm_handle_mmio_return: write a read's data to Rt, then step past the access."""
