@@ -352,3 +352,26 @@ def test_interrupt_without_vectors_is_an_exception_the_guest_cannot_take() -> No
 def test_unknown_cpu_backend_is_refused() -> None:
     with pytest.raises(ValueError, match="CPU backend 'x86'"):
         Rig(assemble("wfi")).kvm.create_vm("bad", cpu="x86").create_vcpu(0)
+
+
+def test_python_block_counter_gives_the_same_virtual_time_as_the_native_one() -> None:
+    from pvtime.cpu.unicorn import UnicornCpu
+
+    program = assemble("""
+        mov x2, #300
+    1:  mrs x3, cntvct_el0
+        mov x4, #7
+    2:  subs x4, x4, #1
+        b.ne 2b
+        subs x2, x2, #1
+        b.ne 1b
+        wfi
+    """)
+    results = []
+    for native in (None, False):
+        rig = Rig(program)
+        rig.vcpus[0].cpu = UnicornCpu(0, native_counter=native)
+        rig.vcpus[0].set_one_reg(REG_PC, RAM_BASE)
+        assert isinstance(rig.run(), HaltExit)
+        results.append((rig.host.clock_ns, rig.vcpus[0].cpu.instructions, rig.vcpus[0].get_one_reg(reg_x(3))))
+    assert results[0] == results[1]
