@@ -74,52 +74,49 @@ class ArchTimer:
         """The guest's virtual count for a host counter value."""
         return (host_count - self.counter.poffset - self.counter.voffset) & U64
 
+    def _timer(self, reg: SysReg, host_count: int) -> tuple[Timer, int, str] | None:
+        """The timer a CTL/CVAL/TVAL register belongs to, its counter's value, and the field."""
+        spec = _TIMER_FIELDS.get(reg)
+        if spec is None:
+            return None
+        virtual, field = spec
+        if virtual:
+            return self.vtimer, self.cntvct(host_count), field
+        return self.ptimer, self.cntpct(host_count), field
+
     def read(self, reg: SysReg, host_count: int, freq: int) -> int | None:
         """Serve an MRS of a timer register, or None if `reg` is not a timer register."""
-        v, p = self.cntvct(host_count), self.cntpct(host_count)
-        match reg:
-            case r if r == CNTFRQ_EL0:
-                return freq
-            case r if r == CNTVCT_EL0:
-                return v
-            case r if r == CNTPCT_EL0:
-                return p
-            case r if r == CNTV_CTL_EL0:
-                return self.vtimer.read_ctl(v)
-            case r if r == CNTV_CVAL_EL0:
-                return self.vtimer.cval
-            case r if r == CNTV_TVAL_EL0:
-                return self.vtimer.read_tval(v)
-            case r if r == CNTP_CTL_EL0:
-                return self.ptimer.read_ctl(p)
-            case r if r == CNTP_CVAL_EL0:
-                return self.ptimer.cval
-            case r if r == CNTP_TVAL_EL0:
-                return self.ptimer.read_tval(p)
-            case r if r == CNTKCTL_EL1:
-                return self.cntkctl
-        return None
+        if reg == CNTVCT_EL0:  # the hot path: counter reads dominate
+            return self.cntvct(host_count)
+        if reg == CNTPCT_EL0:
+            return self.cntpct(host_count)
+        if reg == CNTFRQ_EL0:
+            return freq
+        if reg == CNTKCTL_EL1:
+            return self.cntkctl
+        found = self._timer(reg, host_count)
+        if found is None:
+            return None
+        timer, count, field = found
+        if field == "ctl":
+            return timer.read_ctl(count)
+        return timer.cval if field == "cval" else timer.read_tval(count)
 
     def write(self, reg: SysReg, value: int, host_count: int) -> bool:
         """Serve an MSR of a timer register; False if `reg` is not a writable timer register."""
-        v, p = self.cntvct(host_count), self.cntpct(host_count)
-        match reg:
-            case r if r == CNTV_CTL_EL0:
-                self.vtimer.ctl = value & (CTL_ENABLE | CTL_IMASK)
-            case r if r == CNTV_CVAL_EL0:
-                self.vtimer.cval = value & U64
-            case r if r == CNTV_TVAL_EL0:
-                self.vtimer.write_tval(v, value)
-            case r if r == CNTP_CTL_EL0:
-                self.ptimer.ctl = value & (CTL_ENABLE | CTL_IMASK)
-            case r if r == CNTP_CVAL_EL0:
-                self.ptimer.cval = value & U64
-            case r if r == CNTP_TVAL_EL0:
-                self.ptimer.write_tval(p, value)
-            case r if r == CNTKCTL_EL1:
-                self.cntkctl = value & 0xFFFF_FFFF
-            case _:
-                return False
+        if reg == CNTKCTL_EL1:
+            self.cntkctl = value & 0xFFFF_FFFF
+            return True
+        found = self._timer(reg, host_count)
+        if found is None:
+            return False
+        timer, count, field = found
+        if field == "ctl":
+            timer.ctl = value & (CTL_ENABLE | CTL_IMASK)
+        elif field == "cval":
+            timer.cval = value & U64
+        else:
+            timer.write_tval(count, value)
         return True
 
     def irq_pending(self, host_count: int) -> bool:
@@ -134,3 +131,10 @@ class ArchTimer:
             if timer.ctl & CTL_ENABLE and not timer.ctl & CTL_IMASK:
                 fires.append(timer.cval + offset)
         return min(fires) if fires else None
+
+
+# CTL/CVAL/TVAL of each timer: (is the virtual timer, field).
+_TIMER_FIELDS: dict[SysReg, tuple[bool, str]] = {
+    CNTV_CTL_EL0: (True, "ctl"), CNTV_CVAL_EL0: (True, "cval"), CNTV_TVAL_EL0: (True, "tval"),
+    CNTP_CTL_EL0: (False, "ctl"), CNTP_CVAL_EL0: (False, "cval"), CNTP_TVAL_EL0: (False, "tval"),
+}
