@@ -133,3 +133,13 @@ class TestBitmapHidesPvTime:
 def test_psci_features_reports_smccc_version(env):
     assert env.call(0, smccc.PSCI_FEATURES, smccc.SMCCC_VERSION)[0] == 0
     assert env.call(0, smccc.PSCI_VERSION)[0] == 0x10001
+
+
+def test_tracepoint_sees_every_call_with_its_answer(env):
+    seen = []
+    env.vm.trace_hypercall = lambda vcpu, fid, regs: seen.append((vcpu.id, fid, list(regs)))
+    env.call(1, smccc.PV_TIME_ST)
+    env.call(0, 0xDEAD_0000_0000_0000 | smccc.SMCCC_VERSION, conduit=Conduit.SMC, imm=3)
+    assert seen == [(1, smccc.PV_TIME_ST, [PV_BASE + 64, 0, 0, 0]),
+                    (0, smccc.SMCCC_VERSION, [2**64 - 1, 0, 0, 0])]
+    assert env.vcpu(0).stats.hypercalls == 1 and env.vcpu(1).stats.hypercalls == 1

@@ -40,11 +40,18 @@ def set_std_hyp_bmap(vm: Vm, value: int) -> None:
 
 def handle(vcpu: Vcpu, regs: list[int], conduit: Conduit, imm: int) -> None:
     """Serve one SMCCC call in place on x0..x3."""
-    if conduit is Conduit.SMC and imm != 0:
-        regs[0] = smccc.U64_MASK
-        return
     fid = regs[0] & U32
     vcpu.stats.hypercalls += 1
+    if conduit is Conduit.SMC and imm != 0:
+        regs[0] = smccc.U64_MASK
+    else:
+        _dispatch(vcpu, fid, regs)
+    if vcpu.vm.trace_hypercall is not None:
+        vcpu.vm.trace_hypercall(vcpu, fid, regs)
+
+
+def _dispatch(vcpu: Vcpu, fid: int, regs: list[int]) -> None:
+    """The SMCCC services: every handled call sets x0..x3."""
     result = [smccc.NOT_SUPPORTED, 0, 0, 0]
     if fid in _PV_TIME_IDS and not pv_time_visible(vcpu.vm):
         pass  # hidden by the firmware bitmap: answered as an unknown id

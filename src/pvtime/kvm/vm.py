@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pvtime.abi.errno import EEXIST, EINVAL, ENXIO
@@ -40,6 +41,9 @@ class Vm:
         self.std_hyp_bmap = KVM_REG_ARM_STD_HYP_BMAP_SUPPORTED  # resets to all supported bits
         self.quirks = Quirk.NONE
         self.has_run = False
+        # A tracepoint (as kvm_hvc_arm64 / trace_kvm_smccc): called after each SMCCC call with
+        # the vCPU, the function id and x0..x3 as returned. Observers must not change state.
+        self.trace_hypercall: Callable[[Vcpu, int, list[int]], None] | None = None
         self.lpt = lpt.LptState()
 
     def __repr__(self) -> str:
