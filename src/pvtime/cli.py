@@ -53,7 +53,10 @@ def run(scenario: str | None, out: Path | None, seed: int | None, duration_ms: i
         console.print(migration_table(result))
     for vm in result.vms:
         if vm.stopped:
-            console.print(f"[red]{vm.name} stopped:[/red] {vm.stopped}", markup=True, highlight=False)
+            at = "" if vm.stopped_ns is None else f" at {vm.stopped_ns / 1e6:.1f} ms"
+            # A guest that exits with status 0 (semihosting) has finished its job: not a failure.
+            style = "green" if vm.exit_status == 0 else "red"
+            console.print(f"[{style}]{vm.name} stopped{at}:[/{style}] {vm.stopped}", markup=True, highlight=False)
     folder = out if out is not None else Path("results") / sc.spec.name
     paths = write_results(result, folder)
     console.print(f"results in {folder}/: " + ", ".join(p.name for p in paths), highlight=False)

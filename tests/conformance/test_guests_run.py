@@ -14,9 +14,9 @@ from importlib.resources import files
 from pathlib import Path
 
 import pytest
-from elftools.elf.elffile import ELFFile
 
 from pvtime.sim.guest_run import GuestRunOptions, GuestRunResult, run_guest
+from pvtime.vmm.images import patch_minikernel
 
 IMAGES = Path(str(files("pvtime") / "images"))
 GUESTS = Path(__file__).resolve().parents[2] / "guests"
@@ -39,25 +39,6 @@ def image(name: str) -> bytes:
     out = Path(tempfile.mkdtemp(prefix="pvtime-images-"))
     subprocess.run([sys.executable, str(build), name, "--out-dir", str(out)], check=True, capture_output=True)
     return (out / f"{name}.elf").read_bytes()
-
-
-def patch_minikernel(data: bytes, *, duration_ms: int, busy_ms: int, idle_ms: int) -> bytes:
-    """Set the `minikernel_config` block ("PVMKCFG1", duration, busy, idle) in the ELF file."""
-    import io
-
-    elf = ELFFile(io.BytesIO(data))
-    symtab = elf.get_section_by_name(".symtab")
-    sym = symtab.get_symbol_by_name("minikernel_config")[0]
-    addr = sym["st_value"]
-    for seg in elf.iter_segments():
-        if seg["p_type"] == "PT_LOAD" and seg["p_vaddr"] <= addr < seg["p_vaddr"] + seg["p_filesz"]:
-            off = seg["p_offset"] + addr - seg["p_vaddr"]
-            break
-    else:
-        raise AssertionError("minikernel_config is not in a loaded segment")
-    assert data[off:off + 8] == b"PVMKCFG1"
-    block = b"".join(v.to_bytes(8, "little") for v in (duration_ms, busy_ms, idle_ms))
-    return data[:off + 8] + block + data[off + 32:]
 
 
 def test_conformance_guest_passes_on_4_vcpus_over_1_host_cpu() -> None:

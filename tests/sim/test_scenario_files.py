@@ -96,15 +96,53 @@ def test_syntax_error_has_the_line() -> None:
     assert msg.startswith("s.toml:6: TOML syntax:")
 
 
-def test_elf_guest_is_clearly_unavailable_until_the_backend_lands() -> None:
-    text = GOOD.replace('[vm.guest]\nkind = "model"\nbusy_us = [1000, 2000]', '[vm.guest]\nkind = "elf"\nimage = "minikernel"')
-    if scenario.elf_backend_available():
-        scenario.parse(text)
-    else:
-        (msg,) = errors(text)
-        assert msg.startswith("s.toml:19: vm[1].guest.kind: ELF guests need the unicorn CPU backend")
-    (msg,) = errors(text.replace('image = "minikernel"', ""))
-    assert "exactly one of image" in msg
+ELF_GUEST = '[vm.guest]\nkind = "model"\nbusy_us = [1000, 2000]'
+
+
+def with_elf(guest: str) -> str:
+    """GOOD with vm[1]'s guest (lines 19..) replaced by an ELF guest table."""
+    return GOOD.replace(ELF_GUEST, '[vm.guest]\nkind = "elf"\n' + guest)
+
+
+def test_packaged_elf_guest_is_accepted() -> None:
+    sc = scenario.parse(with_elf('image = "minikernel"\nduration_ms = 50\ninstructions_per_sec = 10_000_000'))
+    g = sc.spec.vm[1].guest
+    assert isinstance(g, scenario.ElfGuestSpec) and g.config_fields() == {"duration_ms": 50}
+    (msg,) = errors(with_elf(""))
+    assert msg == "s.toml:18: vm[1].guest: give exactly one of image (a packaged image: conformance, minikernel) or path (an ELF file)"
+    (msg,) = errors(with_elf('image = "vmlinux"'))
+    assert msg.startswith("s.toml:20: vm[1].guest.image: Input should be 'conformance' or 'minikernel'")
+
+
+def test_elf_path_is_relative_to_the_scenario_file(tmp_path: Path) -> None:
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "mk.elf").write_bytes(scenario.packaged_image("minikernel").read_bytes())
+    f = tmp_path / "s.toml"
+    f.write_text(with_elf('path = "img/mk.elf"\nbusy_ms = 10'))
+    sc = scenario.load(str(f))
+    g = sc.spec.vm[1].guest
+    assert isinstance(g, scenario.ElfGuestSpec)
+    assert scenario.elf_image_path(g, sc.source) == tmp_path / "img" / "mk.elf"
+
+
+def test_bad_elf_paths_name_the_file_line_and_field(tmp_path: Path) -> None:
+    f = tmp_path / "s.toml"
+    f.write_text(with_elf('path = "nope.elf"'))
+    with pytest.raises(ScenarioError) as info:
+        scenario.load(str(f))
+    assert str(info.value) == f"{f}:20: vm[1].guest.path: no such ELF file: nope.elf (looked for {tmp_path / 'nope.elf'})"
+    (tmp_path / "text.elf").write_text("not an image")
+    f.write_text(with_elf('path = "text.elf"'))
+    with pytest.raises(ScenarioError, match=rf"^{f}:20: vm\[1\].guest.path: {tmp_path / 'text.elf'}: not an ELF file"):
+        scenario.load(str(f))
+
+
+def test_config_fields_need_an_image_that_has_the_block() -> None:
+    (msg,) = errors(with_elf('image = "conformance"\nidle_ms = 5'))
+    assert msg.startswith("s.toml:21: vm[1].guest.idle_ms: ")
+    assert msg.endswith("conformance.elf has no minikernel_config symbol: idle_ms cannot be set")
+    (msg,) = errors(with_elf('image = "minikernel"\nbusy_ms = 0'))
+    assert msg.startswith("s.toml:21: vm[1].guest.busy_ms: Input should be greater than 0")
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -33,7 +33,15 @@ def write_results(result: RunResult, out: Path) -> list[Path]:
     if result.spec.trace:
         written.append(_write_json(out / "trace.json", trace_document(result), indent=None))
     written.append(_write_json(out / "summary.json", summary(result), indent=2))
+    for vm in result.vms:
+        if vm.guest != "model" or vm.console:
+            written.append(_write_text(out / console_file(vm.name), vm.console))
     return written
+
+
+def console_file(vm: str) -> str:
+    """The file a VM's console goes to (every ELF guest's, and any other VM's that printed)."""
+    return f"console-{vm}.txt"
 
 
 def series_columns(result: RunResult) -> dict[str, list[Any]]:
@@ -106,6 +114,7 @@ def summary(result: RunResult) -> dict[str, Any]:
             "pvtime": r.pvtime, "guest": r.guest,
             "host_run_delay_ns": r.host_run_delay_ns, "record_steal_ns": r.record_steal_ns,
             "guest_steal_ns": r.guest_steal_ns, "proc_stat_steal_user_hz": r.proc_stat_steal,
+            "proc_stat_total_user_hz": r.proc_stat_total, "guest_steal_note": r.guest_note,
             "steal_pct": None if r.steal_pct is None else round(r.steal_pct, 6),
             "record_minus_host_ns": r.record_minus_host_ns,
             "proc_stat_minus_host_ns": r.proc_stat_minus_host_ns,
@@ -115,11 +124,18 @@ def summary(result: RunResult) -> dict[str, Any]:
         "tasks": [{"host": t.host, "name": t.name, "tid": t.tid, "kind": t.kind,
                    "schedstat": [t.run_time_ns, t.run_delay_ns, t.timeslices]} for t in result.tasks],
         "vms": [{"host": v.host, "name": v.name, "guest": v.guest, "stopped": v.stopped,
-                 "proc_stat": v.proc_stat, "console": v.console} for v in result.vms],
+                 "stopped_ns": v.stopped_ns, "exit_status": v.exit_status, "proc_stat": v.proc_stat,
+                 "console": v.console} for v in result.vms],
         "stats": result.stats,
         "migrations": result.migrations,
         "clocks": result.clocks,
     }
+
+
+def _write_text(path: Path, text: str) -> Path:
+    with path.open("w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    return path
 
 
 def _write_csv(path: Path, cols: dict[str, list[Any]]) -> Path:

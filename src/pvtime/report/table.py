@@ -16,12 +16,16 @@ def summary_table(result: RunResult) -> Table:
     """One row per vCPU."""
     spec = result.spec
     table = Table(title=f"{spec.name}: steal per vCPU after {spec.duration_ms} ms (seed {spec.seed})")
-    table.caption = ("host run_delay: the vCPU thread's wait (truth); guest clock: the stolen-time "
-                     "record; /proc/stat: the guest's accounted steal (ticks); times in ms")
+    table.caption = ("host run_delay: the vCPU thread's wait since the guest's PV_TIME_ST (truth); guest "
+                     "clock: the stolen-time record; /proc/stat: the guest's accounted steal (ticks; an ELF "
+                     "guest's as it printed it); times in ms")
     for col in ("vCPU", "pv", "host run_delay", "guest clock", "/proc/stat", "steal %",
                 "clock−host ns", "stat−host"):
         table.add_column(col, justify="right")
+    notes: dict[str, list[str]] = {}
     for row in result.vcpus:
+        if row.guest_note is not None:
+            notes.setdefault(row.guest_note, []).append(f"{row.vm}/{row.vcpu}")
         pct = row.steal_pct
         diff = row.record_minus_host_ns
         lag = row.proc_stat_minus_host_ns
@@ -29,6 +33,12 @@ def summary_table(result: RunResult) -> Table:
             f"{row.vm}/{row.vcpu}", "on" if row.pvtime else "off", _ms(row.host_run_delay_ns),
             _ms(row.record_steal_ns), _ms(row.guest_steal_ns), "-" if pct is None else f"{pct:.1f}",
             "-" if diff is None else str(diff), "-" if lag is None else f"{lag / 1e6:.1f}")
+    for note, who in notes.items():  # why a guest's own steal is "-"
+        table.caption += f"\n{', '.join(who)} /proc/stat -: {note}"
+    for vm in result.vms:
+        if vm.exit_status is not None:
+            table.caption += f"\n{vm.name}: guest exit status {vm.exit_status}" + (
+                "" if vm.exit_status == 0 else " (FAILED)")
     return table
 
 

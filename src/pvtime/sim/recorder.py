@@ -44,6 +44,10 @@ class VcpuProbe:
     guest_t: list[int] = field(default_factory=list)
     guest_v: list[int] = field(default_factory=list)
     baseline: dict[str, int] = field(default_factory=dict)  # run_delay at the last PV_TIME_ST
+    entry_run_delay: int | None = None  # run_delay at the vCPU's latest guest entry (a vcpu_load)
+    # The guest view before its first value: 0 for a guest that accounts from the start, -1 (not
+    # known) for one whose steal is known only once it prints it.
+    guest_before: int = 0
 
 
 class Recorder:
@@ -130,15 +134,17 @@ class Recorder:
         return {
             "host_run_delay_ns": _step(probe.times, probe.truth_v, g),
             "record_steal_ns": _step(probe.times, probe.record_v, g, missing=-1),
-            "guest_steal_ns": _step(probe.guest_t, probe.guest_v, g, missing=-1 if not probe.guest_v else 0),
+            "guest_steal_ns": _step(probe.guest_t, probe.guest_v, g, missing=-1 if not probe.guest_v else 0,
+                                    before=probe.guest_before),
         }
 
 
-def _step(ts: list[int], vs: list[int], grid: np.ndarray, missing: int = 0) -> np.ndarray:
+def _step(ts: list[int], vs: list[int], grid: np.ndarray, missing: int = 0, before: int = 0) -> np.ndarray:
+    """The last value at or before each grid time; `before` ahead of the first, `missing` if none."""
     if not ts:
         return np.full(len(grid), missing, dtype=np.int64)
     t = np.asarray(ts, dtype=np.int64)
     v = np.asarray(vs, dtype=np.int64)
     idx = np.searchsorted(t, grid, side="right") - 1
-    out = np.where(idx >= 0, v[np.clip(idx, 0, None)], 0)
+    out = np.where(idx >= 0, v[np.clip(idx, 0, None)], before)
     return out.astype(np.int64)

@@ -18,11 +18,15 @@ from pvtime.host import (
     CpuHog, EventCore, EventLoop, Host, PeriodicBurst, Scheduler, SchedTunables, Task, TaskBody,
 )
 from pvtime.host.events import PRIO_WAKE
+from pvtime.host.task import Slice, Step
 from pvtime.kvm import Kvm, Vcpu
 from pvtime.sim.migration import LinkSpec, MigrationDriver
 from pvtime.sim.recorder import CATEGORIES, Recorder, VcpuProbe
-from pvtime.sim.scenario import ElfGuestSpec, MigrationSpec, ModelGuestSpec, Scenario, ScenarioSpec, VmSpec
+from pvtime.sim.scenario import (
+    ElfGuestSpec, MigrationSpec, ModelGuestSpec, Scenario, ScenarioSpec, VmSpec, elf_image, elf_image_path,
+)
 from pvtime.vmm import Machine, MachineConfig, VcpuThread
+from pvtime.vmm.images import PROC_STAT_STEAL, ConsoleProcStat
 
 US = 1000
 MS = 1_000_000
@@ -41,19 +45,29 @@ class VcpuRow:
     tid: int
     pvtime: bool
     guest: str
-    host_run_delay_ns: int  # run_delay growth of its thread since its first vcpu_load (truth)
+    # run_delay growth of its thread since the baseline KVM uses -- the guest's last PV_TIME_ST
+    # (which zeroes the record), else its first vcpu_load -- up to its last guest entry before
+    # its VM stopped (waits after that are no VM's steal): the host's truth.
+    host_run_delay_ns: int
     record_steal_ns: int | None  # the stolen-time record, what the guest's steal clock reads
-    guest_steal_ns: int | None  # the guest kernel's cpustat[STEAL]
+    guest_steal_ns: int | None  # the guest kernel's cpustat[STEAL] (ns)
     proc_stat_steal: int | None  # the same in /proc/stat units (USER_HZ)
-    elapsed_ns: int  # from its first run to the end
+    elapsed_ns: int  # from its first run to the end (of the run, or of its VM)
     run_time_ns: int
     timeslices: int
     vcpu_loads: int
+    proc_stat_total: int | None = None  # the sum of its /proc/stat cpu line, for a guest that prints it
+    guest_note: str | None = None  # why there is no guest steal, when there is none
 
     @property
     def steal_pct(self) -> float | None:
-        """/proc/stat steal as a share of the vCPU's elapsed time."""
-        if self.proc_stat_steal is None or self.elapsed_ns <= 0:
+        """/proc/stat steal as a share of the vCPU's time: of its /proc/stat line's total when the
+        guest printed one (as top and vmstat compute it), else of its elapsed time."""
+        if self.proc_stat_steal is None:
+            return None
+        if self.proc_stat_total:
+            return 100.0 * self.proc_stat_steal / self.proc_stat_total
+        if self.elapsed_ns <= 0:
             return None
         return 100.0 * self.proc_stat_steal * (NSEC_PER_SEC // USER_HZ) / self.elapsed_ns
 
@@ -87,10 +101,12 @@ class VmRow:
 
     host: str
     name: str
-    guest: str
+    guest: str  # "model", or "elf:<image name or path>"
     stopped: str | None
     proc_stat: str
     console: str
+    stopped_ns: int | None = None  # virtual time at which it stopped
+    exit_status: int | None = None  # the guest's semihosting exit status, if it exited that way
 
 
 @dataclass
@@ -122,8 +138,46 @@ class _Vm:
     machine: Machine
     threads: list[VcpuThread]
     kernel: ModelKernel | None
+    state: _VmState
     # (virtual ns, guest clock ns, timer lateness ns) at every guest tick (KernelOptions.tick_observer)
     ticks: list[tuple[int, int, int]] = field(default_factory=list)
+
+
+@dataclass
+class _VmState:
+    """What the runner notes about a VM as it runs (it survives the VM's migration)."""
+
+    machine: Machine | None = None  # the VM's current machine (a migration replaces it)
+    image: str | None = None  # an ELF guest's image (its packaged name or path)
+    stopped_ns: int | None = None  # when the current machine stopped (not a migration's source)
+    _console_len: int = -1
+    _stat: ConsoleProcStat | None = None
+
+    def console_stat(self, machine: Machine) -> ConsoleProcStat:
+        """The /proc/stat lines on the console so far (parsed again only when it has grown)."""
+        if len(machine.console) != self._console_len or self._stat is None:
+            self._console_len = len(machine.console)
+            self._stat = ConsoleProcStat.parse(machine.console.decode("utf-8", "replace"))
+        return self._stat
+
+
+class _VcpuBody:
+    """A vCPU thread as the scheduler runs it, observed: the run_delay at each entry while its VM
+    is alive (each is a vcpu_load, where KVM updates the record), and when the VM stopped."""
+
+    def __init__(self, thread: VcpuThread, probe: VcpuProbe, state: _VmState) -> None:
+        self.thread = thread
+        self.probe = probe
+        self.state = state
+
+    def step(self, slice_: Slice) -> Step:
+        machine = self.thread.machine
+        if machine.stopped is None:
+            self.probe.entry_run_delay = slice_.task.run_delay_ns
+        step = self.thread.step(slice_)
+        if machine.stopped is not None and self.state.stopped_ns is None and machine is self.state.machine:
+            self.state.stopped_ns = slice_.now_ns
+        return step
 
 
 def run(scenario: Scenario, progress: Progress | None = None, *, core: EventCore | None = None) -> RunResult:
@@ -145,7 +199,7 @@ def run(scenario: Scenario, progress: Progress | None = None, *, core: EventCore
         scheds[host.name] = Scheduler(host, core, tun, end_ns=duration, observer=recorder)
     kvms = {h.name: Kvm(h) for h in hosts}
     kinds: dict[tuple[int, int], str] = {}
-    vms = [_build_vm(i, vs, spec, by_name[vs.host], kvms[vs.host], scheds[vs.host], recorder, kinds)
+    vms = [_build_vm(i, vs, scenario, by_name[vs.host], kvms[vs.host], scheds[vs.host], recorder, kinds)
            for i, vs in enumerate(spec.vm)]
     for ns in spec.noise:
         host = by_name[ns.host]
@@ -191,12 +245,14 @@ def _plan_migrations(spec: ScenarioSpec, core: EventLoop, vms: list[_Vm], hosts:
 
             def start(machine: Machine, now: int) -> list[VcpuThread]:
                 vm.host, vm.machine, vm.threads = dst_host, machine, []
+                vm.state.machine = machine
                 for vcpu in machine.vcpus:
                     thread = VcpuThread(machine, vcpu)
-                    probe = _probe(vm.spec, machine, vcpu, thread, vm.kernel)
+                    probe = _probe(vm.spec, machine, vcpu, thread, vm.kernel, vm.state)
                     cpus = [vm.spec.pin[vcpu.id]] if vm.spec.pin is not None else vm.spec.cpus
-                    task = _spawn(dst_host, dst_sched, recorder, kinds, f"{vm.spec.name}/vcpu{vcpu.id}", thread,
-                                  "vcpu", nice=vm.spec.nice, cpus=cpus, probe=probe)
+                    task = _spawn(dst_host, dst_sched, recorder, kinds, f"{vm.spec.name}/vcpu{vcpu.id}",
+                                  _VcpuBody(thread, probe, vm.state), "vcpu", nice=vm.spec.nice, cpus=cpus,
+                                  probe=probe)
                     thread.task = task
                     vcpu.set_wake_callback(lambda t=task: dst_sched.wake(t))
                     _observe_hypercalls(vcpu, dst_host, task, recorder, probe)
@@ -248,13 +304,19 @@ def _spawn(host: Host, sched: Scheduler, recorder: Recorder, kinds: dict[tuple[i
     return task
 
 
-def _build_vm(index: int, vs: VmSpec, spec: ScenarioSpec, host: Host, kvm: Kvm, sched: Scheduler,
+def _build_vm(index: int, vs: VmSpec, scenario: Scenario, host: Host, kvm: Kvm, sched: Scheduler,
               recorder: Recorder, kinds: dict[tuple[int, int], str]) -> _Vm:
-    machine = Machine(kvm, MachineConfig(vs.name, vcpus=vs.vcpus, memory_mib=vs.memory_mib, pvtime=vs.pvtime,
-                                         lpt_pv_hz=vs.lpt_pv_hz))
+    spec = scenario.spec
     kernel: ModelKernel | None = None
     box: list[_Vm] = []  # the _Vm, once built: its host changes when the VM migrates
+    state = _VmState()
     guest = vs.guest
+    config = MachineConfig(vs.name, vcpus=vs.vcpus, memory_mib=vs.memory_mib, pvtime=vs.pvtime,
+                           lpt_pv_hz=vs.lpt_pv_hz)
+    if isinstance(guest, ElfGuestSpec):
+        config.cpu, config.instructions_per_sec = "unicorn", guest.instructions_per_sec
+    machine = Machine(kvm, config)
+    state.machine = machine
     if isinstance(guest, ModelGuestSpec):
         workload = Workload(busy_ns=(guest.busy_us[0] * US, guest.busy_us[1] * US),
                             idle_ns=(guest.idle_us[0] * US, guest.idle_us[1] * US),
@@ -264,32 +326,42 @@ def _build_vm(index: int, vs: VmSpec, spec: ScenarioSpec, host: Host, kvm: Kvm, 
                                                (box[0].host.now_ns(), ns, late))))
         machine.load_model_guest(kernel)
     elif isinstance(guest, ElfGuestSpec):
-        raise RuntimeError(f"vm {vs.name}: ELF guests need the unicorn CPU backend, not available yet")
+        # vCPU 0 starts at the entry; the others stay powered off until the guest's PSCI CPU_ON.
+        state.image = guest.image if guest.image is not None else str(elf_image_path(guest, scenario.source))
+        machine.load_elf(elf_image(guest, scenario.source))
     threads = []
     for vcpu in machine.vcpus:
         thread = VcpuThread(machine, vcpu)
-        probe = _probe(vs, machine, vcpu, thread, kernel)
+        probe = _probe(vs, machine, vcpu, thread, kernel, state)
         cpus = [vs.pin[vcpu.id]] if vs.pin is not None else vs.cpus
-        task = _spawn(host, sched, recorder, kinds, f"{vs.name}/vcpu{vcpu.id}", thread, "vcpu",
-                      nice=vs.nice, cpus=cpus, probe=probe)
+        task = _spawn(host, sched, recorder, kinds, f"{vs.name}/vcpu{vcpu.id}", _VcpuBody(thread, probe, state),
+                      "vcpu", nice=vs.nice, cpus=cpus, probe=probe)
         thread.task = task
+        # A powered-off vCPU's thread blocks in KVM_RUN until CPU_ON wakes it.
         vcpu.set_wake_callback(lambda t=task: sched.wake(t))
         _observe_hypercalls(vcpu, host, task, recorder, probe)
         threads.append(thread)
     if vs.vmm_thread is not None:
         body = PeriodicBurst(vs.vmm_thread.burst_us * US, vs.vmm_thread.period_us * US)
         _spawn(host, sched, recorder, kinds, f"{vs.name}/vmm", body, "vmm", nice=vs.nice, cpus=vs.cpus)
-    box.append(_Vm(vs, host, machine, threads, kernel))
+    box.append(_Vm(vs, host, machine, threads, kernel, state))
     return box[0]
 
 
-def _probe(vs: VmSpec, machine: Machine, vcpu: Vcpu, thread: VcpuThread, kernel: ModelKernel | None) -> VcpuProbe:
+def _probe(vs: VmSpec, machine: Machine, vcpu: Vcpu, thread: VcpuThread, kernel: ModelKernel | None,
+           state: _VmState) -> VcpuProbe:
     def truth() -> int:
         # run_delay growth since the guest's last PV_TIME_ST (which zeroes the record and moves
-        # KVM's baseline), or since the first vcpu_load for a guest that never calls it.
+        # KVM's baseline), or since the first vcpu_load for a guest that never calls it; once
+        # the VM has stopped, only up to its last entry: later waits are no guest's steal.
         task = thread.task
         first = baseline.get("st", thread.first_run_delay_ns)
-        return 0 if task is None or first is None else task.run_delay_ns - first
+        if task is None or first is None:
+            return 0
+        now = task.run_delay_ns
+        if machine.stopped is not None and probe.entry_run_delay is not None:
+            now = probe.entry_run_delay
+        return now - first
 
     def record() -> int | None:
         if not vs.pvtime:
@@ -298,12 +370,36 @@ def _probe(vs: VmSpec, machine: Machine, vcpu: Vcpu, thread: VcpuThread, kernel:
         return None if raw is None else struct.unpack("<Q", raw)[0]
 
     def guest() -> int | None:
-        return None if kernel is None else kernel.ticks.stat(vcpu.id).steal
+        if kernel is not None:
+            return kernel.ticks.stat(vcpu.id).steal
+        # An ELF guest's accounted steal is known once it prints it on its console.
+        return _console_steal(state.console_stat(machine), vcpu.id)
 
     baseline: dict[str, int] = {}
-    probe = VcpuProbe(f"{vs.name}/vcpu{vcpu.id}", truth, record, guest)
+    probe = VcpuProbe(f"{vs.name}/vcpu{vcpu.id}", truth, record, guest,
+                      guest_before=0 if kernel is not None else -1)
     probe.baseline = baseline
     return probe
+
+
+def _console_steal(stat: ConsoleProcStat, cpu: int) -> int | None:
+    """A printed guest's steal in ns: its `steal_ns` line, else its /proc/stat line in USER_HZ."""
+    if cpu in stat.steal_ns:
+        return stat.steal_ns[cpu]
+    if cpu in stat.cpus:
+        return stat.cpus[cpu][PROC_STAT_STEAL] * (NSEC_PER_SEC // USER_HZ)
+    return None
+
+
+def _no_guest_steal_note(vm: _Vm, cpu: int) -> str:
+    """Why an ELF guest's steal is not known: it prints it at its end, which did not come."""
+    stopped = vm.machine.stopped
+    if stopped is None:
+        return ("still running at the end of the run: it prints /proc/stat when it finishes "
+                "(give it a duration_ms below the scenario's)")
+    if vm.state.console_stat(vm.machine).cpus:
+        return f"no cpu{cpu} line on its console"
+    return f"no /proc/stat on its console (stopped: {stopped})"
 
 
 def _observe_hypercalls(vcpu: Vcpu, host: Host, task: Task, recorder: Recorder, probe: VcpuProbe) -> None:
@@ -329,24 +425,38 @@ def _collect(spec: ScenarioSpec, source: str, duration: int, hosts: list[Host], 
     rows: list[VcpuRow] = []
     series: dict[str, dict[str, np.ndarray]] = {}
     for vm in vms:
+        end = duration if vm.state.stopped_ns is None else min(duration, vm.state.stopped_ns)
+        stat = vm.state.console_stat(vm.machine) if vm.kernel is None else None
         for thread in vm.threads:
             task = thread.task
             assert task is not None
+            cpu = thread.vcpu.id
             probe = recorder.probes[(id(vm.host), task.tid)]
-            first_t = probe.times[0] if probe.times else duration
+            first_t = probe.times[0] if probe.times else end
             guest = probe.guest()
             record = probe.record()
+            proc_stat: int | None = None if guest is None else guest // (NSEC_PER_SEC // USER_HZ)
+            total: int | None = None
+            note: str | None = None
+            if stat is not None:
+                if cpu in stat.cpus:  # what the guest printed, not a conversion of its ns
+                    proc_stat, total = stat.cpus[cpu][PROC_STAT_STEAL], sum(stat.cpus[cpu])
+                if guest is None:
+                    note = _no_guest_steal_note(vm, cpu)
             rows.append(VcpuRow(
-                vm.host.name, vm.spec.name, thread.vcpu.id, task.name, task.tid, vm.spec.pvtime,
-                vm.spec.guest.kind, probe.truth(), record, guest,
-                None if guest is None else guest // (NSEC_PER_SEC // USER_HZ),
-                duration - first_t, task.run_time_ns, task.timeslices, thread.vcpu.stats.loads))
+                vm.host.name, vm.spec.name, cpu, task.name, task.tid, vm.spec.pvtime,
+                vm.spec.guest.kind, probe.truth(), record, guest, proc_stat,
+                max(0, end - first_t), task.run_time_ns, task.timeslices, thread.vcpu.stats.loads,
+                total, note))
             series[probe.key] = recorder.sampled(probe)
     tasks = [TaskRow(h.name, t.name, t.tid, kinds.get((id(h), t.tid), "noise"), *t.schedstat())
              for h in hosts for t in h.tasks]
-    vm_rows = [VmRow(vm.host.name, vm.spec.name, vm.spec.guest.kind, vm.machine.stopped,
-                     vm.kernel.proc_stat() if vm.kernel is not None else "",
-                     vm.machine.console.decode("utf-8", "replace")) for vm in vms]
+    vm_rows = [VmRow(vm.host.name, vm.spec.name, "model" if vm.kernel is not None else f"elf:{vm.state.image}",
+                     vm.machine.stopped,
+                     vm.kernel.proc_stat() if vm.kernel is not None
+                     else "\n".join(vm.state.console_stat(vm.machine).lines),
+                     vm.machine.console.decode("utf-8", "replace"), vm.state.stopped_ns, vm.machine.exit_status)
+               for vm in vms]
     occupancy = {(h.name, c): recorder.busy[id(h)][c] for h in hosts for c in range(h.ncpus)}
     stats = {
         "events": getattr(core, "processed", -1),

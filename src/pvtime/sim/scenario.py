@@ -6,7 +6,6 @@ Every error names the file, the line and the field, e.g.
 
 from __future__ import annotations
 
-import importlib.util
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -16,8 +15,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pvtime.sim.toml_lines import dotted, key_lines, line_of
+from pvtime.vmm.elf import ElfError, load_elf
+from pvtime.vmm.images import PACKAGE_IMAGES, has_minikernel_config, packaged_image, patch_minikernel
+from pvtime.vmm.layout import QEMU_VIRT
 
-PACKAGE_IMAGES = ("conformance", "minikernel")
 U32_MAX = (1 << 32) - 1
 
 
@@ -64,11 +65,22 @@ class ModelGuestSpec(_Strict):
 
 
 class ElfGuestSpec(_Strict):
-    """A freestanding AArch64 ELF: an image shipped in the package, or a file."""
+    """A freestanding AArch64 ELF run on the unicorn CPU backend: a packaged image, or a file.
+
+    `duration_ms`, `busy_ms` and `idle_ms` set the image's `minikernel_config` block (counter-time
+    ms of its workload, its busy and idle periods) and need an image that has one; unset, the
+    image's own values stay. `path` is relative to the scenario file.
+    """
 
     kind: Literal["elf"]
     image: Literal["conformance", "minikernel"] | None = None
     path: str | None = None
+    duration_ms: int | None = Field(None, gt=0, le=3_600_000)
+    busy_ms: int | None = Field(None, gt=0, le=3_600_000)
+    idle_ms: int | None = Field(None, ge=0, le=3_600_000)
+    # The guest's speed. Its arithmetic is in counter time, so this changes how many instructions
+    # a busy period takes (and the wall time of a run), not the steal it sees.
+    instructions_per_sec: int = Field(1_000_000_000, ge=1_000, le=100_000_000_000)
 
     @model_validator(mode="after")
     def _one_source(self) -> ElfGuestSpec:
@@ -76,6 +88,10 @@ class ElfGuestSpec(_Strict):
             raise ValueError("give exactly one of image (a packaged image: "
                              f"{', '.join(PACKAGE_IMAGES)}) or path (an ELF file)")
         return self
+
+    def config_fields(self) -> dict[str, int]:
+        """The `minikernel_config` fields the scenario sets."""
+        return {k: v for k in ("duration_ms", "busy_ms", "idle_ms") if (v := getattr(self, k)) is not None}
 
 
 GuestSpec = Annotated[ModelGuestSpec | ElfGuestSpec, Field(discriminator="kind")]
@@ -250,16 +266,29 @@ def _without_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def elf_backend_available() -> bool:
-    """Can the scenario runner run ELF guests in this build?
+def elf_image_path(guest: ElfGuestSpec, source: str) -> Path:
+    """Where an ELF guest's image is: the packaged file, or `path` relative to the scenario file
+    (to the working directory for an embedded scenario, which has no folder)."""
+    if guest.image is not None:
+        return packaged_image(guest.image)
+    assert guest.path is not None
+    path = Path(guest.path).expanduser()
+    if path.is_absolute() or source.startswith("embedded:") or source.startswith("<"):
+        return path
+    return Path(source).parent / path
 
-    It needs the unicorn CPU backend (`pvtime.cpu.unicorn`) and the VMM's ELF loader; until the
-    runner is wired to them, ELF guests are refused with a clear error rather than half-run.
-    """
-    return ELF_GUESTS_INTEGRATED and importlib.util.find_spec("pvtime.cpu.unicorn") is not None
 
+def elf_image(guest: ElfGuestSpec, source: str) -> bytes:
+    """The image bytes a VM loads: the file, with the scenario's `minikernel_config` fields set.
 
-ELF_GUESTS_INTEGRATED = False
+    Raises ElfError naming the file (unreadable, malformed, or no config block to set)."""
+    path = elf_image_path(guest, source)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ElfError(f"{path}: cannot read the image: {err.strerror or err}") from None
+    fields = guest.config_fields()
+    return patch_minikernel(data, name=str(path), **fields) if fields else data
 
 
 def _cross_checks(spec: ScenarioSpec, source: str) -> list[tuple[tuple[Any, ...], str]]:
@@ -310,12 +339,27 @@ def _cross_checks(spec: ScenarioSpec, source: str) -> list[tuple[tuple[Any, ...]
             out.append((("vm", i, "pin"), f"lists {len(vm.pin)} CPUs for {vm.vcpus} vCPUs"))
         g = vm.guest
         if isinstance(g, ElfGuestSpec):
-            if not elf_backend_available():
-                out.append((("vm", i, "guest", "kind"), "ELF guests need the unicorn CPU backend "
-                            "(pvtime.cpu.unicorn) and the ELF loader, which the scenario runner does "
-                            "not use yet: use kind = \"model\" for now"))
-            elif g.path is not None:
-                base = Path(source).parent if not source.startswith("embedded:") else Path.cwd()
-                if not (base / g.path).expanduser().is_file():
-                    out.append((("vm", i, "guest", "path"), f"no such ELF file: {g.path}"))
+            out += [(("vm", i, "guest", *loc), msg) for loc, msg in _elf_checks(g, vm, source)]
     return out
+
+
+def _elf_checks(g: ElfGuestSpec, vm: VmSpec, source: str) -> list[tuple[tuple[Any, ...], str]]:
+    """The image exists, loads into the VM's RAM, and has a config block if fields set one."""
+    where = ("path",) if g.path is not None else ("image",)
+    path = elf_image_path(g, source)
+    if not path.is_file():
+        return [(where, f"no such ELF file: {g.path} (looked for {path})")]
+    fields = g.config_fields()
+    try:
+        data = path.read_bytes()
+        if fields and not has_minikernel_config(data, str(path)):
+            first = next(iter(fields))
+            return [((first,), f"{path} has no minikernel_config symbol: {', '.join(fields)} cannot be set")]
+        # Load it into a scratch RAM of the VM's size: a bad or too large image is refused here,
+        # with the scenario line, rather than when the run builds the VM.
+        load_elf(data, bytearray(vm.memory_mib << 20), QEMU_VIRT.ram_base)
+    except OSError as err:
+        return [(where, f"cannot read {path}: {err.strerror or err}")]
+    except ElfError as err:
+        return [(where, str(err).replace("<image>", str(path), 1))]
+    return []
