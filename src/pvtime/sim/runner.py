@@ -172,7 +172,7 @@ class _VcpuBody:
 
     def step(self, slice_: Slice) -> Step:
         machine = self.thread.machine
-        if machine.stopped is None:
+        if machine.stopped is None and not machine.paused:  # a paused VM's thread does not enter it
             self.probe.entry_run_delay = slice_.task.run_delay_ns
         step = self.thread.step(slice_)
         if machine.stopped is not None and self.state.stopped_ns is None and machine is self.state.machine:
@@ -244,11 +244,16 @@ def _plan_migrations(spec: ScenarioSpec, core: EventLoop, vms: list[_Vm], hosts:
             dst_host, dst_sched = hosts[ms.to], scheds[ms.to]
 
             def start(machine: Machine, now: int) -> list[VcpuThread]:
+                # The record travels in guest RAM, so the truth does too: each vCPU's steal up
+                # to its last entry on the source (stopped now), plus what its new thread waits.
+                before = {t.vcpu.id: recorder.probes[(id(vm.host), t.task.tid)].truth()
+                          for t in vm.threads if t.task is not None}
                 vm.host, vm.machine, vm.threads = dst_host, machine, []
                 vm.state.machine = machine
                 for vcpu in machine.vcpus:
                     thread = VcpuThread(machine, vcpu)
-                    probe = _probe(vm.spec, machine, vcpu, thread, vm.kernel, vm.state)
+                    probe = _probe(vm.spec, machine, vcpu, thread, vm.kernel, vm.state,
+                                   carried=before.get(vcpu.id, 0))
                     cpus = [vm.spec.pin[vcpu.id]] if vm.spec.pin is not None else vm.spec.cpus
                     task = _spawn(dst_host, dst_sched, recorder, kinds, f"{vm.spec.name}/vcpu{vcpu.id}",
                                   _VcpuBody(thread, probe, vm.state), "vcpu", nice=vm.spec.nice, cpus=cpus,
@@ -349,19 +354,21 @@ def _build_vm(index: int, vs: VmSpec, scenario: Scenario, host: Host, kvm: Kvm, 
 
 
 def _probe(vs: VmSpec, machine: Machine, vcpu: Vcpu, thread: VcpuThread, kernel: ModelKernel | None,
-           state: _VmState) -> VcpuProbe:
+           state: _VmState, *, carried: int = 0) -> VcpuProbe:
+    """How to read a vCPU's steal; `carried` is its truth on the hosts it was migrated from."""
+
     def truth() -> int:
         # run_delay growth since the guest's last PV_TIME_ST (which zeroes the record and moves
-        # KVM's baseline), or since the first vcpu_load for a guest that never calls it; once
-        # the VM has stopped, only up to its last entry: later waits are no guest's steal.
-        task = thread.task
-        first = baseline.get("st", thread.first_run_delay_ns)
-        if task is None or first is None:
-            return 0
-        now = task.run_delay_ns
-        if machine.stopped is not None and probe.entry_run_delay is not None:
-            now = probe.entry_run_delay
-        return now - first
+        # KVM's baseline), or since the first vcpu_load on this host (KVM re-baselines when the
+        # task changes) plus the steal carried from earlier hosts; up to the vCPU's latest guest
+        # entry. run_delay grows only when the thread arrives on a CPU, and while the VM runs
+        # every arrival is an entry; waits of a paused or stopped VM's thread are no one's steal.
+        if "st" in baseline:
+            first, prior = baseline["st"], 0
+        else:
+            first, prior = thread.first_run_delay_ns, carried
+        now = probe.entry_run_delay
+        return prior if now is None or first is None else prior + now - first
 
     def record() -> int | None:
         if not vs.pvtime:
