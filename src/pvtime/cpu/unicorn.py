@@ -11,7 +11,10 @@ What the hypervisor sees is what KVM/arm64 gives a VMM:
 - Traps: HVC and SMC go to the SMCCC dispatch; MRS/MSR of the generic-timer registers and
   MPIDR_EL1 are served by the hypervisor (`UC_HOOK_INSN`); every other system register is the
   engine's own. `HLT #0xF000` (Arm semihosting) stops with `StopKind.SEMIHOSTING`, the PC past it,
-  for the VMM to serve.
+  for the VMM to serve. An EL0 read of CNTVCT_EL0, CNTPCT_EL0 or CNTFRQ_EL0 that CNTKCTL_EL1
+  (as the hypervisor holds it) does not enable -- EL0VCTEN, EL0PCTEN, either for CNTFRQ -- traps
+  to EL1 as the architecture says: a synchronous exception with ESR_EL1.EC = 0x18 and the MRS's
+  ISS, ELR_EL1 = the MRS, PC = VBAR_EL1 + 0x400 (the guest kernel emulates it, e.g. for LPT).
 - Interrupts: there is no GIC. The only interrupt is the timers' level line (ENABLE && !IMASK &&
   count >= CVAL, from the hypervisor's `irq_pending`). When it is asserted and PSTATE.I is clear,
   the backend performs the architectural IRQ exception entry to EL1h: ELR_EL1 = the preferred
@@ -83,6 +86,11 @@ PSTATE_NZCV = 0xF << 28
 PSTATE_EL1H = 0b0101
 PSTATE_RESET = PSTATE_DAIF | PSTATE_EL1H  # KVM's vCPU reset: EL1h, DAIF masked
 _VALID_MODES = (0b0000, 0b0100, 0b0101)  # EL0t, EL1t, EL1h (KVM refuses the others)
+
+# EL0 counter access (CNTKCTL_EL1.EL0PCTEN bit 0, EL0VCTEN bit 1): the bits that enable each read.
+_EL0_COUNTER_ENABLE = {sysregs.CNTVCT_EL0: 0b10, sysregs.CNTPCT_EL0: 0b01, sysregs.CNTFRQ_EL0: 0b11}
+_EC_SYSREG = 0x18  # ESR_ELx.EC of a trapped MSR/MRS/system instruction
+_ESR_IL = 1 << 25
 
 WFI = 0xD503_207F
 HLT_SEMIHOSTING = 0xD45E_0000
@@ -198,6 +206,7 @@ class UnicornCpu:
         self._fault: Stop | None = None
         self._halted = False
         self._polls = 0  # consecutive one-block runs with the interrupt asserted but masked
+        self._el0_trap: int | None = None  # ESR of an EL0 counter read to deliver to EL1
         self.reset()
 
     # --- state -------------------------------------------------------------------------------
@@ -214,6 +223,7 @@ class UnicornCpu:
         self._mmio = None
         self._fault = None
         self._halted = False
+        self._el0_trap = None
 
     def load(self, program: object) -> None:
         """Model programs do not run here: place an ELF in guest RAM and set the PC instead."""
@@ -252,6 +262,9 @@ class UnicornCpu:
         """Write PSTATE, keeping SP_EL0/SP_EL1 banked correctly across an SPSel/EL change."""
         banks = self._read_banks()
         self._uc.reg_write(A.UC_ARM64_REG_PSTATE, value)
+        # unicorn's PSTATE write leaves QEMU's cached hflags (the EL code is translated for) stale,
+        # so an exception entry from EL0 would run the EL1 vector as EL0; a CP_REG write rebuilds them.
+        self._uc.reg_write(A.UC_ARM64_REG_CP_REG, (*_SPSR_EL1, self._uc.reg_read(A.UC_ARM64_REG_CP_REG, _SPSR_EL1)))
         self._write_banks(*banks)
 
     def read_core(self, reg_id: int) -> int:
@@ -362,6 +375,12 @@ class UnicornCpu:
                 err, self._hook_error = self._hook_error, None
                 raise err
             self._account()
+            if self._el0_trap is not None:
+                esr, self._el0_trap = self._el0_trap, None
+                self._take_el0_trap(esr)
+                if self._fault is not None:
+                    return self._fault
+                continue
             stop, self._stop = self._stop, None
             if stop is not None:
                 if stop.kind is StopKind.FAULT:
@@ -434,6 +453,31 @@ class UnicornCpu:
         self._set_pstate((pstate & PSTATE_NZCV) | PSTATE_DAIF | PSTATE_EL1H)
         uc.reg_write(A.UC_ARM64_REG_PC, vbar + offset)
 
+    def _take_el0_trap(self, esr: int) -> None:
+        """Synchronous exception entry to EL1h from EL0 (VBAR_EL1 + 0x400) for a trapped MRS."""
+        uc = self._uc
+        pstate = self.pstate()
+        pc = self._pc()  # the MRS: the preferred return address of a trapped instruction
+        vbar = uc.reg_read(A.UC_ARM64_REG_VBAR_EL1) & ~0x7FF
+        if self.read_word(vbar + 0x400) is None:
+            self._fault = self._fault_stop(pc, f"EL0 counter read trapped (CNTKCTL_EL1) with VBAR_EL1 = {vbar:#x}: "
+                                               f"no code at the vector {vbar + 0x400:#x}, the guest cannot take "
+                                               f"the exception")
+            return
+        uc.reg_write(A.UC_ARM64_REG_ESR_EL1, esr)
+        uc.reg_write(A.UC_ARM64_REG_ELR_EL1, pc)
+        uc.reg_write(A.UC_ARM64_REG_CP_REG, (*_SPSR_EL1, pstate & 0xFFFF_FFFF))
+        self._set_pstate((pstate & PSTATE_NZCV) | PSTATE_DAIF | PSTATE_EL1H)
+        uc.reg_write(A.UC_ARM64_REG_PC, vbar + 0x400)
+
+    def _el0_counter_trapped(self, sysreg: SysReg) -> bool:
+        """An MRS of `sysreg` now is an EL0 counter read that CNTKCTL_EL1 does not enable."""
+        enable = _EL0_COUNTER_ENABLE.get(sysreg)
+        if enable is None or self.pstate() & 0xC:  # not a counter register, or not at EL0
+            return False
+        assert self._traps is not None
+        return not self._traps.read_sysreg(sysregs.CNTKCTL_EL1) & enable
+
     def _finish_mmio(self) -> None:
         """kvm_handle_mmio_return: write a read's data to Rt, then step past the access."""
         pending, self._mmio = self._mmio, None
@@ -479,6 +523,17 @@ class UnicornCpu:
         if intno == _EXCP_SWI:
             pc -= 4  # the PC is already past an SVC
         word = self.read_word(pc)
+        if intno == _EXCP_UDEF and word is not None and word & 0xFFF0_0000 == 0xD530_0000:  # MRS
+            op0, op1, crn, crm, op2 = 2 | (word >> 19) & 1, (word >> 16) & 7, (word >> 12) & 15, (word >> 8) & 15, \
+                (word >> 5) & 7
+            sysreg = _TRAPPED.get((op0, op1, crn, crm, op2))
+            if sysreg is not None and self._el0_counter_trapped(sysreg):
+                # The engine's own access check refused it (its CNTKCTL_EL1 stays 0: the hypervisor
+                # serves that register): take the architectural trap to EL1 (after emu_start).
+                iss = op0 << 20 | op2 << 17 | op1 << 14 | crn << 10 | (word & 31) << 5 | crm << 1 | 1
+                self._el0_trap = _EC_SYSREG << 26 | _ESR_IL | iss
+                uc.emu_stop()
+                return
         if intno == _EXCP_UDEF and word == HLT_SEMIHOSTING:
             self._stop = Stop(StopKind.SEMIHOSTING, pc=pc, semihost_op=uc.reg_read(A.UC_ARM64_REG_X0) & 0xFFFF_FFFF,
                               semihost_param=uc.reg_read(A.UC_ARM64_REG_X1) & U64)
@@ -541,6 +596,8 @@ class UnicornCpu:
         if sysreg is None:
             return 0  # the engine's own register
         try:
+            if self._el0_counter_trapped(sysreg):
+                return 0  # the engine raises UNDEF at the MRS: _on_interrupt turns it into the trap
             self.counter.charge(4 * SYSREG_ACCESS_INSNS)
             self._account()  # the counter must include the instructions executed so far
             assert self._traps is not None
