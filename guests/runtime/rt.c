@@ -242,6 +242,26 @@ int rt_printf_unlocked(const char *fmt, ...)
 
 #define NSEC_PER_SEC 1000000000ULL
 
+u128 rt_udiv128_64(u128 n, u64 d, u64 *rem)
+{
+	u64 hi = (u64)(n >> 64), lo = (u64)n;
+	u64 q_hi = hi / d, q = 0;
+	hi %= d; /* hi < d from here on, so the low quotient fits 64 bits */
+	for (int i = 0; i < 64; i++) {
+		u64 carry = hi >> 63; /* 2*hi + bit may not fit: then it certainly exceeds d */
+		hi = (hi << 1) | (lo >> 63);
+		lo <<= 1;
+		q <<= 1;
+		if (carry || hi >= d) {
+			hi -= d; /* modulo 2^64: the true difference is < d */
+			q |= 1;
+		}
+	}
+	if (rem)
+		*rem = hi;
+	return ((u128)q_hi << 64) | q;
+}
+
 u64 rt_ticks_to_ns(u64 ticks, u64 freq)
 {
 	/* freq < 2^32, so (ticks % freq) * 1e9 < 2^62. */
@@ -289,12 +309,22 @@ u64 rt_wait_nonzero_u64(const volatile u64 *p, u64 timeout_ns)
 /* Exceptions                                                                                   */
 
 static volatile rt_irq_handler_fn irq_handler;
+static volatile rt_sync_handler_fn sync_handler;
 
 void rt_set_irq_handler(rt_irq_handler_fn fn)
 {
 	irq_handler = fn;
 	rt_dmb();
 }
+
+void rt_set_sync_handler(rt_sync_handler_fn fn)
+{
+	sync_handler = fn;
+	rt_dmb();
+}
+
+/* Saved SP_EL1 of each vCPU's rt_el0_call (start.S). */
+u64 rt_el0_saved_sp[RT_MAX_CPUS];
 
 static const char *const vec_kind[4] = {"synchronous", "IRQ", "FIQ", "SError"};
 static const char *const vec_from[4] = {"EL1h", "EL1t", "lower EL (AArch64)",
@@ -303,11 +333,13 @@ static const char *const vec_from[4] = {"EL1h", "EL1t", "lower EL (AArch64)",
 void rt_exception(u64 kind, struct rt_frame *f);
 void rt_exception(u64 kind, struct rt_frame *f)
 {
-	if (kind == RT_VEC_IRQ && irq_handler) {
+	if ((kind == RT_VEC_IRQ || kind == RT_VEC_IRQ + 8) && irq_handler) {
 		irq_handler(f);
 		return;
 	}
 	u64 esr = rt_read_sysreg(esr_el1);
+	if ((kind & 3) == RT_VEC_SYNC && kind < 12 && sync_handler && sync_handler(kind, esr, f))
+		return;
 	u64 far = rt_read_sysreg(far_el1);
 	rt_printf_unlocked("\nFATAL: cpu%u: unexpected %s exception from %s: ESR_EL1=0x%lx "
 			   "(EC=0x%x) ELR_EL1=0x%lx FAR_EL1=0x%lx SPSR_EL1=0x%lx\n",

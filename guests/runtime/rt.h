@@ -24,6 +24,7 @@ typedef int s32;
 typedef long s64;
 typedef unsigned long uptr;
 typedef unsigned long usize;
+typedef unsigned __int128 u128; /* products and the 128-by-64 division below */
 
 #define NULL ((void *)0)
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
@@ -245,6 +246,31 @@ static inline void rt_cntv_set_tval(s32 tval)
 	rt_isb();
 }
 static inline u64 rt_cntv_cval(void) { return rt_read_sysreg(cntv_cval_el0); }
+static inline u64 rt_cntpct(void)
+{
+	rt_isb();
+	return rt_read_sysreg(cntpct_el0);
+}
+
+/* CNTKCTL_EL1: EL0 access to the counters and the event stream (Arm ARM D13.8.14). */
+#define RT_CNTKCTL_EL0PCTEN (1u << 0)
+#define RT_CNTKCTL_EL0VCTEN (1u << 1)
+#define RT_CNTKCTL_EVNTEN (1u << 2)
+#define RT_CNTKCTL_EVNTI_SHIFT 4
+#define RT_CNTKCTL_EVNTI_MASK (0xfu << RT_CNTKCTL_EVNTI_SHIFT)
+static inline u32 rt_cntkctl(void) { return (u32)rt_read_sysreg(cntkctl_el1); }
+static inline void rt_set_cntkctl(u32 v)
+{
+	rt_write_sysreg(cntkctl_el1, v);
+	rt_isb();
+}
+
+/*
+ * (n / d, n % d) for a 128-bit n and a non-zero 64-bit d: the quotient (128 bits) is returned and
+ * the remainder stored at *rem (if not NULL). Shift-and-subtract: the build links no compiler-rt
+ * (-nostdlib), so clang's __udivti3 is not available.
+ */
+u128 rt_udiv128_64(u128 n, u64 d, u64 *rem);
 
 /* Counter ticks <-> nanoseconds at CNTFRQ (no 128-bit division needed). */
 u64 rt_ticks_to_ns(u64 ticks, u64 freq);
@@ -266,9 +292,39 @@ struct rt_frame {
 	u64 spsr;
 };
 
-/* Called on an IRQ taken from EL1h (VBAR_EL1 + 0x280), with IRQs masked. NULL: fatal. */
+/* Called on an IRQ taken from EL1h (VBAR_EL1 + 0x280) or from EL0 (+ 0x480), with IRQs masked.
+ * NULL: fatal. `frame->spsr` tells which (M[3:0] == 0: from EL0). */
 typedef void (*rt_irq_handler_fn)(struct rt_frame *frame);
 void rt_set_irq_handler(rt_irq_handler_fn fn);
+
+/* Called on a synchronous exception (kind = RT_VEC_SYNC, + 4 from EL1t, + 8 from EL0) with
+ * ESR_EL1; returns non-zero when it handled it (the frame, ELR included, is then restored and
+ * the exception returns), 0 to let the runtime report it as fatal. NULL: every one is fatal. */
+typedef int (*rt_sync_handler_fn)(u64 kind, u64 esr, struct rt_frame *frame);
+void rt_set_sync_handler(rt_sync_handler_fn fn);
+
+/* ESR_EL1 fields. EC 0x18: a trapped MSR/MRS; its ISS is Op0[21:20] Op2[19:17] Op1[16:14]
+ * CRn[13:10] Rt[9:5] CRm[4:1] Direction[0] (1 = read, MRS). */
+#define RT_ESR_EC(esr) (((esr) >> 26) & 0x3f)
+#define RT_ESR_EC_SYSREG 0x18
+#define RT_ESR_ISS_SYSREG_RT(esr) (((esr) >> 5) & 31)
+#define RT_ESR_ISS_SYSREG_READ(esr) ((esr) & 1)
+/* The register identity (Op0, Op2, Op1, CRn, CRm) of an EC 0x18 ISS, without Rt and Direction. */
+#define RT_ESR_ISS_SYSREG_ID(esr) ((esr) & 0x3ffc1e)
+#define RT_SYSREG_ISS_ID(op0, op1, crn, crm, op2)                                                \
+	(((u64)(op0) << 20) | ((u64)(op2) << 17) | ((u64)(op1) << 14) | ((u64)(crn) << 10) |     \
+	 ((u64)(crm) << 1))
+
+/*
+ * Run `fn(arg)` at EL0 (EL0t, DAIF clear, SP_EL0 = `sp_el0`, 16-byte aligned) and return when a
+ * handler of an exception taken from it calls rt_el0_exit(value): the call returns `value`, with
+ * the callee-saved registers, SP and DAIF as they were. `fn` must never return. One EL0 call per
+ * vCPU at a time (the context is saved per vCPU).
+ */
+u64 rt_el0_call(void (*fn)(u64), u64 arg, void *sp_el0);
+/* From an exception handler (EL1h, any depth): abandon the exception and the EL0 code, and make
+ * this vCPU's rt_el0_call return `value`. */
+__attribute__((noreturn)) void rt_el0_exit(u64 value);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Cross-CPU coordination (memory is Device-nGnRnE with the MMU off: no exclusives)            */

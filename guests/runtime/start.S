@@ -70,6 +70,61 @@ rt_park:
 	.size rt_common_entry, . - rt_common_entry
 
 /* ---------------------------------------------------------------------------------------- */
+/* EL0 calls (rt.h): rt_el0_call(fn, arg, sp_el0) saves the callee-saved registers, LR and DAIF
+ * on the EL1 stack, records SP_EL1 in rt_el0_saved_sp[Aff0] and ERETs to fn(arg) at EL0t with
+ * DAIF clear. An exception taken from EL0 pushes its frame below that save area; its handler
+ * calls rt_el0_exit(value), which drops everything below the save area and returns from
+ * rt_el0_call with `value`.                                                                   */
+
+	.section .text, "ax"
+	.global rt_el0_call
+	.type rt_el0_call, %function
+rt_el0_call:
+	sub	sp, sp, #112
+	stp	x19, x20, [sp, #0]
+	stp	x21, x22, [sp, #16]
+	stp	x23, x24, [sp, #32]
+	stp	x25, x26, [sp, #48]
+	stp	x27, x28, [sp, #64]
+	stp	x29, x30, [sp, #80]
+	mrs	x9, daif
+	str	x9, [sp, #96]
+	mrs	x9, mpidr_el1
+	and	x9, x9, #0xff
+	adrp	x10, rt_el0_saved_sp
+	add	x10, x10, :lo12:rt_el0_saved_sp
+	mov	x11, sp
+	str	x11, [x10, x9, lsl #3]
+	msr	daifset, #0xf
+	msr	sp_el0, x2
+	msr	elr_el1, x0
+	msr	spsr_el1, xzr		/* EL0t, DAIF clear */
+	mov	x0, x1
+	eret
+	.size rt_el0_call, . - rt_el0_call
+
+	.global rt_el0_exit
+	.type rt_el0_exit, %function
+rt_el0_exit:
+	mrs	x9, mpidr_el1
+	and	x9, x9, #0xff
+	adrp	x10, rt_el0_saved_sp
+	add	x10, x10, :lo12:rt_el0_saved_sp
+	ldr	x11, [x10, x9, lsl #3]
+	mov	sp, x11
+	ldp	x19, x20, [sp, #0]
+	ldp	x21, x22, [sp, #16]
+	ldp	x23, x24, [sp, #32]
+	ldp	x25, x26, [sp, #48]
+	ldp	x27, x28, [sp, #64]
+	ldp	x29, x30, [sp, #80]
+	ldr	x9, [sp, #96]
+	add	sp, sp, #112
+	msr	daif, x9
+	ret
+	.size rt_el0_exit, . - rt_el0_exit
+
+/* ---------------------------------------------------------------------------------------- */
 /* Vector table: every entry saves a struct rt_frame and calls rt_exception(kind, frame).   */
 
 	.macro	VENTRY kind
