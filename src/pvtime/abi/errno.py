@@ -2,6 +2,7 @@
 
 ENOENT = 2
 ENXIO = 6
+E2BIG = 7
 EFAULT = 14
 EBUSY = 16
 EEXIST = 17
@@ -10,6 +11,7 @@ EINVAL = 22
 NAMES: dict[int, str] = {
     ENOENT: "ENOENT",
     ENXIO: "ENXIO",
+    E2BIG: "E2BIG",
     EFAULT: "EFAULT",
     EBUSY: "EBUSY",
     EEXIST: "EEXIST",

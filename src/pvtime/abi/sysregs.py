@@ -27,6 +27,25 @@ CNTV_CVAL_EL0 = SysReg(3, 3, 14, 3, 2)
 CNTKCTL_EL1 = SysReg(3, 0, 14, 1, 0)
 MPIDR_EL1 = SysReg(3, 0, 0, 0, 5)
 
+# The EL1 (and EL0 thread-pointer) state a guest kernel holds, which a VMM saves and restores.
+SCTLR_EL1 = SysReg(3, 0, 1, 0, 0)
+CPACR_EL1 = SysReg(3, 0, 1, 0, 2)
+TTBR0_EL1 = SysReg(3, 0, 2, 0, 0)
+TTBR1_EL1 = SysReg(3, 0, 2, 0, 1)
+TCR_EL1 = SysReg(3, 0, 2, 0, 2)
+AFSR0_EL1 = SysReg(3, 0, 5, 1, 0)
+AFSR1_EL1 = SysReg(3, 0, 5, 1, 1)
+ESR_EL1 = SysReg(3, 0, 5, 2, 0)
+FAR_EL1 = SysReg(3, 0, 6, 0, 0)
+PAR_EL1 = SysReg(3, 0, 7, 4, 0)
+MAIR_EL1 = SysReg(3, 0, 10, 2, 0)
+AMAIR_EL1 = SysReg(3, 0, 10, 3, 0)
+VBAR_EL1 = SysReg(3, 0, 12, 0, 0)
+CONTEXTIDR_EL1 = SysReg(3, 0, 13, 0, 1)
+TPIDR_EL1 = SysReg(3, 0, 13, 0, 4)
+TPIDR_EL0 = SysReg(3, 3, 13, 0, 2)
+TPIDRRO_EL0 = SysReg(3, 3, 13, 0, 3)
+
 # CNTx_CTL_EL0 bits.
 CTL_ENABLE = 1 << 0
 CTL_IMASK = 1 << 1
@@ -44,6 +63,23 @@ NAMES: dict[SysReg, str] = {
     CNTV_CVAL_EL0: "CNTV_CVAL_EL0",
     CNTKCTL_EL1: "CNTKCTL_EL1",
     MPIDR_EL1: "MPIDR_EL1",
+    SCTLR_EL1: "SCTLR_EL1",
+    CPACR_EL1: "CPACR_EL1",
+    TTBR0_EL1: "TTBR0_EL1",
+    TTBR1_EL1: "TTBR1_EL1",
+    TCR_EL1: "TCR_EL1",
+    AFSR0_EL1: "AFSR0_EL1",
+    AFSR1_EL1: "AFSR1_EL1",
+    ESR_EL1: "ESR_EL1",
+    FAR_EL1: "FAR_EL1",
+    PAR_EL1: "PAR_EL1",
+    MAIR_EL1: "MAIR_EL1",
+    AMAIR_EL1: "AMAIR_EL1",
+    VBAR_EL1: "VBAR_EL1",
+    CONTEXTIDR_EL1: "CONTEXTIDR_EL1",
+    TPIDR_EL1: "TPIDR_EL1",
+    TPIDR_EL0: "TPIDR_EL0",
+    TPIDRRO_EL0: "TPIDRRO_EL0",
 }
 
 

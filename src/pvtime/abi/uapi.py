@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from pvtime.abi import sysregs
+
 # Capabilities.
 KVM_CAP_STEAL_TIME = 187
 
@@ -37,6 +39,7 @@ KVM_REG_SIZE_SHIFT = 52
 KVM_REG_SIZE_MASK = 0x00F0_0000_0000_0000
 KVM_REG_SIZE_U32 = 0x0020_0000_0000_0000
 KVM_REG_SIZE_U64 = 0x0030_0000_0000_0000
+KVM_REG_SIZE_U128 = 0x0040_0000_0000_0000
 KVM_REG_ARM_COPROC_SHIFT = 16
 KVM_REG_ARM_COPROC_MASK = 0x0000_0000_0FFF_0000
 KVM_REG_ARM_CORE = 0x0010 << KVM_REG_ARM_COPROC_SHIFT
@@ -74,7 +77,40 @@ REG_PC = core_reg(2 * 32)
 REG_PSTATE = core_reg(2 * 33)
 REG_SP_EL1 = core_reg(2 * 34)
 REG_ELR_EL1 = core_reg(2 * 35)
-REG_SPSR_EL1 = core_reg(2 * 36)
+REG_SPSR_EL1 = core_reg(2 * 36)  # spsr[KVM_SPSR_EL1 = 0]
+
+# struct kvm_regs.fp_regs (struct user_fpsimd_state, 16-byte aligned at byte 336):
+# vregs[32] (__uint128_t), then fpsr and fpcr (__u32).
+_FP_REGS_U32 = 336 // 4
+REG_FPSR = KVM_REG_ARM64 | KVM_REG_SIZE_U32 | KVM_REG_ARM_CORE | (_FP_REGS_U32 + 4 * 32)
+REG_FPCR = KVM_REG_ARM64 | KVM_REG_SIZE_U32 | KVM_REG_ARM_CORE | (_FP_REGS_U32 + 4 * 32 + 1)
+
+
+def reg_v(n: int) -> int:
+    """The id of FP/SIMD register Vn (0..31), a 128-bit core register."""
+    if not 0 <= n <= 31:
+        raise ValueError(f"v{n}: FP/SIMD registers are v0..v31")
+    return KVM_REG_ARM64 | KVM_REG_SIZE_U128 | KVM_REG_ARM_CORE | (_FP_REGS_U32 + 4 * n)
+
+
+def core_reg_size(reg_id: int) -> int | None:
+    """The size in bytes of the core register at an id's offset, None for no register there."""
+    index = reg_id & 0xFFFF
+    if index < 2 * 37:  # regs[31], sp, pc, pstate, sp_el1, elr_el1, spsr[0]
+        return 8 if index % 2 == 0 else None
+    if _FP_REGS_U32 <= index < _FP_REGS_U32 + 4 * 32:
+        return 16 if (index - _FP_REGS_U32) % 4 == 0 else None
+    if index in (_FP_REGS_U32 + 4 * 32, _FP_REGS_U32 + 4 * 32 + 1):
+        return 4
+    return None
+
+
+# Every KVM_REG_ARM_CORE register a pvtime vCPU has, in struct kvm_regs order. (KVM also lists
+# spsr[1..4], the AArch32 banked SPSRs; a pvtime vCPU has no AArch32 EL1, so they are absent.)
+CORE_REG_IDS: tuple[int, ...] = (
+    *(reg_x(n) for n in range(31)), REG_SP, REG_PC, REG_PSTATE, REG_SP_EL1, REG_ELR_EL1, REG_SPSR_EL1,
+    *(reg_v(n) for n in range(32)), REG_FPSR, REG_FPCR,
+)
 
 
 def sysreg(op0: int, op1: int, crn: int, crm: int, op2: int) -> int:
@@ -93,6 +129,16 @@ KVM_REG_ARM_PTIMER_CTL = sysreg(3, 3, 14, 2, 1)
 KVM_REG_ARM_PTIMER_CVAL = sysreg(3, 3, 14, 2, 2)
 KVM_REG_ARM_PTIMER_CNT = sysreg(3, 3, 14, 0, 1)
 KVM_REG_ARM_CNTKCTL_EL1 = sysreg(3, 0, 14, 1, 0)  # EL0 counter access and the event stream
+
+# The EL1 system registers a guest kernel holds (KVM's sys_reg_descs with user access), by
+# their KVM_REG_ARM64_SYSREG ids, sorted as KVM_GET_REG_LIST sorts them.
+EL1_SYSREGS: tuple[sysregs.SysReg, ...] = (
+    sysregs.SCTLR_EL1, sysregs.CPACR_EL1, sysregs.TTBR0_EL1, sysregs.TTBR1_EL1, sysregs.TCR_EL1,
+    sysregs.AFSR0_EL1, sysregs.AFSR1_EL1, sysregs.ESR_EL1, sysregs.FAR_EL1, sysregs.PAR_EL1,
+    sysregs.MAIR_EL1, sysregs.AMAIR_EL1, sysregs.VBAR_EL1, sysregs.CONTEXTIDR_EL1, sysregs.TPIDR_EL1,
+    sysregs.TPIDR_EL0, sysregs.TPIDRRO_EL0,
+)
+EL1_SYSREG_IDS: dict[int, sysregs.SysReg] = {sysreg(*r): r for r in sorted(EL1_SYSREGS, key=lambda r: sysreg(*r))}
 
 
 class ExitReason(IntEnum):

@@ -49,6 +49,20 @@ class GuestRegion(Protocol):
         """Guest writes to a read-only region are MMIO exits."""
         ...
 
+    # Dirty-page logging (KVM_MEM_LOG_DIRTY_PAGES): a backend whose guest stores bypass the
+    # hypervisor write-protects a logging region, calls `mark_dirty` at the first store to each
+    # page, and write-protects the region again whenever `log_generation` changes.
+    log_generation: int
+
+    @property
+    def dirty_logging(self) -> bool:
+        """Are writes to this region being logged?"""
+        ...
+
+    def mark_dirty(self, offset: int, size: int = 1) -> None:
+        """Record a guest store to [offset, offset+size) of the region."""
+        ...
+
 
 class VcpuTraps(Protocol):
     """What the hypervisor handles on behalf of a running vCPU."""
@@ -132,3 +146,8 @@ class CpuBackend(Protocol):
     def complete_mmio(self, data: bytes) -> None:
         """The data of the last MMIO read exit; applied (and the PC moved on) at the next execute()."""
         ...
+
+    # Optional (machine-code backends): `sys_regs`, the EL1 system registers by KVM id (a
+    # mapping like `core_regs`; an unknown id raises KeyError, a value the register cannot hold
+    # ValueError), and `complete_pending()`, which applies a completed MMIO access without
+    # executing anything (KVM_RUN with immediate_exit). The hypervisor keeps both for the others.

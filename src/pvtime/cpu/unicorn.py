@@ -8,6 +8,10 @@ What the hypervisor sees is what KVM/arm64 gives a VMM:
   when it has a valid syndrome (`mmio_decode`), and an internal error otherwise. During an MMIO
   exit the PC still points at the access; the next `execute()` writes a read's data (given with
   `complete_mmio`) to the destination register and moves the PC past it (kvm_handle_mmio_return).
+  Dirty logging (KVM_MEM_LOG_DIRTY_PAGES) is KVM's stage-2 write protection: a logging slot is
+  mapped read-only in the engine; the first store to a page stops the engine at the store, the
+  page is marked dirty and made writable, and the store is retried. Reading the log
+  (KVM_GET_DIRTY_LOG) changes the slot's `log_generation`, and the next execute() protects it again.
 - Traps: HVC and SMC go to the SMCCC dispatch; MRS/MSR of the generic-timer registers and
   MPIDR_EL1 are served by the hypervisor (`UC_HOOK_INSN`); every other system register is the
   engine's own. `HLT #0xF000` (Arm semihosting) stops with `StopKind.SEMIHOSTING`, the PC past it,
@@ -58,9 +62,10 @@ _reg_write_batch = uclib.uc_reg_write_batch
 from pvtime.abi import sysregs
 from pvtime.abi.sysregs import SysReg
 from pvtime.abi.uapi import (
-    REG_ELR_EL1, REG_PC, REG_PSTATE, REG_SP, REG_SP_EL1, REG_SPSR_EL1, reg_x,
+    EL1_SYSREG_IDS, PAGE_SIZE, REG_ELR_EL1, REG_FPCR, REG_FPSR, REG_PC, REG_PSTATE, REG_SP, REG_SP_EL1,
+    REG_SPSR_EL1, reg_v, reg_x,
 )
-from pvtime.cpu.backend import Clock, Conduit, GuestFault, Stop, StopKind, VcpuTraps
+from pvtime.cpu.backend import Clock, Conduit, GuestFault, GuestRegion, Stop, StopKind, VcpuTraps
 from pvtime.cpu.block_counter import BlockCounter
 from pvtime.cpu.disasm import disassemble
 from pvtime.cpu.mmio_decode import MmioAccess, decode
@@ -112,6 +117,8 @@ _TRAPPED: dict[tuple[int, int, int, int, int], SysReg] = {tuple(r): r for r in (
 )}
 
 _X_REGS = [getattr(A, f"UC_ARM64_REG_X{i}") for i in range(31)]
+_V_REGS = {reg_v(i): getattr(A, f"UC_ARM64_REG_Q{i}") for i in range(32)}
+U128 = (1 << 128) - 1
 _NEVER = 0xFFFF_FFFF_FFFF_FFFC  # `until` address for emu_start: never reached
 
 # SCR_EL3 (op0=3, op1=6, CRn=1, CRm=1, op2=0): NS | HCE | RW, so that HVC is enabled and EL1 is
@@ -155,6 +162,35 @@ class CoreRegs:
         self._cpu.reset()
 
 
+class SysRegs:
+    """The vCPU's EL1 system registers (`EL1_SYSREG_IDS`) by KVM id, read and written in the engine.
+
+    A mapping for `Vcpu`'s ONE_REG: an id outside the set raises KeyError (ENOENT); a value the
+    engine does not keep as written (AMAIR_EL1, AFSR0/1_EL1 are RAZ/WI on this CPU) ValueError
+    (EINVAL), as KVM refuses a value an invariant register cannot take.
+    """
+
+    def __init__(self, cpu: UnicornCpu) -> None:
+        self._uc = cpu._uc
+
+    def __contains__(self, reg_id: object) -> bool:
+        return reg_id in EL1_SYSREG_IDS
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(EL1_SYSREG_IDS)
+
+    def __getitem__(self, reg_id: int) -> int:
+        r = EL1_SYSREG_IDS[reg_id]
+        return self._uc.reg_read(A.UC_ARM64_REG_CP_REG, (r.crn, r.crm, r.op0, r.op1, r.op2)) & U64
+
+    def __setitem__(self, reg_id: int, value: int) -> None:
+        r = EL1_SYSREG_IDS[reg_id]
+        self._uc.reg_write(A.UC_ARM64_REG_CP_REG, (r.crn, r.crm, r.op0, r.op1, r.op2, value & U64))
+        now = self[reg_id]
+        if now != value & U64:
+            raise ValueError(f"{value:#x} written, the register reads {now:#x} (fixed or RAZ/WI bits)")
+
+
 class UnicornCpu:
     """Executes one vCPU's AArch64 code in its own unicorn engine, resumable across slices."""
 
@@ -172,6 +208,7 @@ class UnicornCpu:
         uc.ctl_set_cpu_model(A.UC_CPU_ARM64_A72)
         uc.reg_write(A.UC_ARM64_REG_CP_REG, (*_SCR_EL3, _SCR_NS_HCE_RW))
         self._uc = uc
+        self.sys_regs = SysRegs(self)
         self._reset_context = uc.context_save()
         self.counter = BlockCounter(uc, native=native_counter)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
@@ -197,6 +234,11 @@ class UnicornCpu:
         self._ram: list[tuple[int, int, memoryview]] = []  # (gpa, size, buffer) of the mapped slots
         self._mapped: list[tuple[int, int, bool, int]] = []
         self._buffers: list[object] = []  # ctypes views keeping the mapped buffers exported
+        # Dirty logging: the log_generation each logging slot was last write-protected for (by
+        # guest address), the logging slots, and the write-protect fault to serve (slot, addr, size).
+        self._wp: dict[int, int | None] = {}
+        self._logged: list[GuestRegion] = []
+        self._wp_fault: tuple[GuestRegion, int, int] | None = None
         self._traps: VcpuTraps | None = None
         self._clock: Clock | None = None
         self._accounted = 0  # counter bytes already turned into time
@@ -285,11 +327,23 @@ class UnicornCpu:
             return uc.reg_read(A.UC_ARM64_REG_ELR_EL1) & U64
         if reg_id == REG_SPSR_EL1:
             return uc.reg_read(A.UC_ARM64_REG_CP_REG, _SPSR_EL1) & U64
+        if reg_id in _V_REGS:
+            return uc.reg_read(_V_REGS[reg_id]) & U128
+        if reg_id == REG_FPSR:
+            return uc.reg_read(A.UC_ARM64_REG_FPSR) & 0xFFFF_FFFF
+        if reg_id == REG_FPCR:
+            return uc.reg_read(A.UC_ARM64_REG_FPCR) & 0xFFFF_FFFF
         raise KeyError(reg_id)
 
     def write_core(self, reg_id: int, value: int) -> None:
         """ONE_REG write of a core register by KVM id."""
         uc = self._uc
+        if reg_id in _V_REGS:
+            uc.reg_write(_V_REGS[reg_id], value & U128)
+            return
+        if reg_id in (REG_FPSR, REG_FPCR):
+            uc.reg_write(A.UC_ARM64_REG_FPSR if reg_id == REG_FPSR else A.UC_ARM64_REG_FPCR, value & 0xFFFF_FFFF)
+            return
         value &= U64
         for n in range(31):
             if reg_id == reg_x(n):
@@ -318,6 +372,12 @@ class UnicornCpu:
         if self._mmio is None or self._mmio.access.is_write:
             raise RuntimeError(f"vCPU {self.index}: no MMIO read is pending")
         self._mmio.data = bytes(data)
+
+    def complete_pending(self) -> None:
+        """KVM_RUN with immediate_exit: finish an MMIO access (a read with the data given, zeros if
+        none, as KVM uses kvm_run.mmio.data) without executing; the state is then complete."""
+        if self._mmio is not None:
+            self._finish_mmio()
 
     def read_word(self, addr: int) -> int | None:
         """The 32-bit instruction word at a guest address, or None where nothing is mapped."""
@@ -369,12 +429,15 @@ class UnicornCpu:
             try:
                 uc.emu_start(self._pc(), _NEVER)
             except UcError as err:
-                if self._stop is None:
+                if self._stop is None and self._wp_fault is None:
                     self._stop = self._fault_stop(uc.reg_read(A.UC_ARM64_REG_PC), f"unicorn: {err}")
             if self._hook_error is not None:
                 err, self._hook_error = self._hook_error, None
                 raise err
             self._account()
+            if self._wp_fault is not None:
+                self._log_write()  # the store is retried when the engine resumes at its PC
+                continue
             if self._el0_trap is not None:
                 esr, self._el0_trap = self._el0_trap, None
                 self._take_el0_trap(esr)
@@ -491,8 +554,11 @@ class UnicornCpu:
         """Map the VM's memslots (again, if the VMM changed them since the last run)."""
         slots = sorted(traps.memslots(), key=lambda s: s.guest_phys_addr)
         wanted = [(s.guest_phys_addr, s.memory_size, bool(s.readonly), id(s.buffer.obj)) for s in slots]
-        if wanted == self._mapped:
-            return
+        if wanted != self._mapped:
+            self._map(slots, wanted)
+        self._protect_logged(slots)
+
+    def _map(self, slots: list[GuestRegion], wanted: list[tuple[int, int, bool, int]]) -> None:
         uc = self._uc
         for gpa, size, _, _ in self._mapped:
             uc.mem_unmap(gpa, size)
@@ -504,6 +570,34 @@ class UnicornCpu:
             self._buffers.append(view)
             self._ram.append((slot.guest_phys_addr, slot.memory_size, slot.buffer))
             self._mapped.append(key)
+        self._wp = {}
+
+    def _protect_logged(self, slots: list[GuestRegion]) -> None:
+        """Write-protect every logging slot whose log was read since (KVM's stage-2 write protection
+        after KVM_GET_DIRTY_LOG); make a slot writable again when its logging stops."""
+        self._logged = []
+        for slot in slots:
+            if slot.readonly:
+                continue
+            gen = slot.log_generation if slot.dirty_logging else None
+            if gen is not None:
+                self._logged.append(slot)
+            if self._wp.get(slot.guest_phys_addr) != gen:
+                prot = UC_PROT_READ | UC_PROT_EXEC | (0 if gen is not None else UC_PROT_WRITE)
+                self._uc.mem_protect(slot.guest_phys_addr, slot.memory_size, prot)
+                self._wp[slot.guest_phys_addr] = gen
+
+    def _log_write(self) -> None:
+        """A guest store hit a write-protected page of a logging slot: mark it dirty, let it write."""
+        fault, self._wp_fault = self._wp_fault, None
+        assert fault is not None
+        slot, address, size = fault
+        off = address - slot.guest_phys_addr
+        end = min(off + max(size, 1), slot.memory_size)
+        slot.mark_dirty(off, end - off)
+        first = off - off % PAGE_SIZE
+        last = (end - 1) - (end - 1) % PAGE_SIZE + PAGE_SIZE
+        self._uc.mem_protect(slot.guest_phys_addr + first, last - first, UC_PROT_READ | UC_PROT_EXEC | UC_PROT_WRITE)
 
     # --- diagnostics -------------------------------------------------------------------------
 
@@ -567,6 +661,12 @@ class UnicornCpu:
         # No timer is an SMCCC/PSCI call's business: the budget stands.
 
     def _on_memory(self, uc: Uc, access: int, address: int, size: int, value: int, user: object) -> bool:
+        if access == UC_MEM_WRITE_PROT:
+            for slot in self._logged:
+                if slot.guest_phys_addr <= address < slot.guest_phys_addr + slot.memory_size:
+                    self._wp_fault = (slot, address, size)  # served in _run (not in a hook)
+                    uc.emu_stop()
+                    return False
         pc = self._pc()
         if access == UC_MEM_FETCH_UNMAPPED:
             self._stop = Stop(StopKind.FAULT, pc=address, instruction="(no memory at the PC)",

@@ -129,7 +129,7 @@ class ArchTimer:
         for timer, offset in ((self.vtimer, self.counter.poffset + self.counter.voffset),
                               (self.ptimer, self.counter.poffset)):
             if timer.ctl & CTL_ENABLE and not timer.ctl & CTL_IMASK:
-                fires.append(timer.cval + offset)
+                fires.append((timer.cval + offset) & U64)  # the offsets are mod 2^64 (a counter behind the guest's)
         return min(fires) if fires else None
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
-from pvtime.abi.errno import EEXIST, EINVAL
-from pvtime.abi.uapi import KVM_MEM_READONLY, KVM_MEM_VALID_FLAGS, KVM_USER_MEM_SLOTS, PAGE_SIZE
+from pvtime.abi.errno import EEXIST, EINVAL, ENOENT
+from pvtime.abi.uapi import (
+    KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_MEM_VALID_FLAGS, KVM_USER_MEM_SLOTS, PAGE_SIZE,
+)
 from pvtime.kvm.errors import KvmError
 
 
@@ -18,7 +21,12 @@ class Memslot:
     memory_size: int
     flags: int
     buffer: memoryview
-    dirty_pages: set[int] = field(default_factory=set)  # page indexes written by the host
+    # KVM_MEM_LOG_DIRTY_PAGES: the page indexes written since the last KVM_GET_DIRTY_LOG, by the
+    # host (kvm_write_guest) and by guest stores (a CPU backend's write-protect fault).
+    dirty_pages: set[int] = field(default_factory=set)
+    # Changes (process-unique) whenever guest write protection must be re-armed: a new slot, and
+    # each KVM_GET_DIRTY_LOG. A CPU backend that caches write access re-protects when it changes.
+    log_generation: int = field(default_factory=lambda: next(_generations))
 
     @property
     def end(self) -> int:
@@ -30,9 +38,22 @@ class Memslot:
         """KVM_MEM_READONLY: guest writes exit to the VMM, host writes fail."""
         return bool(self.flags & KVM_MEM_READONLY)
 
+    @property
+    def dirty_logging(self) -> bool:
+        """KVM_MEM_LOG_DIRTY_PAGES is set: writes are recorded in `dirty_pages`."""
+        return bool(self.flags & KVM_MEM_LOG_DIRTY_PAGES)
+
+    def mark_dirty(self, offset: int, size: int = 1) -> None:
+        """mark_page_dirty for the bytes [offset, offset+size) of the slot (only while logging)."""
+        if self.flags & KVM_MEM_LOG_DIRTY_PAGES:
+            self.dirty_pages.update(range(offset // PAGE_SIZE, (offset + max(size, 1) - 1) // PAGE_SIZE + 1))
+
     def contains(self, gpa: int, size: int = 1) -> bool:
         """Is [gpa, gpa+size) inside the slot?"""
         return self.guest_phys_addr <= gpa and gpa + size <= self.end
+
+
+_generations = itertools.count(1)
 
 
 class GuestMemory:
@@ -104,9 +125,25 @@ class GuestMemory:
             return False
         off = gpa - s.guest_phys_addr
         s.buffer[off:off + len(data)] = data
-        first, last = off // PAGE_SIZE, (off + max(len(data), 1) - 1) // PAGE_SIZE
-        s.dirty_pages.update(range(first, last + 1))
+        if s.flags & KVM_MEM_LOG_DIRTY_PAGES:
+            s.mark_dirty(off, len(data))
         return True
+
+    def get_dirty_log(self, slot: int) -> bytes:
+        """KVM_GET_DIRTY_LOG: the slot's dirty bitmap (bit i of the little-endian u64 array = page
+        i), then clear it and write-protect the slot again. ENOENT when the slot does not log."""
+        if not 0 <= slot < KVM_USER_MEM_SLOTS:
+            raise KvmError(EINVAL, f"memslot {slot}: slot must be in 0..{KVM_USER_MEM_SLOTS - 1}")
+        s = self.slots.get(slot)
+        if s is None or not s.dirty_logging:
+            raise KvmError(ENOENT, f"memslot {slot}: no dirty log (KVM_MEM_LOG_DIRTY_PAGES not set)")
+        npages = s.memory_size // PAGE_SIZE
+        bitmap = bytearray((npages + 63) // 64 * 8)
+        for page in s.dirty_pages:
+            bitmap[page >> 3] |= 1 << (page & 7)
+        s.dirty_pages = set()
+        s.log_generation = next(_generations)
+        return bytes(bitmap)
 
     def writable_page(self, gpa: int) -> bool:
         """gfn_to_hva succeeds for writing: the page is in a writable slot."""

@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pvtime.abi import sysregs
-from pvtime.abi.errno import EBUSY, EFAULT, EINVAL, ENOENT, ENXIO
+from pvtime.abi.errno import E2BIG, EBUSY, EFAULT, EINVAL, ENOENT, ENXIO
 from pvtime.abi.sysregs import SysReg
 from pvtime.abi.uapi import (
     KVM_ARM_VCPU_PVTIME_CTRL, KVM_INTERNAL_ERROR_EMULATION, KVM_REG_ARM_CORE,
     KVM_REG_ARM_COPROC_MASK, KVM_REG_ARM_STD_HYP_BMAP, KVM_REG_ARM_TIMER_CNT,
     KVM_REG_ARM_TIMER_CTL, KVM_REG_ARM_TIMER_CVAL, KVM_REG_ARM_PTIMER_CNT,
     KVM_REG_ARM_PTIMER_CTL, KVM_REG_ARM_PTIMER_CVAL, KVM_REG_SIZE_MASK, REG_PC, reg_size, reg_x,
-    KVM_REG_ARM_CNTKCTL_EL1,
+    KVM_REG_ARM_CNTKCTL_EL1, CORE_REG_IDS, EL1_SYSREG_IDS, core_reg_size,
 )
 from pvtime.cpu.backend import Conduit, CpuBackend, GuestFault, GuestRegion, Stop, StopKind
 from pvtime.guest.machine import ModelProgram
@@ -55,6 +55,10 @@ class Vcpu:
         self.timer = ArchTimer(vm.counter)
         self.stats = VcpuStats()
         self.powered_off = False
+        # kvm_run.immediate_exit: run() finishes a completed MMIO access and returns at once
+        # (-EINTR), entering nothing -- how a VMM quiesces a vCPU before saving its state.
+        self.immediate_exit = False
+        self._sysreg_file = dict(_SYSREG_RESET)  # EL1 registers for a backend that has none
         self._system_event: int | None = None
         self._wake: Callable[[], None] | None = None
 
@@ -98,6 +102,11 @@ class Vcpu:
                 raise KvmError(EINVAL, f"core register {reg_id:#x}: {err}") from None
         elif reg_id in _TIMER_REGS:
             self._set_timer_reg(reg_id, val)
+        elif reg_id in EL1_SYSREG_IDS:
+            try:
+                self.sys_regs[reg_id] = val
+            except ValueError as err:
+                raise KvmError(EINVAL, f"{sysregs.name(EL1_SYSREG_IDS[reg_id])}: {err}") from None
         else:
             raise KvmError(ENOENT, f"register {reg_id:#x}: unknown")
 
@@ -113,14 +122,41 @@ class Vcpu:
                 raise KvmError(ENOENT, f"core register {reg_id:#x}: unknown") from None
         if reg_id in _TIMER_REGS:
             return self.read_sysreg(_TIMER_REGS[reg_id])
+        if reg_id in EL1_SYSREG_IDS:
+            return self.sys_regs[reg_id]
         raise KvmError(ENOENT, f"register {reg_id:#x}: unknown")
+
+    @property
+    def sys_regs(self) -> dict[int, int]:
+        """The EL1 system registers by KVM id: the backend's (in its engine), or KVM's own copy."""
+        regs = getattr(self.cpu, "sys_regs", None)
+        return self._sysreg_file if regs is None else regs
+
+    def get_reg_list(self, n: int | None = None) -> list[int]:
+        """KVM_GET_REG_LIST: the id of every register this vCPU has for ONE_REG, in KVM's order
+        (core, firmware, timer, then system registers by id). `n` is kvm_reg_list.n: E2BIG when
+        it is smaller than the list (the count is in the error message, as KVM writes it to n)."""
+        regs = [*CORE_REG_IDS, KVM_REG_ARM_STD_HYP_BMAP,
+                KVM_REG_ARM_TIMER_CTL, KVM_REG_ARM_TIMER_CNT, KVM_REG_ARM_TIMER_CVAL,
+                KVM_REG_ARM_PTIMER_CTL, KVM_REG_ARM_PTIMER_CNT, KVM_REG_ARM_PTIMER_CVAL,
+                *sorted([*EL1_SYSREG_IDS, KVM_REG_ARM_CNTKCTL_EL1])]
+        if n is not None and n < len(regs):
+            raise KvmError(E2BIG, f"KVM_GET_REG_LIST: n = {n}, the vCPU has {len(regs)} registers")
+        return regs
 
     def _reg_size(self, reg_id: int) -> int:
         """The size a register id encodes; ENOENT when a known register is named with another size."""
         size = reg_size(reg_id)
         base = reg_id & ~KVM_REG_SIZE_MASK
+        if base & KVM_REG_ARM_COPROC_MASK == KVM_REG_ARM_CORE:
+            want = core_reg_size(reg_id)
+            if want is None:
+                raise KvmError(ENOENT, f"core register {reg_id:#x}: no register at that offset")
+            if size != want:
+                raise KvmError(ENOENT, f"register {reg_id:#x}: size {size} bytes, the register has {want}")
+            return size
         known = (base == KVM_REG_ARM_STD_HYP_BMAP & ~KVM_REG_SIZE_MASK
-                 or base in _TIMER_BASES or base & KVM_REG_ARM_COPROC_MASK == KVM_REG_ARM_CORE)
+                 or base in _TIMER_BASES or base in _EL1_BASES)
         if known and size != 8:
             raise KvmError(ENOENT, f"register {reg_id:#x}: size {size} bytes, the register has 8")
         return size
@@ -146,6 +182,7 @@ class Vcpu:
         self.powered_off = power_off
         self.timer.vtimer.ctl = self.timer.ptimer.ctl = 0
         self._system_event = None
+        self._sysreg_file = dict(_SYSREG_RESET)
         self.cpu.core_regs.clear()  # EL1h, MMU off, DAIF masked (the unicorn backend resets its engine)
 
     def adopt_model_cpu(self, cpu: CpuBackend) -> None:
@@ -202,6 +239,11 @@ class Vcpu:
         slice_ = host.current
         if slice_ is None:
             raise RuntimeError(f"{self}: run() must be called by a host task on a CPU (Host.on_cpu)")
+        if self.immediate_exit:
+            complete = getattr(self.cpu, "complete_pending", None)
+            if complete is not None:
+                complete()
+            return IntrExit()
         self.stats.runs += 1
         self.vm.note_first_run()
         self._vcpu_load(slice_.task)
@@ -291,6 +333,10 @@ _TIMER_REGS: dict[int, SysReg] = {
     KVM_REG_ARM_CNTKCTL_EL1: sysregs.CNTKCTL_EL1,
 }
 _TIMER_BASES = frozenset(r & ~KVM_REG_SIZE_MASK for r in _TIMER_REGS)
+_EL1_BASES = frozenset(r & ~KVM_REG_SIZE_MASK for r in EL1_SYSREG_IDS)
+# KVM's reset values (sys_reg_descs): SCTLR_EL1 has its RES1 bits set, the others are 0.
+_SYSREG_RESET: dict[int, int] = {r: 0 for r in EL1_SYSREG_IDS}
+_SYSREG_RESET[next(i for i, r in EL1_SYSREG_IDS.items() if r == sysregs.SCTLR_EL1)] = 0x00C5_0078
 
 
 def _reg_value(value: object, size: int, reg_id: int) -> int:

@@ -54,6 +54,11 @@ class Vm:
         """KVM_SET_USER_MEMORY_REGION: back `memory_size` bytes at `guest_phys_addr` with `userspace`."""
         self.memory.set_region(slot, guest_phys_addr, memory_size, userspace, flags)
 
+    def get_dirty_log(self, slot: int) -> bytes:
+        """KVM_GET_DIRTY_LOG: the bitmap of pages written in `slot` (a slot with
+        KVM_MEM_LOG_DIRTY_PAGES) since the last call, which clears it and write-protects again."""
+        return self.memory.get_dirty_log(slot)
+
     def create_vcpu(self, vcpu_id: int) -> Vcpu:
         """KVM_CREATE_VCPU."""
         if not 0 <= vcpu_id < MAX_VCPUS:

@@ -3,13 +3,19 @@
 The VMM side of REFERENCE section 5's migration, through the kvm API only, as a real VMM does it:
 
 - **Memory**: the VMM's own buffers (RAM, and the PV-time granule holding the stolen-time and LPT
-  records -- which is how steal and the LPT sequence travel: in guest memory). Pre-copy rounds
-  send every page that differs from what the destination already holds (the first round: every
-  non-zero page), diffing against the copy sent -- exact for every CPU backend, including guests
-  whose stores bypass KVM's dirty log (unicorn writes RAM directly).
-- **vCPU state** with ``get_one_reg``: the core registers; the timer registers by their KVM ids
-  (``KVM_REG_ARM_{,P}TIMER_{CTL,CVAL,CNT}``) and CNTKCTL_EL1; the firmware bitmap; the power
-  state. **Attributes** with ``get_device_attr``: each vCPU's stolen-time IPA, the LPT IPA and
+  records -- which is how steal and the LPT sequence travel: in guest memory). The first pre-copy
+  round turns on ``KVM_MEM_LOG_DIRTY_PAGES`` for every slot and sends every non-zero page; each
+  later part sends the pages ``vm.get_dirty_log(slot)`` reports (KVM_GET_DIRTY_LOG, which clears
+  the log and write-protects again), as QEMU does. Guest stores are logged by every CPU backend
+  (unicorn: write protection and a fault at the first store to a page; model: its stores trap to
+  KVM), host writes (stolen-time and LPT records) by KVM. A one-part snapshot sends every non-zero
+  page. If the migration fails, logging is turned off again.
+- **vCPU state** with ``get_reg_list`` + ``get_one_reg``: every register the vCPU has, as QEMU
+  saves it (core registers with FP/SIMD, the EL1 system registers, the timer registers by their
+  KVM ids, CNTKCTL_EL1, the firmware bitmap), and the power state. Before saving, each vCPU is
+  quiesced with ``KVM_RUN`` + ``immediate_exit``, which completes an MMIO access the VMM has
+  answered (KVM keeps that state out of userspace's sight); semihosting calls are complete when
+  they exit (the PC is past the HLT and the VMM sets x0). **Attributes** with ``get_device_attr``: each vCPU's stolen-time IPA, the LPT IPA and
   frequency. The destination sets them all again, in KVM's required order (memory first, then
   attributes, then ``KVM_ARM_VCPU_INIT`` and registers; the physical counter before the virtual
   one, because CNTVOFF is relative to CNTPCT).
@@ -20,7 +26,8 @@ The VMM side of REFERENCE section 5's migration, through the kvm API only, as a 
   (:mod:`pvtime.kvm.lpt`). A VM without LPT gets no rescale: its counter continues at the new
   host's rate, as KVM does.
 - **The guest program**. Unicorn guests are machine code in RAM plus registers: fully in the
-  stream. A *resident* model program (``resident_name`` attribute, state only in guest RAM,
+  stream, so they migrate in-process and between processes. (A vCPU halted in WFI resumes past
+  it: a spurious wake-up, which the architecture allows, as after a KVM migration.) A *resident* model program (``resident_name`` attribute, state only in guest RAM,
   e.g. :class:`pvtime.guest.clockwatch.ClockWatch`) is named in the stream and re-instantiated
   by name: it migrates between processes too. Any other model program (the model Linux kernel)
   keeps its execution state in Python generators, which no byte stream can carry honestly: the
@@ -28,8 +35,9 @@ The VMM side of REFERENCE section 5's migration, through the kvm API only, as a 
   through a :class:`ModelHandover` (``Vcpu.adopt_model_cpu``). A receiver without that hand-over
   (another process) refuses the stream with a clear error.
 
-Failure is safe: saving never changes the source; a refused part changes nothing at the
-destination; if the final restore fails the source is resumed and keeps running
+Failure is safe: saving changes nothing the source guest can see (dirty logging only costs it a
+write-protect fault per page per round); a refused part changes nothing at the destination; if
+the final restore fails the source is resumed, without dirty logging, and keeps running
 (:meth:`LiveMigration.complete`).
 """
 
@@ -44,10 +52,10 @@ from pvtime.abi.errno import ENXIO
 from pvtime.abi.records import LPT_RECORD_SIZE, LptRecord
 from pvtime.abi.uapi import (
     INVALID_GPA, KVM_ARM_VCPU_PVTIME_CTRL, KVM_ARM_VCPU_PVTIME_IPA, KVM_ARM_VM_PVTIME_LPT_CTRL,
-    KVM_ARM_VM_PVTIME_LPT_FREQ, KVM_ARM_VM_PVTIME_LPT_IPA, KVM_CAP_STEAL_TIME, KVM_REG_ARM_CNTKCTL_EL1,
-    KVM_REG_ARM_PTIMER_CNT, KVM_REG_ARM_PTIMER_CTL, KVM_REG_ARM_PTIMER_CVAL,
+    KVM_ARM_VM_PVTIME_LPT_FREQ, KVM_ARM_VM_PVTIME_LPT_IPA, KVM_CAP_STEAL_TIME, KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_REG_ARM_CNTKCTL_EL1, KVM_REG_ARM_PTIMER_CNT, KVM_REG_ARM_PTIMER_CTL, KVM_REG_ARM_PTIMER_CVAL,
     KVM_REG_ARM_STD_HYP_BMAP, KVM_REG_ARM_TIMER_CNT, KVM_REG_ARM_TIMER_CTL, KVM_REG_ARM_TIMER_CVAL,
-    NSEC_PER_SEC, PAGE_SIZE, REG_ELR_EL1, REG_PC, REG_PSTATE, REG_SP, REG_SP_EL1, REG_SPSR_EL1, reg_x,
+    NSEC_PER_SEC, PAGE_SIZE,
 )
 from pvtime.guest.clockwatch import ClockWatch
 from pvtime.guest.machine import ModelProgram
@@ -63,13 +71,14 @@ __all__ = [
 ]
 
 U64 = (1 << 64) - 1
-_DIFF_CHUNK = 16 * PAGE_SIZE
-CORE_REGS = [reg_x(i) for i in range(31)] + [REG_SP, REG_PC, REG_PSTATE, REG_SP_EL1, REG_ELR_EL1, REG_SPSR_EL1]
-# Restore order matters: CNTPCT before CNTVCT (CNTVOFF is relative to CNTPCT), compare values
-# before the controls that arm them.
+_ZERO_CHUNK = bytes(16 * PAGE_SIZE)
+# Restore order: every register in the order KVM_GET_REG_LIST gave, except the counters and
+# timers, which come last and in this order: CNTPCT before CNTVCT (CNTVOFF is relative to
+# CNTPCT), compare values before the controls that arm them.
 COUNTER_REGS = [KVM_REG_ARM_PTIMER_CNT, KVM_REG_ARM_TIMER_CNT]
 TIMER_REGS = [KVM_REG_ARM_PTIMER_CVAL, KVM_REG_ARM_TIMER_CVAL, KVM_REG_ARM_PTIMER_CTL,
               KVM_REG_ARM_TIMER_CTL, KVM_REG_ARM_CNTKCTL_EL1]
+_LAST = frozenset(COUNTER_REGS + TIMER_REGS)
 # Model programs whose whole state lives in guest RAM: migrated by name, across processes too.
 RESIDENT_PROGRAMS: dict[str, Callable[[dict[str, Any]], ModelProgram]] = {
     ClockWatch.resident_name: ClockWatch.from_options,
@@ -134,7 +143,19 @@ def _at(host: Host, now_ns: int) -> Any:
 def _config_json(config: MachineConfig) -> dict[str, Any]:
     return {"name": config.name, "vcpus": config.vcpus, "memory_mib": config.memory_mib,
             "pvtime": config.pvtime, "quirks": config.quirks.value, "lpt_pv_hz": config.lpt_pv_hz,
-            "layout": dataclasses.asdict(config.layout)}
+            "layout": dataclasses.asdict(config.layout), "cpu": config.cpu,
+            "instructions_per_sec": config.instructions_per_sec}
+
+
+def dirty_pages(bitmap: bytes) -> list[int]:
+    """The page indexes set in a KVM_GET_DIRTY_LOG bitmap, in order."""
+    out = []
+    for i, byte in enumerate(bitmap):
+        while byte:
+            low = byte & -byte
+            out.append(8 * i + low.bit_length() - 1)
+            byte ^= low
+    return out
 
 
 class Sender:
@@ -145,7 +166,7 @@ class Sender:
         self.migration_id = migration_id
         self.handover = handover
         self.stats = MigrationStats()
-        self._sent = {slot: bytearray(len(buf)) for slot, _, buf in _regions(machine)}
+        self._logging = False  # KVM_MEM_LOG_DIRTY_PAGES is on for the machine's slots
         self._parts = 0
 
     def _meta(self, final: bool) -> dict[str, Any]:
@@ -153,25 +174,45 @@ class Sender:
                 "config": _config_json(self.machine.config),
                 "regions": [[slot, gpa, len(buf)] for slot, gpa, buf in _regions(self.machine)]}
 
-    def _dirty(self) -> dict[tuple[int, int], bytes]:
+    def _set_logging(self, on: bool) -> None:
+        vm = self.machine.vm
+        for slot, gpa, buf in _regions(self.machine):
+            vm.set_user_memory_region(slot, gpa, len(buf), buf, KVM_MEM_LOG_DIRTY_PAGES if on else 0)
+        self._logging = on
+
+    def stop_logging(self) -> None:
+        """Turn dirty logging off again (the migration failed; the source runs on without it)."""
+        if self._logging:
+            self._set_logging(False)
+
+    def _dirty(self, *, log: bool) -> dict[tuple[int, int], bytes]:
+        """The pages to send: logged ones once logging is on; else every non-zero page (and, with
+        `log`, turn logging on first, so that nothing written from now on is missed)."""
         pages: dict[tuple[int, int], bytes] = {}
-        for slot, _, buf in _regions(self.machine):
-            sent = self._sent[slot]
-            # Compare 64 KiB at a time (one memcmp each), and pages only inside a chunk that differs.
-            for chunk in range(0, len(buf), _DIFF_CHUNK):
-                end = min(chunk + _DIFF_CHUNK, len(buf))
-                if buf[chunk:end] == sent[chunk:end]:
+        regions = _regions(self.machine)
+        if self._logging:
+            for slot, _, buf in regions:
+                for index in dirty_pages(self.machine.vm.get_dirty_log(slot)):
+                    pages[(slot, index)] = bytes(buf[index * PAGE_SIZE:(index + 1) * PAGE_SIZE])
+            return pages
+        if log:
+            self._set_logging(True)
+        chunk_size = len(_ZERO_CHUNK)
+        for slot, _, buf in regions:
+            # 64 KiB at a time (one memcmp each), and pages only inside a chunk that is not zero.
+            for chunk in range(0, len(buf), chunk_size):
+                end = min(chunk + chunk_size, len(buf))
+                if buf[chunk:end] == _ZERO_CHUNK[:end - chunk]:
                     continue
                 for off in range(chunk, end, PAGE_SIZE):
                     data = bytes(buf[off:off + PAGE_SIZE])
-                    if data != sent[off:off + PAGE_SIZE]:
+                    if data.count(0) != PAGE_SIZE:
                         pages[(slot, off // PAGE_SIZE)] = data
-                        sent[off:off + PAGE_SIZE] = data
         return pages
 
     def precopy(self) -> bytes:
         """A part with every page changed since the last part; the VM may keep running."""
-        part = Part(self._meta(False), self._dirty())
+        part = Part(self._meta(False), self._dirty(log=True))
         self.stats.rounds += 1
         return self._emit(part)
 
@@ -184,9 +225,15 @@ class Sender:
         if not m.paused and m.vm.has_run:
             raise MigrationError(f"{m.config.name}: pause the VM before the final part")
         with _at(m.kvm.host, now_ns):
+            for vcpu in m.vcpus:  # quiesce: complete what an exit left pending, enter nothing
+                vcpu.immediate_exit = True
+                try:
+                    vcpu.run()
+                finally:
+                    vcpu.immediate_exit = False
             state = self._state(now_ns)
         self.stats.paused_at_ns = now_ns
-        return self._emit(Part(self._meta(True), self._dirty(), state))
+        return self._emit(Part(self._meta(True), self._dirty(log=False), state))
 
     def _emit(self, part: Part) -> bytes:
         data = encode(part)
@@ -213,7 +260,7 @@ class Sender:
                 if err.errno != ENXIO:
                     raise
                 ipa = INVALID_GPA
-            regs = {f"{r:#x}": vcpu.get_one_reg(r) for r in CORE_REGS + COUNTER_REGS + TIMER_REGS}
+            regs = {f"{r:#x}": vcpu.get_one_reg(r) for r in vcpu.get_reg_list()}
             vcpus.append({"id": vcpu.id, "powered_off": vcpu.powered_off,
                           "steal_ipa": None if ipa == INVALID_GPA else ipa, "regs": regs})
         return {
@@ -302,8 +349,10 @@ class Receiver:
 
 
 def _config_from_json(c: dict[str, Any], name: str | None = None) -> MachineConfig:
+    ips = c.get("instructions_per_sec")
     return MachineConfig(name or c["name"], vcpus=int(c["vcpus"]), memory_mib=int(c["memory_mib"]),
-                         pvtime=False, quirks=Quirk(int(c["quirks"])), layout=Layout(**c["layout"]))
+                         pvtime=False, quirks=Quirk(int(c["quirks"])), layout=Layout(**c["layout"]),
+                         cpu=str(c.get("cpu", "model")), instructions_per_sec=None if ips is None else int(ips))
 
 
 def restore_state(kvm: Kvm, meta: dict[str, Any], memory: dict[int, bytearray], state: dict[str, Any], *,
@@ -340,8 +389,10 @@ def _restore(kvm: Kvm, meta: dict[str, Any], memory: dict[int, bytearray], state
                              "between processes with a resident program or an ELF guest")
     if kind == "resident" and guest["program"] not in RESIDENT_PROGRAMS:
         raise MigrationError(f"unknown resident model program {guest['program']!r}")
-    if kind not in ("handover", "resident", "none", "model"):
+    if kind not in ("handover", "resident", "none", "model", "unicorn"):
         raise MigrationError(f"guest kind {kind!r} cannot be restored by this VMM")
+    if (kind == "unicorn") != (config.cpu == "unicorn"):
+        raise MigrationError(f"guest kind {kind!r} on a {config.cpu!r} CPU: mismatched stream")
     machine = Machine(kvm, config)
     try:
         _fill(machine, meta, memory, state, old_hz, now_ns, downtime_ns)
@@ -402,8 +453,9 @@ def _fill(machine: Machine, meta: dict[str, Any], memory: dict[int, bytearray], 
         for vcpu, v in zip(machine.vcpus, vcpus):
             vcpu.init(power_off=bool(v["powered_off"]))
             regs = {int(k, 16): int(val) for k, val in v["regs"].items()}
-            for reg in CORE_REGS:
-                vcpu.set_one_reg(reg, regs[reg])
+            for reg, val in regs.items():  # as listed (KVM_GET_REG_LIST order), timers last
+                if reg not in _LAST:
+                    vcpu.set_one_reg(reg, val)
             for reg in COUNTER_REGS:  # CNTPCT first: CNTVOFF is relative to it
                 vcpu.set_one_reg(reg, (regs[reg] + extra) & U64)
             for reg in TIMER_REGS:
@@ -494,6 +546,7 @@ class LiveMigration:
         try:
             machine = self.receiver.feed(self._final, now_ns=now_ns, downtime_ns=downtime)
         except MigrationError:
+            self.sender.stop_logging()
             self.source.resume()
             raise
         assert machine is not None
