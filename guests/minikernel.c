@@ -50,13 +50,13 @@
  * - Timer: each tick checks the PV counter against its PV deadline (an early fire is counted and
  *   retried a native tick later, as the Python guest does) and keeps the maximum lateness.
  * Extra output lines (after the steal lines):
+ *       el0 reads <n> traps <n> cntfrq <hz> monotonic <0|1> before <v> first <v> last <v> after <v> cntpct <v>
  *       clocksource <arch_sys_counter|pv_lpt_counter> freq <hz>
  *       lpt pv_freq <hz> native_freq <hz> seq <n> scale_mult <m> fracbits <f> rscale_mult <m> rfracbits <f>
  *       lpt retries <n> refreshes <n> bad_records <n>
  *       clock native <n> value <v>          (one clocksource read: the native count and its value)
  *       timer fires <n> early <n> max_late_ns <ns>
  *       evnti cpuN guest <e> programmed <e> cntkctl 0x<x>
- *       el0 reads <n> traps <n> cntfrq <hz> monotonic <0|1> before <v> first <v> last <v> after <v> cntpct <v>
  *   (`lpt` lines only under LPT; `before`/`after` are kernel clocksource reads around the EL0 task.)
  *
  * Exit status: 0 success; 10 SMCCC 1.1 not available (PSCI < 1.0, PSCI_FEATURES(SMCCC_VERSION)
@@ -624,7 +624,6 @@ struct el0_result {
 };
 
 static struct el0_result el0_res;
-static u64 el0_preempts;
 __attribute__((aligned(16))) static u8 el0_stack[4096];
 
 /* User code: runs at EL0t. Every counter read is a plain MRS; under LPT each one traps. */
@@ -678,7 +677,6 @@ static void el0_tick(struct rt_frame *f)
 {
 	struct pcpu *pc = &pcpus[rt_cpu_id()];
 	rt_cntv_set_ctl(0);
-	el0_preempts++;
 	if ((f->spsr & 0xf) == 0 && rt_load_acquire_u64(&el0_res.done))
 		rt_el0_exit(1);
 	clock_set_cval(pc, clock_read(pc) + clock_freq / EL0_SLICE_HZ);
