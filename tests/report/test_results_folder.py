@@ -15,7 +15,7 @@ from pvtime.sim import scenario
 from pvtime.sim.runner import run
 
 EXPECTED = {"series.csv", "series.parquet", "occupancy.csv", "occupancy.parquet", "steal.png",
-            "occupancy.png", "trace.json", "summary.json"}
+            "occupancy.png", "trace.json", "summary.json", "console-mini.txt"}
 
 
 def short_default(seed: int = 1, duration_ms: int = 300) -> scenario.Scenario:

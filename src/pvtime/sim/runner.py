@@ -150,6 +150,7 @@ class _VmState:
     machine: Machine | None = None  # the VM's current machine (a migration replaces it)
     image: str | None = None  # an ELF guest's image (its packaged name or path)
     stopped_ns: int | None = None  # when the current machine stopped (not a migration's source)
+    first_run_ns: dict[int, int] = field(default_factory=dict)  # vCPU -> its thread's first run, on any host
     _console_len: int = -1
     _stat: ConsoleProcStat | None = None
 
@@ -172,6 +173,7 @@ class _VcpuBody:
 
     def step(self, slice_: Slice) -> Step:
         machine = self.thread.machine
+        self.state.first_run_ns.setdefault(self.thread.vcpu.id, slice_.start_ns)
         if machine.stopped is None and not machine.paused:  # a paused VM's thread does not enter it
             self.probe.entry_run_delay = slice_.task.run_delay_ns
         step = self.thread.step(slice_)
@@ -439,7 +441,7 @@ def _collect(spec: ScenarioSpec, source: str, duration: int, hosts: list[Host], 
             assert task is not None
             cpu = thread.vcpu.id
             probe = recorder.probes[(id(vm.host), task.tid)]
-            first_t = probe.times[0] if probe.times else end
+            first_t = vm.state.first_run_ns.get(cpu, end)
             guest = probe.guest()
             record = probe.record()
             proc_stat: int | None = None if guest is None else guest // (NSEC_PER_SEC // USER_HZ)
