@@ -173,3 +173,18 @@ def test_an_elf_guest_still_running_at_the_end_says_why_it_has_no_proc_stat() ->
     assert all(row.guest_steal_ns is None and row.proc_stat_steal is None for row in rows)
     assert all(row.guest_note is not None and row.guest_note.startswith("still running") for row in rows)
     assert all(row.record_steal_ns == row.host_run_delay_ns for row in rows)
+
+
+def test_a_migrated_elf_vm_keeps_its_console_and_its_truth() -> None:
+    # The record travels in guest RAM; the truth is carried with it (each vCPU's waits on the
+    # source up to its last entry, then on the destination), and so is the console.
+    text = CONTENDED.replace('cpus = 1\n', 'cpus = 1\n[[host]]\nname = "h2"\ncpus = 1\n', 1)
+    text += '[[migration]]\nvm = "mk"\nto = "h2"\nat_ms = 100\n'
+    r = run(scenario.parse(text, "migrate.toml"))
+    assert r.migrations[0]["status"] == "done", r.migrations
+    mk = next(v for v in r.vms if v.name == "mk")
+    assert mk.host == "h2" and mk.exit_status == 0
+    assert mk.console.startswith("minikernel: stolen time supported") and mk.console.endswith("minikernel: done\n")
+    for row in (row for row in r.vcpus if row.vm == "mk"):
+        assert row.record_steal_ns == row.host_run_delay_ns > 0
+        assert row.guest_steal_ns is not None and 0 <= row.host_run_delay_ns - row.guest_steal_ns <= TICK_NS + 6 * MS

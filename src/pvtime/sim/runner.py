@@ -151,14 +151,22 @@ class _VmState:
     image: str | None = None  # an ELF guest's image (its packaged name or path)
     stopped_ns: int | None = None  # when the current machine stopped (not a migration's source)
     first_run_ns: dict[int, int] = field(default_factory=dict)  # vCPU -> its thread's first run, on any host
+    # Console output of the machines a migration left (each VMM keeps its own): the VM's
+    # console is their output followed by the current machine's.
+    console_before: bytes = b""
     _console_len: int = -1
     _stat: ConsoleProcStat | None = None
 
+    def console(self, machine: Machine) -> str:
+        """Everything the VM printed, on every host it ran on."""
+        return (self.console_before + machine.console).decode("utf-8", "replace")
+
     def console_stat(self, machine: Machine) -> ConsoleProcStat:
         """The /proc/stat lines on the console so far (parsed again only when it has grown)."""
-        if len(machine.console) != self._console_len or self._stat is None:
-            self._console_len = len(machine.console)
-            self._stat = ConsoleProcStat.parse(machine.console.decode("utf-8", "replace"))
+        size = len(self.console_before) + len(machine.console)
+        if size != self._console_len or self._stat is None:
+            self._console_len = size
+            self._stat = ConsoleProcStat.parse(self.console(machine))
         return self._stat
 
 
@@ -250,6 +258,7 @@ def _plan_migrations(spec: ScenarioSpec, core: EventLoop, vms: list[_Vm], hosts:
                 # to its last entry on the source (stopped now), plus what its new thread waits.
                 before = {t.vcpu.id: recorder.probes[(id(vm.host), t.task.tid)].truth()
                           for t in vm.threads if t.task is not None}
+                vm.state.console_before += bytes(vm.machine.console)
                 vm.host, vm.machine, vm.threads = dst_host, machine, []
                 vm.state.machine = machine
                 for vcpu in machine.vcpus:
@@ -464,7 +473,7 @@ def _collect(spec: ScenarioSpec, source: str, duration: int, hosts: list[Host], 
                      vm.machine.stopped,
                      vm.kernel.proc_stat() if vm.kernel is not None
                      else "\n".join(vm.state.console_stat(vm.machine).lines),
-                     vm.machine.console.decode("utf-8", "replace"), vm.state.stopped_ns, vm.machine.exit_status)
+                     vm.state.console(vm.machine), vm.state.stopped_ns, vm.machine.exit_status)
                for vm in vms]
     occupancy = {(h.name, c): recorder.busy[id(h)][c] for h in hosts for c in range(h.ncpus)}
     stats = {
