@@ -12,7 +12,6 @@ import numpy as np
 from pvtime.abi import smccc
 from pvtime.abi.records import STEAL_TIME_OFFSET
 from pvtime.abi.uapi import NSEC_PER_SEC, USER_HZ
-from pvtime.cpu.backend import Conduit
 from pvtime.guest.kernel import KernelOptions, ModelKernel, Workload
 from pvtime.host import (
     CpuHog, EventCore, EventLoop, Host, PeriodicBurst, Scheduler, SchedTunables, Task, TaskBody,
@@ -420,21 +419,27 @@ def _no_guest_steal_note(vm: _Vm, cpu: int) -> str:
     return f"no /proc/stat on its console (stopped: {stopped})"
 
 
-def _observe_hypercalls(vcpu: Vcpu, host: Host, task: Task, recorder: Recorder, probe: VcpuProbe) -> None:
-    """Observe the vCPU's SMCCC calls, as the kvm_hvc_arm64 tracepoint does, without changing them.
+class _HypercallTrace:
+    """A VM's hypercall tracepoint, fanned out to the recorder and each vCPU's steal probe."""
 
-    kvm has no tracepoint hook, so the vCPU's trap handler is wrapped on this instance.
-    """
-    inner = vcpu.hypercall
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+        self.vcpus: dict[Vcpu, tuple[Host, Task, VcpuProbe]] = {}
 
-    def hypercall(regs: list[int], conduit: Conduit, imm: int) -> None:
-        fid = regs[0] & 0xFFFF_FFFF
-        inner(regs, conduit, imm)
+    def __call__(self, vcpu: Vcpu, fid: int, regs: list[int]) -> None:
+        host, task, probe = self.vcpus[vcpu]
         if fid == smccc.PV_TIME_ST and regs[0] != smccc.to_u64(smccc.NOT_SUPPORTED):
-            probe.baseline["st"] = task.run_delay_ns
-        recorder.on_hypercall(host, task, host.now_ns(), fid, regs[0])
+            probe.baseline["st"] = task.run_delay_ns  # PV_TIME_ST moved KVM's baseline
+        self.recorder.on_hypercall(host, task, host.now_ns(), fid, regs[0])
 
-    vcpu.hypercall = hypercall  # type: ignore[method-assign]
+
+def _observe_hypercalls(vcpu: Vcpu, host: Host, task: Task, recorder: Recorder, probe: VcpuProbe) -> None:
+    """Observe the vCPU's SMCCC calls through its VM's tracepoint, without changing them."""
+    trace = vcpu.vm.trace_hypercall
+    if not isinstance(trace, _HypercallTrace):
+        trace = _HypercallTrace(recorder)
+        vcpu.vm.trace_hypercall = trace
+    trace.vcpus[vcpu] = (host, task, probe)
 
 
 def _collect(spec: ScenarioSpec, source: str, duration: int, hosts: list[Host], vms: list[_Vm],
