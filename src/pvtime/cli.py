@@ -32,6 +32,8 @@ def run(scenario: str | None, out: Path | None, seed: int | None, duration_ms: i
     from pvtime.sim.runner import run as run_scenario
 
     console = Console()
+    if not console.is_terminal:  # a pipe or file gets rich's 80 columns, too narrow for the tables
+        console = Console(width=120)
     try:
         sc = scenarios.load(scenario)
     except scenarios.ScenarioError as exc:
@@ -168,9 +170,11 @@ def guest_group() -> None:
               show_default=True, help="virtual seconds before the run is abandoned (exit 124)")
 @click.option("--mips", type=click.IntRange(1, 100_000), default=1000, show_default=True,
               help="guest speed: millions of instructions per virtual second")
+@click.option("--lpt-pv-hz", type=click.IntRange(1, 0xFFFF_FFFF), default=None,
+              help="configure Live Physical Time: the PV counter frequency the guest sees")
 @click.option("--stats", is_flag=True, help="print per-vCPU instructions and steal to stderr at the end")
 def guest_run(image: Path, vcpus: int, host_cpus: int, memory_mib: int, counter_hz: int,
-              time_limit_s: float, mips: int, stats: bool) -> None:
+              time_limit_s: float, mips: int, lpt_pv_hz: int | None, stats: bool) -> None:
     """Run IMAGE (a freestanding AArch64 ELF for QEMU virt) with its console on stdout.
 
     vCPU 0 starts at the ELF entry (EL1h, MMU off); the others wait for PSCI CPU_ON. The exit
@@ -189,7 +193,8 @@ def guest_run(image: Path, vcpus: int, host_cpus: int, memory_mib: int, counter_
         out.flush()
 
     options = GuestRunOptions(vcpus=vcpus, host_cpus=host_cpus, memory_mib=memory_mib, counter_hz=counter_hz,
-                              time_limit_ns=int(time_limit_s * 1e9), instructions_per_sec=mips * 1_000_000)
+                              time_limit_ns=int(time_limit_s * 1e9), instructions_per_sec=mips * 1_000_000,
+                              lpt_pv_hz=lpt_pv_hz)
     try:
         result = run_guest(image, options, console=console)
     except (ElfError, ValueError) as err:

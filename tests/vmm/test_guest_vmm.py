@@ -146,3 +146,18 @@ def test_cli_guest_run_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
     result = runner.invoke(main, ["guest", "run", str(fault)])
     assert result.exit_code == 125
     assert "pc=0x40080004 (ldr w0, [x1, #0x10])" in result.stderr and "no RAM and no device" in result.stderr
+
+
+def test_cli_guest_run_configures_lpt(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from pvtime.vmm.images import packaged_image, patch_minikernel
+
+    image = tmp_path / "mk.elf"
+    image.write_bytes(patch_minikernel(packaged_image("minikernel").read_bytes(), duration_ms=40))
+    args = ["guest", "run", str(image), "--counter-hz", "25000000"]
+    plain = CliRunner().invoke(main, args)
+    assert plain.exit_code == 0 and "CNTFRQ_EL0 = 25000000 Hz" in plain.stdout
+    lpt = CliRunner().invoke(main, args + ["--lpt-pv-hz", "1000000000"])
+    assert lpt.exit_code == 0, lpt.output
+    assert "CNTFRQ_EL0 = 1000000000 Hz" in lpt.stdout
+    assert "lpt pv_freq 1000000000 native_freq 25000000 seq 2" in lpt.stdout
+    assert CliRunner().invoke(main, args + ["--lpt-pv-hz", "0"]).exit_code == 2  # click names the option

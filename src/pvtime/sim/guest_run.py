@@ -37,6 +37,7 @@ class GuestRunOptions:
     counter_hz: int = 62_500_000
     time_limit_ns: int = 10_000_000_000
     instructions_per_sec: int = 1_000_000_000
+    lpt_pv_hz: int | None = None  # configure Live Physical Time at this PV frequency
 
     def validate(self) -> None:
         """Raise ValueError naming the bad option."""
@@ -50,6 +51,8 @@ class GuestRunOptions:
             raise ValueError(f"--counter-hz must be in 1..2^32-1, got {self.counter_hz}")
         if self.time_limit_ns <= 0:
             raise ValueError("--time-limit must be positive")
+        if self.lpt_pv_hz is not None and not 1 <= self.lpt_pv_hz < 1 << 32:
+            raise ValueError(f"--lpt-pv-hz must be in 1..2^32-1, got {self.lpt_pv_hz}")
         if self.instructions_per_sec <= 0:
             raise ValueError(f"the instruction rate must be positive, got {self.instructions_per_sec}")
 
@@ -121,7 +124,8 @@ def run_guest(image: bytes | Path | str, options: GuestRunOptions, *,
     host = Host(options.counter_hz, ncpus=options.host_cpus, name="host")
     kvm = Kvm(host)
     machine = Machine(kvm, MachineConfig("guest", vcpus=options.vcpus, memory_mib=options.memory_mib,
-                                         cpu="unicorn", instructions_per_sec=options.instructions_per_sec))
+                                         cpu="unicorn", instructions_per_sec=options.instructions_per_sec,
+                                         lpt_pv_hz=options.lpt_pv_hz))
     machine.console_sink = console
     machine.load_elf(image)
     core = EventLoop()
