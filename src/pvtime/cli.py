@@ -137,16 +137,35 @@ def migrate_listen(port: int, native_hz: int, run_ms: int) -> None:
               help="LPT frequency (0: no LPT)")
 @click.option("--run-ms", type=click.IntRange(0), default=10, show_default=True,
               help="virtual ms to run the VM before migrating it")
-def migrate_send(to: str, native_hz: int, pv_hz: int, run_ms: int) -> None:
-    """Run a small clock-watching VM, migrate it to --to, print a JSON summary."""
+@click.option("--image", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="migrate this AArch64 ELF (a path, or a packaged image name such as minikernel) "
+                   "instead of the clock-watching model VM")
+@click.option("--vcpus", type=click.IntRange(1, 64), default=1, show_default=True, help="vCPUs of the --image VM")
+def migrate_send(to: str, native_hz: int, pv_hz: int, run_ms: int, image: Path | None, vcpus: int) -> None:
+    """Run a VM (a small clock-watching one, or --image), migrate it to --to, print a JSON summary."""
     import json
 
     from pvtime.sim.migration import send_vm
+    from pvtime.vmm.elf import ElfError
+    from pvtime.vmm.images import packaged_image
 
     host, _, port = to.rpartition(":")
     if not host or not port.isdigit():
         raise click.BadParameter(f"{to!r} is not HOST:PORT", param_hint="--to")
-    result = send_vm((host, int(port)), native_hz=native_hz, pv_hz=pv_hz or None, run_ms=run_ms)
+    data = None
+    if image is not None:
+        path = image if image.exists() else None
+        if path is None:
+            try:
+                path = packaged_image(str(image))
+            except (KeyError, ValueError, FileNotFoundError):
+                raise click.BadParameter(f"{image}: no such file or packaged image", param_hint="--image") from None
+        data = path.read_bytes()
+    try:
+        result = send_vm((host, int(port)), native_hz=native_hz, pv_hz=pv_hz or None, run_ms=run_ms,
+                         image=data, vcpus=vcpus)
+    except ElfError as err:
+        raise click.ClickException(str(err)) from None
     click.echo(json.dumps(result, sort_keys=True))
     if not result["accepted"]:
         raise click.ClickException(f"the destination refused the VM: {result['message']} (the VM kept running)")

@@ -319,5 +319,33 @@ def test_unicorn_vm_migrates_between_two_processes_over_loopback() -> None:
     result = json.loads(out)
     assert result["now"]["stopped"] == "guest exit 0 (semihosting)", result
     # The guest's steal record came along and kept growing on the destination.
-    assert result["now"]["steal_ns"] >= result["at_restore"]["steal_ns"] > 0
+    now, restored = result["now"]["steal_ns"], result["at_restore"]["steal_ns"]
+    assert all(a >= b for a, b in zip(now, restored)) and restored[0] > 0
+    assert "minikernel: done" in result["now"]["console"]
     assert m.stopped == "migrated"
+
+
+def test_cli_migrates_an_elf_image_between_two_processes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from pvtime.vmm.images import packaged_image, patch_minikernel
+
+    image = tmp_path / "mk.elf"
+    image.write_bytes(patch_minikernel(packaged_image("minikernel").read_bytes(), duration_ms=80))
+    listener = subprocess.Popen([sys.executable, "-m", "pvtime.cli", "migrate", "listen", "--native", "1000000000",
+                                 "--run-ms", "200"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(listener.stderr.readline().rsplit(":", 1)[1])
+        send = subprocess.run([sys.executable, "-m", "pvtime.cli", "migrate", "send", "--to", f"127.0.0.1:{port}",
+                               "--image", str(image), "--vcpus", "2", "--run-ms", "30", "--native", "25000000"],
+                              capture_output=True, text=True, timeout=60)
+        out, err = listener.communicate(timeout=60)
+    finally:
+        listener.kill()
+    assert send.returncode == 0, send.stderr
+    sent = json.loads(send.stdout)
+    assert sent["accepted"] and sent["now"]["stopped"].startswith("migrated")
+    got = json.loads(out)["now"]
+    assert got["exit_status"] == 0, got["console"][-400:]
+    # The LPT record travelled: a second VM start on a 1 GHz host, PV clock still at 1 GHz.
+    assert got["record"]["sequence_number"] == 4 and got["record"]["native_freq"] == 1_000_000_000
+    assert "clocksource pv_lpt_counter freq 1000000000" in got["console"]
+    assert "CNTFRQ_EL0 = 1000000000 Hz" in sent["at_save"]["console"]  # printed at boot, on the source

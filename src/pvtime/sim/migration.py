@@ -128,29 +128,53 @@ def watch_summary(machine: Machine) -> dict[str, object]:
     """What the resident clock-watch guest logged, the LPT record, and steal (for the CLI)."""
     off = WATCH_LOG_OFFSET
     log = WatchLog.unpack(bytes(machine.ram[off:off + WatchLog.SIZE]))
-    record = lpt_record(machine)
     return {"vm": machine.config.name, "stopped": machine.stopped, "reads": log.reads, "last": log.last,
             "freq": log.freq, "backsteps": log.backsteps, "restarts": log.restarts,
-            "record": None if record is None else dataclasses.asdict(record), "steal_ns": steal_of(machine, 0)}
+            "record": _record_dict(machine), "steal_ns": steal_of(machine, 0)}
+
+
+def elf_summary(machine: Machine) -> dict[str, object]:
+    """An AArch64 guest's console, exit status and steal (for the CLI)."""
+    return {"vm": machine.config.name, "stopped": machine.stopped, "exit_status": machine.exit_status,
+            "console": machine.console.decode(errors="replace"), "record": _record_dict(machine),
+            "steal_ns": [steal_of(machine, v.id) for v in machine.vcpus]}
+
+
+def _record_dict(machine: Machine) -> dict[str, int] | None:
+    record = lpt_record(machine)
+    return None if record is None else dataclasses.asdict(record)
+
+
+def summary(machine: Machine) -> dict[str, object]:
+    """The summary that fits the guest: an ELF guest's console, or the clock-watch log."""
+    return elf_summary(machine) if machine.config.cpu == "unicorn" else watch_summary(machine)
 
 
 def send_vm(address: tuple[str, int], *, native_hz: int, pv_hz: int | None, run_ms: int,
-            name: str = "watch") -> dict[str, object]:
-    """Run a clock-watch VM for `run_ms` on a host of `native_hz`, then migrate it to `address`.
+            name: str | None = None, image: bytes | None = None, vcpus: int = 1) -> dict[str, object]:
+    """Run a VM for `run_ms` on a host of `native_hz`, then migrate it to `address`.
 
+    The VM is the resident clock-watch model guest, or the AArch64 ELF `image` on `vcpus` vCPUs.
     If the receiver refuses, the VM is resumed and runs 1 ms more, to show it kept running.
     """
     host = Host(native_hz, name="source")
     core, sched = _solo(host)
-    machine = Machine(Kvm(host), MachineConfig(name, memory_mib=2, lpt_pv_hz=pv_hz))
-    machine.load_model_guest(ClockWatch(machine.config.layout.ram_base + WATCH_LOG_OFFSET, lpt=pv_hz is not None))
+    name = name or ("watch" if image is None else "guest")
+    if image is None:
+        machine = Machine(Kvm(host), MachineConfig(name, memory_mib=2, lpt_pv_hz=pv_hz))
+        machine.load_model_guest(ClockWatch(machine.config.layout.ram_base + WATCH_LOG_OFFSET,
+                                            lpt=pv_hz is not None))
+    else:
+        machine = Machine(Kvm(host), MachineConfig(name, vcpus=vcpus, memory_mib=64, lpt_pv_hz=pv_hz,
+                                                   cpu="unicorn"))
+        machine.load_elf(image)
     threads = _start(machine, host, sched)
     core.run(run_ms * MS)
     machine.pause()
     at = max([core.now] + [t.last_ns for t in threads])
     sender = Sender(machine, f"{name}@{host.name}")
     part = sender.final(at)
-    before = watch_summary(machine)
+    before = summary(machine)
     with socket.create_connection(address, timeout=30) as sock:
         ok, message = send_parts(sock, [part])
     if ok:
@@ -162,7 +186,7 @@ def send_vm(address: tuple[str, int], *, native_hz: int, pv_hz: int | None, run_
             sched.wake(t.task)
         core.run(core.now + MS)
     return {"accepted": ok, "message": message, "bytes": len(part), "saved_at_ns": at,
-            "at_save": before, "now": watch_summary(machine)}
+            "at_save": before, "now": summary(machine)}
 
 
 def listen_vm(port: int, *, native_hz: int, run_ms: int, announce: Callable[[int], None]) -> dict[str, object]:
@@ -181,6 +205,6 @@ def listen_vm(port: int, *, native_hz: int, run_ms: int, announce: Callable[[int
             receiver = Receiver(kvm)
             machine = receive(conn, lambda data: receiver.feed(data, now_ns=0))
     _start(machine, host, sched, 0)
-    at_restore = watch_summary(machine)
+    at_restore = summary(machine)
     core.run(run_ms * MS)
-    return {"at_restore": at_restore, "now": watch_summary(machine), "run_ms": run_ms}
+    return {"at_restore": at_restore, "now": summary(machine), "run_ms": run_ms}
