@@ -98,7 +98,7 @@ def fires_at(vm, physical):
     timer = vm.machine.vcpus[0].timer
     counter = vm.machine.vm.counter
     cval = (timer.ptimer if physical else timer.vtimer).cval
-    host_count = cval + counter.poffset + (0 if physical else counter.voffset)
+    host_count = cval + (counter.poffset if physical else counter.voffset)  # independent offsets
     return vm.host.counter_to_ns(host_count)
 
 

@@ -1,7 +1,8 @@
 """The generic timer as KVM emulates it: per-VM counter offsets, per-vCPU virtual and physical timers.
 
-CNTPCT = host counter - poffset, CNTVCT = CNTPCT - voffset (CNTVOFF). Both offsets are per VM,
-as KVM keeps them since Linux 6.4. A timer asserts its interrupt while ENABLE=1, IMASK=0 and
+CNTPCT = host counter - poffset and CNTVCT = host counter - voffset (CNTVOFF): both offsets are
+per VM and independent of each other, as KVM keeps them since Linux 6.4 (the architecture's
+CNTPOFF_EL2 and CNTVOFF_EL2 both subtract from the physical count). A timer asserts its interrupt while ENABLE=1, IMASK=0 and
 its counter >= CVAL (level triggered, ISTATUS read-only).
 """
 
@@ -72,7 +73,7 @@ class ArchTimer:
 
     def cntvct(self, host_count: int) -> int:
         """The guest's virtual count for a host counter value."""
-        return (host_count - self.counter.poffset - self.counter.voffset) & U64
+        return (host_count - self.counter.voffset) & U64
 
     def _timer(self, reg: SysReg, host_count: int) -> tuple[Timer, int, str] | None:
         """The timer a CTL/CVAL/TVAL register belongs to, its counter's value, and the field."""
@@ -126,7 +127,7 @@ class ArchTimer:
     def next_fire_host_count(self) -> int | None:
         """The host counter value at which an armed, unmasked timer next asserts."""
         fires = []
-        for timer, offset in ((self.vtimer, self.counter.poffset + self.counter.voffset),
+        for timer, offset in ((self.vtimer, self.counter.voffset),
                               (self.ptimer, self.counter.poffset)):
             if timer.ctl & CTL_ENABLE and not timer.ctl & CTL_IMASK:
                 fires.append((timer.cval + offset) & U64)  # the offsets are mod 2^64 (a counter behind the guest's)

@@ -17,8 +17,8 @@ for the whole VM:
   (:func:`pvtime.fixedpoint.rescale_deadline`): never early, no 32-bit delta, and a timer that had
   expired stays expired.
 
-How the counters are kept continuous. ``CNTPCT = host counter - poffset`` and ``CNTVCT = CNTPCT -
-CNTVOFF`` are both per VM (as KVM keeps them since Linux 6.4). The restoring VMM writes
+How the counters are kept continuous. ``CNTPCT = host counter - poffset`` and ``CNTVCT = host
+counter - CNTVOFF`` are both per VM and independent (as KVM keeps them since Linux 6.4). The restoring VMM writes
 ``KVM_REG_ARM_PTIMER_CNT`` and ``KVM_REG_ARM_TIMER_CNT`` with the source's values (in the
 source's ticks); each write records an *anchor* ``(value, host count at the write)``
 (:class:`pvtime.kvm.arch_timer.VmCounter`). At the first run the host maps each anchor's value to
@@ -191,13 +191,13 @@ def _rescale(vm: Vm, old: fixedpoint.ScaleFactors, new: fixedpoint.ScaleFactors)
     counter = vm.counter
     now = vm.host.counter()
     p_old, p_at = counter.p_anchor or ((now - counter.poffset) & U64, now)
-    v_old, v_at = counter.v_anchor or ((now - counter.poffset - counter.voffset) & U64, now)
+    v_old, v_at = counter.v_anchor or ((now - counter.voffset) & U64, now)
     vtimer_only = bool(vm.quirks & Quirk.LPT_VTIMER_ONLY)
     p_new = fixedpoint.rescale_count(p_old, old, new)
     v_new = fixedpoint.rescale_count(v_old, old, new)
     if not vtimer_only:
         counter.poffset = (p_at - p_new) & U64
-    counter.voffset = (v_at - counter.poffset - v_new) & U64
+    counter.voffset = (v_at - v_new) & U64
     for vcpu in vm.vcpus:
         timers = [(vcpu.timer.vtimer, v_old, v_new)]
         if not vtimer_only:

@@ -164,7 +164,7 @@ class Vcpu:
     def _set_timer_reg(self, reg_id: int, val: int) -> None:
         if reg_id == KVM_REG_ARM_TIMER_CNT:
             # Writing CNTVCT sets the VM-wide CNTVOFF, as KVM does since 6.4.
-            self.vm.counter.voffset = (self.timer.cntpct(self.vm.host.counter()) - val) & U64
+            self.vm.counter.voffset = (self.vm.host.counter() - val) & U64
             self.vm.counter.v_anchor = (val, self.vm.host.counter())  # for an LPT rescale
         elif reg_id == KVM_REG_ARM_PTIMER_CNT:
             self.vm.counter.poffset = (self.vm.host.counter() - val) & U64

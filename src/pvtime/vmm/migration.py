@@ -456,7 +456,7 @@ def _fill(machine: Machine, meta: dict[str, Any], memory: dict[int, bytearray], 
             for reg, val in regs.items():  # as listed (KVM_GET_REG_LIST order), timers last
                 if reg not in _LAST:
                     vcpu.set_one_reg(reg, val)
-            for reg in COUNTER_REGS:  # CNTPCT first: CNTVOFF is relative to it
+            for reg in COUNTER_REGS:  # before the timers: TVAL-free CVALs are absolute anyway
                 vcpu.set_one_reg(reg, (regs[reg] + extra) & U64)
             for reg in TIMER_REGS:
                 vcpu.set_one_reg(reg, regs[reg])
