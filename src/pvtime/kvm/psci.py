@@ -1,6 +1,7 @@
 """PSCI 1.1 over HVC/SMC, as KVM implements it for arm64 guests (arch/arm64/kvm/psci.c).
 
-MPIDR affinity equals the vCPU index (Aff0), as KVM's default vCPU MPIDR for small VMs.
+MPIDR affinity equals the vCPU index (Aff0 for ids below 256; see `Vcpu.mpidr`). CPU_SUSPEND
+returns at once, which PSCI allows (a wake-up event may end a standby state at any time).
 """
 
 from __future__ import annotations
@@ -13,15 +14,19 @@ from pvtime.abi.uapi import KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN
 if TYPE_CHECKING:
     from pvtime.kvm.vcpu import Vcpu
 
+MPIDR_HWID_BITMASK = 0xFF_00FF_FFFF  # Aff3..Aff0
+_SMC64 = 1 << 30
+U32 = 0xFFFF_FFFF
+
 PSCI_IDS = frozenset({
-    smccc.PSCI_VERSION, smccc.PSCI_CPU_OFF, smccc.PSCI_CPU_ON, smccc.PSCI_AFFINITY_INFO,
-    smccc.PSCI_SYSTEM_OFF, smccc.PSCI_SYSTEM_RESET, smccc.PSCI_FEATURES,
+    smccc.PSCI_VERSION, smccc.PSCI_CPU_SUSPEND, smccc.PSCI_CPU_OFF, smccc.PSCI_CPU_ON,
+    smccc.PSCI_AFFINITY_INFO, smccc.PSCI_MIGRATE_INFO_TYPE, smccc.PSCI_SYSTEM_OFF,
+    smccc.PSCI_SYSTEM_RESET, smccc.PSCI_FEATURES, smccc.PSCI_SYSTEM_RESET2,
 })
-# The 32-bit aliases of the calls that take addresses/MPIDRs (bit 30 clear).
-_SMC32_ALIASES = {
-    smccc.PSCI_CPU_ON & ~(1 << 30): smccc.PSCI_CPU_ON,
-    smccc.PSCI_AFFINITY_INFO & ~(1 << 30): smccc.PSCI_AFFINITY_INFO,
-}
+# The SMC32 aliases of the calls that take arguments wider than 32 bits: their x1..x3 are
+# narrowed to 32 bits (kvm_psci_narrow_to_32bit).
+_SMC32_ALIASES = {fid & ~_SMC64: fid for fid in (
+    smccc.PSCI_CPU_SUSPEND, smccc.PSCI_CPU_ON, smccc.PSCI_AFFINITY_INFO, smccc.PSCI_SYSTEM_RESET2)}
 
 
 def is_psci(fid: int) -> bool:
@@ -31,40 +36,61 @@ def is_psci(fid: int) -> bool:
 
 def call(vcpu: Vcpu, fid: int, regs: list[int]) -> int:
     """Handle one PSCI call; returns the signed value for x0."""
-    fid = _SMC32_ALIASES.get(fid, fid)
+    args = list(regs[1:4])
+    if fid in _SMC32_ALIASES:
+        fid = _SMC32_ALIASES[fid]
+        args = [a & U32 for a in args]
     if fid == smccc.PSCI_VERSION:
         return smccc.PSCI_VERSION_1_1
     if fid == smccc.PSCI_FEATURES:
-        feature = regs[1] & 0xFFFF_FFFF
-        # PSCI_FEATURES(SMCCC_VERSION) == 0 is how a guest learns SMCCC >= 1.1 exists.
-        return 0 if feature in PSCI_IDS or feature == smccc.SMCCC_VERSION else smccc.PSCI_NOT_SUPPORTED
+        feature = args[0] & U32
+        known = feature in PSCI_IDS or feature in _SMC32_ALIASES or feature == smccc.SMCCC_VERSION
+        return smccc.PSCI_SUCCESS if known else smccc.PSCI_NOT_SUPPORTED
+    if fid == smccc.PSCI_CPU_SUSPEND:
+        return smccc.PSCI_SUCCESS
     if fid == smccc.PSCI_CPU_OFF:
         vcpu.power_off()
         return smccc.PSCI_SUCCESS
     if fid == smccc.PSCI_CPU_ON:
-        return _cpu_on(vcpu, regs[1], regs[2], regs[3])
+        return _cpu_on(vcpu, *args)
     if fid == smccc.PSCI_AFFINITY_INFO:
-        return _affinity_info(vcpu, regs[1], regs[2])
+        return _affinity_info(vcpu, args[0], args[1])
+    if fid == smccc.PSCI_MIGRATE_INFO_TYPE:
+        return smccc.PSCI_TOS_MP
     if fid == smccc.PSCI_SYSTEM_OFF:
-        vcpu.request_system_event(KVM_SYSTEM_EVENT_SHUTDOWN)
-        return smccc.PSCI_SUCCESS
+        return _system_event(vcpu, KVM_SYSTEM_EVENT_SHUTDOWN)
     if fid == smccc.PSCI_SYSTEM_RESET:
-        vcpu.request_system_event(KVM_SYSTEM_EVENT_RESET)
-        return smccc.PSCI_SUCCESS
+        return _system_event(vcpu, KVM_SYSTEM_EVENT_RESET)
+    if fid == smccc.PSCI_SYSTEM_RESET2:
+        reset_type = args[0] & U32
+        if reset_type == 0 or reset_type >> 31:  # SYSTEM_WARM_RESET, or a vendor-specific reset
+            return _system_event(vcpu, KVM_SYSTEM_EVENT_RESET)
+        return smccc.PSCI_INVALID_PARAMETERS
     return smccc.PSCI_NOT_SUPPORTED
 
 
-def _target(vcpu: Vcpu, mpidr: int) -> Vcpu | None:
-    """The vCPU whose MPIDR affinity matches (Aff3..Aff0; other bits ignored)."""
-    aff = mpidr & 0xFF_00FF_FFFF
+def _system_event(vcpu: Vcpu, event_type: int) -> int:
+    """kvm_prepare_system_event: every vCPU stops, the caller exits to the VMM.
+
+    x0 is preloaded with INTERNAL_FAILURE: the guest only sees it if the VMM resumes the vCPU
+    instead of acting on the event.
+    """
     for other in vcpu.vm.vcpus:
-        if other.mpidr & 0xFF_00FF_FFFF == aff:
-            return other
-    return None
+        other.power_off()
+    vcpu.request_system_event(event_type)
+    return smccc.PSCI_INTERNAL_FAILURE
+
+
+def _affinity_mask(level: int) -> int:
+    """psci_affinity_mask: the affinity fields at and above `level` (0..3)."""
+    shift = ((1 << level) >> 1) << 3  # MPIDR_LEVEL_SHIFT: 0, 8, 16, 32
+    return MPIDR_HWID_BITMASK & ~((1 << shift) - 1)
 
 
 def _cpu_on(vcpu: Vcpu, mpidr: int, entry: int, context_id: int) -> int:
-    target = _target(vcpu, mpidr)
+    if mpidr & ~MPIDR_HWID_BITMASK:
+        return smccc.PSCI_INVALID_PARAMETERS
+    target = next((v for v in vcpu.vm.vcpus if v.mpidr & MPIDR_HWID_BITMASK == mpidr), None)
     if target is None:
         return smccc.PSCI_INVALID_PARAMETERS
     if not target.powered_off:
@@ -74,9 +100,11 @@ def _cpu_on(vcpu: Vcpu, mpidr: int, entry: int, context_id: int) -> int:
 
 
 def _affinity_info(vcpu: Vcpu, mpidr: int, lowest_level: int) -> int:
-    if lowest_level != 0:
-        return smccc.PSCI_INVALID_PARAMETERS  # KVM only answers for level 0 (a single vCPU)
-    target = _target(vcpu, mpidr)
-    if target is None:
+    """ON if any vCPU matching `mpidr` at `lowest_level` and above is on; OFF if all are off."""
+    if mpidr & ~MPIDR_HWID_BITMASK or lowest_level > 3:
         return smccc.PSCI_INVALID_PARAMETERS
-    return smccc.AFFINITY_OFF if target.powered_off else smccc.AFFINITY_ON
+    mask = _affinity_mask(lowest_level)
+    matching = [v for v in vcpu.vm.vcpus if v.mpidr & mask == mpidr & mask]
+    if not matching:
+        return smccc.PSCI_INVALID_PARAMETERS
+    return smccc.AFFINITY_ON if any(not v.powered_off for v in matching) else smccc.AFFINITY_OFF
