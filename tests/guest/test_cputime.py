@@ -64,3 +64,12 @@ def test_resetting_prev_steal_on_online_keeps_steal_monotonic():
     acc.reset_prev_steal(0)
     acc.account_process_tick(0, 1_000, user=True, idle=False)
     assert acc.stat(0).steal == 80_001_000
+
+
+def test_per_cpu_lines_only_for_online_cpus_but_the_sum_over_all():
+    acc = TickAccounting()
+    acc.account_process_tick(0, 20_000_000, user=True, idle=False)
+    acc.account_process_tick(1, 30_000_000, user=True, idle=False)
+    lines = acc.proc_stat(online={0}).splitlines()
+    assert [l.split()[0] for l in lines] == ["cpu", "cpu0"]
+    assert lines[0].split()[8] == "5"

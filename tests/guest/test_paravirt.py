@@ -45,8 +45,7 @@ def test_online_maps_the_record_and_the_clock_reads_stolen_time():
     pv = PvSteal()
     cpu = RecordingCpu(env, 1)
     with on_cpu(env, 1):
-        assert pv.init(cpu)
-        assert pv.cpu_online(cpu, 1) == 0
+        assert pv.init(cpu, 1)  # pv_time_init on boot CPU 1 brings its region online
         assert pv.regions[1] == 0x090A_0000 + 64
         env.machine.pvtime_mem[72:80] = struct.pack("<Q", 123_456)
         assert pv.steal_clock(cpu, 1) == 123_456
@@ -76,7 +75,6 @@ def test_bad_revision_fails_with_enxio_and_the_mapping_stays_published():
             return bytes(data)
 
     with on_cpu(env):
-        pv.init(cpu)
         assert pv.cpu_online(BadRevision(), 0) == -ENXIO
     assert 0 in pv.regions  # Linux publishes kaddr before checking
     assert any("Unexpected revision" in m for m in pv.messages)
@@ -87,8 +85,7 @@ def test_offline_unmaps_and_re_online_zeroes_the_host_value():
     pv = PvSteal()
     cpu = RecordingCpu(env, 0)
     with on_cpu(env):
-        pv.init(cpu)
-        pv.cpu_online(cpu, 0)
+        assert pv.init(cpu)
     env.host.hold(env.tasks[0], 50_000)
     with on_cpu(env):
         env.vcpu(0)._vcpu_load(env.tasks[0])
@@ -105,3 +102,42 @@ def test_steal_clock_is_zero_before_pv_time_init():
     pv.regions[0] = 0x090A_0000
     with on_cpu(env):
         assert pv.steal_clock(RecordingCpu(env, 0), 0) == 0  # native_steal_clock
+
+
+def test_a_failed_boot_cpu_online_fails_pv_time_init():
+    # Linux pv_time_init: stolen_time_init's online callback fails on the boot CPU, so
+    # para_steal_clock is never installed and the steal clock stays native (0).
+    env = make_env(1)
+    pv = PvSteal()
+    cpu = RecordingCpu(env, 0)
+
+    class BadAttributes:
+        def __getattr__(self, name):
+            return getattr(cpu, name)
+
+        def read(self, addr, size):
+            data = bytearray(cpu.read(addr, size))
+            data[4] = 1  # attributes 1
+            return bytes(data)
+
+    with on_cpu(env):
+        assert not pv.init(BadAttributes())
+        assert pv.boot_error == -ENXIO and not pv.enabled
+        env.machine.pvtime_mem[8:16] = struct.pack("<Q", 999)
+        assert pv.steal_clock(cpu, 0) == 0
+    assert not any("using stolen time" in m for m in pv.messages)
+
+
+def test_smccc_version_is_compared_as_a_u32_like_linux():
+    from pvtime.guest.paravirt import smccc_version
+
+    class Firmware:
+        def __init__(self, answer):
+            self.answer = answer
+
+        def hvc(self, x0, *args, **kw):
+            return (0 if x0 == smccc.PSCI_FEATURES else self.answer, 0, 0, 0)
+
+    assert smccc_version(Firmware(0x10001)) == 0x10001
+    assert smccc_version(Firmware(0x10000)) == 0x10000
+    assert smccc_version(Firmware(2**64 - 1)) == 0xFFFF_FFFF  # -1 as a u32 is >= 1.1 in Linux

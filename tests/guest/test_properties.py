@@ -34,10 +34,11 @@ def test_steal_never_decreases(sequence):
     cpu = RecordingCpu(env, 0)
     with env.host.on_cpu(task, 0):
         vcpu._vcpu_load(task)
-        assert kernel.pv.init(cpu)
+        kernel.pv_probed = kernel.pv.init(cpu)  # what ModelKernel.main does on the boot CPU
+        assert kernel.pv_probed
         kernel.ticks.stat(0)
         kernel.rq[0] = RqClock()
-        kernel.cpu_up(cpu, 0)
+        assert kernel.cpu_up(cpu, 0, boot=True)
     last_guest, last_record, online = 0, 0, True
     for op, arg in sequence:
         if op == "wait":

@@ -38,3 +38,23 @@ def test_clock_task_plus_steal_equals_clock_when_steal_fits():
         steal += 300
         rq.update(t * 1_000, steal)
     assert rq.clock_task + steal == rq.clock
+
+
+def test_a_steal_clock_that_goes_backwards_gives_negative_steal_as_linuxs_s64():
+    # PV_TIME_ST on re-online zeroes the record: steal - prev is negative, and Linux's s64 arithmetic
+    # adds it back to clock_task rather than freezing the clock.
+    for carry in (False, True):
+        rq = RqClock(carry_excess=carry)
+        rq.update(1_000_000, 500_000)
+        assert rq.clock_task == 500_000
+        rq.update(2_000_000, 0)  # the clock restarted
+        assert rq.clock_task == 500_000 + 1_000_000 + 500_000
+        rq.update(3_000_000, 100)
+        assert rq.clock_task == 3_000_000 - 100
+
+
+def test_a_zero_delta_still_updates_the_steal_baseline():
+    rq = RqClock()
+    rq.update(1_000, 0)
+    rq.update(1_000, 700)  # delta 0: steal is capped at 0 but the baseline moves (6.13+)
+    assert rq.clock_task == 1_000 and rq.prev_steal_time_rq == 700

@@ -75,11 +75,13 @@ class TickAccounting:
         """Forget the steal baseline (pvtime's fix for PV_TIME_ST zeroing on re-online)."""
         self.prev_steal_time[index] = 0
 
-    def proc_stat(self) -> str:
-        """The cpu lines of /proc/stat: the sum, then one line per CPU."""
+    def proc_stat(self, online: set[int] | None = None) -> str:
+        """The cpu lines of /proc/stat: the sum over all CPUs, then one line per online CPU."""
         cpus = sorted(self.cpustat)
         total = [sum(col) & U64 for col in zip(*(self.cpustat[c].values() for c in cpus))] or [0] * 10
         lines = ["cpu  " + " ".join(str(nsec_to_clock_t(v)) for v in total)]
         for c in cpus:
+            if online is not None and c not in online:
+                continue
             lines.append(f"cpu{c} " + " ".join(str(nsec_to_clock_t(v)) for v in self.cpustat[c].values()))
         return "\n".join(lines) + "\n"

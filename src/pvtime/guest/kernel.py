@@ -123,7 +123,9 @@ class ModelKernel:
         while index != 0 and not self.boot_cpu_ready:
             yield Compute(HOLDING_PEN_SPIN_NS)
         if index == 0:
-            self.pv_probed = self.pv.init(cpu)
+            self.pv_probed = self.pv.init(cpu, index)  # brings the boot CPU's region online
+            if self.pv.boot_error:
+                self.online_errors[index] = self.pv.boot_error
             self.steal_rq_enabled = self.pv_probed and self.options.steal_acc
             self.boot_cpu_ready = True
         assert self.clock is not None
@@ -133,7 +135,8 @@ class ModelKernel:
         self.rq[index] = RqClock(steal_acc=self.steal_rq_enabled, carry_excess=self.options.rq_carry_excess)
         self.rq[index].clock = self.sched_clock(cpu)
         self.rq[index].clock_task = self.rq[index].clock
-        self.cpu_up(cpu, index)
+        if not self.cpu_up(cpu, index, boot=True):
+            return  # the bring-up failed: this CPU stays offline (powered off)
         period_ticks = self._freq // self.options.hz
         self._next_tick[index] = self.clock.read(cpu) + period_ticks
         self.clock.set_cval(cpu, self._next_tick[index])
@@ -151,16 +154,23 @@ class ModelKernel:
                 while self.sched_clock(cpu) < until:
                     yield WaitForInterrupt()
 
-    def cpu_up(self, cpu: GuestCpu, index: int) -> None:
-        """The CPU comes online: the PV-time cpuhp callback runs on it."""
-        self.online.add(index)
-        if self.pv_probed:
+    def cpu_up(self, cpu: GuestCpu, index: int, *, boot: bool = False) -> bool:
+        """The CPU comes online: the PV-time cpuhp callback runs on it. False if that fails.
+
+        A failing callback fails the CPU's bring-up, as in Linux; the boot CPU's callback already
+        ran in pv_time_init.
+        """
+        if self.pv_probed and not (boot and index == 0):
             err = self.pv.cpu_online(cpu, index)
             if err:
                 self.online_errors[index] = err
-            elif not self.options.quirk_hotplug_prev_steal:
+                self.pv.cpu_offline(index)
+                return False
+            if not self.options.quirk_hotplug_prev_steal:
                 self.ticks.reset_prev_steal(index)
                 self.rq[index].reset_steal_baseline()
+        self.online.add(index)
+        return True
 
     def cpu_down(self, index: int) -> None:
         """The CPU goes offline: its region is unmapped, its steal clock reads 0."""
@@ -208,6 +218,8 @@ class ModelKernel:
         self.clock.set_cval(cpu, nxt)
         if self.options.tick_observer is not None:
             self.options.tick_observer(index, now_count * NSEC_PER_SEC // self._freq, late_ns)
+        if index not in self.online:
+            return  # an offline CPU takes no ticks: nothing to account
         self.tick_count[index] = self.tick_count.get(index, 0) + 1
         clock = self.steal_clock(cpu, index)
         idle = self._idle.get(index, False)
@@ -218,5 +230,5 @@ class ModelKernel:
         self.rq[index].update(now_count * NSEC_PER_SEC // self._freq, clock)
 
     def proc_stat(self) -> str:
-        """/proc/stat's cpu lines."""
-        return self.ticks.proc_stat()
+        """/proc/stat's cpu lines (per-CPU lines for online CPUs, as fs/proc/stat.c)."""
+        return self.ticks.proc_stat(online=self.online)

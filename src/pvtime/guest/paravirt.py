@@ -17,7 +17,7 @@ def smccc_version(cpu: GuestCpu) -> int:
     """The SMCCC version as Linux's psci_init_smccc finds it (1.0 when SMCCC_VERSION is absent)."""
     if smccc.to_signed(cpu.hvc(smccc.PSCI_FEATURES, smccc.SMCCC_VERSION)[0]) == smccc.PSCI_NOT_SUPPORTED:
         return 0x10000
-    version = smccc.to_signed(cpu.hvc(smccc.SMCCC_VERSION)[0])
+    version = cpu.hvc(smccc.SMCCC_VERSION)[0] & 0xFFFF_FFFF  # Linux compares it as a u32
     return version if version >= smccc.SMCCC_VERSION_1_1 else 0x10000
 
 
@@ -37,10 +37,20 @@ class PvSteal:
         self.enabled = False  # static key paravirt_steal_enabled
         self.regions: dict[int, int] = {}  # cpu -> mapped record address (the published kaddr)
         self.messages: list[str] = []  # what the kernel would pr_warn/pr_info
+        self.boot_error = 0  # the boot CPU's online error that failed pv_time_init
 
-    def init(self, cpu: GuestCpu) -> bool:
-        """pv_time_init on the boot CPU: probe, then enable (the caller brings CPUs online)."""
+    def init(self, cpu: GuestCpu, boot_index: int = 0) -> bool:
+        """pv_time_init on the boot CPU: probe, run the online callback on the boot CPU, enable.
+
+        As in Linux, a failed online of the boot CPU fails pv_time_init: the steal clock stays
+        the native one (0) and nothing is enabled.
+        """
         if not has_pv_steal_clock(cpu):
+            return False
+        err = self.cpu_online(cpu, boot_index)
+        if err:
+            self.cpu_offline(boot_index)  # cpuhp_setup_state undoes the state on failure
+            self.boot_error = err
             return False
         self.enabled = True
         self.messages.append("arm-pv: using stolen time PV")

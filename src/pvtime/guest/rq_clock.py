@@ -22,11 +22,13 @@ class RqClock:
     def update(self, now: int, steal_clock: int) -> None:
         """update_rq_clock at `now` (ns), with the CPU's steal clock read now."""
         delta = now - self.clock
-        if delta <= 0:
+        if delta < 0:
             return
         self.clock = now
         if self.steal_acc:
-            steal = (steal_clock - self.prev_steal_time_rq) & U64
+            # s64 in Linux: a steal clock that went backwards (PV_TIME_ST on re-online) gives a
+            # negative steal, which moves clock_task forward.
+            steal = _s64(steal_clock - self.prev_steal_time_rq)
             steal = min(steal, delta)
             if self.carry_excess:
                 self.prev_steal_time_rq = (self.prev_steal_time_rq + steal) & U64
@@ -38,3 +40,9 @@ class RqClock:
     def reset_steal_baseline(self) -> None:
         """Forget the steal baseline (pvtime's fix for PV_TIME_ST zeroing on re-online)."""
         self.prev_steal_time_rq = 0
+
+
+def _s64(value: int) -> int:
+    """A 64-bit difference as the kernel's s64 sees it."""
+    value &= U64
+    return value - (1 << 64) if value >> 63 else value
