@@ -49,7 +49,10 @@ def test_core_register_errors() -> None:
         vcpu.set_one_reg(REG_PSTATE, 0x3C9)  # EL2h
     assert err.value.errno == EINVAL
     with pytest.raises(KvmError) as err:
-        vcpu.get_one_reg(core_reg(2 * 40))  # fp_regs: not provided
+        vcpu.get_one_reg(core_reg(2 * 40))  # spsr[4]: a pvtime vCPU has no AArch32 SPSRs
+    assert err.value.errno == EINVAL  # an offset inside struct kvm_regs with no register: EINVAL
+    with pytest.raises(KvmError) as err:
+        vcpu.get_one_reg(core_reg(216))  # past the end of struct kvm_regs
     assert err.value.errno == ENOENT
 
 

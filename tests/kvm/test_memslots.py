@@ -70,3 +70,12 @@ def test_read_only_cannot_be_toggled_in_place(vm):
     buf = bytearray(0x1000)
     vm.set_user_memory_region(0, 0x1000, 0x1000, buf)
     assert errno_of(vm.set_user_memory_region, 0, 0x1000, 0x1000, buf, KVM_MEM_READONLY) == EINVAL
+
+
+def test_a_slot_past_the_40_bit_ipa_space_is_efault_after_the_overlap_check(vm):
+    from pvtime.abi.errno import EFAULT
+
+    # kvm_arch_prepare_memory_region: the default VM type has a 40-bit IPA space.
+    assert errno_of(vm.set_user_memory_region, 0, (1 << 40) - 0x1000, 0x2000, bytearray(0x2000)) == EFAULT
+    vm.set_user_memory_region(0, (1 << 40) - 0x1000, 0x1000, bytearray(0x1000))  # the last page fits
+    assert errno_of(vm.set_user_memory_region, 1, (1 << 40) - 0x1000, 0x2000, bytearray(0x2000)) == EEXIST

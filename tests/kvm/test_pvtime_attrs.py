@@ -138,3 +138,16 @@ def test_error_message_names_the_problem():
     _, vcpu = fresh_vcpu()
     with pytest.raises(KvmError, match="not 64-byte aligned"):
         vcpu.set_device_attr(CTRL, IPA, RAM + 1)
+
+
+def test_a_vcpu_may_be_created_after_the_vm_has_run():
+    # Linux refuses a late KVM_CREATE_VCPU only once an in-kernel vGIC is initialised.
+    from pvtime.guest.kernel import ModelKernel
+
+    vm, vcpu = fresh_vcpu()
+    vcpu.load_model_program(ModelKernel())
+    with vm.host.on_cpu(vm.host.spawn("t"), 1000):
+        vcpu.run()
+    late = vm.create_vcpu(1)
+    late.set_device_attr(CTRL, IPA, RAM + 64)
+    assert errno_of(vm.create_vcpu, 1) == EEXIST

@@ -183,16 +183,18 @@ def test_registers_round_trip_through_get_reg_list_and_one_reg() -> None:
     vcpu.set_one_reg(REG_FPCR, 0x0300_0000)
     vcpu.set_one_reg(sysreg(*sysregs.CPACR_EL1), 3 << 20)
     assert vcpu.get_one_reg(REG_FPCR) == 0x0300_0000 and vcpu.get_one_reg(sysreg(*sysregs.CPACR_EL1)) == 3 << 20
-    # RAZ/WI registers take only 0; unknown ids and wrong sizes are ENOENT.
+    # RAZ/WI registers take only 0; unknown ids are ENOENT, core registers of the wrong size or
+    # offset EINVAL (Linux validate_core_offset).
     for reg in RAZ_WI:
         vcpu.set_one_reg(reg, 0)
         with pytest.raises(KvmError) as err:
             vcpu.set_one_reg(reg, 1)
         assert err.value.errno == EINVAL
-    for bad in (sysreg(3, 0, 15, 15, 7), (reg_v(1) & ~KVM_REG_SIZE_MASK) | 0x0030_0000_0000_0000, reg_v(1) + 1):
+    for bad, errno in ((sysreg(3, 0, 15, 15, 7), ENOENT),
+                       ((reg_v(1) & ~KVM_REG_SIZE_MASK) | 0x0030_0000_0000_0000, EINVAL), (reg_v(1) + 1, EINVAL)):
         with pytest.raises(KvmError) as err:
             vcpu.get_one_reg(bad)
-        assert err.value.errno == ENOENT
+        assert err.value.errno == errno
     # A snapshot carries every register to another host.
     dst = restore(Kvm(Host(10**9)), save(m, now_ns=0), now_ns=0)
     assert {reg: dst.vcpus[0].get_one_reg(reg) for reg in values} == values

@@ -93,6 +93,9 @@ def reg_v(n: int) -> int:
     return KVM_REG_ARM64 | KVM_REG_SIZE_U128 | KVM_REG_ARM_CORE | (_FP_REGS_U32 + 4 * n)
 
 
+KVM_REGS_U32 = _FP_REGS_U32 + 4 * 32 + 4  # sizeof(struct kvm_regs) / 4: vregs, fpsr, fpcr, reserved
+
+
 def core_reg_size(reg_id: int) -> int | None:
     """The size in bytes of the core register at an id's offset, None for no register there."""
     index = reg_id & 0xFFFF

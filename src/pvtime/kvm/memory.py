@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from pvtime.abi.errno import EEXIST, EINVAL, ENOENT
+from pvtime.abi.errno import EEXIST, EFAULT, EINVAL, ENOENT
 from pvtime.abi.uapi import (
     KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_MEM_VALID_FLAGS, KVM_USER_MEM_SLOTS, PAGE_SIZE,
 )
@@ -61,6 +61,7 @@ class GuestMemory:
 
     def __init__(self) -> None:
         self.slots: dict[int, Memslot] = {}
+        self.ipa_bits = 40  # KVM_VM_TYPE_ARM_IPA_SIZE 0: the default 40-bit IPA space
         self._last: Memslot | None = None  # the slot of the last lookup: accesses cluster
 
     def set_region(self, slot: int, guest_phys_addr: int, memory_size: int,
@@ -73,8 +74,8 @@ class GuestMemory:
         if guest_phys_addr % PAGE_SIZE or memory_size % PAGE_SIZE or memory_size < 0:
             raise KvmError(EINVAL, f"memslot {slot}: address {guest_phys_addr:#x} and size "
                                    f"{memory_size:#x} must be page aligned")
-        if guest_phys_addr < 0 or guest_phys_addr + memory_size > 1 << 48:
-            raise KvmError(EINVAL, f"memslot {slot}: outside the 48-bit IPA space")
+        if guest_phys_addr < 0:
+            raise KvmError(EINVAL, f"memslot {slot}: negative guest address {guest_phys_addr:#x}")
         old = self.slots.get(slot)
         if memory_size == 0:
             if old is None:
@@ -96,6 +97,8 @@ class GuestMemory:
         for other in self.slots.values():
             if other.slot != slot and guest_phys_addr < other.end and other.guest_phys_addr < guest_phys_addr + memory_size:
                 raise KvmError(EEXIST, f"memslot {slot}: overlaps memslot {other.slot}")
+        if guest_phys_addr + memory_size > 1 << self.ipa_bits:  # kvm_arch_prepare_memory_region
+            raise KvmError(EFAULT, f"memslot {slot}: ends past the VM's {self.ipa_bits}-bit IPA space")
         self.slots[slot] = Memslot(slot, guest_phys_addr, memory_size, flags, view[:memory_size])
         self._last = None
 

@@ -15,7 +15,7 @@ from pvtime.abi.uapi import (
     KVM_REG_ARM_COPROC_MASK, KVM_REG_ARM_STD_HYP_BMAP, KVM_REG_ARM_TIMER_CNT,
     KVM_REG_ARM_TIMER_CTL, KVM_REG_ARM_TIMER_CVAL, KVM_REG_ARM_PTIMER_CNT,
     KVM_REG_ARM_PTIMER_CTL, KVM_REG_ARM_PTIMER_CVAL, KVM_REG_SIZE_MASK, REG_PC, reg_size, reg_x,
-    KVM_REG_ARM_CNTKCTL_EL1, CORE_REG_IDS, EL1_SYSREG_IDS, core_reg_size,
+    KVM_REG_ARM_CNTKCTL_EL1, KVM_REGS_U32, CORE_REG_IDS, EL1_SYSREG_IDS, core_reg_size,
 )
 from pvtime.cpu.backend import Conduit, CpuBackend, GuestFault, GuestRegion, Stop, StopKind
 from pvtime.guest.machine import ModelProgram
@@ -149,11 +149,15 @@ class Vcpu:
         size = reg_size(reg_id)
         base = reg_id & ~KVM_REG_SIZE_MASK
         if base & KVM_REG_ARM_COPROC_MASK == KVM_REG_ARM_CORE:
+            # Linux get/set_core_reg: past struct kvm_regs is ENOENT, a bad offset or size EINVAL.
+            offset = reg_id & 0xFFFF
+            if offset >= KVM_REGS_U32 or offset + size // 4 >= KVM_REGS_U32:
+                raise KvmError(ENOENT, f"core register {reg_id:#x}: past the end of struct kvm_regs")
             want = core_reg_size(reg_id)
             if want is None:
-                raise KvmError(ENOENT, f"core register {reg_id:#x}: no register at that offset")
+                raise KvmError(EINVAL, f"core register {reg_id:#x}: no register at that offset")
             if size != want:
-                raise KvmError(ENOENT, f"register {reg_id:#x}: size {size} bytes, the register has {want}")
+                raise KvmError(EINVAL, f"register {reg_id:#x}: size {size} bytes, the register has {want}")
             return size
         known = (base == KVM_REG_ARM_STD_HYP_BMAP & ~KVM_REG_SIZE_MASK
                  or base in _TIMER_BASES or base in _EL1_BASES)
@@ -239,13 +243,13 @@ class Vcpu:
         slice_ = host.current
         if slice_ is None:
             raise RuntimeError(f"{self}: run() must be called by a host task on a CPU (Host.on_cpu)")
+        self.vm.note_first_run()  # HAS_RAN_ONCE is set before immediate_exit is looked at
         if self.immediate_exit:
             complete = getattr(self.cpu, "complete_pending", None)
             if complete is not None:
                 complete()
             return IntrExit()
         self.stats.runs += 1
-        self.vm.note_first_run()
         self._vcpu_load(slice_.task)
         if self.powered_off:
             return HaltExit(None)

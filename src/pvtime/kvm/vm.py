@@ -65,8 +65,7 @@ class Vm:
             raise KvmError(EINVAL, f"vCPU id {vcpu_id}: must be in 0..{MAX_VCPUS - 1}")
         if any(v.id == vcpu_id for v in self.vcpus):
             raise KvmError(EEXIST, f"vCPU {vcpu_id} already exists")
-        if self.has_run:
-            raise KvmError(EINVAL, "cannot add a vCPU after the VM has run")
+        # Linux refuses a late vCPU only once an in-kernel vGIC is initialised; pvtime has none.
         vcpu = Vcpu(self, vcpu_id, create_cpu(self.cpu_kind, vcpu_id, instructions_per_sec=self.instructions_per_sec))
         self.vcpus.append(vcpu)
         return vcpu

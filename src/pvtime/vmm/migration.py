@@ -225,7 +225,9 @@ class Sender:
         if not m.paused and m.vm.has_run:
             raise MigrationError(f"{m.config.name}: pause the VM before the final part")
         with _at(m.kvm.host, now_ns):
-            for vcpu in m.vcpus:  # quiesce: complete what an exit left pending, enter nothing
+            # Quiesce: complete what an exit left pending, enter nothing. A VM that never ran has
+            # nothing pending, and a KVM_RUN would count as its first run (HAS_RAN_ONCE).
+            for vcpu in m.vcpus if m.vm.has_run else ():
                 vcpu.immediate_exit = True
                 try:
                     vcpu.run()
