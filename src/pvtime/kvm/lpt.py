@@ -28,6 +28,9 @@ how long the VM waited between restore and first run (the RFC's ``cntvct * f_new
 at first run would also scale the ticks counted at the new rate in between). Without an anchor
 (no counter was restored) the counter's value at first run is used, as the RFC does.
 
+The VM attribute group number (0) is the RFC's; since Linux 6.4 group 0 of the VM fd is
+``KVM_ARM_VM_SMCCC_CTRL`` (the SMCCC filter), which pvtime does not implement.
+
 The RFC's defects are available as named quirks (:class:`pvtime.kvm.quirks.Quirk`), off by
 default: ``LPT_U32_PENDING_DELTA``, ``LPT_VTIMER_ONLY``, ``LPT_ST_NEEDS_LPT``.
 """

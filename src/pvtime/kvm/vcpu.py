@@ -48,7 +48,9 @@ class Vcpu:
     def __init__(self, vm: Vm, vcpu_id: int, cpu: CpuBackend) -> None:
         self.vm = vm
         self.id = vcpu_id
-        # MPIDR affinity equals the index: Aff0 = bits 0-7, Aff1 = bits 8-15, bit 31 RES1.
+        # MPIDR affinity equals the index (the machine contract of guests/README.md): Aff0 = bits
+        # 0-7, Aff1 = bits 8-15, bit 31 RES1. KVM's reset_mpidr packs 16 per Aff0 (Aff0 = id & 0xf,
+        # Aff1 = id >> 4); the two agree for the first 16 vCPUs.
         self.mpidr = (1 << 31) | (vcpu_id & 0xFF) | ((vcpu_id >> 8) & 0xFF) << 8
         self.cpu = cpu
         self.steal = pvtime.StealState()
