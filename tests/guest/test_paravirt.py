@@ -9,6 +9,21 @@ from pvtime.guest.paravirt import PvSteal, has_pv_steal_clock
 from tests.conftest import RecordingCpu, make_env
 
 
+class RecordReadAs:
+    """A vCPU whose memory reads show byte `offset` of every read as 1 (a corrupt record)."""
+
+    def __init__(self, cpu, offset):
+        self._cpu, self._offset = cpu, offset
+
+    def __getattr__(self, name):
+        return getattr(self._cpu, name)
+
+    def read(self, addr, size):
+        data = bytearray(self._cpu.read(addr, size))
+        data[self._offset] = 1
+        return bytes(data)
+
+
 def on_cpu(env, i=0):
     return env.host.on_cpu(env.tasks[i], 0)
 
@@ -65,17 +80,8 @@ def test_bad_revision_fails_with_enxio_and_the_mapping_stays_published():
     pv = PvSteal()
     cpu = RecordingCpu(env, 0)
 
-    class BadRevision:
-        def __getattr__(self, name):
-            return getattr(cpu, name)
-
-        def read(self, addr, size):
-            data = bytearray(cpu.read(addr, size))
-            data[0] = 1  # revision 1
-            return bytes(data)
-
     with on_cpu(env):
-        assert pv.cpu_online(BadRevision(), 0) == -ENXIO
+        assert pv.cpu_online(RecordReadAs(cpu, 0), 0) == -ENXIO  # revision 1
     assert 0 in pv.regions  # Linux publishes kaddr before checking
     assert any("Unexpected revision" in m for m in pv.messages)
 
@@ -111,17 +117,8 @@ def test_a_failed_boot_cpu_online_fails_pv_time_init():
     pv = PvSteal()
     cpu = RecordingCpu(env, 0)
 
-    class BadAttributes:
-        def __getattr__(self, name):
-            return getattr(cpu, name)
-
-        def read(self, addr, size):
-            data = bytearray(cpu.read(addr, size))
-            data[4] = 1  # attributes 1
-            return bytes(data)
-
     with on_cpu(env):
-        assert not pv.init(BadAttributes())
+        assert not pv.init(RecordReadAs(cpu, 4))  # attributes 1
         assert pv.boot_error == -ENXIO and not pv.enabled
         env.machine.pvtime_mem[8:16] = struct.pack("<Q", 999)
         assert pv.steal_clock(cpu, 0) == 0
