@@ -12,8 +12,8 @@ from pvtime.host import CpuHog, EventLoop, Host, Scheduler
 from pvtime.kvm import Kvm
 from pvtime.sim.migration import LinkSpec, MigrationDriver, _start
 from pvtime.vmm import Machine, MachineConfig
-from pvtime.vmm.migration import MigrationError, ModelHandover, Receiver, lpt_record, restore, save, steal_of
-from pvtime.vmm.migration_stream import MAGIC, STREAM_VERSION, decode
+from pvtime.vmm.migration import MigrationError, ModelHandover, Receiver, restore, save
+from pvtime.vmm.migration_stream import MAGIC, STREAM_VERSION
 
 MS = 1_000_000
 
@@ -114,16 +114,16 @@ def test_live_migration_keeps_pv_clock_steal_and_timers_right():
     w = World()
     drv = w.migrate(200 * MS)
     w.core.run(300 * MS)
-    steal_before = [steal_of(w.machine, i) for i in range(2)]
+    steal_before = [w.machine.stolen_time(i) for i in range(2)]
     w.core.run(600 * MS)
     assert drv.error is None and drv.result is not None
     dst = drv.result
     assert w.machine.stopped.startswith("migrated")
-    rec = lpt_record(dst)
+    rec = dst.lpt_record()
     assert rec.native_freq == 10**9 and rec.sequence_number == 4
     # Steal: no reset, no jump, never backwards.
     for i in range(2):
-        after = steal_of(dst, i)
+        after = dst.stolen_time(i)
         assert after >= steal_before[i]
     assert w.kernel.timer.early == 0 and w.kernel.timer.fires > 100
     for i in range(2):  # the guest's clock never went backwards across the migration
@@ -163,8 +163,8 @@ def test_migration_there_and_back():
     w.scheds.reverse(), w.hosts.reverse(), w.kvms.reverse()
     back = w.migrate(250 * MS)
     w.core.run(400 * MS)
-    assert back.error is None and lpt_record(back.result).native_freq == 25_000_000
-    assert lpt_record(back.result).sequence_number == 6
+    assert back.error is None and back.result.lpt_record().native_freq == 25_000_000
+    assert back.result.lpt_record().sequence_number == 6
     assert w.kernel.timer.early == 0
 
 

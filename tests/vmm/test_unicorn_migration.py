@@ -24,7 +24,7 @@ from pvtime.kvm import Kvm, KvmError, MmioExit
 from pvtime.sim.migration import LinkSpec, MigrationDriver, _start
 from pvtime.vmm import Machine, MachineConfig, VcpuThread
 from pvtime.vmm.images import ConsoleProcStat, packaged_image, patch_minikernel
-from pvtime.vmm.migration import MigrationError, Receiver, Sender, dirty_pages, restore, save, steal_of
+from pvtime.vmm.migration import MigrationError, Receiver, Sender, dirty_pages, restore, save
 from pvtime.vmm.migration_net import send_parts
 from pvtime.vmm.migration_stream import decode
 
@@ -76,7 +76,7 @@ class World:
 
     def sample_steal(self) -> None:
         m = self.machine
-        self.steal.append([steal_of(m, i) for i in range(len(m.vcpus))])
+        self.steal.append([m.stolen_time(i) for i in range(len(m.vcpus))])
         if m.stopped is None:
             self.core.at(self.core.now + 2 * MS, 1, self.sample_steal)
 
@@ -112,7 +112,7 @@ def test_minikernel_migrated_25mhz_1ghz_25mhz_finishes_with_steal_and_proc_stat_
     stat = ConsoleProcStat.parse(console)
     assert sorted(stat.steal_ns) == [0, 1, 2]
     for cpu, ns in stat.steal_ns.items():
-        record = steal_of(m, cpu)
+        record = m.stolen_time(cpu)
         assert record is not None and 0 <= record - ns <= 2 * MS, (cpu, ns, record)
         assert stat.cpus[cpu][7] == ns // NSEC_PER_USER_HZ
         assert all(v >= 0 for v in stat.cpus[cpu])

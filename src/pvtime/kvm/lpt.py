@@ -48,7 +48,6 @@ from pvtime.abi.records import LPT_RECORD_ALIGN, LPT_RECORD_SIZE, LptRecord
 from pvtime.abi.uapi import INVALID_GPA, KVM_ARM_VM_PVTIME_LPT_FREQ, KVM_ARM_VM_PVTIME_LPT_IPA
 from pvtime.kvm import pvtime
 from pvtime.kvm.errors import KvmError
-from pvtime.kvm.memory import GuestMemory
 from pvtime.kvm.quirks import Quirk
 
 if TYPE_CHECKING:

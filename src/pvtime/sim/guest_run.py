@@ -9,13 +9,11 @@ only: the same image and options give the same console output and counters.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pvtime.abi import smccc
-from pvtime.abi.records import STEAL_TIME_OFFSET
 from pvtime.cpu.backend import Conduit
 from pvtime.host import Host, Step, Task
 from pvtime.host.events import EventLoop
@@ -149,8 +147,7 @@ def run_guest(image: bytes | Path | str, options: GuestRunOptions, *,
     for report, vcpu, task in zip(reports, machine.vcpus, host.tasks):
         report.instructions = getattr(vcpu.cpu, "instructions", 0)
         report.run_delay_ns = task.run_delay_ns
-        data = machine.vm.memory.read(vcpu.steal.base + STEAL_TIME_OFFSET, 8) if machine.pvtime_mem else None
-        report.record_steal_ns = struct.unpack("<Q", data)[0] if data else None
+        report.record_steal_ns = machine.stolen_time(vcpu.id)
     return GuestRunResult(machine.exit_status, machine.stopped, list(machine.errors), bytes(machine.console),
                           max(host.clock_ns, core.now if machine.stopped is None else host.clock_ns),
                           reports, sched.switches)

@@ -24,7 +24,7 @@ from pvtime.host.events import PRIO_WAKE
 from pvtime.kvm import Kvm
 from pvtime.vmm import Machine, MachineConfig, VcpuThread
 from pvtime.vmm.migration import (
-    LiveMigration, MigrationError, ModelHandover, Receiver, Sender, lpt_record, steal_of,
+    LiveMigration, MigrationError, ModelHandover, Receiver, Sender,
 )
 from pvtime.vmm.migration_net import receive, send_parts
 
@@ -130,18 +130,18 @@ def watch_summary(machine: Machine) -> dict[str, object]:
     log = WatchLog.unpack(bytes(machine.ram[off:off + WatchLog.SIZE]))
     return {"vm": machine.config.name, "stopped": machine.stopped, "reads": log.reads, "last": log.last,
             "freq": log.freq, "backsteps": log.backsteps, "restarts": log.restarts,
-            "record": _record_dict(machine), "steal_ns": steal_of(machine, 0)}
+            "record": _record_dict(machine), "steal_ns": machine.stolen_time(0)}
 
 
 def elf_summary(machine: Machine) -> dict[str, object]:
     """An AArch64 guest's console, exit status and steal (for the CLI)."""
     return {"vm": machine.config.name, "stopped": machine.stopped, "exit_status": machine.exit_status,
             "console": machine.console.decode(errors="replace"), "record": _record_dict(machine),
-            "steal_ns": [steal_of(machine, v.id) for v in machine.vcpus]}
+            "steal_ns": [machine.stolen_time(v.id) for v in machine.vcpus]}
 
 
 def _record_dict(machine: Machine) -> dict[str, int] | None:
-    record = lpt_record(machine)
+    record = machine.lpt_record()
     return None if record is None else dataclasses.asdict(record)
 
 

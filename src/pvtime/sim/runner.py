@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,7 +9,6 @@ from typing import Any
 import numpy as np
 
 from pvtime.abi import smccc
-from pvtime.abi.records import STEAL_TIME_OFFSET
 from pvtime.abi.uapi import NSEC_PER_SEC, USER_HZ
 from pvtime.guest.kernel import KernelOptions, ModelKernel, Workload
 from pvtime.host import (
@@ -383,8 +381,7 @@ def _probe(vs: VmSpec, machine: Machine, vcpu: Vcpu, thread: VcpuThread, kernel:
     def record() -> int | None:
         if not vs.pvtime:
             return None
-        raw = machine.vm.memory.read(vcpu.steal.base + STEAL_TIME_OFFSET, 8)
-        return None if raw is None else struct.unpack("<Q", raw)[0]
+        return machine.stolen_time(vcpu.id)
 
     def guest() -> int | None:
         if kernel is not None:

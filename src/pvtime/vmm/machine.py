@@ -6,8 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pvtime.abi.records import LPT_RECORD_SIZE, STEAL_TIME_OFFSET, LptRecord
 from pvtime.abi.uapi import (
-    KVM_ARM_VCPU_PVTIME_CTRL, KVM_ARM_VCPU_PVTIME_IPA, KVM_ARM_VM_PVTIME_LPT_CTRL,
+    INVALID_GPA, KVM_ARM_VCPU_PVTIME_CTRL, KVM_ARM_VCPU_PVTIME_IPA, KVM_ARM_VM_PVTIME_LPT_CTRL,
     KVM_ARM_VM_PVTIME_LPT_FREQ, KVM_ARM_VM_PVTIME_LPT_IPA, KVM_CAP_STEAL_TIME,
 )
 from pvtime.guest.machine import ModelProgram
@@ -141,6 +142,24 @@ class Machine:
     def read_guest(self, gpa: int, size: int) -> bytes | None:
         """Guest memory as the VMM sees it (RAM and the PV-time region), None elsewhere."""
         return self.vm.memory.read(gpa, size)
+
+    def stolen_time(self, vcpu_id: int) -> int | None:
+        """A vCPU's stolen_time as its record in guest memory holds it (None without a record)."""
+        try:
+            ipa = self.vcpus[vcpu_id].get_device_attr(KVM_ARM_VCPU_PVTIME_CTRL, KVM_ARM_VCPU_PVTIME_IPA)
+        except KvmError:
+            return None  # PV time not supported on this host or VM
+        raw = self.read_guest(ipa + STEAL_TIME_OFFSET, 8) if ipa != INVALID_GPA else None
+        return None if raw is None else int.from_bytes(raw, "little")
+
+    def lpt_record(self) -> LptRecord | None:
+        """The VM's LPT record as guest memory holds it (None without LPT)."""
+        try:
+            ipa = self.vm.get_device_attr(KVM_ARM_VM_PVTIME_LPT_CTRL, KVM_ARM_VM_PVTIME_LPT_IPA)
+        except KvmError:
+            return None
+        raw = self.read_guest(ipa, LPT_RECORD_SIZE) if ipa != INVALID_GPA else None
+        return None if raw is None else LptRecord.unpack(raw)
 
     def handle_semihosting(self, vcpu: Vcpu, ex: SemihostingExit) -> None:
         """Serve an Arm semihosting call (console output, exit status)."""

@@ -44,7 +44,6 @@ the final restore fails the source is resumed, without dirty logging, and keeps 
 from __future__ import annotations
 
 import dataclasses
-import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -426,7 +425,6 @@ def _check_lpt_record(memory: dict[int, bytearray], meta: dict[str, Any], ipa: i
 
 def _fill(machine: Machine, meta: dict[str, Any], memory: dict[int, bytearray], state: dict[str, Any],
           old_hz: int, now_ns: int, downtime_ns: int | None) -> None:
-    vm = machine.vm
     for slot, _, size in meta["regions"]:
         if slot == Machine.RAM_SLOT:
             if size != len(machine.ram):
@@ -557,18 +555,3 @@ class LiveMigration:
         self.result = machine
         return machine
 
-
-def lpt_record(machine: Machine) -> LptRecord | None:
-    """The VM's LPT record as guest memory holds it (None without LPT): for reports and tests."""
-    ipa = machine.vm.lpt.ipa
-    if ipa == INVALID_GPA:
-        return None
-    raw = machine.vm.memory.read(ipa, LPT_RECORD_SIZE)
-    return None if raw is None else LptRecord.unpack(raw)
-
-
-def steal_of(machine: Machine, vcpu: int) -> int | None:
-    """A vCPU's stolen_time as its record in guest memory holds it (None without a record)."""
-    base = machine.vcpus[vcpu].steal.base
-    raw = machine.vm.memory.read(base + 8, 8) if base != INVALID_GPA else None
-    return None if raw is None else struct.unpack("<Q", raw)[0]
