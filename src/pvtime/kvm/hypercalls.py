@@ -23,6 +23,11 @@ U32 = 0xFFFF_FFFF
 _PV_TIME_IDS = frozenset({smccc.PV_TIME_FEATURES, smccc.PV_TIME_ST, smccc.PV_TIME_LPT})
 
 
+def pv_time_st_succeeded(fid: int, regs: list[int]) -> bool:
+    """For a hypercall tracepoint: was this a PV_TIME_ST that moved the steal baseline?"""
+    return fid == smccc.PV_TIME_ST and regs[0] != smccc.to_u64(smccc.NOT_SUPPORTED)
+
+
 def pv_time_visible(vm: Vm) -> bool:
     """The VM's STD_HYP bitmap exposes PV time."""
     return bool(vm.std_hyp_bmap >> KVM_REG_ARM_STD_HYP_BIT_PV_TIME & 1)

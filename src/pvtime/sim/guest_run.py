@@ -13,13 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pvtime.abi import smccc
-from pvtime.cpu.backend import Conduit
 from pvtime.host import Host, Step, Task
 from pvtime.host.events import EventLoop
 from pvtime.host.scheduler import Scheduler
 from pvtime.host.task import Slice
-from pvtime.kvm import InternalErrorExit, Kvm, Vcpu
+from pvtime.kvm import InternalErrorExit, Kvm, Vcpu, Vm
+from pvtime.kvm.hypercalls import pv_time_st_succeeded
 from pvtime.vmm import Machine, MachineConfig, VcpuThread
 
 MS = 1_000_000
@@ -101,18 +100,16 @@ class _ObservedThread:
         return self.thread.step(slice_)
 
 
-def _observe_pv_time_st(vcpu: Vcpu, task: Task, report: VcpuReport) -> None:
-    """Note the run_delay baseline PV_TIME_ST sets (KVM's last_steal), without changing the call."""
-    inner = vcpu.hypercall
+def _observe_pv_time_st(vm: Vm, reports: dict[Vcpu, tuple[Task, VcpuReport]]) -> None:
+    """Note the run_delay baseline PV_TIME_ST sets (KVM's last_steal), through the VM's tracepoint."""
 
-    def hypercall(regs: list[int], conduit: Conduit, imm: int) -> None:
-        fid = regs[0] & 0xFFFF_FFFF
-        inner(regs, conduit, imm)
-        if fid == smccc.PV_TIME_ST and regs[0] != smccc.to_u64(smccc.NOT_SUPPORTED):
+    def trace(vcpu: Vcpu, fid: int, regs: list[int]) -> None:
+        if pv_time_st_succeeded(fid, regs):
+            task, report = reports[vcpu]
             report.st_baseline_ns = task.run_delay_ns
             report.steal_at_loads = [0]
 
-    vcpu.hypercall = hypercall  # type: ignore[method-assign]
+    vm.trace_hypercall = trace
 
 
 def run_guest(image: bytes | Path | str, options: GuestRunOptions, *,
@@ -129,13 +126,15 @@ def run_guest(image: bytes | Path | str, options: GuestRunOptions, *,
     core = EventLoop()
     sched = Scheduler(host, core, end_ns=options.time_limit_ns)
     reports = []
+    observed: dict[Vcpu, tuple[Task, VcpuReport]] = {}
+    _observe_pv_time_st(machine.vm, observed)
     for vcpu in machine.vcpus:
         report = VcpuReport(vcpu.id)
         reports.append(report)
         thread = VcpuThread(machine, vcpu)
         task = host.spawn(f"vcpu{vcpu.id}")
         thread.task = task
-        _observe_pv_time_st(vcpu, task, report)
+        observed[vcpu] = (task, report)
         # A powered-off vCPU's thread blocks in KVM_RUN until CPU_ON wakes it.
         vcpu.set_wake_callback(lambda t=task: sched.wake(t))
         sched.add(task, _ObservedThread(thread, report))

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 
-from pvtime.abi import smccc
 from pvtime.abi.uapi import NSEC_PER_SEC, USER_HZ
 from pvtime.guest.kernel import KernelOptions, ModelKernel, Workload
 from pvtime.host import (
@@ -17,6 +16,7 @@ from pvtime.host import (
 from pvtime.host.events import PRIO_WAKE
 from pvtime.host.task import Slice, Step
 from pvtime.kvm import Kvm, Vcpu
+from pvtime.kvm.hypercalls import pv_time_st_succeeded
 from pvtime.sim.migration import LinkSpec, MigrationDriver
 from pvtime.sim.recorder import CATEGORIES, Recorder, VcpuProbe
 from pvtime.sim.scenario import (
@@ -425,7 +425,7 @@ class _HypercallTrace:
 
     def __call__(self, vcpu: Vcpu, fid: int, regs: list[int]) -> None:
         host, task, probe = self.vcpus[vcpu]
-        if fid == smccc.PV_TIME_ST and regs[0] != smccc.to_u64(smccc.NOT_SUPPORTED):
+        if pv_time_st_succeeded(fid, regs):
             probe.baseline["st"] = task.run_delay_ns  # PV_TIME_ST moved KVM's baseline
         self.recorder.on_hypercall(host, task, host.now_ns(), fid, regs[0])
 
