@@ -37,7 +37,6 @@ default: ``LPT_U32_PENDING_DELTA``, ``LPT_VTIMER_ONLY``, ``LPT_ST_NEEDS_LPT``.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -48,6 +47,7 @@ from pvtime.abi.records import LPT_RECORD_ALIGN, LPT_RECORD_SIZE, LptRecord
 from pvtime.abi.uapi import INVALID_GPA, KVM_ARM_VM_PVTIME_LPT_FREQ, KVM_ARM_VM_PVTIME_LPT_IPA
 from pvtime.kvm import pvtime
 from pvtime.kvm.errors import KvmError
+from pvtime.kvm.uaccess import read_user
 from pvtime.kvm.quirks import Quirk
 
 if TYPE_CHECKING:
@@ -86,18 +86,6 @@ def _check_attr(ok: bool, attr: int) -> str:
     return name
 
 
-def _u32_value(value: object, what: str) -> int:
-    """get_user of a u32 at attr.addr: EFAULT when unreadable (4 bytes, or an int that fits)."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        if len(value) < 4:
-            raise KvmError(EFAULT, f"{what}: value is {len(value)} bytes, a u32 needs 4")
-        return struct.unpack_from("<I", value)[0]
-    number = pvtime.attr_value(value, what)  # the same EFAULT rules as every u64 attribute
-    if number > U32:
-        raise KvmError(EFAULT, f"{what}: value {number} is not a readable u32")
-    return number
-
-
 def set_attr(vm: Vm, attr: int, value: object) -> None:
     """KVM_SET_DEVICE_ATTR in group KVM_ARM_VM_PVTIME_LPT_CTRL (checks in the ST attribute's order).
 
@@ -108,7 +96,7 @@ def set_attr(vm: Vm, attr: int, value: object) -> None:
     state: LptState = vm.lpt
     name = _check_attr(supported(vm), attr)
     if attr == KVM_ARM_VM_PVTIME_LPT_IPA:
-        ipa = pvtime.attr_value(value, name)
+        ipa = read_user(value, 8, name)
         if ipa % LPT_RECORD_ALIGN:
             raise KvmError(EINVAL, f"{name} {ipa:#x} is not {LPT_RECORD_ALIGN}-byte aligned")
         if state.ipa != INVALID_GPA:
@@ -117,7 +105,7 @@ def set_attr(vm: Vm, attr: int, value: object) -> None:
             raise KvmError(EINVAL, f"{name} {ipa:#x} is not in a writable memslot")
         state.ipa = ipa
     else:
-        hz = _u32_value(value, name)
+        hz = read_user(value, 4, name)
         if hz == 0:
             raise KvmError(EINVAL, f"{name}: the PV frequency must be non-zero")
         if state.pv_hz != 0:

@@ -10,11 +10,12 @@ import struct
 from dataclasses import dataclass
 
 from pvtime.abi import smccc
-from pvtime.abi.errno import EEXIST, EFAULT, EINVAL, ENXIO
+from pvtime.abi.errno import EEXIST, EINVAL, ENXIO
 from pvtime.abi.records import STEAL_RECORD_ALIGN, STEAL_RECORD_SIZE, STEAL_TIME_OFFSET
 from pvtime.abi.uapi import INVALID_GPA, KVM_ARM_VCPU_PVTIME_IPA
 from pvtime.host.task import Task
 from pvtime.kvm.errors import KvmError
+from pvtime.kvm.uaccess import read_user
 from pvtime.kvm.memory import GuestMemory
 from pvtime.kvm.quirks import Quirk
 
@@ -31,22 +32,11 @@ class StealState:
     cached: int = 0  # the host's own copy, used only by Quirk.STEAL_CACHED_IN_HOST
 
 
-def attr_value(value: object, what: str) -> int:
-    """copy_from_user of a u64: EFAULT when the value cannot be read as one."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        if len(value) < 8:
-            raise KvmError(EFAULT, f"{what}: value is {len(value)} bytes, a u64 needs 8")
-        return struct.unpack_from("<Q", value)[0]
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= U64:
-        return value
-    raise KvmError(EFAULT, f"{what}: value {value!r} is not a readable u64")
-
-
 def set_ipa(steal: StealState, supported: bool, attr: int, value: object, memory: GuestMemory) -> None:
     """kvm_arm_pvtime_set_attr, with its checks in Linux's order."""
     if not supported or attr != KVM_ARM_VCPU_PVTIME_IPA:
         raise KvmError(ENXIO, f"PVTIME_CTRL attribute {attr}: not supported")
-    ipa = attr_value(value, "PVTIME_IPA")
+    ipa = read_user(value, 8, "PVTIME_IPA")
     if ipa % STEAL_RECORD_ALIGN:
         raise KvmError(EINVAL, f"PVTIME_IPA {ipa:#x} is not 64-byte aligned")
     if steal.base != INVALID_GPA:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pvtime.abi import sysregs
-from pvtime.abi.errno import E2BIG, EBUSY, EFAULT, EINVAL, ENOENT, ENXIO
+from pvtime.abi.errno import E2BIG, EBUSY, EINVAL, ENOENT, ENXIO
 from pvtime.abi.sysregs import SysReg
 from pvtime.abi.uapi import (
     KVM_ARM_VCPU_PVTIME_CTRL, KVM_INTERNAL_ERROR_EMULATION, KVM_REG_ARM_CORE,
@@ -22,6 +22,7 @@ from pvtime.host.task import Task
 from pvtime.kvm import hypercalls, pvtime
 from pvtime.kvm.arch_timer import ArchTimer
 from pvtime.kvm.errors import KvmError
+from pvtime.kvm.uaccess import read_user
 from pvtime.kvm.exits import (
     Exit, HaltExit, InternalErrorExit, IntrExit, MmioExit, SemihostingExit, SystemEventExit,
 )
@@ -91,7 +92,7 @@ class Vcpu:
     def set_one_reg(self, reg_id: int, value: object) -> None:
         """KVM_SET_ONE_REG: core registers, timer registers and the firmware bitmap."""
         size = self._reg_size(reg_id)
-        val = _reg_value(value, size, reg_id)
+        val = read_user(value, size, f"register {reg_id:#x}")
         if reg_id == KVM_REG_ARM_STD_HYP_BMAP:
             hypercalls.set_std_hyp_bmap(self.vm, val)
         elif reg_id & KVM_REG_ARM_COPROC_MASK == KVM_REG_ARM_CORE:
@@ -342,14 +343,3 @@ _EL1_BASES = frozenset(r & ~KVM_REG_SIZE_MASK for r in EL1_SYSREG_IDS)
 # KVM's reset values (sys_reg_descs): SCTLR_EL1 has its RES1 bits set, the others are 0.
 _SYSREG_RESET: dict[int, int] = {r: 0 for r in EL1_SYSREG_IDS}
 _SYSREG_RESET[next(i for i, r in EL1_SYSREG_IDS.items() if r == sysregs.SCTLR_EL1)] = 0x00C5_0078
-
-
-def _reg_value(value: object, size: int, reg_id: int) -> int:
-    """copy_from_user of a register value of `size` bytes: EFAULT when unreadable."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        if len(value) < size:
-            raise KvmError(EFAULT, f"register {reg_id:#x}: {len(value)} bytes given, {size} needed")
-        return int.from_bytes(bytes(value[:size]), "little")
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << (8 * size):
-        return value
-    raise KvmError(EFAULT, f"register {reg_id:#x}: value {value!r} is not a readable u{8 * size}")
