@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pvtime.abi.records import LptRecord
-from pvtime.abi.smccc import U64_MASK
+from pvtime.abi.widths import U32, U64
 
 __all__ = [
     "U32_MAX",
@@ -40,9 +40,9 @@ __all__ = [
     "scale_factors",
 ]
 
-U64_MAX = U64_MASK
+U64_MAX = U64
 # The record's frequency fields are u32 (REFERENCE section 5); a width, not a protocol constant.
-U32_MAX = 0xFFFF_FFFF
+U32_MAX = U32
 # Julian year, the astronomers' convention for "years" of elapsed time.
 _SECONDS_PER_YEAR = 31_557_600
 

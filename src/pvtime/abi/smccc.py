@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
-U64_MASK = (1 << 64) - 1
+from pvtime.abi.widths import U64
 
 
 class Owner(IntEnum):
@@ -65,12 +65,12 @@ def decode(fid: int) -> FunctionId:
 
 def to_u64(value: int) -> int:
     """A return code (possibly negative) as the guest sees it in x0."""
-    return value & U64_MASK
+    return value & U64
 
 
 def to_signed(value: int) -> int:
     """x0 read back as a signed 64-bit return code."""
-    value &= U64_MASK
+    value &= U64
     return value - (1 << 64) if value >> 63 else value
 
 

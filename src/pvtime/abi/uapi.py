@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from pvtime.abi.widths import U64
 from pvtime.abi import sysregs
 
 # Capabilities.
@@ -31,7 +32,7 @@ KVM_ARM_VM_PVTIME_LPT_CTRL = 0
 KVM_ARM_VM_PVTIME_LPT_IPA = 0
 KVM_ARM_VM_PVTIME_LPT_FREQ = 1
 
-INVALID_GPA = (1 << 64) - 1  # what GET returns when no IPA is set
+INVALID_GPA = U64  # what GET returns when no IPA is set
 
 # Register ids: KVM_REG_ARM64 | size | coprocessor | index.
 KVM_REG_ARM64 = 0x6000_0000_0000_0000

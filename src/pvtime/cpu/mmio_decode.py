@@ -8,6 +8,8 @@ accesses have no valid syndrome; KVM then refuses the access (an internal error 
 
 from __future__ import annotations
 
+from pvtime.abi.widths import U32, U64
+
 from dataclasses import dataclass
 
 
@@ -27,7 +29,7 @@ class MmioAccess:
         bits = 8 * self.size
         if self.sign_extend and value >> (bits - 1):
             value -= 1 << bits
-        return value & ((1 << 64) - 1 if self.reg64 else 0xFFFF_FFFF)
+        return value & (U64 if self.reg64 else U32)
 
 
 def decode(insn: int) -> MmioAccess | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 
+from pvtime.abi.widths import U64
 from pvtime.abi.sysregs import SysReg
 from pvtime.cpu.backend import Clock, Conduit, GuestFault, Stop, StopKind, VcpuTraps
 from pvtime.guest.machine import Compute, CpuProgram, ModelProgram, MmioRead, MmioWrite, WaitForInterrupt
@@ -26,7 +27,7 @@ class GuestView:
         self._traps = traps
 
     def _call(self, conduit: Conduit, imm: int, x0: int, x1: int, x2: int, x3: int) -> tuple[int, int, int, int]:
-        regs = [x0 & (2**64 - 1), x1 & (2**64 - 1), x2 & (2**64 - 1), x3 & (2**64 - 1)]
+        regs = [x0 & U64, x1 & U64, x2 & U64, x3 & U64]
         self._traps.hypercall(regs, conduit, imm)
         return regs[0], regs[1], regs[2], regs[3]
 
@@ -40,7 +41,7 @@ class GuestView:
         return self._traps.read_sysreg(reg)
 
     def msr(self, reg: SysReg, value: int) -> None:
-        self._traps.write_sysreg(reg, value & (2**64 - 1))
+        self._traps.write_sysreg(reg, value & U64)
 
     def read(self, addr: int, size: int) -> bytes:
         data = self._traps.read_memory(addr, size)

@@ -59,6 +59,8 @@ from unicorn.unicorn_py3.unicorn import uclib
 _reg_read_batch = uclib.uc_reg_read_batch
 _reg_write_batch = uclib.uc_reg_write_batch
 
+from pvtime.abi.uapi import NSEC_PER_SEC
+from pvtime.abi.widths import U64
 from pvtime.abi import sysregs
 from pvtime.abi.sysregs import SysReg
 from pvtime.abi.uapi import (
@@ -70,8 +72,6 @@ from pvtime.cpu.block_counter import BlockCounter
 from pvtime.cpu.disasm import disassemble
 from pvtime.cpu.mmio_decode import MmioAccess, decode
 
-U64 = (1 << 64) - 1
-NSEC_PER_SEC = 1_000_000_000
 DEFAULT_INSTRUCTIONS_PER_SEC = 1_000_000_000  # 1 instruction per virtual ns
 
 # What a trapped system-register access (a counter read, a timer write) costs the guest, in

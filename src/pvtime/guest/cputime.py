@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from pvtime.abi.widths import U64
 from pvtime.abi.uapi import NSEC_PER_SEC, USER_HZ
 
-U64 = (1 << 64) - 1
 ULONG_MAX = U64
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pvtime.abi.widths import U32, U64, sext32
 from pvtime import fixedpoint
 from pvtime.abi import smccc
 from pvtime.abi.records import LPT_RECORD_SIZE, LPT_SEQUENCE_OFFSET, LptRecord, RecordError
@@ -47,8 +48,6 @@ from pvtime.fixedpoint import ScaleFactors
 from pvtime.guest.machine import GuestCpu
 from pvtime.guest.paravirt import smccc_version
 
-U32 = 0xFFFF_FFFF
-U64 = (1 << 64) - 1
 
 # CNTKCTL_EL1 bits (Arm ARM D13.8.14).
 CNTKCTL_EL0PCTEN = 1 << 0
@@ -60,10 +59,6 @@ CNTKCTL_EVNTI_MASK = 0xF << CNTKCTL_EVNTI_SHIFT
 # A sequence that keeps moving would be a broken host; a bounded loop keeps the model finite.
 MAX_RETRIES = 64
 
-
-def _sext32(value: int) -> int:
-    value &= U32
-    return value - (1 << 32) if value >> 31 else value
 
 
 @dataclass
@@ -104,7 +99,7 @@ class ArchCounter:
 
     def set_tval(self, cpu: GuestCpu, tval: int, physical: bool = False) -> None:
         """TVAL write: CVAL = counter + sign_extend32(tval)."""
-        self.set_cval(cpu, self.read(cpu, physical) + _sext32(tval), physical)
+        self.set_cval(cpu, self.read(cpu, physical) + sext32(tval), physical)
 
     def read_cval(self, cpu: GuestCpu, physical: bool = False) -> int:
         """The compare value in this clocksource's units."""
@@ -239,7 +234,7 @@ class LptClock:
 
     def set_tval(self, cpu: GuestCpu, tval: int, physical: bool = False) -> None:
         """A TVAL write in PV ticks: deadline = PV counter + sign_extend32(tval), written as CVAL."""
-        self.set_cval(cpu, self.read(cpu, physical) + _sext32(tval), physical)
+        self.set_cval(cpu, self.read(cpu, physical) + sext32(tval), physical)
 
     def read_cval(self, cpu: GuestCpu, physical: bool = False) -> int:
         """The compare value as a PV count."""

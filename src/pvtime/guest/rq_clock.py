@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-U64 = (1 << 64) - 1
+from pvtime.abi.widths import U64, s64
+
 
 
 class RqClock:
@@ -28,7 +29,7 @@ class RqClock:
         if self.steal_acc:
             # s64 in Linux: a steal clock that went backwards (PV_TIME_ST on re-online) gives a
             # negative steal, which moves clock_task forward.
-            steal = _s64(steal_clock - self.prev_steal_time_rq)
+            steal = s64(steal_clock - self.prev_steal_time_rq)
             steal = min(steal, delta)
             if self.carry_excess:
                 self.prev_steal_time_rq = (self.prev_steal_time_rq + steal) & U64
@@ -41,8 +42,3 @@ class RqClock:
         """Forget the steal baseline (pvtime's fix for PV_TIME_ST zeroing on re-online)."""
         self.prev_steal_time_rq = 0
 
-
-def _s64(value: int) -> int:
-    """A 64-bit difference as the kernel's s64 sees it."""
-    value &= U64
-    return value - (1 << 64) if value >> 63 else value

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pvtime.abi.widths import U32, U64, sext32
 from pvtime.abi.sysregs import (
     CNTFRQ_EL0, CNTKCTL_EL1, CNTP_CTL_EL0, CNTP_CVAL_EL0, CNTP_TVAL_EL0, CNTPCT_EL0,
     CNTV_CTL_EL0, CNTV_CVAL_EL0, CNTV_TVAL_EL0, CNTVCT_EL0, CTL_ENABLE, CTL_IMASK, CTL_ISTATUS,
     SysReg,
 )
 
-U64 = (1 << 64) - 1
 
 
 @dataclass
@@ -49,13 +49,11 @@ class Timer:
 
     def read_tval(self, count: int) -> int:
         """TVAL: (CVAL - count) as a signed 32-bit value, zero-extended into a register."""
-        return (self.cval - count) & 0xFFFF_FFFF
+        return (self.cval - count) & U32
 
     def write_tval(self, count: int, value: int) -> None:
         """TVAL write: CVAL = count + sign_extend32(value)."""
-        value &= 0xFFFF_FFFF
-        delta = value - (1 << 32) if value >> 31 else value
-        self.cval = (count + delta) & U64
+        self.cval = (count + sext32(value)) & U64
 
 
 class ArchTimer:
@@ -106,7 +104,7 @@ class ArchTimer:
     def write(self, reg: SysReg, value: int, host_count: int) -> bool:
         """Serve an MSR of a timer register; False if `reg` is not a writable timer register."""
         if reg == CNTKCTL_EL1:
-            self.cntkctl = value & 0xFFFF_FFFF
+            self.cntkctl = value & U32
             return True
         found = self._timer(reg, host_count)
         if found is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pvtime.abi.widths import U32, U64
 from pvtime.abi import smccc
 from pvtime.abi.errno import EBUSY, EINVAL
 from pvtime.abi.uapi import INVALID_GPA, KVM_REG_ARM_STD_HYP_BIT_PV_TIME, KVM_REG_ARM_STD_HYP_BMAP_SUPPORTED
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
     from pvtime.kvm.vcpu import Vcpu
     from pvtime.kvm.vm import Vm
 
-U32 = 0xFFFF_FFFF
 _PV_TIME_IDS = frozenset({smccc.PV_TIME_FEATURES, smccc.PV_TIME_ST, smccc.PV_TIME_LPT})
 
 
@@ -48,7 +48,7 @@ def handle(vcpu: Vcpu, regs: list[int], conduit: Conduit, imm: int) -> None:
     fid = regs[0] & U32
     vcpu.stats.hypercalls += 1
     if conduit is Conduit.SMC and imm != 0:
-        regs[0] = smccc.U64_MASK
+        regs[0] = U64
     else:
         _dispatch(vcpu, fid, regs)
     if vcpu.vm.trace_hypercall is not None:

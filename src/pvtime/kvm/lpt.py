@@ -40,6 +40,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pvtime.abi.widths import U32, U64
 from pvtime import fixedpoint
 from pvtime.abi import smccc
 from pvtime.abi.errno import EEXIST, EFAULT, EINVAL, ENXIO
@@ -54,8 +55,6 @@ if TYPE_CHECKING:
     from pvtime.kvm.vcpu import Vcpu
     from pvtime.kvm.vm import Vm
 
-U32 = 0xFFFF_FFFF
-U64 = (1 << 64) - 1
 _ATTRS = {KVM_ARM_VM_PVTIME_LPT_IPA: "LPT_IPA", KVM_ARM_VM_PVTIME_LPT_FREQ: "LPT_FREQ"}
 
 

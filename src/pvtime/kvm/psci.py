@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pvtime.abi.widths import U32
 from pvtime.abi import smccc
 from pvtime.abi.uapi import KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN
 
@@ -16,7 +17,6 @@ if TYPE_CHECKING:
 
 MPIDR_HWID_BITMASK = 0xFF_00FF_FFFF  # Aff3..Aff0
 _SMC64 = 1 << 30
-U32 = 0xFFFF_FFFF
 
 PSCI_IDS = frozenset({
     smccc.PSCI_VERSION, smccc.PSCI_CPU_SUSPEND, smccc.PSCI_CPU_OFF, smccc.PSCI_CPU_ON,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from pvtime.abi.widths import U64
 from pvtime.abi import smccc
 from pvtime.abi.errno import EEXIST, EINVAL, ENXIO
 from pvtime.abi.records import STEAL_RECORD_ALIGN, STEAL_RECORD_SIZE, STEAL_TIME_OFFSET
@@ -19,7 +20,6 @@ from pvtime.kvm.uaccess import read_user
 from pvtime.kvm.memory import GuestMemory
 from pvtime.kvm.quirks import Quirk
 
-U64 = (1 << 64) - 1
 
 
 @dataclass

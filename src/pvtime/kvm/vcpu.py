@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pvtime.abi.widths import U64
 from pvtime.abi import sysregs
 from pvtime.abi.errno import E2BIG, EBUSY, EINVAL, ENOENT, ENXIO
 from pvtime.abi.sysregs import SysReg
@@ -30,7 +31,6 @@ from pvtime.kvm.exits import (
 if TYPE_CHECKING:
     from pvtime.kvm.vm import Vm
 
-U64 = (1 << 64) - 1
 
 
 @dataclass

@@ -14,12 +14,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pvtime.abi.widths import U32
 from pvtime.sim.toml_lines import dotted, key_lines, line_of
 from pvtime.vmm.elf import ElfError, load_elf
 from pvtime.vmm.images import PACKAGE_IMAGES, has_minikernel_config, packaged_image, patch_minikernel
 from pvtime.vmm.layout import QEMU_VIRT
 
-U32_MAX = (1 << 32) - 1
 
 
 class _Strict(BaseModel):
@@ -39,7 +39,7 @@ class HostSpec(_Strict):
 
     name: str = Field(min_length=1)
     cpus: int = Field(ge=1, le=4096)
-    counter_hz: int = Field(25_000_000, ge=1, le=U32_MAX)
+    counter_hz: int = Field(25_000_000, ge=1, le=U32)
     schedstats: bool = True
     sched: SchedSpec = SchedSpec()
 
@@ -117,7 +117,7 @@ class VmSpec(_Strict):
     pin: list[int] | None = None  # vCPU i's thread pinned to host CPU pin[i]
     guest: GuestSpec
     vmm_thread: VmmThreadSpec | None = None
-    lpt_pv_hz: int | None = Field(None, ge=1, le=U32_MAX)  # Live Physical Time at this PV frequency
+    lpt_pv_hz: int | None = Field(None, ge=1, le=U32)  # Live Physical Time at this PV frequency
 
 
 class MigrationSpec(_Strict):

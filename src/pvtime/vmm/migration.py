@@ -47,6 +47,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from pvtime.abi.widths import U64
 from pvtime.abi.errno import ENXIO
 from pvtime.abi.records import LPT_RECORD_SIZE, LptRecord
 from pvtime.abi.uapi import (
@@ -69,7 +70,6 @@ __all__ = [
     "RESIDENT_PROGRAMS", "restore", "save",
 ]
 
-U64 = (1 << 64) - 1
 _ZERO_CHUNK = bytes(16 * PAGE_SIZE)
 # Restore order: every register in the order KVM_GET_REG_LIST gave, except the counters and
 # timers, which come last and in this order: CNTPCT before CNTVCT (CNTVOFF is relative to

@@ -15,6 +15,8 @@ Any other operation answers x0 = -1 (the guest can tell it is not supported).
 
 from __future__ import annotations
 
+from pvtime.abi.widths import U64
+
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -66,4 +68,4 @@ def serve(op: int, param: int, read: ReadGuest) -> SemihostingResult:
         subcode = int.from_bytes(block[8:], "little")
         status = (subcode & 0xFF) if reason == ADP_STOPPED_APPLICATION_EXIT else 1
         return SemihostingResult(exit_status=status)
-    return SemihostingResult(x0=(1 << 64) - 1)
+    return SemihostingResult(x0=U64)
