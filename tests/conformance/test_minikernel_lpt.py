@@ -34,7 +34,7 @@ MS = 1_000_000
 DURATION_MS = 100
 HZ = 250
 EL0_READS = 8
-CNTKCTL_EL0PCTEN, CNTKCTL_EL0VCTEN, CNTKCTL_EVNTEN = 1, 2, 4
+from pvtime.abi.sysregs import CNTKCTL_EL0PCTEN, CNTKCTL_EL0VCTEN, CNTKCTL_EVNTEN  # noqa: E402
 IMAGE = Path(str(files("pvtime") / "images" / "minikernel.elf"))
 
 

@@ -92,8 +92,6 @@ PSTATE_EL1H = 0b0101
 PSTATE_RESET = PSTATE_DAIF | PSTATE_EL1H  # KVM's vCPU reset: EL1h, DAIF masked
 _VALID_MODES = (0b0000, 0b0100, 0b0101)  # EL0t, EL1t, EL1h (KVM refuses the others)
 
-# EL0 counter access (CNTKCTL_EL1.EL0PCTEN bit 0, EL0VCTEN bit 1): the bits that enable each read.
-_EL0_COUNTER_ENABLE = {sysregs.CNTVCT_EL0: 0b10, sysregs.CNTPCT_EL0: 0b01, sysregs.CNTFRQ_EL0: 0b11}
 _EC_SYSREG = 0x18  # ESR_ELx.EC of a trapped MSR/MRS/system instruction
 _ESR_IL = 1 << 25
 
@@ -535,7 +533,7 @@ class UnicornCpu:
 
     def _el0_counter_trapped(self, sysreg: SysReg) -> bool:
         """An MRS of `sysreg` now is an EL0 counter read that CNTKCTL_EL1 does not enable."""
-        enable = _EL0_COUNTER_ENABLE.get(sysreg)
+        enable = sysregs.EL0_COUNTER_ENABLE.get(sysreg)
         if enable is None or self.pstate() & 0xC:  # not a counter register, or not at EL0
             return False
         assert self._traps is not None

@@ -42,19 +42,13 @@ from pvtime import fixedpoint
 from pvtime.abi import smccc
 from pvtime.abi.records import LPT_RECORD_SIZE, LPT_SEQUENCE_OFFSET, LptRecord, RecordError
 from pvtime.abi.sysregs import (
-    CNTFRQ_EL0, CNTKCTL_EL1, CNTP_CVAL_EL0, CNTPCT_EL0, CNTV_CVAL_EL0, CNTVCT_EL0, SysReg,
+    CNTFRQ_EL0, CNTKCTL_EL0PCTEN, CNTKCTL_EL0VCTEN, CNTKCTL_EL1, CNTKCTL_EVNTEN, CNTKCTL_EVNTI_MASK,
+    CNTKCTL_EVNTI_SHIFT, CNTP_CVAL_EL0, CNTPCT_EL0, CNTV_CVAL_EL0, CNTVCT_EL0, EL0_COUNTER_ENABLE, SysReg,
 )
 from pvtime.fixedpoint import ScaleFactors
 from pvtime.guest.machine import GuestCpu
 from pvtime.guest.paravirt import smccc_version
 
-
-# CNTKCTL_EL1 bits (Arm ARM D13.8.14).
-CNTKCTL_EL0PCTEN = 1 << 0
-CNTKCTL_EL0VCTEN = 1 << 1
-CNTKCTL_EVNTEN = 1 << 2
-CNTKCTL_EVNTI_SHIFT = 4
-CNTKCTL_EVNTI_MASK = 0xF << CNTKCTL_EVNTI_SHIFT
 
 # A sequence that keeps moving would be a broken host; a bounded loop keeps the model finite.
 MAX_RETRIES = 64
@@ -297,9 +291,6 @@ def _write_evnt(cpu: GuestCpu, evnti: int) -> None:
     cpu.msr(CNTKCTL_EL1, (ctl | CNTKCTL_EVNTEN | (evnti & 0xF) << CNTKCTL_EVNTI_SHIFT) & U32)
 
 
-_EL0_ENABLE = {CNTVCT_EL0: CNTKCTL_EL0VCTEN, CNTPCT_EL0: CNTKCTL_EL0PCTEN}
-
-
 def el0_mrs(cpu: GuestCpu, clock: Clocksource, reg: SysReg) -> int:
     """A user-space (EL0) ``mrs`` of CNTVCT, CNTPCT or CNTFRQ, as the hardware and kernel serve it.
 
@@ -307,14 +298,10 @@ def el0_mrs(cpu: GuestCpu, clock: Clocksource, reg: SysReg) -> int:
     raw register. Disabled: the access traps and the kernel emulates it with `clock` (LPT: the
     PV count, and ``pv_freq`` for CNTFRQ).
     """
-    ctl = cpu.mrs(CNTKCTL_EL1)
-    if reg == CNTFRQ_EL0:
-        enabled = bool(ctl & (CNTKCTL_EL0VCTEN | CNTKCTL_EL0PCTEN))
-    elif reg in _EL0_ENABLE:
-        enabled = bool(ctl & _EL0_ENABLE[reg])
-    else:
+    enable = EL0_COUNTER_ENABLE.get(reg)
+    if enable is None:
         raise ValueError(f"EL0 access to {reg} is not a counter read")
-    if enabled:
+    if cpu.mrs(CNTKCTL_EL1) & enable:
         return cpu.mrs(reg)
     if reg == CNTFRQ_EL0:
         return clock.freq
