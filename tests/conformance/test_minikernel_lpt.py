@@ -22,6 +22,7 @@ from elftools.elf.elffile import ELFFile
 
 from pvtime import fixedpoint
 from pvtime.abi.records import LPT_SEQUENCE_OFFSET
+from pvtime.abi.sysregs import CNTKCTL_EL0PCTEN, CNTKCTL_EL0VCTEN, CNTKCTL_EVNTEN
 from pvtime.abi.uapi import KVM_REG_ARM_CNTKCTL_EL1, KVM_REG_ARM_TIMER_CNT
 from pvtime.guest.lpt import linux_evnti
 from pvtime.host import Host
@@ -34,7 +35,6 @@ MS = 1_000_000
 DURATION_MS = 100
 HZ = 250
 EL0_READS = 8
-from pvtime.abi.sysregs import CNTKCTL_EL0PCTEN, CNTKCTL_EL0VCTEN, CNTKCTL_EVNTEN  # noqa: E402
 IMAGE = Path(str(files("pvtime") / "images" / "minikernel.elf"))
 
 
