@@ -93,11 +93,6 @@ class ModelCpu:
                              f"completed with {len(data)}")
         self._mmio_read, self._send = None, bytes(data)
 
-    @property
-    def loaded(self) -> bool:
-        """Is a program installed?"""
-        return self._program is not None
-
     def execute(self, traps: VcpuTraps, clock: Clock) -> Stop:
         """Run until the deadline, a halt, an exit request, the end of the program or a fault."""
         if self._program is None:

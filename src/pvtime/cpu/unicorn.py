@@ -270,11 +270,6 @@ class UnicornCpu:
         raise TypeError("the unicorn backend runs AArch64 machine code: load an image into guest RAM "
                         "and set the PC with set_one_reg (see pvtime.vmm.elf)")
 
-    @property
-    def loaded(self) -> bool:
-        """Machine code is whatever guest RAM holds: always 'loaded'."""
-        return True
-
     def pstate(self) -> int:
         """The current PSTATE (NZCV, DAIF, mode)."""
         uclib.uc_reg_read(self._uch, A.UC_ARM64_REG_PSTATE, ctypes.byref(self._scratch))

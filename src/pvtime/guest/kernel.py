@@ -83,8 +83,6 @@ class ModelKernel:
         self.clock: Clocksource | None = None  # chosen by the boot CPU
         self.timer = TimerStats()
         self.messages: list[str] = []
-        self._offline_requests: set[int] = set()
-        self._online_requests: set[int] = set()
         self.boot_cpu_ready = False  # the boot CPU has run pv_time_init
 
     # --- clocks ---------------------------------------------------------------------------
@@ -144,7 +142,6 @@ class ModelKernel:
         rng = random.Random(self.options.workload.seed * 1_000_003 + index)
         w = self.options.workload
         while True:
-            self._apply_hotplug_requests(cpu, index)
             self._idle[index] = False
             yield Compute(rng.randint(*w.busy_ns))
             idle = rng.randint(*w.idle_ns)
@@ -176,22 +173,6 @@ class ModelKernel:
         """The CPU goes offline: its region is unmapped, its steal clock reads 0."""
         self.online.discard(index)
         self.pv.cpu_offline(index)
-
-    def request_offline(self, index: int) -> None:
-        """Ask CPU `index` to go offline at its next scheduling point (a test's hotplug lever)."""
-        self._offline_requests.add(index)
-
-    def request_online(self, index: int) -> None:
-        """Ask CPU `index` to come back online at its next scheduling point."""
-        self._online_requests.add(index)
-
-    def _apply_hotplug_requests(self, cpu: GuestCpu, index: int) -> None:
-        if index in self._offline_requests:
-            self._offline_requests.discard(index)
-            self.cpu_down(index)
-        if index in self._online_requests and index not in self.online:
-            self._online_requests.discard(index)
-            self.cpu_up(cpu, index)
 
     # --- the tick -------------------------------------------------------------------------
 

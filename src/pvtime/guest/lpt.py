@@ -167,11 +167,6 @@ class LptClock:
         """The scale factors last read from the record."""
         return self._sf
 
-    @property
-    def sequence(self) -> int:
-        """The sequence number the factors were read at."""
-        return self._seq
-
     def _sequence(self, cpu: GuestCpu) -> int:
         return cpu.load64(self.ipa + LPT_SEQUENCE_OFFSET)
 

@@ -19,7 +19,6 @@ from typing import Protocol
 # same instant, so the decision sees every task that became runnable by then.
 PRIO_WAKE = 1
 PRIO_CPU = 2
-PRIO_SAMPLE = 3
 
 
 class EventCore(Protocol):

@@ -117,7 +117,3 @@ class Vm:
     def lpt_ready(self) -> bool:
         """Has this VM's LPT record been updated (PV_TIME_FEATURES(LPT) answers 0)?"""
         return self.lpt.updated
-
-    def lpt_ipa_for_guest(self) -> int:
-        """PV_TIME_LPT's answer (with x1 = 0)."""
-        return lpt.ipa_for_guest(self, 0)
