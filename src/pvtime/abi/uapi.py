@@ -143,6 +143,10 @@ EL1_SYSREGS: tuple[sysregs.SysReg, ...] = (
     sysregs.TPIDR_EL0, sysregs.TPIDRRO_EL0,
 )
 EL1_SYSREG_IDS: dict[int, sysregs.SysReg] = {sysreg(*r): r for r in sorted(EL1_SYSREGS, key=lambda r: sysreg(*r))}
+# Their values after a vCPU reset (KVM's reset_val): zero, but SCTLR_EL1's RES1 bits.
+EL1_SYSREG_RESET: dict[int, int] = {
+    reg_id: 0x00C5_0078 if reg == sysregs.SCTLR_EL1 else 0 for reg_id, reg in EL1_SYSREG_IDS.items()
+}
 
 
 class ExitReason(IntEnum):

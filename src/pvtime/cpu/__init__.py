@@ -14,7 +14,7 @@ def create_cpu(kind: str, index: int, *, instructions_per_sec: int | None = None
     if kind == "model":
         from pvtime.cpu.model import ModelCpu
 
-        return ModelCpu(index)  # type: ignore[return-value]
+        return ModelCpu(index)
     if kind == "unicorn":
         from pvtime.cpu.unicorn import DEFAULT_INSTRUCTIONS_PER_SEC, UnicornCpu
 

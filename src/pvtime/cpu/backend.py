@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from collections.abc import MutableMapping
 from typing import Protocol, Sequence
 
 from pvtime.abi.sysregs import SysReg
@@ -136,8 +137,26 @@ class CpuBackend(Protocol):
     """What the hypervisor needs from the engine that executes one vCPU's guest code."""
 
     index: int
-    # ONE_REG core registers by KVM id; `clear()` is the vCPU reset (KVM_ARM_VCPU_INIT).
-    core_regs: dict[int, int]
+
+    # ONE_REG registers by KVM id: the core registers, and the EL1 system registers. An unknown
+    # id raises KeyError, a value the register cannot hold ValueError (KVM: ENOENT, EINVAL).
+    @property
+    def core_regs(self) -> MutableMapping[int, int]:
+        """The KVM_REG_ARM_CORE registers."""
+        ...
+
+    @property
+    def sys_regs(self) -> MutableMapping[int, int]:
+        """The EL1 system registers (`EL1_SYSREG_IDS`)."""
+        ...
+
+    def reset(self) -> None:
+        """The vCPU reset (KVM_ARM_VCPU_INIT, PSCI CPU_ON): every register to its reset value."""
+        ...
+
+    def complete_pending(self) -> None:
+        """Apply a completed MMIO access without executing anything (KVM_RUN with immediate_exit)."""
+        ...
 
     def execute(self, traps: VcpuTraps, clock: Clock) -> Stop:
         """Run guest code until something the hypervisor or the VMM must handle."""
@@ -147,7 +166,3 @@ class CpuBackend(Protocol):
         """The data of the last MMIO read exit; applied (and the PC moved on) at the next execute()."""
         ...
 
-    # Optional (machine-code backends): `sys_regs`, the EL1 system registers by KVM id (a
-    # mapping like `core_regs`; an unknown id raises KeyError, a value the register cannot hold
-    # ValueError), and `complete_pending()`, which applies a completed MMIO access without
-    # executing anything (KVM_RUN with immediate_exit). The hypervisor keeps both for the others.

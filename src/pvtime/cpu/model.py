@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 
+from pvtime.abi.uapi import EL1_SYSREG_RESET
 from pvtime.abi.widths import U64
 from pvtime.abi.sysregs import SysReg
 from pvtime.cpu.backend import Clock, Conduit, GuestFault, Stop, StopKind, VcpuTraps
@@ -64,7 +65,9 @@ class ModelCpu:
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self.core_regs: dict[int, int] = {}  # a register file for ONE_REG; model code ignores it
+        # Register files for ONE_REG (a VMM saves and restores them); model code ignores them.
+        self.core_regs: dict[int, int] = {}
+        self.sys_regs: dict[int, int] = dict(EL1_SYSREG_RESET)
         self._program: ModelProgram | None = None
         self._code: CpuProgram | None = None
         self._compute_left = 0
@@ -83,6 +86,14 @@ class ModelCpu:
         self._done = False
         self._mmio_read = None
         self._send = None
+
+    def reset(self) -> None:
+        """The vCPU reset: the register files to their reset values (the program is kept)."""
+        self.core_regs.clear()
+        self.sys_regs.update(EL1_SYSREG_RESET)
+
+    def complete_pending(self) -> None:
+        """Nothing to apply now: a completed read reaches the program when it next runs."""
 
     def complete_mmio(self, data: bytes) -> None:
         """The VMM's data for the pending MMIO read exit."""

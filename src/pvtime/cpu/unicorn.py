@@ -46,6 +46,7 @@ What the hypervisor sees is what KVM/arm64 gives a VMM:
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 
 from unicorn import (
@@ -56,21 +57,20 @@ from unicorn import (
 from unicorn import arm64_const as A
 from unicorn.unicorn_py3.unicorn import uclib
 
-_reg_read_batch = uclib.uc_reg_read_batch
-_reg_write_batch = uclib.uc_reg_write_batch
-
-from pvtime.abi.uapi import NSEC_PER_SEC
-from pvtime.abi.widths import U64
 from pvtime.abi import sysregs
 from pvtime.abi.sysregs import SysReg
+from pvtime.abi.widths import U64
 from pvtime.abi.uapi import (
-    EL1_SYSREG_IDS, PAGE_SIZE, REG_ELR_EL1, REG_FPCR, REG_FPSR, REG_PC, REG_PSTATE, REG_SP, REG_SP_EL1,
+    CORE_REG_IDS, EL1_SYSREG_IDS, NSEC_PER_SEC, PAGE_SIZE, REG_ELR_EL1, REG_FPCR, REG_FPSR, REG_PC, REG_PSTATE, REG_SP, REG_SP_EL1,
     REG_SPSR_EL1, reg_v, reg_x,
 )
 from pvtime.cpu.backend import Clock, Conduit, GuestFault, GuestRegion, Stop, StopKind, VcpuTraps
 from pvtime.cpu.block_counter import BlockCounter
 from pvtime.cpu.disasm import disassemble
 from pvtime.cpu.mmio_decode import MmioAccess, decode
+
+_reg_read_batch = uclib.uc_reg_read_batch
+_reg_write_batch = uclib.uc_reg_write_batch
 
 DEFAULT_INSTRUCTIONS_PER_SEC = 1_000_000_000  # 1 instruction per virtual ns
 
@@ -134,12 +134,11 @@ class _PendingMmio:
     data: bytes | None = None
 
 
-class CoreRegs:
+class CoreRegs(MutableMapping[int, int]):
     """The vCPU's KVM_REG_ARM_CORE registers, read and written in the engine.
 
-    Behaves like the model backend's dict for `Vcpu`: `regs[id] = v`, `regs.get(id, 0)`, and
-    `clear()`, which is the vCPU reset. An unknown core id raises KeyError; an invalid PSTATE
-    mode raises ValueError (KVM answers ENOENT and EINVAL).
+    A mapping over `CORE_REG_IDS`; `clear()` is the vCPU reset. An unknown core id raises
+    KeyError; an invalid PSTATE mode raises ValueError (KVM answers ENOENT and EINVAL).
     """
 
     def __init__(self, cpu: UnicornCpu) -> None:
@@ -151,7 +150,7 @@ class CoreRegs:
     def __getitem__(self, reg_id: int) -> int:
         return self._cpu.read_core(reg_id)
 
-    def get(self, reg_id: int, default: int = 0) -> int:
+    def get(self, reg_id: int, default: int | None = 0) -> int:  # type: ignore[override]
         """Like dict.get, but every core register exists (unknown ids still raise KeyError)."""
         return self._cpu.read_core(reg_id)
 
@@ -159,8 +158,17 @@ class CoreRegs:
         """Reset the vCPU (KVM_ARM_VCPU_INIT / PSCI CPU_ON)."""
         self._cpu.reset()
 
+    def __delitem__(self, reg_id: int) -> None:
+        raise TypeError("a vCPU's registers cannot be deleted")
 
-class SysRegs:
+    def __iter__(self) -> Iterator[int]:
+        return iter(CORE_REG_IDS)
+
+    def __len__(self) -> int:
+        return len(CORE_REG_IDS)
+
+
+class SysRegs(MutableMapping[int, int]):
     """The vCPU's EL1 system registers (`EL1_SYSREG_IDS`) by KVM id, read and written in the engine.
 
     A mapping for `Vcpu`'s ONE_REG: an id outside the set raises KeyError (ENOENT); a value the
@@ -174,8 +182,14 @@ class SysRegs:
     def __contains__(self, reg_id: object) -> bool:
         return reg_id in EL1_SYSREG_IDS
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[int]:
         return iter(EL1_SYSREG_IDS)
+
+    def __len__(self) -> int:
+        return len(EL1_SYSREG_IDS)
+
+    def __delitem__(self, reg_id: int) -> None:
+        raise TypeError("a vCPU's registers cannot be deleted")
 
     def __getitem__(self, reg_id: int) -> int:
         r = EL1_SYSREG_IDS[reg_id]
@@ -425,8 +439,8 @@ class UnicornCpu:
                 if self._stop is None and self._wp_fault is None:
                     self._stop = self._fault_stop(uc.reg_read(A.UC_ARM64_REG_PC), f"unicorn: {err}")
             if self._hook_error is not None:
-                err, self._hook_error = self._hook_error, None
-                raise err
+                hook_error, self._hook_error = self._hook_error, None
+                raise hook_error
             self._account()
             if self._wp_fault is not None:
                 self._log_write()  # the store is retried when the engine resumes at its PC

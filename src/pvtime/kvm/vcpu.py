@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -60,7 +60,6 @@ class Vcpu:
         # kvm_run.immediate_exit: run() finishes a completed MMIO access and returns at once
         # (-EINTR), entering nothing -- how a VMM quiesces a vCPU before saving its state.
         self.immediate_exit = False
-        self._sysreg_file = dict(_SYSREG_RESET)  # EL1 registers for a backend that has none
         self._system_event: int | None = None
         self._wake: Callable[[], None] | None = None
 
@@ -129,10 +128,9 @@ class Vcpu:
         raise KvmError(ENOENT, f"register {reg_id:#x}: unknown")
 
     @property
-    def sys_regs(self) -> dict[int, int]:
-        """The EL1 system registers by KVM id: the backend's (in its engine), or KVM's own copy."""
-        regs = getattr(self.cpu, "sys_regs", None)
-        return self._sysreg_file if regs is None else regs
+    def sys_regs(self) -> MutableMapping[int, int]:
+        """The EL1 system registers by KVM id, as the CPU backend holds them."""
+        return self.cpu.sys_regs
 
     def get_reg_list(self, n: int | None = None) -> list[int]:
         """KVM_GET_REG_LIST: the id of every register this vCPU has for ONE_REG, in KVM's order
@@ -188,8 +186,7 @@ class Vcpu:
         self.powered_off = power_off
         self.timer.vtimer.ctl = self.timer.ptimer.ctl = 0
         self._system_event = None
-        self._sysreg_file = dict(_SYSREG_RESET)
-        self.cpu.core_regs.clear()  # EL1h, MMU off, DAIF masked (the unicorn backend resets its engine)
+        self.cpu.reset()  # EL1h, MMU off, DAIF masked, system registers at their reset values
 
     def adopt_model_cpu(self, cpu: CpuBackend) -> None:
         """Model backend, in-process migration only: continue a migrated vCPU's Python program.
@@ -200,8 +197,8 @@ class Vcpu:
         """
         if self.vm.has_run:
             raise KvmError(EBUSY, f"{self}: the VM has run; a model CPU can only be adopted before")
-        if getattr(cpu, "index", None) != self.id or self.vm.cpu_kind != "model":
-            raise KvmError(EINVAL, f"{self}: cannot adopt model CPU {getattr(cpu, 'index', '?')}")
+        if cpu.index != self.id or self.vm.cpu_kind != "model":
+            raise KvmError(EINVAL, f"{self}: cannot adopt model CPU {cpu.index}")
         self.cpu = cpu
 
     def load_model_program(self, program: ModelProgram) -> None:
@@ -215,7 +212,7 @@ class Vcpu:
     def power_on(self, entry: int, context_id: int) -> None:
         """PSCI CPU_ON from another vCPU: reset at `entry` with x0 = `context_id`, and wake it."""
         self.powered_off = False
-        self.cpu.core_regs.clear()
+        self.cpu.reset()
         self.cpu.core_regs[REG_PC] = entry
         self.cpu.core_regs[reg_x(0)] = context_id
         if self._wake is not None:
@@ -247,9 +244,7 @@ class Vcpu:
             raise RuntimeError(f"{self}: run() must be called by a host task on a CPU (Host.on_cpu)")
         self.vm.note_first_run()  # HAS_RAN_ONCE is set before immediate_exit is looked at
         if self.immediate_exit:
-            complete = getattr(self.cpu, "complete_pending", None)
-            if complete is not None:
-                complete()
+            self.cpu.complete_pending()
             return IntrExit()
         self.stats.runs += 1
         self._vcpu_load(slice_.task)
@@ -341,5 +336,3 @@ _TIMER_REGS: dict[int, SysReg] = {
 _TIMER_BASES = frozenset(r & ~KVM_REG_SIZE_MASK for r in _TIMER_REGS)
 _EL1_BASES = frozenset(r & ~KVM_REG_SIZE_MASK for r in EL1_SYSREG_IDS)
 # KVM's reset values (sys_reg_descs): SCTLR_EL1 has its RES1 bits set, the others are 0.
-_SYSREG_RESET: dict[int, int] = {r: 0 for r in EL1_SYSREG_IDS}
-_SYSREG_RESET[next(i for i, r in EL1_SYSREG_IDS.items() if r == sysregs.SCTLR_EL1)] = 0x00C5_0078
