@@ -151,3 +151,10 @@ def test_a_vcpu_may_be_created_after_the_vm_has_run():
     late = vm.create_vcpu(1)
     late.set_device_attr(CTRL, IPA, RAM + 64)
     assert errno_of(vm.create_vcpu, 1) == EEXIST
+
+
+def test_a_model_program_on_a_machine_code_vcpu_is_einval():
+    vm = Kvm(Host()).create_vm(cpu="unicorn")
+    from pvtime.guest.kernel import ModelKernel
+
+    assert errno_of(vm.create_vcpu(0).load_model_program, ModelKernel()) == EINVAL

@@ -279,11 +279,6 @@ class UnicornCpu:
         self._halted = False
         self._el0_trap = None
 
-    def load(self, program: object) -> None:
-        """Model programs do not run here: place an ELF in guest RAM and set the PC instead."""
-        raise TypeError("the unicorn backend runs AArch64 machine code: load an image into guest RAM "
-                        "and set the PC with set_one_reg (see pvtime.vmm.elf)")
-
     def pstate(self) -> int:
         """The current PSTATE (NZCV, DAIF, mode)."""
         uclib.uc_reg_read(self._uch, A.UC_ARM64_REG_PSTATE, ctypes.byref(self._scratch))

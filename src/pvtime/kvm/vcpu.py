@@ -17,6 +17,7 @@ from pvtime.abi.uapi import (
     KVM_REG_ARM_PTIMER_CTL, KVM_REG_ARM_PTIMER_CVAL, KVM_REG_SIZE_MASK, REG_PC, reg_size, reg_x,
     KVM_REG_ARM_CNTKCTL_EL1, KVM_REGS_U32, CORE_REG_IDS, EL1_SYSREG_IDS, core_reg_size,
 )
+from pvtime.cpu.model import ModelCpu
 from pvtime.cpu.backend import Conduit, CpuBackend, GuestFault, GuestRegion, Stop, StopKind
 from pvtime.guest.machine import ModelProgram
 from pvtime.host.task import Task
@@ -202,7 +203,11 @@ class Vcpu:
         self.cpu = cpu
 
     def load_model_program(self, program: ModelProgram) -> None:
-        """Model backend: install the guest program this vCPU runs from reset."""
+        """Model backend: install the guest program this vCPU runs from reset (EINVAL otherwise:
+        a machine-code vCPU runs what guest RAM holds)."""
+        if not isinstance(self.cpu, ModelCpu):
+            raise KvmError(EINVAL, f"{self}: a {self.vm.cpu_kind} vCPU runs machine code from guest RAM, "
+                                   "not a model program (load an image and set the PC)")
         self.cpu.load(program)
 
     def power_off(self) -> None:

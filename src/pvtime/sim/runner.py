@@ -235,7 +235,7 @@ def run(scenario: Scenario, progress: Progress | None = None, *, core: EventCore
     return result
 
 
-def _plan_migrations(spec: ScenarioSpec, core: EventLoop, vms: list[_Vm], hosts: dict[str, Host],
+def _plan_migrations(spec: ScenarioSpec, core: EventCore, vms: list[_Vm], hosts: dict[str, Host],
                      kvms: dict[str, Kvm], scheds: dict[str, Scheduler], recorder: Recorder,
                      kinds: dict[tuple[int, int], str]) -> list[tuple[MigrationSpec, list[MigrationDriver]]]:
     """Schedule each [[migration]]: at its time, migrate the VM from wherever it is then."""
