@@ -426,7 +426,7 @@ class UnicornCpu:
                 return Stop(StopKind.DEADLINE)
             if self._halted:
                 return Stop(StopKind.HALT)
-            self._arm_budget()
+            self._arm_budget(pending)  # taking the IRQ moved no time: the line is as it was
             self._stop = None
             try:
                 uc.emu_start(self._pc(), _NEVER)
@@ -464,12 +464,12 @@ class UnicornCpu:
             self._fault = self._fault_stop(pc, "the engine stopped for no known reason")
             return self._fault
 
-    def _arm_budget(self) -> None:
+    def _arm_budget(self, irq_pending: bool) -> None:
         """Let the engine run until the slice deadline or the next timer event, whichever is first."""
         traps, clock = self._traps, self._clock
         assert traps is not None and clock is not None
         now = clock.now_ns
-        if traps.irq_pending():
+        if irq_pending:
             if not self.pstate() & PSTATE_I:
                 self.counter.arm(0)
                 return
@@ -722,7 +722,7 @@ class UnicornCpu:
             self._account()
             assert self._traps is not None
             self._traps.write_sysreg(sysreg, c.val & U64)
-            self._arm_budget()  # the timer may fire earlier (or now)
+            self._arm_budget(self._traps.irq_pending())  # the timer may fire earlier (or now)
         except GuestFault as fault:
             self._sysreg_fault(fault)
         except BaseException as err:  # noqa: BLE001
