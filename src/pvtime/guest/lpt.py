@@ -35,7 +35,9 @@ returns the kernel's emulation (what the trap handler writes back to the user's 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from pvtime.abi.widths import U32, U64, sext32
 from pvtime import fixedpoint
@@ -52,6 +54,7 @@ from pvtime.guest.paravirt import smccc_version
 
 # A sequence that keeps moving would be a broken host; a bounded loop keeps the model finite.
 MAX_RETRIES = 64
+_T = TypeVar("_T")
 
 
 
@@ -194,16 +197,24 @@ class LptClock:
         self.stats.retries += 1
         return False
 
+    def _consistently(self, cpu: GuestCpu, access: Callable[[ScaleFactors], _T]) -> tuple[_T, ScaleFactors, int]:
+        """The retry loop every LPT access is wrapped in: run `access` with the record's factors
+        until the sequence number is even and did not move across it."""
+        for _ in range(MAX_RETRIES):
+            seq, sf = self._factors(cpu)
+            value = access(sf)
+            if self._stable(cpu, seq):
+                break
+        return value, sf, seq
+
+    def _read_pv(self, cpu: GuestCpu, reg: SysReg) -> int:
+        native, sf, _ = self._consistently(cpu, lambda sf: cpu.mrs(reg))
+        return fixedpoint.native_to_pv(native, sf)
+
     def read(self, cpu: GuestCpu, physical: bool = False) -> int:
         """The PV counter: native_to_pv(CNTVCT (or CNTPCT)), in the sequence retry loop."""
         self.stats.reads += 1
-        reg = CNTPCT_EL0 if physical else CNTVCT_EL0
-        for _ in range(MAX_RETRIES):
-            seq, sf = self._factors(cpu)
-            native = cpu.mrs(reg)
-            if self._stable(cpu, seq):
-                break
-        return fixedpoint.native_to_pv(native, sf)
+        return self._read_pv(cpu, CNTPCT_EL0 if physical else CNTVCT_EL0)
 
     def _native_deadline(self, pv: int, sf: ScaleFactors) -> int:
         if self.truncating_timer:
@@ -215,11 +226,7 @@ class LptClock:
         self.stats.timer_writes += 1
         deadline = min(max(deadline, 0), U64)
         reg = CNTP_CVAL_EL0 if physical else CNTV_CVAL_EL0
-        for _ in range(MAX_RETRIES):
-            seq, sf = self._factors(cpu)
-            cpu.msr(reg, self._native_deadline(deadline, sf))
-            if self._stable(cpu, seq):
-                break
+        self._consistently(cpu, lambda sf: cpu.msr(reg, self._native_deadline(deadline, sf)))
 
     def set_tval(self, cpu: GuestCpu, tval: int, physical: bool = False) -> None:
         """A TVAL write in PV ticks: deadline = PV counter + sign_extend32(tval), written as CVAL."""
@@ -227,12 +234,7 @@ class LptClock:
 
     def read_cval(self, cpu: GuestCpu, physical: bool = False) -> int:
         """The compare value as a PV count."""
-        for _ in range(MAX_RETRIES):
-            seq, sf = self._factors(cpu)
-            native = cpu.mrs(CNTP_CVAL_EL0 if physical else CNTV_CVAL_EL0)
-            if self._stable(cpu, seq):
-                break
-        return fixedpoint.native_to_pv(native, sf)
+        return self._read_pv(cpu, CNTP_CVAL_EL0 if physical else CNTV_CVAL_EL0)
 
     def read_tval(self, cpu: GuestCpu, physical: bool = False) -> int:
         """TVAL in PV ticks: (PV(CVAL) - PV counter) as 32 bits."""
@@ -248,13 +250,12 @@ class LptClock:
         return self._apply_evnt(cpu, index)
 
     def _apply_evnt(self, cpu: GuestCpu, index: int) -> int:
-        for _ in range(MAX_RETRIES):
-            seq, sf = self._factors(cpu)
+        def program(sf: ScaleFactors) -> int:
             native = fixedpoint.translate_evnti(self._evnti[index], sf)
             _write_evnt(cpu, native)
-            if self._stable(cpu, seq):
-                break
-        self._evnt_seq[index] = seq
+            return native
+
+        native, _, self._evnt_seq[index] = self._consistently(cpu, program)
         return native
 
     def refresh(self, cpu: GuestCpu, index: int) -> None:
