@@ -27,6 +27,10 @@ class GuestView:
     def __init__(self, traps: VcpuTraps) -> None:
         self._traps = traps
 
+    def retarget(self, traps: VcpuTraps) -> None:
+        """Trap to another vCPU's hypervisor side: the program keeps this view across a handover."""
+        self._traps = traps
+
     def _call(self, conduit: Conduit, imm: int, x0: int, x1: int, x2: int, x3: int) -> tuple[int, int, int, int]:
         regs = [x0 & U64, x1 & U64, x2 & U64, x3 & U64]
         self._traps.hypercall(regs, conduit, imm)
@@ -118,7 +122,7 @@ class ModelCpu:
         # in an in-process migration (pvtime.vmm.migration) continues on another vCPU.
         if self._view is None:
             self._view = GuestView(traps)
-        self._view._traps = traps
+        self._view.retarget(traps)
         view = self._view
         try:
             return self._run(view, traps, clock)
