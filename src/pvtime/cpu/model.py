@@ -37,28 +37,35 @@ class GuestView:
         return regs[0], regs[1], regs[2], regs[3]
 
     def hvc(self, x0: int, x1: int = 0, x2: int = 0, x3: int = 0, *, imm: int = 0) -> tuple[int, int, int, int]:
+        """HVC #imm: the SMCCC dispatch; x0..x3 after the call."""
         return self._call(Conduit.HVC, imm, x0, x1, x2, x3)
 
     def smc(self, x0: int, x1: int = 0, x2: int = 0, x3: int = 0, *, imm: int = 0) -> tuple[int, int, int, int]:
+        """SMC #imm: the SMCCC dispatch (a non-zero immediate answers ~0); x0..x3 after the call."""
         return self._call(Conduit.SMC, imm, x0, x1, x2, x3)
 
     def mrs(self, reg: SysReg) -> int:
+        """A trapped system-register read (GuestFault for one the vCPU lacks)."""
         return self._traps.read_sysreg(reg)
 
     def msr(self, reg: SysReg, value: int) -> None:
+        """A trapped system-register write."""
         self._traps.write_sysreg(reg, value & U64)
 
     def read(self, addr: int, size: int) -> bytes:
+        """Guest RAM (the MMU is off); an unbacked address is a fault that stops the vCPU."""
         data = self._traps.read_memory(addr, size)
         if data is None:
             raise GuestFault(f"load of {size} bytes from unmapped address {addr:#x}")
         return data
 
     def write(self, addr: int, data: bytes) -> None:
+        """Store to guest RAM; unbacked or read-only memory is a fault (devices: yield MmioWrite)."""
         if not self._traps.write_memory(addr, data):
             raise GuestFault(f"store of {len(data)} bytes to unmapped or read-only address {addr:#x}")
 
     def load64(self, addr: int) -> int:
+        """One aligned, single-copy-atomic 64-bit little-endian load."""
         if addr % 8:
             raise GuestFault(f"unaligned 64-bit load from {addr:#x}")
         return struct.unpack("<Q", self.read(addr, 8))[0]

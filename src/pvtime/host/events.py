@@ -49,15 +49,18 @@ class EventLoop:
 
     @property
     def now(self) -> int:
+        """Virtual time of the event being run (or where the last run() stopped)."""
         return self._now
 
     def at(self, time_ns: int, prio: int, fn: Callable[[], None]) -> None:
+        """Run `fn` at `time_ns`; equal times run by `prio`, then in the order they were added."""
         if time_ns < self._now:
             raise ValueError(f"event at {time_ns} ns is in the past (now {self._now} ns)")
         self._seq += 1
         heapq.heappush(self._heap, (time_ns, prio, self._seq, fn))
 
     def run(self, until_ns: int) -> None:
+        """Run every event before `until_ns`, in order; then stand at `until_ns`."""
         heap = self._heap
         pop = heapq.heappop
         n = 0
