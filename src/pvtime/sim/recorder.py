@@ -57,27 +57,27 @@ class Recorder:
         self.duration_ns = duration_ns
         self.sample_ns = sample_ns
         self.nbins = -(-duration_ns // sample_ns)
-        self.pid = {id(h): i + 1 for i, h in enumerate(hosts)}
-        self.busy = {id(h): np.zeros((h.ncpus, len(CATEGORIES), self.nbins), dtype=np.int64) for h in hosts}
-        self.category: dict[tuple[int, int], int] = {}
-        self.probes: dict[tuple[int, int], VcpuProbe] = {}
+        self.pid = {h.name: i + 1 for i, h in enumerate(hosts)}
+        self.busy = {h.name: np.zeros((h.ncpus, len(CATEGORIES), self.nbins), dtype=np.int64) for h in hosts}
+        self.category: dict[tuple[str, int], int] = {}
+        self.probes: dict[tuple[str, int], VcpuProbe] = {}
         self.trace = trace
         self.events: list[dict[str, Any]] = []
         self.hypercalls = 0
 
     def register(self, host: Host, task: Task, category: str, probe: VcpuProbe | None = None) -> None:
         """Declare a task's category (and, for a vCPU thread, how to read its steal)."""
-        self.category[(id(host), task.tid)] = CATEGORIES.index(category)
+        self.category[(host.name, task.tid)] = CATEGORIES.index(category)
         if probe is not None:
-            self.probes[(id(host), task.tid)] = probe
+            self.probes[(host.name, task.tid)] = probe
 
     # --- SchedObserver ---------------------------------------------------------------------
 
     def on_segment(self, host: Host, cpu: int, task: Task, start_ns: int, end_ns: int,
                    switched_in: bool) -> None:
-        key = (id(host), task.tid)
+        key = (host.name, task.tid)
         cat = self.category.get(key, 2)
-        row = self.busy[id(host)][cpu, cat]
+        row = self.busy[host.name][cpu, cat]
         s, size = start_ns, self.sample_ns
         while s < end_ns:
             b = s // size
@@ -97,7 +97,7 @@ class Recorder:
                 probe.guest_t.append(end_ns)
                 probe.guest_v.append(g)
         if self.trace:
-            pid = self.pid[id(host)]
+            pid = self.pid[host.name]
             args = {"cpu": cpu, "switched_in": switched_in}
             self.events.append({"ph": "X", "cat": "sched", "name": f"cpu{cpu}", "pid": pid,
                                 "tid": task.tid, "ts": start_ns / 1000, "dur": (end_ns - start_ns) / 1000,
@@ -109,7 +109,7 @@ class Recorder:
     def on_wake(self, host: Host, task: Task, at_ns: int, cpu: int) -> None:
         if self.trace:
             self.events.append({"ph": "i", "s": "t", "cat": "sched", "name": "wake",
-                                "pid": self.pid[id(host)], "tid": task.tid, "ts": at_ns / 1000,
+                                "pid": self.pid[host.name], "tid": task.tid, "ts": at_ns / 1000,
                                 "args": {"cpu": cpu}})
 
     # --- hypercalls ----------------------------------------------------------------------
@@ -119,7 +119,7 @@ class Recorder:
         self.hypercalls += 1
         if self.trace:
             self.events.append({"ph": "i", "s": "t", "cat": "hypercall", "name": hypercall_name(fid),
-                                "pid": self.pid[id(host)], "tid": task.tid, "ts": at_ns / 1000,
+                                "pid": self.pid[host.name], "tid": task.tid, "ts": at_ns / 1000,
                                 "args": {"fid": f"{fid:#010x}", "x0": f"{ret:#x}"}})
 
     # --- results -------------------------------------------------------------------------

@@ -205,7 +205,7 @@ def run(scenario: Scenario, progress: Progress | None = None, *, core: EventCore
                             hs.sched.wakeup_granularity_us * US)
         scheds[host.name] = Scheduler(host, core, tun, end_ns=duration, observer=recorder)
     kvms = {h.name: Kvm(h) for h in hosts}
-    kinds: dict[tuple[int, int], str] = {}
+    kinds: dict[tuple[str, int], str] = {}
     vms = [_build_vm(i, vs, scenario, by_name[vs.host], kvms[vs.host], scheds[vs.host], recorder, kinds)
            for i, vs in enumerate(spec.vm)]
     for ns in spec.noise:
@@ -237,7 +237,7 @@ def run(scenario: Scenario, progress: Progress | None = None, *, core: EventCore
 
 def _plan_migrations(spec: ScenarioSpec, core: EventCore, vms: list[_Vm], hosts: dict[str, Host],
                      kvms: dict[str, Kvm], scheds: dict[str, Scheduler], recorder: Recorder,
-                     kinds: dict[tuple[int, int], str]) -> list[tuple[MigrationSpec, list[MigrationDriver]]]:
+                     kinds: dict[tuple[str, int], str]) -> list[tuple[MigrationSpec, list[MigrationDriver]]]:
     """Schedule each [[migration]]: at its time, migrate the VM from wherever it is then."""
     planned: list[tuple[MigrationSpec, list[MigrationDriver]]] = []
     by_vm = {vm.spec.name: vm for vm in vms}
@@ -253,7 +253,7 @@ def _plan_migrations(spec: ScenarioSpec, core: EventCore, vms: list[_Vm], hosts:
             def start(machine: Machine, now: int) -> list[VcpuThread]:
                 # The record travels in guest RAM, so the truth does too: each vCPU's steal up
                 # to its last entry on the source (stopped now), plus what its new thread waits.
-                before = {t.vcpu.id: recorder.probes[(id(vm.host), t.task.tid)].truth()
+                before = {t.vcpu.id: recorder.probes[(vm.host.name, t.task.tid)].truth()
                           for t in vm.threads if t.task is not None}
                 vm.state.console_before += bytes(vm.machine.console)
                 vm.host, vm.machine, vm.threads = dst_host, machine, []
@@ -307,18 +307,18 @@ def _clock_row(vm: _Vm) -> dict[str, Any]:
             "samples": [[t, ns - t, x] for t, ns, x in vm.ticks]}
 
 
-def _spawn(host: Host, sched: Scheduler, recorder: Recorder, kinds: dict[tuple[int, int], str], name: str,
+def _spawn(host: Host, sched: Scheduler, recorder: Recorder, kinds: dict[tuple[str, int], str], name: str,
            body: TaskBody, kind: str, *, nice: int = 0, cpus: list[int] | None = None,
            probe: VcpuProbe | None = None) -> Task:
     task = host.spawn(name)
     recorder.register(host, task, kind, probe)
-    kinds[(id(host), task.tid)] = kind
+    kinds[(host.name, task.tid)] = kind
     sched.add(task, body, nice=nice, cpus=cpus)
     return task
 
 
 def _build_vm(index: int, vs: VmSpec, scenario: Scenario, host: Host, kvm: Kvm, sched: Scheduler,
-              recorder: Recorder, kinds: dict[tuple[int, int], str]) -> _Vm:
+              recorder: Recorder, kinds: dict[tuple[str, int], str]) -> _Vm:
     spec = scenario.spec
     kernel: ModelKernel | None = None
     box: list[_Vm] = []  # the _Vm, once built: its host changes when the VM migrates
@@ -441,7 +441,7 @@ def _observe_hypercalls(vcpu: Vcpu, host: Host, task: Task, recorder: Recorder, 
 
 def _collect(spec: ScenarioSpec, source: str, duration: int, hosts: list[Host], vms: list[_Vm],
              recorder: Recorder, scheds: dict[str, Scheduler], core: EventCore,
-             kinds: dict[tuple[int, int], str]) -> RunResult:
+             kinds: dict[tuple[str, int], str]) -> RunResult:
     rows: list[VcpuRow] = []
     series: dict[str, dict[str, np.ndarray]] = {}
     for vm in vms:
@@ -451,7 +451,7 @@ def _collect(spec: ScenarioSpec, source: str, duration: int, hosts: list[Host], 
             task = thread.task
             assert task is not None
             cpu = thread.vcpu.id
-            probe = recorder.probes[(id(vm.host), task.tid)]
+            probe = recorder.probes[(vm.host.name, task.tid)]
             first_t = vm.state.first_run_ns.get(cpu, end)
             guest = probe.guest()
             record = probe.record()
@@ -469,7 +469,7 @@ def _collect(spec: ScenarioSpec, source: str, duration: int, hosts: list[Host], 
                 max(0, end - first_t), task.run_time_ns, task.timeslices, thread.vcpu.stats.loads,
                 total, note))
             series[probe.key] = recorder.sampled(probe)
-    tasks = [TaskRow(h.name, t.name, t.tid, kinds.get((id(h), t.tid), "noise"), *t.schedstat())
+    tasks = [TaskRow(h.name, t.name, t.tid, kinds.get((h.name, t.tid), "noise"), *t.schedstat())
              for h in hosts for t in h.tasks]
     vm_rows = [VmRow(vm.host.name, vm.spec.name, "model" if vm.kernel is not None else f"elf:{vm.state.image}",
                      vm.machine.stopped,
@@ -477,7 +477,7 @@ def _collect(spec: ScenarioSpec, source: str, duration: int, hosts: list[Host], 
                      else "\n".join(vm.state.console_stat(vm.machine).lines),
                      vm.state.console(vm.machine), vm.state.stopped_ns, vm.machine.exit_status)
                for vm in vms]
-    occupancy = {(h.name, c): recorder.busy[id(h)][c] for h in hosts for c in range(h.ncpus)}
+    occupancy = {(h.name, c): recorder.busy[h.name][c] for h in hosts for c in range(h.ncpus)}
     stats = {
         "events": getattr(core, "processed", -1),
         "segments": sum(s.segments for s in scheds.values()),
@@ -485,8 +485,8 @@ def _collect(spec: ScenarioSpec, source: str, duration: int, hosts: list[Host], 
         "late_preemptions": sum(s.late_preemptions for s in scheds.values()),
         "hypercalls_traced": recorder.hypercalls,
     }
-    pids = {h.name: recorder.pid[id(h)] for h in hosts}
-    names = {(recorder.pid[id(h)], t.tid): t.name for h in hosts for t in h.tasks}
+    pids = {h.name: recorder.pid[h.name] for h in hosts}
+    names = {(recorder.pid[h.name], t.tid): t.name for h in hosts for t in h.tasks}
     return RunResult(spec, source, duration, rows, tasks, vm_rows, recorder.grid(), series, occupancy,
                      recorder.events, pids, names, {h.name: h.ncpus for h in hosts}, stats)
 
