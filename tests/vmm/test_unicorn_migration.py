@@ -266,7 +266,7 @@ def _pause_and_send(core: EventLoop, m: Machine, threads: list[VcpuThread], at_n
     core.run(at_ns)
     sender = Sender(m, "u")
     parts = [sender.precopy()]
-    core.run(at_ns + MS)  # the guest keeps running (and writing) between rounds
+    core.run(at_ns + 5 * MS)  # the guest keeps running (and, at its 250 Hz tick, writing) between rounds
     m.pause()
     parts.append(sender.final(max([core.now] + [t.last_ns for t in threads])))
     if deliver(parts):

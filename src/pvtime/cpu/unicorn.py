@@ -660,7 +660,11 @@ class UnicornCpu:
         if traps.exit_requested():
             self._stop = Stop(StopKind.EXIT)
             uc.emu_stop()
-        # No timer is an SMCCC/PSCI call's business: the budget stands.
+        elif self._clock is not None and self._clock.now_ns >= self._clock.deadline_ns:
+            # The call woke another vCPU (PSCI CPU_ON): the host ends this segment here.
+            self._stop = Stop(StopKind.DEADLINE)
+            uc.emu_stop()
+        # No timer is an SMCCC/PSCI call's business: otherwise the budget stands.
 
     def _on_memory(self, uc: Uc, access: int, address: int, size: int, value: int, user: object) -> bool:
         if access == UC_MEM_WRITE_PROT:

@@ -15,10 +15,13 @@ import heapq
 from collections.abc import Callable
 from typing import Protocol
 
-# Priorities used by the host: wake-ups are processed before a CPU's scheduling decision at the
-# same instant, so the decision sees every task that became runnable by then.
+# Priorities used by the host at one instant: wake-ups first, then what the CPUs' clocks do
+# (ticks, segment ends), then each CPU's scheduling decision, which so sees every task that
+# became runnable and every tick of that instant; last, the CPUs execute their tasks' bodies.
 PRIO_WAKE = 1
 PRIO_CPU = 2
+PRIO_RESCHED = 3
+PRIO_EXEC = 4
 
 
 class EventCore(Protocol):
@@ -35,6 +38,10 @@ class EventCore(Protocol):
 
     def run(self, until_ns: int) -> None:
         """Process every event before `until_ns`; afterwards `now` is `until_ns`."""
+        ...
+
+    def next_after(self, time_ns: int) -> int | None:
+        """The time of the earliest pending event later than `time_ns` (None if there is none)."""
         ...
 
 
@@ -72,6 +79,32 @@ class EventLoop:
         self.processed += n
         self._now = max(self._now, until_ns)
 
+    def next_after(self, time_ns: int) -> int | None:
+        """The earliest pending event time later than `time_ns` (events at `time_ns` skipped)."""
+        return heap_next_after(self._heap, time_ns)
+
     def pending(self) -> int:
         """Events not yet processed."""
         return len(self._heap)
+
+
+def heap_next_after(heap: list, time_ns: int) -> int | None:  # type: ignore[type-arg]
+    """The smallest first field greater than `time_ns` in a binary heap of tuples.
+
+    Only the nodes at `time_ns` itself (at the top, since nothing earlier is pending) are
+    descended through, so the cost is the number of events pending at that instant.
+    """
+    best: int | None = None
+    stack = [0] if heap else []
+    n = len(heap)
+    while stack:
+        i = stack.pop()
+        t = heap[i][0]
+        if t > time_ns:
+            if best is None or t < best:
+                best = t
+            continue
+        for child in (2 * i + 1, 2 * i + 2):
+            if child < n:
+                stack.append(child)
+    return best

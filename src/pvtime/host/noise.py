@@ -66,3 +66,43 @@ class PeriodicBurst:
         if self._left > 0:
             return Step(TaskState.QUEUED)
         return Step(TaskState.SLEEPING, self._next_release)
+
+
+class PeriodicTask:
+    """A periodic real-time-style loop, as a program on a real host writes it: released at
+    `phase_ns + k * period_ns`, it works `work_ns` of its own CPU time (CLOCK_THREAD_CPUTIME_ID),
+    then sleeps until the next release (an absolute CLOCK_MONOTONIC deadline). Releases that
+    passed while it worked or waited are skipped, not replayed (unlike `PeriodicBurst`).
+    `pvtime calibrate` runs exactly this loop as real processes.
+    """
+
+    def __init__(self, work_ns: int, period_ns: int, phase_ns: int = 0) -> None:
+        if period_ns <= 0:
+            raise ValueError(f"period_ns must be positive, got {period_ns}")
+        if not 0 < work_ns <= period_ns:
+            raise ValueError(f"work_ns must be in 1..period_ns ({period_ns}), got {work_ns}")
+        if phase_ns < 0:
+            raise ValueError(f"phase_ns must be >= 0, got {phase_ns}")
+        self.work_ns = work_ns
+        self.period_ns = period_ns
+        self._release = phase_ns
+        self._left = work_ns
+        self.missed = 0  # releases skipped because the previous work ended after them
+
+    def step(self, slice_: Slice) -> Step:
+        """Work off this release's CPU time; then sleep until the next release not yet passed."""
+        if slice_.now_ns < self._release:
+            return Step(TaskState.SLEEPING, self._release)
+        use = min(self._left, slice_.remaining_ns)
+        slice_.advance(use)
+        self._left -= use
+        if self._left > 0:
+            return Step(TaskState.QUEUED)
+        now = slice_.now_ns
+        nxt = self._release + self.period_ns
+        if nxt <= now:
+            skipped = (now - nxt) // self.period_ns + 1
+            self.missed += skipped
+            nxt += skipped * self.period_ns
+        self._release, self._left = nxt, self.work_ns
+        return Step(TaskState.SLEEPING, nxt)

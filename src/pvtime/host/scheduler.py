@@ -1,32 +1,48 @@
-"""Physical CPUs with fair run queues, and the scheduler that moves tasks on and off them.
+"""Physical CPUs, their scheduler tick, and the core that moves tasks on and off them.
 
-The scheduler follows Linux where it matters for steal: CFS picking and slicing
-(`pvtime.host.fair`), wake-up placement (`select_task_rq`: the previous CPU if idle, else an idle
-CPU the task may use, else the previous CPU), wake-up preemption, new-idle pulling, affinity, and
-schedstat's enqueue/arrive/depart calls at exactly the moments Linux makes them.
+The core follows kernel/sched/core.c and fair.c at tag v6.18 where it matters for steal:
+`try_to_wake_up` (CPU selection, placement, `wakeup_preempt`), `sched_tick` every 1/HZ on each
+busy CPU (NO_HZ_IDLE: an idle CPU does not tick), `__schedule` (block, pick, switch), load
+balancing (`pvtime.host.balance`), and schedstat's enqueue/arrive/depart calls at exactly the
+moments Linux makes them. The fair policy's arithmetic is per CPU in its run queue:
+`pvtime.host.eevdf` (Linux >= 6.6) or `pvtime.host.cfs` (Linux <= 6.5). As in Linux, the running
+task is charged (`update_curr`) before any enqueue, placement, preemption check or pick.
 
-How time advances: when a CPU switches a task in, the task's body executes at once for the whole
-segment -- until its slice ends, it blocks, or a wake-up already known to target this CPU is due.
-Segments of different CPUs are executed in virtual-time order. A wake-up that reaches a CPU whose
-current segment has already been simulated past the wake-up time is queued at its exact time (so
-`run_delay` stays exact), and its preemption takes effect at that segment's end, as if the
-reschedule IPI were late; `Scheduler.late_preemptions` counts these.
+How time advances. A task's body executes synchronously, ahead of the event loop, for one
+*segment*; a segment never runs past the next pending event of any CPU of any host on the same
+event core (a tick, a timed or explicit wake-up, another CPU's segment end, the end of the run).
+Events of one instant are processed in order -- wake-ups, CPU clocks (ticks, segment ends),
+scheduling decisions, then the execution of bodies -- so a decision sees everything that
+happened at its instant. A body that wakes another task (PSCI CPU_ON) ends its segment at that
+instant, so the wake-up is processed at its exact time, before anything later executes.
+
+One case cannot be exact without undoing executed guest code: two CPUs start segments at the
+same instant, and the one executed second wakes a task onto the first before the first's
+segment ends. The wake-up is queued at its exact time (`run_delay` stays exact) and its
+preemption acts at that segment's end, at most until the next event on the core (a tick at
+most). `Scheduler.late_wakeups` counts these; it is 0 in the embedded scenarios.
+
+No internal limit changes results: `max_segment_ns` only splits a segment's execution into
+several calls of the body, which no other CPU can see.
 """
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
-from pvtime.host.events import PRIO_CPU, PRIO_WAKE, EventCore
-from pvtime.host.fair import CfsRunQueue, SchedEntity, SchedTunables
+from pvtime.host.balance import Balancer
+from pvtime.host.cfs import CfsRunQueue
+from pvtime.host.eevdf import EevdfRunQueue
+from pvtime.host.entity import SchedEntity
+from pvtime.host.events import PRIO_CPU, PRIO_EXEC, PRIO_RESCHED, PRIO_WAKE, EventCore
 from pvtime.host.host import Host
+from pvtime.host.runqueue import Enqueue, FairRunQueue
+from pvtime.host.sched_config import SchedConfig
 from pvtime.host.task import Slice, Step, Task, TaskBody, TaskState
-from pvtime.host.weights import calc_delta_fair
 
-MSEC = 1_000_000
+_QUEUED = Step(TaskState.QUEUED)
 
 
 class SchedObserver(Protocol):
@@ -44,42 +60,64 @@ class SchedObserver(Protocol):
 
 @dataclass(eq=False)
 class Pcpu:
-    """One physical CPU: its run queue and what it is executing."""
+    """One physical CPU: its run queue, what it is executing, and its balancing state."""
 
     id: int
-    rq: CfsRunQueue
+    rq: FairRunQueue
     curr: SchedEntity | None = None
-    seg_start: int = 0  # the executing segment's start ...
-    seg_end: int = 0  # ... and end (already simulated)
-    slice_end: int = 0  # when curr's ideal slice is used up
-    step: Step | None = None  # what curr's body reported at seg_end
-    need_resched: bool = False
-    decision_posted: bool = False
+    seg_start: int = 0  # the last segment's start ...
+    seg_end: int = 0  # ... and end (simulated)
+    in_flight: bool = False  # that segment ends after the event being processed
+    step: Step | None = None  # what curr's body reported at seg_end (None: nothing yet)
+    switched_in: bool = False  # the next segment begins a timeslice
+    need_resched: bool = False  # TIF_NEED_RESCHED
+    lazy_resched: bool = False  # TIF_NEED_RESCHED_LAZY, acted on at the next tick
+    service_posted: bool = False
+    exec_posted: bool = False
     busy_ns: int = 0
-    # Timed wake-ups of tasks that last ran here: (time, gen, tid, entity); stale ones are skipped.
-    wakes: list[tuple[int, int, int, SchedEntity]] = field(default_factory=list)
+    # Balancing (the CPU's own copy of its sched_domain, as in Linux).
+    idle_stamp: int | None = 0  # when it last went idle (None while busy)
+    avg_idle: int = 1_000_000  # rq->avg_idle, starts at 2 * sysctl_sched_migration_cost
+    next_balance: int = 0
+    balance_interval_ms: int = 0
+    nr_balance_failed: int = 0
+
+    def is_idle(self) -> bool:
+        """available_idle_cpu: nothing running and nothing runnable."""
+        return self.curr is None and self.rq.nr_runnable == 0
 
 
 class Scheduler:
     """The scheduler of one `Host`: its CPUs, its tasks, driven by an `EventCore`."""
 
-    def __init__(self, host: Host, core: EventCore, tunables: SchedTunables | None = None, *,
-                 end_ns: int = 1 << 62, max_segment_ns: int = 50 * MSEC,
+    def __init__(self, host: Host, core: EventCore, config: SchedConfig | None = None, *,
+                 end_ns: int = 1 << 62, max_segment_ns: int | None = None,
                  observer: SchedObserver | None = None) -> None:
-        if max_segment_ns <= 0:
+        if max_segment_ns is not None and max_segment_ns <= 0:
             raise ValueError(f"max_segment_ns must be positive, got {max_segment_ns}")
         self.host = host
         self.core = core
-        self.tunables = (tunables or SchedTunables()).scaled(host.ncpus)
+        self.config = config or SchedConfig()
+        self.tick_ns = self.config.tick_ns
         self.end_ns = end_ns
         self.max_segment_ns = max_segment_ns
         self.observer = observer
-        self.cpus = [Pcpu(i, CfsRunQueue(self.tunables)) for i in range(host.ncpus)]
+        self.cpus = [Pcpu(i, self._new_rq(i)) for i in range(host.ncpus)]
+        self.balancer = Balancer(self)
         self.entities: dict[int, SchedEntity] = {}
-        self._idle: set[int] = set(range(host.ncpus))
+        self._tick_posted = False
+        self._executing: Pcpu | None = None
         self.segments = 0  # body executions
         self.switches = 0  # context switches (schedule-ins)
-        self.late_preemptions = 0
+        self.ticks = 0  # sched_tick calls
+        self.late_wakeups = 0  # wake-ups onto a CPU whose segment had already passed them
+
+    def _new_rq(self, cpu: int) -> FairRunQueue:
+        c = self.config
+        n = self.host.ncpus
+        if c.policy == "eevdf":
+            return EevdfRunQueue(cpu, c.eevdf.scaled(n), c.tick_ns)
+        return CfsRunQueue(cpu, c.cfs.scaled(n))
 
     # --- tasks ---------------------------------------------------------------------------
 
@@ -97,43 +135,60 @@ class Scheduler:
             raise ValueError(f"task {task.name} is already scheduled")
         se = SchedEntity(task, body, nice=nice, allowed=allowed)
         self.entities[task.tid] = se
-        self.core.at(self.core.now if start_ns is None else start_ns, PRIO_WAKE, lambda: self._fork(se))
+        at = self.core.now if start_ns is None else max(start_ns, self.core.now)
+        self.core.at(at, PRIO_WAKE, lambda: self._fork(se))
         return se
 
     def wake(self, task: Task) -> None:
-        """Wake a blocked task now (host time), e.g. a powered-off vCPU turned on by PSCI CPU_ON."""
+        """Wake a blocked task now, e.g. a powered-off vCPU turned on by PSCI CPU_ON.
+
+        Called from a running body (guest code on a CPU of this host), the wake-up happens at the
+        body's current time and ends its segment there; otherwise at the event loop's time.
+        """
         se = self.entities[task.tid]
-        at = max(self.host.now_ns(), self.core.now)
-        self.core.at(at, PRIO_WAKE, lambda: self._explicit_wake(se, at))
+        current = self.host.current
+        waker = self._executing
+        if current is not None and waker is not None:
+            at = current.now_ns
+            if task.state is TaskState.SLEEPING:
+                current.deadline_ns = at  # the waker stops here: the wake-up is processed now
+            waker_id: int | None = waker.id
+        else:
+            at, waker_id = self.core.now, None
+        self.core.at(at, PRIO_WAKE, lambda: self._explicit_wake(se, at, waker_id))
 
     def finish(self) -> None:
         """End of the run: switch out whatever is on a CPU at the end of its simulated segment."""
         for cpu in self.cpus:
             se = cpu.curr
             if se is not None and se.task.state is TaskState.RUNNING:
-                se.task.depart(cpu.seg_end, runnable=True)
+                se.task.depart(cpu.seg_end if cpu.in_flight else max(cpu.seg_end, self.core.now), runnable=True)
 
     def nr_running(self, cpu: int) -> int:
         """Runnable tasks on `cpu`, the running one included."""
-        return self.cpus[cpu].rq.nr_running
+        return self.cpus[cpu].rq.nr_runnable
 
-    # --- wake-ups and placement ----------------------------------------------------------
+    # --- wake-ups --------------------------------------------------------------------------
 
     def _fork(self, se: SchedEntity) -> None:
+        """wake_up_new_task: the idlest allowed CPU, initial placement, a preemption check."""
         now = self.core.now
-        target = self._select_cpu(se, fork=True)
-        rq = self.cpus[target].rq
+        target = self.balancer.select_cpu(se, waker=None, fork=True)
         se.cpu = target
-        rq.place(se, initial=True)
-        self._activate(se, target, now)
+        cpu = self.cpus[target]
+        self._note_wake_on(cpu, now)
+        cpu.rq.enqueue(se, now, Enqueue.FORK)
+        se.task.enqueue(now)
+        self._after_enqueue(cpu, se, now, waker=None, fork=True)
 
     def _timed_wake(self, se: SchedEntity, gen: int) -> None:
         if se.wake_gen == gen and se.task.state is TaskState.SLEEPING:
-            self._wakeup(se, self.core.now)
+            # The hrtimer fires on the CPU where the task went to sleep: that CPU wakes it.
+            self._wakeup(se, self.core.now, waker=se.cpu)
 
-    def _explicit_wake(self, se: SchedEntity, at: int) -> None:
+    def _explicit_wake(self, se: SchedEntity, at: int, waker: int | None) -> None:
         if se.task.state is TaskState.SLEEPING:
-            self._wakeup(se, at)
+            self._wakeup(se, at, waker=waker)
             return
         cpu = self.cpus[se.cpu] if se.cpu is not None else None
         # Woken while its blocking segment is simulated but not yet ended: it will not block.
@@ -141,172 +196,203 @@ class Scheduler:
                 and cpu.step.state is TaskState.SLEEPING and cpu.seg_end >= at:
             se.wake_pending = True
 
-    def _wakeup(self, se: SchedEntity, now: int) -> None:
-        """try_to_wake_up: choose a CPU, place the sleeper, queue it, maybe preempt."""
+    def _wakeup(self, se: SchedEntity, now: int, *, waker: int | None) -> None:
+        """try_to_wake_up: a delayed entity is requeued where it is (ttwu_runnable); any other
+        gets a CPU (select_task_rq_fair), is placed (place_entity) and queued; then
+        wakeup_preempt."""
         se.wake_gen += 1
-        se.sleep_until = None
-        target = self._select_cpu(se, fork=False)
-        if se.cpu is not None and se.cpu != target:
-            self.cpus[se.cpu].rq.migrate_vruntime(se, self.cpus[target].rq)
-        se.cpu = target
-        self.cpus[target].rq.place(se, initial=False)
-        self._activate(se, target, now)
-
-    def _activate(self, se: SchedEntity, target: int, now: int) -> None:
-        self.host.clock_ns = max(self.host.clock_ns, now)
-        se.task.enqueue(now)
-        cpu = self.cpus[target]
-        cpu.rq.enqueue(se)
-        self._idle.discard(target)
-        if self.observer is not None:
-            self.observer.on_wake(self.host, se.task, now, target)
-        if cpu.curr is None:
-            self._post_decision(cpu, now)
+        if se.on_rq and se.sched_delayed:
+            assert se.cpu is not None
+            cpu = self.cpus[se.cpu]
+            se.task.enqueue(now)
+            cpu.rq.requeue_delayed(se, now)
+            self._after_enqueue(cpu, se, now, waker=waker, fork=False)
             return
-        curr = cpu.curr
-        # curr's vruntime as of `now`: its segment is charged only when it ends.
-        ran = max(0, min(now, cpu.seg_end) - cpu.seg_start)
-        projected = curr.vruntime + calc_delta_fair(ran, curr.weight)
-        if cpu.rq.wakeup_preempts(projected, se):
-            cpu.need_resched = True
-            if cpu.seg_end > now:
-                self.late_preemptions += 1
+        target = self.balancer.select_cpu(se, waker=waker, fork=False)
+        if se.cpu is not None and se.cpu != target:
+            self.cpus[se.cpu].rq.move_sleeper(se, self.cpus[target].rq)
+        se.cpu = target
+        cpu = self.cpus[target]
+        self._note_wake_on(cpu, now)
+        cpu.rq.enqueue(se, now, Enqueue.WAKEUP)
+        se.task.enqueue(now)
+        self._after_enqueue(cpu, se, now, waker=waker, fork=False)
 
-    def _select_cpu(self, se: SchedEntity, *, fork: bool) -> int:
-        """select_task_rq_fair, reduced to what shapes steal: prefer an idle allowed CPU."""
-        allowed = se.allowed
-        prev = se.cpu
-        if not fork and prev is not None and prev in self._idle and prev in allowed:
-            return prev
-        if self._idle:
-            idle = [c for c in allowed if c in self._idle]
-            if idle:
-                base = prev if prev is not None else 0
-                n = self.host.ncpus
-                return min(idle, key=lambda c: (c - base) % n)
-        if not fork and prev is not None and prev in allowed:
-            return prev
-        return min(allowed, key=lambda c: (self.cpus[c].rq.nr_running, c))
+    def _note_wake_on(self, cpu: Pcpu, now: int) -> None:
+        """ttwu_do_activate on an idle CPU: fold the idle period into rq->avg_idle."""
+        if cpu.idle_stamp is not None and cpu.curr is None:
+            self.balancer.update_avg_idle(cpu, now - cpu.idle_stamp)
+            cpu.idle_stamp = None
 
-    # --- scheduling decisions ------------------------------------------------------------
-
-    def _post_decision(self, cpu: Pcpu, at: int) -> None:
-        if not cpu.decision_posted:
-            cpu.decision_posted = True
-            self.core.at(at, PRIO_CPU, lambda: self._decide(cpu))
-
-    def _decide(self, cpu: Pcpu) -> None:
-        """__schedule on `cpu` at the end of its segment (or when work arrives while idle)."""
-        now = self.core.now
+    def _after_enqueue(self, cpu: Pcpu, se: SchedEntity, now: int, *, waker: int | None,
+                       fork: bool) -> None:
         self.host.clock_ns = max(self.host.clock_ns, now)
-        cpu.decision_posted = False
+        if self.observer is not None:
+            self.observer.on_wake(self.host, se.task, now, cpu.id)
+        if cpu.curr is None:
+            self._post_service(cpu, now)  # an idle CPU is always rescheduled (resched_curr)
+            return
+        cpu.rq.wakeup_preempt(se, now, fork=fork)
+        self._resched_if_wanted(cpu, now, local=waker == cpu.id)
+
+    def _resched_if_wanted(self, cpu: Pcpu, now: int, *, local: bool) -> None:
+        """resched_curr_lazy: at once, or -- lazy preemption, from another CPU -- at the next tick."""
+        if not cpu.rq.want_resched:
+            return
+        cpu.rq.want_resched = False
+        if cpu.need_resched:
+            return
+        if self.config.lazy and not local:
+            cpu.lazy_resched = True
+            return
+        cpu.need_resched = True
+        if cpu.in_flight and cpu.seg_end > now:
+            self.late_wakeups += 1
+        self._post_service(cpu, now)
+
+    # --- the tick --------------------------------------------------------------------------
+
+    def _ensure_tick(self, now: int) -> None:
+        """Restart the periodic tick (NO_HZ_IDLE stops it while every CPU is idle)."""
+        if not self._tick_posted:
+            self._tick_posted = True
+            at = (now // self.tick_ns + 1) * self.tick_ns
+            self.core.at(at, PRIO_CPU, self._tick)
+
+    def _tick(self) -> None:
+        """sched_tick on every busy CPU (the ticks of all CPUs are aligned, as with skew_tick=0)."""
+        self._tick_posted = False
+        now = self.core.now
+        busy = False
+        for cpu in self.cpus:
+            if cpu.curr is None:
+                continue
+            busy = True
+            self.ticks += 1
+            cpu.rq.tick(now)
+            if cpu.lazy_resched:
+                cpu.rq.want_resched = True
+            self._resched_if_wanted(cpu, now, local=True)
+            self.balancer.tick(cpu, now)
+        if busy and now + self.tick_ns < self.end_ns:
+            self._ensure_tick(now)
+
+    # --- scheduling decisions --------------------------------------------------------------
+
+    def _post_service(self, cpu: Pcpu, at: int) -> None:
+        if not cpu.service_posted:
+            cpu.service_posted = True
+            self.core.at(max(at, self.core.now), PRIO_RESCHED, lambda: self._service(cpu))
+
+    def _service(self, cpu: Pcpu) -> None:
+        """After an instant's wake-ups and ticks: schedule if needed, then execute."""
+        cpu.service_posted = False
+        if cpu.in_flight:
+            return  # decided at the end of that segment
+        now = self.core.now
+        step = cpu.step
+        if cpu.curr is None or cpu.need_resched or (step is not None and step.state is not TaskState.QUEUED):
+            self._schedule(cpu, now)
+        if cpu.curr is not None and not cpu.exec_posted:
+            cpu.exec_posted = True
+            self.core.at(now, PRIO_EXEC, lambda: self._execute(cpu))
+
+    def _segment_end(self, cpu: Pcpu) -> None:
+        cpu.in_flight = False
+        self._post_service(cpu, self.core.now)
+
+    def _schedule(self, cpu: Pcpu, now: int) -> None:
+        """__schedule: block or keep the previous task, pick the next one, switch."""
+        self.host.clock_ns = max(self.host.clock_ns, now)
         rq = cpu.rq
         prev = cpu.curr
+        prev_running = prev is not None
         if prev is not None:
-            step = cpu.step
-            assert step is not None
-            rq.update_curr(prev, now - cpu.seg_start)
-            state = step.state
+            rq.update_curr(now)
+            state = cpu.step.state if cpu.step is not None else TaskState.QUEUED
             if state is TaskState.SLEEPING and prev.wake_pending:
                 state = TaskState.QUEUED
             prev.wake_pending = False
             if state is TaskState.EXITED:
-                rq.dequeue_curr(prev)
+                rq.dequeue(prev, now, sleep=True)
                 prev.task.exit(now)
-                prev = None
+                prev.last_ran_ns = now
+                prev_running = False
             elif state is TaskState.SLEEPING:
-                rq.dequeue_curr(prev)
+                rq.dequeue(prev, now, sleep=True)
                 prev.task.depart(now, runnable=False)
-                if step.wake_at_ns is not None:
-                    self._arm_wake(prev, max(step.wake_at_ns, now))
-                prev = None
-            elif not cpu.need_resched and now < cpu.slice_end:
-                self._execute(cpu, prev, now, switched_in=False)  # the slice goes on
-                return
-            elif rq.nr_running == 1:
-                cpu.need_resched = False
-                cpu.slice_end = now + self.max_segment_ns  # alone: nothing to share with
-                self._execute(cpu, prev, now, switched_in=False)
-                return
-            else:
-                rq.put_prev(prev)
-        cpu.need_resched = False
-        nxt = rq.pick()
+                prev.last_ran_ns = now
+                prev_running = False
+                assert cpu.step is not None
+                if cpu.step.wake_at_ns is not None:
+                    self._arm_wake(prev, max(cpu.step.wake_at_ns, now))
+        nxt = rq.pick(now)
         if nxt is None:
-            nxt = self._pull(cpu)
+            nxt = self.balancer.newidle(cpu, now)
+        rq.want_resched = False
+        cpu.need_resched = cpu.lazy_resched = False
         if nxt is None:
             cpu.curr = None
-            self._idle.add(cpu.id)
+            cpu.step = None
+            if cpu.idle_stamp is None:
+                cpu.idle_stamp = now
             return
-        if nxt is not prev:
-            if prev is not None:
+        if nxt is not prev or not prev_running:
+            if prev is not None and prev_running:
                 prev.task.depart(now, runnable=True)
+                prev.last_ran_ns = now
             nxt.task.arrive(now)
             self.switches += 1
-        slice_ns = self.max_segment_ns if rq.nr_running == 1 else rq.sched_slice(nxt)
-        cpu.slice_end = now + slice_ns
-        self._execute(cpu, nxt, now, switched_in=nxt is not prev)
+            cpu.switched_in = True
+        cpu.curr = nxt
+        cpu.step = None
+        cpu.idle_stamp = None
+        self._ensure_tick(now)
 
     def _arm_wake(self, se: SchedEntity, at: int) -> None:
         gen = se.wake_gen
-        se.sleep_until = at
-        if se.cpu is not None:
-            heapq.heappush(self.cpus[se.cpu].wakes, (at, gen, se.task.tid, se))
         self.core.at(at, PRIO_WAKE, lambda: self._timed_wake(se, gen))
 
-    def _next_known_wake(self, cpu: Pcpu, now: int) -> int | None:
-        """The earliest pending timed wake-up of a task that last ran on this CPU."""
-        wakes = cpu.wakes
-        while wakes:
-            at, gen, _, se = wakes[0]
-            if se.wake_gen != gen or se.cpu != cpu.id or at < now or se.sleep_until != at:
-                heapq.heappop(wakes)
-                continue
-            return at if at > now else None
-        return None
+    # --- execution -------------------------------------------------------------------------
 
-    def _pull(self, cpu: Pcpu) -> SchedEntity | None:
-        """newidle_balance: take a waiting task allowed here from the busiest CPU."""
-        best: tuple[int, int] | None = None
-        for other in self.cpus:
-            if other is cpu or other.rq.nr_running < 2:
-                continue
-            if best is None or other.rq.nr_running > best[0]:
-                best = (other.rq.nr_running, other.id)
-        if best is None:
-            return None
-        src = self.cpus[best[1]]
-        for se in src.rq.queued():
-            if cpu.id in se.allowed:
-                src.rq.remove(se)
-                src.rq.migrate_vruntime(se, cpu.rq)
-                se.cpu = cpu.id
-                cpu.rq.enqueue(se)
-                return cpu.rq.pick()
-        return None
-
-    def _execute(self, cpu: Pcpu, se: SchedEntity, now: int, *, switched_in: bool) -> None:
-        """Run `se`'s body from `now` to its segment's end, and post the decision there."""
-        cpu.curr = se
-        self._idle.discard(cpu.id)
-        end = min(cpu.slice_end, self.end_ns)
-        known = self._next_known_wake(cpu, now)
-        if known is not None and known < end:
-            end = known
-        if end <= now:
-            cpu.seg_start = cpu.seg_end = now
-            cpu.step = Step(TaskState.QUEUED)
-            return  # the run is over: stay on the CPU, decide nothing more
-        slice_ = Slice(se.task, now, end, now)
-        with self.host.running(slice_):
-            step = se.body.step(slice_)
-        stop = slice_.now_ns
-        if stop == now and step.state is TaskState.QUEUED:
-            raise RuntimeError(f"task {se.task.name} returned runnable without using any CPU time")
+    def _execute(self, cpu: Pcpu) -> None:
+        """Run curr's body from now until the next event on the core (or it blocks)."""
+        cpu.exec_posted = False
+        se = cpu.curr
+        if se is None or cpu.in_flight:
+            return
+        now = self.core.now
+        bound = self.end_ns
+        nxt = self.core.next_after(now)
+        if nxt is not None and nxt < bound:
+            bound = nxt
+        if bound <= now:
+            return  # the run is over: stay on the CPU
+        step, stop = self._run_body(cpu, se, now, bound)
         cpu.seg_start, cpu.seg_end, cpu.step = now, stop, step
+        cpu.in_flight = True
         cpu.busy_ns += stop - now
         self.segments += 1
-        if self.observer is not None:
-            self.observer.on_segment(self.host, cpu.id, se.task, now, stop, switched_in)
-        self._post_decision(cpu, stop)
+        if self.observer is not None and stop > now:
+            self.observer.on_segment(self.host, cpu.id, se.task, now, stop, cpu.switched_in)
+        cpu.switched_in = False
+        self.core.at(stop, PRIO_CPU, lambda: self._segment_end(cpu))
 
+    def _run_body(self, cpu: Pcpu, se: SchedEntity, start: int, bound: int) -> tuple[Step, int]:
+        """Call the body until `bound`, in pieces of at most max_segment_ns (invisible outside)."""
+        t = start
+        self._executing = cpu
+        try:
+            while True:
+                end = bound if self.max_segment_ns is None else min(bound, t + self.max_segment_ns)
+                slice_ = Slice(se.task, t, end, t)
+                with self.host.running(slice_):
+                    step = se.body.step(slice_)
+                stopped_early = slice_.deadline_ns < end  # it woke a task: its segment ends here
+                if slice_.now_ns == t and step.state is TaskState.QUEUED and not stopped_early:
+                    raise RuntimeError(f"task {se.task.name} returned runnable without using any CPU time")
+                t = slice_.now_ns
+                if step.state is not TaskState.QUEUED or stopped_early or t >= bound:
+                    return step, t
+        finally:
+            self._executing = None

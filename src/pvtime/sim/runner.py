@@ -11,7 +11,7 @@ import numpy as np
 from pvtime.abi.uapi import NSEC_PER_SEC, USER_HZ
 from pvtime.guest.kernel import KernelOptions, ModelKernel, Workload
 from pvtime.host import (
-    CpuHog, EventCore, EventLoop, Host, PeriodicBurst, Scheduler, SchedTunables, Task, TaskBody,
+    CpuHog, EventCore, EventLoop, Host, PeriodicBurst, Scheduler, Task, TaskBody,
 )
 from pvtime.host.events import PRIO_WAKE
 from pvtime.host.task import Slice, Step
@@ -201,9 +201,7 @@ def run(scenario: Scenario, progress: Progress | None = None, *, core: EventCore
     by_name = {h.name: h for h in hosts}
     scheds: dict[str, Scheduler] = {}
     for hs, host in zip(spec.host, hosts):
-        tun = SchedTunables(hs.sched.latency_us * US, hs.sched.min_granularity_us * US,
-                            hs.sched.wakeup_granularity_us * US)
-        scheds[host.name] = Scheduler(host, core, tun, end_ns=duration, observer=recorder)
+        scheds[host.name] = Scheduler(host, core, hs.sched.config(), end_ns=duration, observer=recorder)
     kvms = {h.name: Kvm(h) for h in hosts}
     kinds: dict[tuple[str, int], str] = {}
     vms = [_build_vm(i, vs, scenario, by_name[vs.host], kvms[vs.host], scheds[vs.host], recorder, kinds)
@@ -482,7 +480,7 @@ def _collect(spec: ScenarioSpec, source: str, duration: int, hosts: list[Host], 
         "events": getattr(core, "processed", -1),
         "segments": sum(s.segments for s in scheds.values()),
         "context_switches": sum(s.switches for s in scheds.values()),
-        "late_preemptions": sum(s.late_preemptions for s in scheds.values()),
+        "late_wakeups": sum(s.late_wakeups for s in scheds.values()),
         "hypercalls_traced": recorder.hypercalls,
     }
     pids = {h.name: recorder.pid[h.name] for h in hosts}

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pvtime.abi.widths import U32
+from pvtime.host.sched_config import CfsTunables, EevdfTunables, SchedConfig
 from pvtime.sim.toml_lines import dotted, key_lines, line_of
 from pvtime.vmm.elf import ElfError, load_elf
 from pvtime.vmm.images import PACKAGE_IMAGES, has_minikernel_config, packaged_image, patch_minikernel
@@ -27,11 +28,31 @@ class _Strict(BaseModel):
 
 
 class SchedSpec(_Strict):
-    """CFS tunables of a host, before Linux's CPU-count scaling."""
+    """A host's scheduler: Linux's fair policy, HZ, preemption model, and that policy's tunables
+    (before Linux's CPU-count scaling). Unset tunables take Linux's defaults."""
 
-    latency_us: int = Field(6000, gt=0)
-    min_granularity_us: int = Field(750, gt=0)
-    wakeup_granularity_us: int = Field(1000, gt=0)
+    policy: Literal["eevdf", "cfs"] = "eevdf"
+    hz: Literal[100, 250, 300, 1000] = 250
+    preempt: Literal["none", "voluntary", "full", "lazy"] = "voluntary"
+    base_slice_us: int | None = Field(None, gt=0)  # eevdf: sysctl_sched_base_slice
+    latency_us: int | None = Field(None, gt=0)  # cfs: sysctl_sched_latency
+    min_granularity_us: int | None = Field(None, gt=0)  # cfs
+    wakeup_granularity_us: int | None = Field(None, gt=0)  # cfs
+
+    def config(self) -> SchedConfig:
+        """The host scheduler's configuration."""
+        us = 1000
+        e, c = EevdfTunables(), CfsTunables()
+        eevdf = EevdfTunables(self.base_slice_us * us) if self.base_slice_us is not None else e
+        cfs = CfsTunables(
+            self.latency_us * us if self.latency_us is not None else c.latency_ns,
+            self.min_granularity_us * us if self.min_granularity_us is not None else c.min_granularity_ns,
+            self.wakeup_granularity_us * us if self.wakeup_granularity_us is not None else c.wakeup_granularity_ns)
+        return SchedConfig(self.policy, self.hz, self.preempt, eevdf, cfs)
+
+
+# Each policy's own tunables: setting one on a host of the other policy is an error.
+_POLICY_TUNABLES = {"eevdf": ("base_slice_us",), "cfs": ("latency_us", "min_granularity_us", "wakeup_granularity_us")}
 
 
 class HostSpec(_Strict):
@@ -299,6 +320,7 @@ def _cross_checks(spec: ScenarioSpec, source: str) -> list[tuple[tuple[Any, ...]
         if h.name in hosts:
             out.append((("host", i, "name"), f"duplicate host name {h.name!r}"))
         hosts[h.name] = h
+        out += [(("host", i, "sched", *loc), msg) for loc, msg in _sched_checks(h.sched)]
     names: set[str] = set()
     for kind, items in (("vm", spec.vm), ("noise", spec.noise)):
         for i, item in enumerate(items):
@@ -340,6 +362,20 @@ def _cross_checks(spec: ScenarioSpec, source: str) -> list[tuple[tuple[Any, ...]
         g = vm.guest
         if isinstance(g, ElfGuestSpec):
             out += [(("vm", i, "guest", *loc), msg) for loc, msg in _elf_checks(g, vm, source)]
+    return out
+
+
+def _sched_checks(sched: SchedSpec) -> list[tuple[tuple[Any, ...], str]]:
+    """Tunables belong to one policy; lazy preemption (Linux >= 6.13) never met CFS (<= 6.5)."""
+    out: list[tuple[tuple[Any, ...], str]] = []
+    for policy, names in _POLICY_TUNABLES.items():
+        if policy == sched.policy:
+            continue
+        for name in names:
+            if name in sched.model_fields_set:
+                out.append(((name,), f"a {policy} tunable, but this host runs policy = \"{sched.policy}\""))
+    if sched.policy == "cfs" and sched.preempt == "lazy":
+        out.append((("preempt",), "lazy preemption came with Linux 6.13; CFS is Linux <= 6.5"))
     return out
 
 
