@@ -58,7 +58,7 @@ def test_weight_table_is_linux() -> None:
 def test_tunables_scale_with_log2_cpus() -> None:
     """get_update_sysctl_factor (SCHED_TUNABLESCALING_LOG): 1 + ilog2(min(ncpus, 8))."""
     assert [tunable_factor(n) for n in (1, 2, 3, 4, 8, 64)] == [1, 2, 2, 3, 4, 4]
-    assert EevdfTunables().scaled(2).base_slice_ns == 1_500_000
+    assert EevdfTunables().scaled(2).base_slice_ns == 1_400_000
     assert CfsTunables().scaled(4).latency_ns == 18 * MS
 
 

@@ -32,17 +32,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pvtime.host.eevdf import EevdfRunQueue
 from pvtime.host.entity import SchedEntity
-from pvtime.host.runqueue import Enqueue
+from pvtime.host.runqueue import Enqueue, FairRunQueue
 
 if TYPE_CHECKING:
     from pvtime.host.scheduler import Pcpu, Scheduler
 
 MIGRATION_COST_NS = 500_000  # sysctl_sched_migration_cost
+PELT_HALF_LIFE_NS = 32 * 1_000_000
+HAS_SPARE, FULLY_BUSY, OVERLOADED = 0, 1, 2  # enum group_type, in its order
 BUSY_FACTOR = 16
 CACHE_NICE_TRIES = 1
 IMBALANCE_PCT = 117
 MSEC = 1_000_000
+NSEC_PER_SEC = 1_000_000_000
 
 
 class Balancer:
@@ -131,68 +135,128 @@ class Balancer:
                         self.sched._post_service(other, now)
 
     def _periodic(self, cpu: Pcpu, now: int, *, idle: bool) -> bool:
+        """sched_balance_domains: balance, then the next time from get_sd_balance_interval."""
         moved = self._balance(cpu, now, idle=idle, newly=False)
-        interval = cpu.balance_interval_ms * (1 if idle else BUSY_FACTOR)
+        busy = not cpu.is_idle()
         tick = self.sched.tick_ns
-        jiffies = max(1, -(-interval * MSEC // tick))  # msecs_to_jiffies rounds up
-        cpu.next_balance = (now // tick + jiffies) * tick
+        jiffies = -(-cpu.balance_interval_ms * (BUSY_FACTOR if busy else 1) * MSEC // tick)  # msecs_to_jiffies
+        if busy:
+            jiffies -= 1
+        max_jiffies = max(1, (NSEC_PER_SEC // tick) * len(self.sched.cpus) // 10)
+        cpu.next_balance = (now // tick + min(max(jiffies, 1), max_jiffies)) * tick
         return moved
+
+    # --- sched_balance_rq ----------------------------------------------------------------------
+
+    def cpu_util(self, cpu: Pcpu, now: int) -> float:
+        """The CPU's utilisation in 0..1024, a PELT-like average (32 ms half-life) of busy time."""
+        busy = cpu.busy_ns
+        if cpu.in_flight and cpu.seg_end > now:
+            busy -= cpu.seg_end - max(now, cpu.seg_start)  # executed ahead of `now`
+        dt = now - cpu.util_time
+        if dt > 0:
+            frac = min(1.0, max(0.0, (busy - cpu.util_busy) / dt))
+            decay = 0.5 ** (dt / PELT_HALF_LIFE_NS)
+            cpu.util = cpu.util * decay + 1024.0 * frac * (1.0 - decay)
+            cpu.util_time, cpu.util_busy = now, busy
+        return cpu.util
+
+    def _group_type(self, cpu: Pcpu, now: int) -> int:
+        """update_sg_lb_stats' classification of a one-CPU group, from its task count and
+        utilisation (runnable_avg is taken as the utilisation)."""
+        nr = cpu.rq.nr_queued
+        util = self.cpu_util(cpu, now)
+        if nr > 1 and 1024 * 100 < util * IMBALANCE_PCT:
+            return OVERLOADED
+        if nr < 1 or 1024 * 100 > util * IMBALANCE_PCT:
+            return HAS_SPARE
+        return FULLY_BUSY
 
     def _balance(self, cpu: Pcpu, now: int, *, idle: bool, newly: bool) -> bool:
         """sched_balance_rq on the one domain; True when a task was moved here."""
         cpus = self.sched.cpus
-        local_nr = cpu.rq.nr_runnable
+        n = len(cpus)
+        local_type = self._group_type(cpu, now)
         busiest: Pcpu | None = None
-        for other in cpus:
-            if other is cpu or other.rq.nr_runnable < 2:
+        busiest_type = -1
+        for k in range(1, n):  # groups in the order build_sched_groups links them: cpu+1, ...
+            other = cpus[(cpu.id + k) % n]
+            if other.rq.nr_runnable == 0:
                 continue
-            if not any(cpu.id in se.allowed for se in other.rq.migratable()):
-                continue
-            if busiest is None or (other.rq.nr_runnable, other.rq.load) > (busiest.rq.nr_runnable, busiest.rq.load):
+            t = self._group_type(other, now)
+            if busiest is None or t > busiest_type:
+                busiest, busiest_type = other, t
+            elif t == busiest_type == OVERLOADED and other.rq.load > busiest.rq.load:
                 busiest = other
-        if busiest is None or busiest.rq.nr_runnable <= local_nr:
-            if not newly:
-                cpu.nr_balance_failed = 0  # out_balanced
+            elif t == busiest_type == HAS_SPARE and other.rq.nr_queued > busiest.rq.nr_queued:
+                busiest = other
+        imbalance, by_tasks = self._imbalance(cpu, local_type, busiest, busiest_type, idle)
+        if busiest is None or imbalance <= 0:
+            if not newly:  # out_balanced
+                cpu.nr_balance_failed = 0
                 cpu.balance_interval_ms = min(self.max_interval_ms, cpu.balance_interval_ms * 2)
             return False
-        if local_nr == 0:  # group_has_spare: even out the number of tasks
-            by_tasks = True
-            imbalance = max(1, (busiest.rq.nr_runnable - local_nr) // 2)
-        else:  # migrate_load
-            by_tasks = False
-            avg = (busiest.rq.load + cpu.rq.load) // 2
-            imbalance = min(busiest.rq.load - avg, avg - cpu.rq.load)
-            if imbalance <= 0:
-                if not newly:
-                    cpu.nr_balance_failed = 0
-                    cpu.balance_interval_ms = min(self.max_interval_ms, cpu.balance_interval_ms * 2)
-                return False
-        moved = 0
+        moved = self._detach_attach(cpu, busiest, imbalance, by_tasks, now, newly=newly)
+        if moved:
+            cpu.nr_balance_failed = 0
+        elif not newly:
+            cpu.nr_balance_failed += 1
+        if not newly:
+            cpu.balance_interval_ms = self.min_interval_ms
+        return moved
+
+    def _imbalance(self, cpu: Pcpu, local_type: int, busiest: Pcpu | None, busiest_type: int,
+                   idle: bool) -> tuple[int, bool]:
+        """sched_balance_find_src_group + calculate_imbalance: (imbalance, in tasks?)."""
+        if busiest is None or local_type > busiest_type:
+            return 0, True
+        total = sum(c.rq.load for c in self.sched.cpus) // len(self.sched.cpus)  # sds->avg_load
+        local_load, busiest_load = cpu.rq.load, busiest.rq.load
+        if busiest_type == OVERLOADED and local_type == OVERLOADED:
+            if local_load >= busiest_load or local_load >= total or 100 * busiest_load <= IMBALANCE_PCT * local_load:
+                return 0, True
+        elif busiest_type != OVERLOADED:
+            if not idle or busiest.rq.nr_runnable == 1:
+                return 0, True
+        if local_type == HAS_SPARE and cpu.rq.nr_queued == 0:
+            return (busiest.rq.nr_queued - cpu.rq.nr_queued) >> 1, True  # migrate_task
+        if busiest_type != OVERLOADED or local_load >= busiest_load or local_load >= total:
+            return 0, True
+        return min(busiest_load - total, total - local_load), False  # migrate_load
+
+    def _detach_attach(self, cpu: Pcpu, busiest: Pcpu, imbalance: int, by_tasks: bool, now: int, *,
+                       newly: bool) -> bool:
+        """detach_tasks / attach_tasks, from the source's least recently run task."""
         last: SchedEntity | None = None
-        # detach_tasks walks the source's tasks from the least recently run
-        for se in sorted(busiest.rq.migratable(), key=lambda e: (e.last_ran_ns, e.task.tid)):
-            if busiest.rq.nr_runnable <= 1 or imbalance <= 0:
+        src = busiest.rq
+        for se in sorted(src.queue, key=lambda e: (e.last_ran_ns, e.task.tid)):
+            if src.nr_runnable <= 1 or imbalance <= 0:
                 break
-            if cpu.id not in se.allowed:
-                continue
-            hot = now - se.last_ran_ns < MIGRATION_COST_NS
-            if hot and cpu.nr_balance_failed <= CACHE_NICE_TRIES:
+            if not self._can_migrate(se, cpu, src, now, by_tasks):
                 continue
             if not by_tasks and (se.weight >> cpu.nr_balance_failed) > imbalance:
                 continue
-            busiest.rq.detach(se, now)
+            src.detach(se, now)
             se.cpu = cpu.id
             cpu.rq.enqueue(se, now, Enqueue.MIGRATE)
-            moved += 1
+            self.pulls += 1
             last = se
             imbalance -= 1 if by_tasks else se.weight
-        if last is not None:
-            cpu.nr_balance_failed = 0
-            self.pulls += moved
-            if cpu.curr is not None:
-                cpu.rq.wakeup_preempt(last, now, fork=False)  # attach_task -> wakeup_preempt
-                self.sched._resched_if_wanted(cpu, now, local=True)
-        elif not newly:
-            cpu.nr_balance_failed += 1
-        cpu.balance_interval_ms = self.min_interval_ms
-        return moved > 0
+            if newly:
+                break  # CONFIG_PREEMPTION: a newly idle CPU takes one task
+        if last is not None and cpu.curr is not None:
+            cpu.rq.wakeup_preempt(last, now, fork=False)  # attach_task -> wakeup_preempt
+            self.sched._resched_if_wanted(cpu, now, local=True)
+        return last is not None
+
+    def _can_migrate(self, se: SchedEntity, cpu: Pcpu, src: FairRunQueue, now: int, by_tasks: bool) -> bool:
+        """can_migrate_task, in Linux's order (the running task is never in `queue`)."""
+        if se.sched_delayed and by_tasks:
+            return False
+        if cpu.nr_balance_failed == 0 and cpu.rq.nr_queued and isinstance(src, EevdfRunQueue) \
+                and not src.entity_eligible(se):
+            return False  # PLACE_LAG: do not move a task that has run ahead of its share
+        if cpu.id not in se.allowed:
+            return False
+        hot = now - se.last_ran_ns < MIGRATION_COST_NS
+        return not hot or cpu.nr_balance_failed > CACHE_NICE_TRIES

@@ -98,7 +98,7 @@ class CfsRunQueue(FairRunQueue):
         curr = self.curr
         if curr is None or self.nr_queued <= 1:
             return
-        ideal = self.sched_slice(curr)
+        ideal = min(self.sched_slice(curr), self.tunables.latency_ns)
         ran = curr.sum_exec_ns - curr.prev_sum_exec_ns
         if ran > ideal:
             self.want_resched = True

@@ -17,7 +17,8 @@ runs (`pick_eevdf`). Followed, function by function:
 - DELAY_DEQUEUE / DELAY_ZERO: an entity that blocks while not eligible stays queued (it keeps
   counting in `V` and the load) until it is picked or woken; then positive lag is dropped;
 - `check_preempt_wakeup_fair`: a woken entity preempts when it is what `pick_eevdf` would run
-  now (never for a fork or a still-delayed entity).
+  now; a re-picked running entity keeps its old protection (pick_next_task_fair does not call
+  set_next_entity for it), so once past it, every update_curr asks to reschedule again.
 
 Left out: group scheduling (autogroups, cgroups), PELT load tracking (the balancer uses weights),
 custom slices (sched_attr.sched_runtime) and therefore PREEMPT_SHORT, NEXT_BUDDY (off by
@@ -30,7 +31,7 @@ from __future__ import annotations
 from pvtime.host.entity import SchedEntity
 from pvtime.host.runqueue import Enqueue, FairRunQueue
 from pvtime.host.sched_config import EevdfTunables
-from pvtime.host.weights import calc_delta_fair
+from pvtime.host.weights import NICE_0_LOAD, calc_delta_fair
 
 
 def _div_s64(a: int, b: int) -> int:
@@ -113,6 +114,18 @@ class EevdfRunQueue(FairRunQueue):
     def tick(self, now: int) -> None:
         self.update_curr(now)
 
+    def slice_end_ns(self, now: int) -> int | None:
+        """When update_curr would next ask the running entity to yield (its deadline or the end of
+        its protection, whichever is first), if it keeps running from `now`; None when alone."""
+        curr = self.curr
+        if curr is None or self.nr_queued <= 1:
+            return None
+        v = curr.vruntime + calc_delta_fair(max(0, now - curr.exec_start), curr.weight)
+        target = min(curr.deadline, curr.vprot)
+        if v >= target:
+            return None  # already asked at the last update_curr
+        return now + max(1, -(-(target - v) * curr.weight // NICE_0_LOAD))
+
     # --- slice protection (RUN_TO_PARITY) ----------------------------------------------------
 
     def _set_protect_slice(self, se: SchedEntity) -> None:
@@ -156,6 +169,8 @@ class EevdfRunQueue(FairRunQueue):
             if not best.sched_delayed:
                 break
             self._finish_delayed(best, now)
+        if best is not None and best is prev:
+            return prev  # pick_next_task_fair skips set_next_entity: vprot is not renewed
         if prev is not None:
             self.put_prev(now)
         if best is None:
@@ -257,10 +272,10 @@ class EevdfRunQueue(FairRunQueue):
     # --- wake-up preemption --------------------------------------------------------------------
 
     def wakeup_preempt(self, se: SchedEntity, now: int, *, fork: bool) -> None:
+        # WF_FORK and a still-delayed wakee matter only to NEXT_BUDDY (off): a forked task
+        # preempts like any other when it is what pick_eevdf would run.
         if self.curr is None or self.curr is se or self.want_resched:
             return
         self.update_curr(now)
-        if fork or se.sched_delayed:
-            return
         if self._pick_eevdf(protect=True) is se:
             self.want_resched = True

@@ -36,6 +36,9 @@ class SchedEntity:
     prev_sum_exec_ns: int = 0
     exec_start: int = 0  # when it was last put on a CPU or charged (task_hot, update_curr)
     last_ran_ns: int = -(1 << 62)  # when it last left a CPU (task_hot: cache-hot for migration)
+    # The task enters the kernel all the time (it polls its CPU clock with clock_gettime, which
+    # calls update_curr through task_sched_runtime): the end of its slice is noticed at once.
+    polls_cpu_clock: bool = False
     # Bookkeeping of the simulator, not of Linux.
     queue_seq: int = 0  # order of insertion into the queue: equal keys keep it, as rb_add does
     wake_gen: int = 0  # invalidates a pending timed wake-up when the task is woken otherwise

@@ -81,6 +81,9 @@ class Pcpu:
     next_balance: int = 0
     balance_interval_ms: int = 0
     nr_balance_failed: int = 0
+    util: float = 0.0  # PELT-like utilisation (0..1024), as of util_time
+    util_time: int = 0
+    util_busy: int = 0  # busy_ns as of util_time
 
     def is_idle(self) -> bool:
         """available_idle_cpu: nothing running and nothing runnable."""
@@ -133,7 +136,8 @@ class Scheduler:
                              f"(CPUs 0..{self.host.ncpus - 1})")
         if task.tid in self.entities:
             raise ValueError(f"task {task.name} is already scheduled")
-        se = SchedEntity(task, body, nice=nice, allowed=allowed)
+        se = SchedEntity(task, body, nice=nice, allowed=allowed,
+                         polls_cpu_clock=getattr(body, "polls_cpu_clock", False))
         self.entities[task.tid] = se
         at = self.core.now if start_ns is None else max(start_ns, self.core.now)
         self.core.at(at, PRIO_WAKE, lambda: self._fork(se))
@@ -299,6 +303,11 @@ class Scheduler:
 
     def _segment_end(self, cpu: Pcpu) -> None:
         cpu.in_flight = False
+        se = cpu.curr
+        if se is not None and se.polls_cpu_clock and cpu.step is not None \
+                and cpu.step.state is TaskState.QUEUED:
+            cpu.rq.update_curr(self.core.now)  # its clock_gettime(CLOCK_THREAD_CPUTIME_ID)
+            self._resched_if_wanted(cpu, self.core.now, local=True)
         self._post_service(cpu, self.core.now)
 
     def _schedule(self, cpu: Pcpu, now: int) -> None:
@@ -368,6 +377,10 @@ class Scheduler:
             bound = nxt
         if bound <= now:
             return  # the run is over: stay on the CPU
+        if se.polls_cpu_clock and isinstance(cpu.rq, EevdfRunQueue):
+            slice_end = cpu.rq.slice_end_ns(now)
+            if slice_end is not None and slice_end < bound:
+                bound = slice_end
         step, stop = self._run_body(cpu, se, now, bound)
         cpu.seg_start, cpu.seg_end, cpu.step = now, stop, step
         cpu.in_flight = True
