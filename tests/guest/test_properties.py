@@ -8,6 +8,7 @@
 
 import struct
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from pvtime.guest.cputime import nsec_to_clock_t
@@ -62,12 +63,14 @@ def test_steal_never_decreases(sequence):
             last_record = record
 
 
+@pytest.mark.parametrize("nohz_idle", [True, False])  # the tick stopped while idle, or periodic
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 30_000_000), st.integers(100_000, 9_000_000)), min_size=1, max_size=30),
        st.integers(0, 2**16))
-def test_proc_stat_steal_equals_run_delay_growth(slices, seed):
+def test_proc_stat_steal_equals_run_delay_growth(nohz_idle, slices, seed):
     env = make_env(1)
-    kernel = ModelKernel(KernelOptions(workload=Workload(busy_ns=(100_000, 3_000_000),
+    kernel = ModelKernel(KernelOptions(nohz_idle=nohz_idle,
+                                       workload=Workload(busy_ns=(100_000, 3_000_000),
                                                          idle_ns=(0, 2_000_000), seed=seed)))
     env.machine.load_model_guest(kernel)
     task, vcpu = env.tasks[0], env.vcpu(0)

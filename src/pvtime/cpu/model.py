@@ -3,7 +3,9 @@
 Guest code is a generator of `Compute`/`WaitForInterrupt` actions; hypercalls, memory and system
 register accesses are synchronous calls that trap to the hypervisor, as on a real CPU. Time passes
 only through `Compute` and is bounded by the slice's deadline; a timer interrupt is taken
-between actions, or in the middle of a `Compute` at the instant it asserts.
+between actions, or in the middle of a `Compute` at the instant it asserts. A trap that stops the
+vCPU (PSCI CPU_SUSPEND, CPU_OFF, a system event) takes effect at the program's next action: the
+call returns its x0 at once, and the action yielded after it runs only when the vCPU resumes.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ def nsec_to_clock_t(ns: int) -> int:
 
 
 class TickAccounting:
-    """account_process_tick with steal_account_process_time, per CPU."""
+    """account_process_tick and account_idle_ticks with steal_account_process_time, per CPU."""
 
     def __init__(self, hz: int = 250) -> None:
         self.tick_nsec = (NSEC_PER_SEC + hz // 2) // hz  # TICK_NSEC
@@ -70,6 +70,17 @@ class TickAccounting:
             st.idle = (st.idle + cputime) & U64
         else:
             st.system = (st.system + cputime) & U64
+
+    def account_idle_ticks(self, index: int, clock: int, ticks: int) -> None:
+        """`ticks` jiffies spent idle with the tick stopped, accounted at once when the CPU leaves
+        idle (tick_nohz_account_idle_time): all the steal seen since the last accounting first,
+        the rest of the ticks' time to idle."""
+        cputime = ticks * self.tick_nsec
+        steal = self.steal_account_process_time(index, clock)
+        if steal >= cputime:
+            return
+        st = self.stat(index)
+        st.idle = (st.idle + cputime - steal) & U64
 
     def reset_prev_steal(self, index: int) -> None:
         """Forget the steal baseline (pvtime's fix for PV_TIME_ST zeroing on re-online)."""

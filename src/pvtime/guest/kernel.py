@@ -1,9 +1,16 @@
-"""A model Linux guest kernel: PV-time probe, CPU hotplug, a periodic tick with steal accounting,
-the run-queue clock, and a deterministic workload of busy and idle periods.
+"""A model Linux guest kernel: PV-time probe, CPU hotplug, the tick with steal accounting, the
+run-queue clock, and a deterministic workload of busy and idle periods.
 
 The tick is a high-resolution periodic timer on CNTV (as arm64 Linux with HIGH_RES_TIMERS): each
 interrupt accounts one tick and moves the deadline to the next period boundary after now, so
 ticks missed while the vCPU was not running are not replayed -- their time shows up as steal.
+
+Idle periods run as arm64 Linux runs them (`KernelOptions.nohz_idle`, NO_HZ_IDLE): the idle CPU
+stops its tick, its timer is programmed for the workload's wake-up, and the vCPU halts in WFI
+until then; on leaving idle the tick restarts and the skipped jiffies are accounted as idle, the
+steal seen meanwhile first (`pvtime.guest.tick_sched`). With `nohz_idle=False` (CONFIG_HZ_PERIODIC)
+the tick keeps firing through idle, each one accounted as an idle tick, and an idle period ends
+at the first tick after its end.
 """
 
 from __future__ import annotations
@@ -12,13 +19,14 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pvtime.abi.sysregs import CNTV_CTL_EL0, CNTV_TVAL_EL0, CTL_ENABLE, SysReg
+from pvtime.abi.sysregs import CNTV_TVAL_EL0, SysReg
 from pvtime.abi.uapi import NSEC_PER_SEC
 from pvtime.guest.cputime import TickAccounting
 from pvtime.guest.lpt import ArchCounter, Clocksource, LptClock, el0_mrs, linux_evnti
 from pvtime.guest.machine import Compute, CpuProgram, GuestCpu, WaitForInterrupt
 from pvtime.guest.paravirt import PvSteal
 from pvtime.guest.rq_clock import RqClock
+from pvtime.guest.tick_sched import TickSched, hrtimer_forward, program_event
 
 HOLDING_PEN_SPIN_NS = 10_000  # how long a waiting secondary spins between checks
 
@@ -37,6 +45,8 @@ class KernelOptions:
     """Boot options and named Linux behaviours of the model kernel."""
 
     hz: int = 250
+    # NO_HZ_IDLE (arm64's default): no tick while a CPU is idle. False: CONFIG_HZ_PERIODIC.
+    nohz_idle: bool = True
     steal_acc: bool = True  # False: booted with no-steal-acc
     rq_carry_excess: bool = False  # True: update_rq_clock_task before Linux 6.13
     # Linux keeps rq->prev_steal_time when a CPU comes back online, although PV_TIME_ST has just
@@ -78,7 +88,7 @@ class ModelKernel:
         self.online_errors: dict[int, int] = {}
         self.tick_count: dict[int, int] = {}
         self._idle: dict[int, bool] = {}
-        self._next_tick: dict[int, int] = {}
+        self.tick_sched: dict[int, TickSched] = {}  # per online CPU, from its first tick
         self._freq = 0
         self.clock: Clocksource | None = None  # chosen by the boot CPU
         self.timer = TimerStats()
@@ -135,10 +145,8 @@ class ModelKernel:
         self.rq[index].clock_task = self.rq[index].clock
         if not self.cpu_up(cpu, index, boot=True):
             return  # the bring-up failed: this CPU stays offline (powered off)
-        period_ticks = self._freq // self.options.hz
-        self._next_tick[index] = self.clock.read(cpu) + period_ticks
-        self.clock.set_cval(cpu, self._next_tick[index])
-        cpu.msr(CNTV_CTL_EL0, CTL_ENABLE)
+        ts = self.tick_sched[index] = TickSched(next_tick=self.clock.read(cpu) + self._period)
+        program_event(cpu, self.clock, ts)
         rng = random.Random(self.options.workload.seed * 1_000_003 + index)
         w = self.options.workload
         while True:
@@ -147,9 +155,40 @@ class ModelKernel:
             idle = rng.randint(*w.idle_ns)
             if idle > 0:
                 self._idle[index] = True
+                if self.options.nohz_idle:
+                    yield from self._do_idle(cpu, index, idle)
+                    continue
                 until = self.sched_clock(cpu) + idle
                 while self.sched_clock(cpu) < until:
                     yield WaitForInterrupt()
+
+    @property
+    def _period(self) -> int:
+        """TICK_NSEC in clocksource counts."""
+        return self._freq // self.options.hz
+
+    def _do_idle(self, cpu: GuestCpu, index: int, idle_ns: int) -> CpuProgram:
+        """The idle task until the workload's wake-up timer fires, with the tick stopped (do_idle:
+        tick_nohz_idle_enter, tick_nohz_idle_stop_tick, WFI until need_resched, tick_nohz_idle_exit)."""
+        assert self.clock is not None
+        ts = self.tick_sched[index]
+        ts.wakeup = self.clock.read(cpu) + -(-idle_ns * self._freq // NSEC_PER_SEC)
+        ts.stopped = True  # tick_nohz_stop_tick: the tick's expiry is kept to restart from
+        program_event(cpu, self.clock, ts)
+        while ts.wakeup is not None:  # the wake-up interrupt disarms it (the task is woken)
+            yield WaitForInterrupt()
+        self._tick_nohz_idle_exit(cpu, index)
+
+    def _tick_nohz_idle_exit(self, cpu: GuestCpu, index: int) -> None:
+        """Restart the tick on its grid (tick_nohz_restart_sched_tick) and account the jiffies
+        that passed while it was stopped as idle (tick_nohz_account_idle_time)."""
+        assert self.clock is not None
+        ts = self.tick_sched[index]
+        ts.next_tick, ticks = hrtimer_forward(ts.next_tick, self.clock.read(cpu), self._period)
+        ts.stopped = False
+        program_event(cpu, self.clock, ts)
+        if ticks and index in self.online:
+            self.ticks.account_idle_ticks(index, self.steal_clock(cpu, index) if self.pv_probed else 0, ticks)
 
     def cpu_up(self, cpu: GuestCpu, index: int, *, boot: bool = False) -> bool:
         """The CPU comes online: the PV-time cpuhp callback runs on it. False if that fails.
@@ -177,38 +216,44 @@ class ModelKernel:
     # --- the tick -------------------------------------------------------------------------
 
     def irq(self, cpu: GuestCpu, index: int) -> None:
-        """Timer interrupt: account one tick, update the rq clock, program the next tick."""
+        """Timer interrupt (hrtimer_interrupt): run the expired timers and program the next one.
+
+        The tick accounts one tick and updates the rq clock; the idle period's wake-up (with
+        NO_HZ_IDLE) wakes its task, which updates the rq clock as the enqueue does.
+        """
         assert self.clock is not None
         self.clock.refresh(cpu, index)  # after a migration: re-translate the event stream
         now_count = self.clock.read(cpu)
-        period = self._freq // self.options.hz
-        nxt = self._next_tick[index]
-        if now_count < nxt:
+        ts = self.tick_sched[index]
+        tick_due, wake_due = ts.expired(now_count)
+        if not (tick_due or wake_due):
             # Fired before its deadline (only the RFC's truncating conversion does this): the
             # hrtimer has not expired; retry a minimal delta later, as clockevents does.
             self.timer.early += 1
             cpu.msr(CNTV_TVAL_EL0, 1)
             return
-        late_ns = (now_count - nxt) * NSEC_PER_SEC // self._freq
+        deadline = ts.next_tick if tick_due else ts.wakeup
+        assert deadline is not None
+        late_ns = (now_count - deadline) * NSEC_PER_SEC // self._freq
         self.timer.fires += 1
         self.timer.total_late_ns += late_ns
         self.timer.max_late_ns = max(self.timer.max_late_ns, late_ns)
-        while nxt <= now_count:  # hrtimer_forward: skip to the first boundary after now
-            nxt += period
-        self._next_tick[index] = nxt
-        self.clock.set_cval(cpu, nxt)
-        if self.options.tick_observer is not None:
-            self.options.tick_observer(index, now_count * NSEC_PER_SEC // self._freq, late_ns)
+        if wake_due:
+            ts.wakeup = None
+        if tick_due:
+            ts.next_tick, _ = hrtimer_forward(ts.next_tick, now_count, self._period)
+        program_event(cpu, self.clock, ts)
+        now_ns = now_count * NSEC_PER_SEC // self._freq
+        if tick_due and self.options.tick_observer is not None:
+            self.options.tick_observer(index, now_ns, late_ns)
         if index not in self.online:
             return  # an offline CPU takes no ticks: nothing to account
-        self.tick_count[index] = self.tick_count.get(index, 0) + 1
         clock = self.steal_clock(cpu, index)
-        idle = self._idle.get(index, False)
-        if self.pv_probed:
-            self.ticks.account_process_tick(index, clock, user=not idle, idle=idle)
-        else:
-            self.ticks.account_process_tick(index, 0, user=not idle, idle=idle)
-        self.rq[index].update(now_count * NSEC_PER_SEC // self._freq, clock)
+        if tick_due:
+            self.tick_count[index] = self.tick_count.get(index, 0) + 1
+            idle = self._idle.get(index, False)
+            self.ticks.account_process_tick(index, clock if self.pv_probed else 0, user=not idle, idle=idle)
+        self.rq[index].update(now_ns, clock)
 
     def proc_stat(self) -> str:
         """/proc/stat's cpu lines (per-CPU lines for online CPUs, as fs/proc/stat.c)."""

@@ -65,6 +65,16 @@ class ArchTimer:
         self.ptimer = Timer()
         self.cntkctl = 0
 
+    def reset(self) -> None:
+        """kvm_timer_vcpu_reset, at KVM_ARM_VCPU_INIT and PSCI CPU_ON: both timers' CTL to 0.
+
+        That is all KVM resets: ENABLE = 0 lowers both interrupt lines (kvm_timer_update_irq) and
+        leaves nothing to emulate; CVAL keeps its value (architecturally UNKNOWN at reset), and the
+        counter offsets are the VM's, set only when a vCPU is created (kvm_timer_vcpu_init) or by
+        the VMM. (CNTKCTL_EL1, held here too, is a system register: kvm_reset_sys_regs resets it.)
+        """
+        self.vtimer.ctl = self.ptimer.ctl = 0
+
     def cntpct(self, host_count: int) -> int:
         """The guest's physical count for a host counter value."""
         return (host_count - self.counter.poffset) & U64

@@ -1,7 +1,12 @@
 """PSCI 1.1 over HVC/SMC, as KVM implements it for arm64 guests (arch/arm64/kvm/psci.c).
 
-MPIDR affinity equals the vCPU index (Aff0 for ids below 256; see `Vcpu.mpidr`). CPU_SUSPEND
-returns at once, which PSCI allows (a wake-up event may end a standby state at any time).
+vCPUs are addressed by their MPIDR, packed as KVM's reset_mpidr does
+(`pvtime.kvm.vcpu.reset_mpidr`: 16 per Aff0, so MPIDR 0x100 is vCPU 16).
+
+CPU_SUSPEND is kvm_psci_vcpu_suspend: every power state is treated as standby, the vCPU blocks
+as a WFI does until an interrupt is pending (at once if one already is), and the call returns
+SUCCESS when it resumes, registers preserved. CPU_ON resets the target as kvm_reset_vcpu does
+(registers, CNTKCTL_EL1, both timers' CTL).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ def call(vcpu: Vcpu, fid: int, regs: list[int]) -> int:
         known = feature in PSCI_IDS or feature in _SMC32_ALIASES or feature == smccc.SMCCC_VERSION
         return smccc.PSCI_SUCCESS if known else smccc.PSCI_NOT_SUPPORTED
     if fid == smccc.PSCI_CPU_SUSPEND:
+        vcpu.wfi()
         return smccc.PSCI_SUCCESS
     if fid == smccc.PSCI_CPU_OFF:
         vcpu.power_off()

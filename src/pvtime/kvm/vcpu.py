@@ -49,10 +49,7 @@ class Vcpu:
     def __init__(self, vm: Vm, vcpu_id: int, cpu: CpuBackend) -> None:
         self.vm = vm
         self.id = vcpu_id
-        # MPIDR affinity equals the index (the machine contract of guests/README.md): Aff0 = bits
-        # 0-7, Aff1 = bits 8-15, bit 31 RES1. KVM's reset_mpidr packs 16 per Aff0 (Aff0 = id & 0xf,
-        # Aff1 = id >> 4); the two agree for the first 16 vCPUs.
-        self.mpidr = (1 << 31) | (vcpu_id & 0xFF) | ((vcpu_id >> 8) & 0xFF) << 8
+        self.mpidr = reset_mpidr(vcpu_id)
         self.cpu = cpu
         self.steal = pvtime.StealState()
         self.timer = ArchTimer(vm.counter)
@@ -62,6 +59,7 @@ class Vcpu:
         # (-EINTR), entering nothing -- how a VMM quiesces a vCPU before saving its state.
         self.immediate_exit = False
         self._system_event: int | None = None
+        self._in_wfi = False  # blocked in PSCI CPU_SUSPEND until an interrupt is pending
         self._wake: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
@@ -185,9 +183,8 @@ class Vcpu:
         The stolen-time IPA survives, as in Linux.
         """
         self.powered_off = power_off
-        self.timer.vtimer.ctl = self.timer.ptimer.ctl = 0
         self._system_event = None
-        self.cpu.reset()  # EL1h, MMU off, DAIF masked, system registers at their reset values
+        self._reset_vcpu()
 
     def adopt_model_cpu(self, cpu: CpuBackend) -> None:
         """Model backend, in-process migration only: continue a migrated vCPU's Python program.
@@ -217,11 +214,30 @@ class Vcpu:
     def power_on(self, entry: int, context_id: int) -> None:
         """PSCI CPU_ON from another vCPU: reset at `entry` with x0 = `context_id`, and wake it."""
         self.powered_off = False
-        self.cpu.reset()
+        self._reset_vcpu()
         self.cpu.core_regs[REG_PC] = entry
         self.cpu.core_regs[reg_x(0)] = context_id
         if self._wake is not None:
             self._wake()
+
+    def wfi(self) -> None:
+        """PSCI CPU_SUSPEND (kvm_psci_vcpu_suspend -> kvm_vcpu_wfi): block until an interrupt.
+
+        A pending interrupt ends the wait at once (kvm_vcpu_check_block), so the call returns
+        without blocking. Otherwise the backend stops after the trap (`exit_requested`), and
+        `run()` keeps the vCPU halted until a timer asserts; the guest then continues after its
+        HVC/SMC with the x0 the call set. As for WFI, the interrupt ends the wait whether
+        PSTATE.I masks it or not, and the wait survives `run()` calls but not a reset.
+        """
+        if not self.irq_pending():
+            self._in_wfi = True
+
+    def _reset_vcpu(self) -> None:
+        """kvm_reset_vcpu (KVM_ARM_VCPU_INIT, PSCI CPU_ON): registers, then the timers."""
+        self._in_wfi = False
+        self.cpu.reset()  # core registers (EL1h, DAIF masked) and EL1 system registers
+        self.timer.cntkctl = 0  # kvm_reset_sys_regs: CNTKCTL_EL1 is reset_val 0
+        self.timer.reset()  # kvm_timer_vcpu_reset
 
     def complete_mmio(self, data: bytes) -> None:
         """Supply the data of the last MMIO read exit (kvm_run.mmio.data) before the next run()."""
@@ -253,10 +269,16 @@ class Vcpu:
             return IntrExit()
         self.stats.runs += 1
         self._vcpu_load(slice_.task)
-        if self.powered_off:
-            return HaltExit(None)
-        stop = self.cpu.execute(self, slice_)
-        return self._exit_for(stop)
+        while True:
+            if self.powered_off:
+                return HaltExit(None)
+            if self._in_wfi:
+                if not self.irq_pending():  # kvm_vcpu_check_block
+                    return HaltExit(self.next_irq_ns())
+                self._in_wfi = False
+            stop = self.cpu.execute(self, slice_)
+            if not (stop.kind is StopKind.EXIT and self._in_wfi and self._system_event is None):
+                return self._exit_for(stop)
 
     def _vcpu_load(self, task: Task) -> None:
         """kvm_arch_vcpu_load + KVM_REQ_RECORD_STEAL: update the record before guest entry."""
@@ -323,12 +345,21 @@ class Vcpu:
         return None if count is None else self.vm.host.counter_to_ns(max(count, 0))
 
     def exit_requested(self) -> bool:
-        """A trap wants to return to the VMM (system event, or CPU_OFF)."""
-        return self._system_event is not None or self.powered_off
+        """A trap wants to leave guest execution: a system event, CPU_OFF, or CPU_SUSPEND's wait."""
+        return self._system_event is not None or self.powered_off or self._in_wfi
 
     def memslots(self) -> list[GuestRegion]:
         """The VM's memslots, for a backend that maps guest RAM into its engine."""
         return list(self.vm.memory.slots.values())
+
+
+def reset_mpidr(vcpu_id: int) -> int:
+    """MPIDR_EL1 of vCPU `vcpu_id`, as KVM's reset_mpidr (arch/arm64/kvm/sys_regs.c) sets it.
+
+    16 vCPUs per Aff0 (the GICv3 ICC_SGIxR target list addresses 16 CPUs per cluster), then
+    Aff1 and Aff2: Aff0 = id & 0xf, Aff1 = (id >> 4) & 0xff, Aff2 = (id >> 12) & 0xff; bit 31 RES1.
+    """
+    return (1 << 31) | (vcpu_id & 0xF) | ((vcpu_id >> 4) & 0xFF) << 8 | ((vcpu_id >> 12) & 0xFF) << 16
 
 
 _TIMER_REGS: dict[int, SysReg] = {
