@@ -255,6 +255,10 @@ class UnicornCpu:
         self._clock: Clock | None = None
         self._accounted = 0  # counter bytes already turned into time
         self._time_rem = 0  # instructions * 1e9 not yet a whole ns
+        # Time of instructions executed past a deadline (the engine stops after the instruction
+        # that reaches it): charged at the start of the next execute, so that where the host
+        # splits the run never changes how much time the guest's instructions take.
+        self._debt_ns = 0
         self._stop: Stop | None = None  # set by a hook to end the current execute()
         self._mmio: _PendingMmio | None = None
         self._fault: Stop | None = None
@@ -400,6 +404,10 @@ class UnicornCpu:
         if self._fault is not None:
             return self._fault
         self._traps, self._clock = traps, clock
+        if self._debt_ns:
+            pay = min(self._debt_ns, clock.deadline_ns - clock.now_ns)
+            clock.advance(pay)
+            self._debt_ns -= pay
         self._sync_memory(traps)
         self._accounted = self.counter.used
         try:
@@ -499,6 +507,9 @@ class UnicornCpu:
         self.instructions += insns
         total = insns * NSEC_PER_SEC + self._time_rem
         ns, self._time_rem = divmod(total, self.instructions_per_sec)
+        over = ns - (self._clock.deadline_ns - self._clock.now_ns)
+        if over > 0:
+            self._debt_ns += over
         self._clock.advance(ns)
 
     def _take_irq(self) -> None:

@@ -41,7 +41,8 @@ class EventCore(Protocol):
         ...
 
     def next_after(self, time_ns: int) -> int | None:
-        """The time of the earliest pending event later than `time_ns` (None if there is none)."""
+        """The earliest time later than `time_ns` at which something happens: a pending event,
+        or the end of the current `run` (time stops there: nothing may be simulated past it)."""
         ...
 
 
@@ -52,6 +53,7 @@ class EventLoop:
         self._now = 0
         self._seq = 0
         self._heap: list[tuple[int, int, int, Callable[[], None]]] = []
+        self._until = 0  # where the current run() stops
         self.processed = 0  # events run so far (for benchmarks and progress)
 
     @property
@@ -70,6 +72,7 @@ class EventLoop:
         """Run every event before `until_ns`, in order; then stand at `until_ns`."""
         heap = self._heap
         pop = heapq.heappop
+        self._until = until_ns
         n = 0
         while heap and heap[0][0] < until_ns:
             time_ns, _, _, fn = pop(heap)
@@ -80,8 +83,12 @@ class EventLoop:
         self._now = max(self._now, until_ns)
 
     def next_after(self, time_ns: int) -> int | None:
-        """The earliest pending event time later than `time_ns` (events at `time_ns` skipped)."""
-        return heap_next_after(self._heap, time_ns)
+        """The earliest pending event time later than `time_ns` (events at `time_ns` skipped),
+        or the end of the current run if that comes first."""
+        best = heap_next_after(self._heap, time_ns)
+        if self._until > time_ns and (best is None or self._until < best):
+            return self._until
+        return best
 
     def pending(self) -> int:
         """Events not yet processed."""

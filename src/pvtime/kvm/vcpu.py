@@ -61,6 +61,7 @@ class Vcpu:
         self._system_event: int | None = None
         self._in_wfi = False  # blocked in PSCI CPU_SUSPEND until an interrupt is pending
         self._wake: Callable[[], None] | None = None
+        self._deadline_mark: tuple[int, int] | None = None  # (tid, timeslices) at a deadline exit
 
     def __repr__(self) -> str:
         return f"Vcpu({self.vm.name}/{self.id})"
@@ -268,7 +269,12 @@ class Vcpu:
             self.cpu.complete_pending()
             return IntrExit()
         self.stats.runs += 1
-        self._vcpu_load(slice_.task)
+        task = slice_.task
+        # A run that ended at the host's deadline is continued, not reloaded, while the thread has
+        # not been switched out since (no sched_in, so no kvm_arch_vcpu_load in Linux either).
+        if self._deadline_mark != (task.tid, task.timeslices):
+            self._vcpu_load(task)
+        self._deadline_mark = None
         while True:
             if self.powered_off:
                 return HaltExit(None)
@@ -288,6 +294,8 @@ class Vcpu:
     def _exit_for(self, stop: Stop) -> Exit:
         match stop.kind:
             case StopKind.DEADLINE:
+                task = self.vm.host.current_task()
+                self._deadline_mark = (task.tid, task.timeslices)
                 return IntrExit()
             case StopKind.HALT:
                 return HaltExit(self.next_irq_ns())

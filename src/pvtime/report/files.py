@@ -109,6 +109,9 @@ def summary(result: RunResult) -> dict[str, Any]:
         "source": result.source,
         "seed": spec.seed,
         "duration_ns": result.duration_ns,
+        "hosts": [{"name": h.name, "cpus": h.cpus, "counter_hz": h.counter_hz,
+                   "sched": {"policy": h.sched.policy, "hz": h.sched.hz, "preempt": h.sched.preempt}}
+                  for h in spec.host],
         "vcpus": [{
             "host": r.host, "vm": r.vm, "vcpu": r.vcpu, "task": r.task, "tid": r.tid,
             "pvtime": r.pvtime, "guest": r.guest,

@@ -19,6 +19,8 @@ def summary_table(result: RunResult) -> Table:
     table.caption = ("host run_delay: the vCPU thread's wait since the guest's PV_TIME_ST (truth); guest "
                      "clock: the stolen-time record; /proc/stat: the guest's accounted steal (ticks; an ELF "
                      "guest's as it printed it); times in ms")
+    table.caption += "\nhost scheduler: " + "; ".join(
+        f"{h.name} {h.sched.policy}, HZ={h.sched.hz}, preempt={h.sched.preempt}" for h in spec.host)
     for col in ("vCPU", "pv", "host run_delay", "guest clock", "/proc/stat", "steal %",
                 "clock−host ns", "stat−host"):
         table.add_column(col, justify="right")

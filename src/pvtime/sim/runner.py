@@ -187,10 +187,12 @@ class _VcpuBody:
         return step
 
 
-def run(scenario: Scenario, progress: Progress | None = None, *, core: EventCore | None = None) -> RunResult:
+def run(scenario: Scenario, progress: Progress | None = None, *, core: EventCore | None = None,
+        max_segment_ns: int | None = None) -> RunResult:
     """Run `scenario` to its end; `progress(now_ns, duration_ns)` is called as virtual time advances.
 
-    `core` replaces the default event loop (bench/bench_sim.py drives the same run with SimPy).
+    `core` replaces the default event loop (bench/bench_sim.py drives the same run with SimPy);
+    `max_segment_ns` splits the execution of task bodies (an internal limit: results do not change).
     """
     spec = scenario.spec
     duration = spec.duration_ms * MS
@@ -201,7 +203,8 @@ def run(scenario: Scenario, progress: Progress | None = None, *, core: EventCore
     by_name = {h.name: h for h in hosts}
     scheds: dict[str, Scheduler] = {}
     for hs, host in zip(spec.host, hosts):
-        scheds[host.name] = Scheduler(host, core, hs.sched.config(), end_ns=duration, observer=recorder)
+        scheds[host.name] = Scheduler(host, core, hs.sched.config(), end_ns=duration, observer=recorder,
+                                      max_segment_ns=max_segment_ns)
     kvms = {h.name: Kvm(h) for h in hosts}
     kinds: dict[tuple[str, int], str] = {}
     vms = [_build_vm(i, vs, scenario, by_name[vs.host], kvms[vs.host], scheds[vs.host], recorder, kinds)
@@ -332,7 +335,8 @@ def _build_vm(index: int, vs: VmSpec, scenario: Scenario, host: Host, kvm: Kvm, 
         workload = Workload(busy_ns=(guest.busy_us[0] * US, guest.busy_us[1] * US),
                             idle_ns=(guest.idle_us[0] * US, guest.idle_us[1] * US),
                             seed=spec.seed * 1_000_003 + index)
-        kernel = ModelKernel(KernelOptions(hz=guest.hz, steal_acc=guest.steal_acc, workload=workload,
+        kernel = ModelKernel(KernelOptions(hz=guest.hz, steal_acc=guest.steal_acc, nohz_idle=guest.nohz_idle,
+                                           workload=workload,
                                            tick_observer=lambda i, ns, late: box[0].ticks.append(
                                                (box[0].host.now_ns(), ns, late))))
         machine.load_model_guest(kernel)

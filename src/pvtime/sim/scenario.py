@@ -73,6 +73,7 @@ class ModelGuestSpec(_Strict):
     idle_us: tuple[int, int] = (0, 0)
     hz: int = Field(250, ge=1, le=10000)
     steal_acc: bool = True
+    nohz_idle: bool = True  # arm64 Linux's NO_HZ_IDLE; false: a periodic tick through idle
 
     @model_validator(mode="after")
     def _ranges(self) -> ModelGuestSpec:
