@@ -2,7 +2,8 @@
  * conformance: every guest-visible check of REFERENCE sections 1 (SMCCC calls) and 2 (the
  * stolen-time record), run by every vCPU on itself.
  *
- * vCPU 0 counts the vCPUs with PSCI AFFINITY_INFO, starts each other one with CPU_ON, runs the
+ * vCPU 0 counts the vCPUs with PSCI AFFINITY_INFO, starts each other one with CPU_ON (every
+ * vCPU checks that its MPIDR_EL1 packs its index as KVM's reset_mpidr does), runs the
  * checks itself, waits for every vCPU to publish its results, prints one line per failed check
  *     FAIL cpu<N> <conduit> <check>: expected <value> got <value>
  * then a summary line
@@ -208,10 +209,18 @@ static void run_checks(unsigned cpu)
 	rt_store_release_u64(&r->done, 1);
 }
 
+/* MPIDR_EL1's affinity fields pack vCPU `index` as KVM's reset_mpidr does (rt_cpu_mpidr). */
+static void check_mpidr(struct cpu_result *r, u64 index)
+{
+	EXPECT("psci", "MPIDR_EL1 affinity == reset_mpidr(vCPU index)", rt_cpu_mpidr((unsigned)index),
+	       rt_read_sysreg(mpidr_el1) & RT_MPIDR_HWID_MASK);
+}
+
 void secondary_main(u64 ctx)
 {
 	unsigned cpu = rt_cpu_id();
 	check(&results[cpu], "psci", "CPU_ON context id arrives in x0", EQ, cpu, ctx);
+	check_mpidr(&results[cpu], ctx);
 	run_checks(cpu);
 	/* returning powers this vCPU off (PSCI CPU_OFF) */
 }
@@ -233,6 +242,7 @@ int main(void)
 	unsigned ncpus = rt_probe_cpus();
 	rt_printf("conformance: %u vCPUs, CNTFRQ_EL0 = %lu Hz\n", ncpus, freq);
 
+	check_mpidr(r0, 0);
 	started[0] = 1;
 	for (unsigned cpu = 1; cpu < ncpus; cpu++) {
 		s64 rc = rt_psci_cpu_on(rt_cpu_mpidr(cpu), rt_secondary_entry, cpu);

@@ -77,10 +77,37 @@ static inline void rt_cpu_relax(void) { __asm__ volatile("yield" ::: "memory"); 
 static inline void rt_irq_enable(void) { __asm__ volatile("msr daifclr, #2" ::: "memory"); }
 static inline void rt_irq_disable(void) { __asm__ volatile("msr daifset, #2" ::: "memory"); }
 
-/* This vCPU's index: MPIDR_EL1.Aff0. */
-static inline unsigned rt_cpu_id(void) { return (unsigned)(rt_read_sysreg(mpidr_el1) & 0xff); }
-/* The MPIDR value (affinity fields only) of vCPU `cpu`, as PSCI takes it. */
-static inline u64 rt_cpu_mpidr(unsigned cpu) { return (u64)cpu & 0xff; }
+/*
+ * vCPU index <-> MPIDR_EL1. The hypervisor packs the index as KVM's reset_mpidr
+ * (arch/arm64/kvm/sys_regs.c) does, 16 vCPUs per Aff0 (the GICv3 SGI target list width):
+ *   Aff0 = index[3:0], Aff1 = index[11:4], Aff2 = index[19:12], Aff3 = 0, bit 31 (RES1) set.
+ * So vCPU 15 is 0x8000000f, vCPU 16 is 0x80000100, vCPU 20 is 0x80000104.
+ */
+#define RT_MPIDR_AFF0(m) ((u64)(m) & 0xff)
+#define RT_MPIDR_AFF1(m) (((u64)(m) >> 8) & 0xff)
+#define RT_MPIDR_AFF2(m) (((u64)(m) >> 16) & 0xff)
+#define RT_MPIDR_AFF3(m) (((u64)(m) >> 32) & 0xff)
+/* The affinity fields of MPIDR_EL1 (Aff3..Aff0), what PSCI compares. */
+#define RT_MPIDR_HWID_MASK 0xff00ffffffUL
+/* rt_mpidr_to_cpu's answer for an MPIDR that packs no index. */
+#define RT_CPU_INVALID (~0u)
+
+/* The MPIDR affinity fields (no bit 31) of vCPU `cpu`, as PSCI CPU_ON/AFFINITY_INFO take them. */
+static inline u64 rt_cpu_mpidr(unsigned cpu)
+{
+	return ((u64)cpu & 0xf) | (((u64)cpu >> 4) & 0xff) << 8 | (((u64)cpu >> 12) & 0xff) << 16;
+}
+/* The vCPU index an MPIDR_EL1 value packs, or RT_CPU_INVALID if it is not such a packing
+ * (Aff0 above 15 or Aff3 non-zero). Bits outside the affinity fields (31, U, MT) are ignored. */
+static inline unsigned rt_mpidr_to_cpu(u64 mpidr)
+{
+	if (RT_MPIDR_AFF0(mpidr) > 0xf || RT_MPIDR_AFF3(mpidr) != 0)
+		return RT_CPU_INVALID;
+	return (unsigned)(RT_MPIDR_AFF0(mpidr) | RT_MPIDR_AFF1(mpidr) << 4 |
+			  RT_MPIDR_AFF2(mpidr) << 12);
+}
+/* This vCPU's index (always < RT_MAX_CPUS: start.S parks a vCPU whose index is not). */
+static inline unsigned rt_cpu_id(void) { return rt_mpidr_to_cpu(rt_read_sysreg(mpidr_el1)); }
 
 /* ------------------------------------------------------------------------------------------ */
 /* SMCCC                                                                                        */
@@ -176,8 +203,9 @@ __attribute__((noreturn)) void rt_psci_system_off(void);
 __attribute__((noreturn)) void rt_psci_system_reset(void);
 
 /*
- * Discover how many vCPUs the machine has: for index 1, 2, ... ask AFFINITY_INFO(level 0) and
- * stop at the first index answered INVALID_PARAMETERS or NOT_PRESENT (or at RT_MAX_CPUS).
+ * Discover how many vCPUs the machine has: for index 1, 2, ... ask AFFINITY_INFO(level 0) of
+ * rt_cpu_mpidr(index) and stop at the first index answered INVALID_PARAMETERS or NOT_PRESENT (or
+ * at RT_MAX_CPUS).
  * Returns the count including vCPU 0.
  */
 unsigned rt_probe_cpus(void);

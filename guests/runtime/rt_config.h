@@ -2,7 +2,7 @@
 #ifndef RT_CONFIG_H
 #define RT_CONFIG_H
 
-/* Highest number of vCPUs the runtime supports (vCPU index = MPIDR_EL1.Aff0). */
+/* Highest number of vCPUs the runtime supports (vCPU index decoded from MPIDR_EL1, see rt.h). */
 #define RT_MAX_CPUS 64
 /* Per-vCPU stack size in bytes (16-byte aligned). */
 #define RT_STACK_SIZE 0x4000

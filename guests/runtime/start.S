@@ -3,10 +3,28 @@
  *
  * vCPU 0 enters at _start (EL1h, MMU off, DAIF masked, x0 = 0); the other vCPUs enter at
  * rt_secondary_entry through PSCI CPU_ON (x0 = context id). Each vCPU takes the stack
- * rt_stacks[Aff0] and points VBAR_EL1 at rt_vectors; vCPU 0 alone clears .bss (before it starts
- * any other vCPU) and calls rt_primary_start, the others call rt_secondary_start(context id).
+ * rt_stacks[index] (its vCPU index, decoded from MPIDR_EL1 as rt_mpidr_to_cpu does) and points
+ * VBAR_EL1 at rt_vectors; vCPU 0 alone clears .bss (before it starts any other vCPU) and calls
+ * rt_primary_start, the others call rt_secondary_start(context id).
  */
 #include "rt_config.h"
+
+/*
+ * \xd = this vCPU's index, decoded from MPIDR_EL1 packed as KVM's reset_mpidr does
+ * (Aff0 = index[3:0], Aff1 = index[11:4], Aff2 = index[19:12]); \tmp is clobbered. Branches to
+ * \bad if MPIDR_EL1 is no such packing (Aff0 > 15 or Aff3 != 0); the caller checks the range.
+ */
+	.macro	RT_CPU_INDEX xd, tmp, bad
+	mrs	\tmp, mpidr_el1
+	tst	\tmp, #0xff00000000	/* Aff3 */
+	b.ne	\bad
+	ubfx	\xd, \tmp, #0, #8	/* Aff0 */
+	cmp	\xd, #0xf
+	b.hi	\bad
+	lsr	\tmp, \tmp, #8
+	and	\tmp, \tmp, #0xffff	/* Aff2:Aff1 */
+	orr	\xd, \xd, \tmp, lsl #4
+	.endm
 
 	.section .text.boot, "ax"
 	.global _start
@@ -30,8 +48,7 @@ rt_secondary_entry:
 	.type rt_common_entry, %function
 rt_common_entry:
 	msr	spsel, #1
-	mrs	x1, mpidr_el1
-	and	x1, x1, #0xff
+	RT_CPU_INDEX x1, x2, rt_park
 	cmp	x1, #RT_MAX_CPUS
 	b.hs	rt_park
 	/* sp = rt_stacks + (index + 1) * RT_STACK_SIZE */
@@ -71,9 +88,9 @@ rt_park:
 
 /* ---------------------------------------------------------------------------------------- */
 /* EL0 calls (rt.h): rt_el0_call(fn, arg, sp_el0) saves the callee-saved registers, LR and DAIF
- * on the EL1 stack, records SP_EL1 in rt_el0_saved_sp[Aff0] and ERETs to fn(arg) at EL0t with
- * DAIF clear. An exception taken from EL0 pushes its frame below that save area; its handler
- * calls rt_el0_exit(value), which drops everything below the save area and returns from
+ * on the EL1 stack, records SP_EL1 in rt_el0_saved_sp[vCPU index] and ERETs to fn(arg) at EL0t
+ * with DAIF clear. An exception taken from EL0 pushes its frame below that save area; its
+ * handler calls rt_el0_exit(value), which drops everything below the save area and returns from
  * rt_el0_call with `value`.                                                                   */
 
 	.section .text, "ax"
@@ -89,8 +106,7 @@ rt_el0_call:
 	stp	x29, x30, [sp, #80]
 	mrs	x9, daif
 	str	x9, [sp, #96]
-	mrs	x9, mpidr_el1
-	and	x9, x9, #0xff
+	RT_CPU_INDEX x9, x10, rt_park
 	adrp	x10, rt_el0_saved_sp
 	add	x10, x10, :lo12:rt_el0_saved_sp
 	mov	x11, sp
@@ -106,8 +122,7 @@ rt_el0_call:
 	.global rt_el0_exit
 	.type rt_el0_exit, %function
 rt_el0_exit:
-	mrs	x9, mpidr_el1
-	and	x9, x9, #0xff
+	RT_CPU_INDEX x9, x10, rt_park
 	adrp	x10, rt_el0_saved_sp
 	add	x10, x10, :lo12:rt_el0_saved_sp
 	ldr	x11, [x10, x9, lsl #3]
