@@ -1,4 +1,4 @@
-"""What every benchmark shares: the machine's CPU model and a best-of-N rate measurement.
+"""What every benchmark shares: the machine's CPU model and load, and a best-of-N rate measurement.
 
 Wall clock (perf_counter) is allowed in bench/ only; nothing here asserts on time.
 """
@@ -38,3 +38,12 @@ def rate(fn: Callable[[int], object], inputs: list[int], repeat: int) -> float:
             fn(t)
         best = min(best, time.perf_counter() - start)
     return len(inputs) / best
+
+
+def loadavg() -> str:
+    """The machine's background load: /proc/loadavg (1, 5, 15 min averages, running/total tasks)."""
+    try:
+        with open("/proc/loadavg", encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError:
+        return "unavailable"

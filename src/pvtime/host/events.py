@@ -32,8 +32,9 @@ class EventCore(Protocol):
         """The virtual time of the event being processed (ns)."""
         ...
 
-    def at(self, time_ns: int, prio: int, fn: Callable[[], None]) -> None:
-        """Call `fn` at `time_ns` (>= now)."""
+    def at(self, time_ns: int, prio: int, fn: Callable[[], None], *, private: bool = False) -> None:
+        """Call `fn` at `time_ns` (>= now). A `private` event is the poster's own business:
+        `next_after` does not report it (a scheduler bounds its CPUs by its own events itself)."""
         ...
 
     def run(self, until_ns: int) -> None:
@@ -41,8 +42,9 @@ class EventCore(Protocol):
         ...
 
     def next_after(self, time_ns: int) -> int | None:
-        """The earliest time later than `time_ns` at which something happens: a pending event,
-        or the end of the current `run` (time stops there: nothing may be simulated past it)."""
+        """The earliest time later than `time_ns` at which something public happens: a pending
+        event not posted as private, or the end of the current `run` (time stops there: nothing
+        may be simulated past it)."""
         ...
 
 
@@ -53,6 +55,7 @@ class EventLoop:
         self._now = 0
         self._seq = 0
         self._heap: list[tuple[int, int, int, Callable[[], None]]] = []
+        self._public: list[tuple[int, int]] = []  # (time, seq) of the events not posted private
         self._until = 0  # where the current run() stops
         self.processed = 0  # events run so far (for benchmarks and progress)
 
@@ -61,12 +64,14 @@ class EventLoop:
         """Virtual time of the event being run (or where the last run() stopped)."""
         return self._now
 
-    def at(self, time_ns: int, prio: int, fn: Callable[[], None]) -> None:
+    def at(self, time_ns: int, prio: int, fn: Callable[[], None], *, private: bool = False) -> None:
         """Run `fn` at `time_ns`; equal times run by `prio`, then in the order they were added."""
         if time_ns < self._now:
             raise ValueError(f"event at {time_ns} ns is in the past (now {self._now} ns)")
         self._seq += 1
         heapq.heappush(self._heap, (time_ns, prio, self._seq, fn))
+        if not private:
+            heapq.heappush(self._public, (time_ns, self._seq))
 
     def run(self, until_ns: int) -> None:
         """Run every event before `until_ns`, in order; then stand at `until_ns`."""
@@ -85,7 +90,10 @@ class EventLoop:
     def next_after(self, time_ns: int) -> int | None:
         """The earliest pending event time later than `time_ns` (events at `time_ns` skipped),
         or the end of the current run if that comes first."""
-        best = heap_next_after(self._heap, time_ns)
+        public = self._public
+        while public and public[0][0] < self._now:  # processed: events run in time order
+            heapq.heappop(public)
+        best = heap_next_after(public, time_ns)
         if self._until > time_ns and (best is None or self._until < best):
             return self._until
         return best

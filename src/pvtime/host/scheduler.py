@@ -9,18 +9,20 @@ moments Linux makes them. The fair policy's arithmetic is per CPU in its run que
 task is charged (`update_curr`) before any enqueue, placement, preemption check or pick.
 
 How time advances. A task's body executes synchronously, ahead of the event loop, for one
-*segment*; a segment never runs past the next pending event of any CPU of any host on the same
-event core (a tick, a timed or explicit wake-up, another CPU's segment end, the end of the run).
-Events of one instant are processed in order -- wake-ups, CPU clocks (ticks, segment ends),
-scheduling decisions, then the execution of bodies -- so a decision sees everything that
-happened at its instant. A body that wakes another task (PSCI CPU_ON) ends its segment at that
-instant, so the wake-up is processed at its exact time, before anything later executes.
+*segment*, which never runs past the next event that concerns its CPU: the host's tick (the
+ticks of all CPUs are aligned), a timed wake-up of a task that went to sleep on that CPU (its
+timer fires there, so the wake-up lands there or on an idle CPU), the end of a polling task's
+slice, any public event on the core (a VMM action, a migration step, a task starting later:
+these bound every CPU), the end of the current `EventCore.run`, and the end of the run. Events of
+one instant are processed in order -- wake-ups, CPU clocks (ticks, segment ends), scheduling
+decisions, then the execution of bodies -- so a decision sees everything of its instant. A body
+that wakes another task (PSCI CPU_ON) ends its segment at that instant, so the wake-up is
+processed at its exact time and lands on the waker's CPU, an idle one, or the task's previous CPU.
 
-One case cannot be exact without undoing executed guest code: two CPUs start segments at the
-same instant, and the one executed second wakes a task onto the first before the first's
-segment ends. The wake-up is queued at its exact time (`run_delay` stays exact) and its
-preemption acts at that segment's end, at most until the next event on the core (a tick at
-most). `Scheduler.late_wakeups` counts these; it is 0 in the embedded scenarios.
+In that last case the previous CPU may be busy with a segment already simulated past the
+wake-up: guest code executed cannot be undone. The wake-up is still queued at its exact time
+(`run_delay` stays exact) and its preemption acts at that segment's end, at most a tick later.
+`Scheduler.late_wakeups` counts these; the runner reports the count in summary.json.
 
 No internal limit changes results: `max_segment_ns` only splits a segment's execution into
 several calls of the body, which no other CPU can see.
@@ -28,8 +30,9 @@ several calls of the body, which no other CPU can see.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from pvtime.host.balance import Balancer
@@ -84,6 +87,8 @@ class Pcpu:
     util: float = 0.0  # PELT-like utilisation (0..1024), as of util_time
     util_time: int = 0
     util_busy: int = 0  # busy_ns as of util_time
+    # Timed wake-ups of tasks that went to sleep here: (time, generation, tid, entity).
+    wakes: list[tuple[int, int, int, SchedEntity]] = field(default_factory=list)
 
     def is_idle(self) -> bool:
         """available_idle_cpu: nothing running and nothing runnable."""
@@ -109,6 +114,7 @@ class Scheduler:
         self.balancer = Balancer(self)
         self.entities: dict[int, SchedEntity] = {}
         self._tick_posted = False
+        self._next_tick = 1 << 62  # when the posted tick fires
         self._executing: Pcpu | None = None
         self.segments = 0  # body executions
         self.switches = 0  # context switches (schedule-ins)
@@ -159,7 +165,7 @@ class Scheduler:
             waker_id: int | None = waker.id
         else:
             at, waker_id = self.core.now, None
-        self.core.at(at, PRIO_WAKE, lambda: self._explicit_wake(se, at, waker_id))
+        self.core.at(at, PRIO_WAKE, lambda: self._explicit_wake(se, at, waker_id), private=True)
 
     def finish(self) -> None:
         """End of the run: switch out whatever is on a CPU at the end of its simulated segment."""
@@ -261,11 +267,13 @@ class Scheduler:
         if not self._tick_posted:
             self._tick_posted = True
             at = (now // self.tick_ns + 1) * self.tick_ns
-            self.core.at(at, PRIO_CPU, self._tick)
+            self._next_tick = at
+            self.core.at(at, PRIO_CPU, self._tick, private=True)
 
     def _tick(self) -> None:
         """sched_tick on every busy CPU (the ticks of all CPUs are aligned, as with skew_tick=0)."""
         self._tick_posted = False
+        self._next_tick = 1 << 62
         now = self.core.now
         busy = False
         for cpu in self.cpus:
@@ -286,7 +294,7 @@ class Scheduler:
     def _post_service(self, cpu: Pcpu, at: int) -> None:
         if not cpu.service_posted:
             cpu.service_posted = True
-            self.core.at(max(at, self.core.now), PRIO_RESCHED, lambda: self._service(cpu))
+            self.core.at(max(at, self.core.now), PRIO_RESCHED, lambda: self._service(cpu), private=True)
 
     def _service(self, cpu: Pcpu) -> None:
         """After an instant's wake-ups and ticks: schedule if needed, then execute."""
@@ -299,7 +307,7 @@ class Scheduler:
             self._schedule(cpu, now)
         if cpu.curr is not None and not cpu.exec_posted:
             cpu.exec_posted = True
-            self.core.at(now, PRIO_EXEC, lambda: self._execute(cpu))
+            self.core.at(now, PRIO_EXEC, lambda: self._execute(cpu), private=True)
 
     def _segment_end(self, cpu: Pcpu) -> None:
         cpu.in_flight = False
@@ -358,9 +366,23 @@ class Scheduler:
         cpu.idle_stamp = None
         self._ensure_tick(now)
 
+    def _next_known_wake(self, cpu: Pcpu, now: int) -> int | None:
+        """The earliest pending timed wake-up of a task that went to sleep on this CPU: its timer
+        fires here, so the wake-up lands here or on an idle CPU (select_idle_sibling)."""
+        wakes = cpu.wakes
+        while wakes:
+            at, gen, _, se = wakes[0]
+            if se.wake_gen != gen or se.cpu != cpu.id or at <= now or se.task.state is not TaskState.SLEEPING:
+                heapq.heappop(wakes)
+                continue
+            return at
+        return None
+
     def _arm_wake(self, se: SchedEntity, at: int) -> None:
         gen = se.wake_gen
-        self.core.at(at, PRIO_WAKE, lambda: self._timed_wake(se, gen))
+        if se.cpu is not None:
+            heapq.heappush(self.cpus[se.cpu].wakes, (at, gen, se.task.tid, se))
+        self.core.at(at, PRIO_WAKE, lambda: self._timed_wake(se, gen), private=True)
 
     # --- execution -------------------------------------------------------------------------
 
@@ -371,10 +393,13 @@ class Scheduler:
         if se is None or cpu.in_flight:
             return
         now = self.core.now
-        bound = self.end_ns
+        bound = min(self.end_ns, self._next_tick)
         nxt = self.core.next_after(now)
         if nxt is not None and nxt < bound:
             bound = nxt
+        known = self._next_known_wake(cpu, now)
+        if known is not None and known < bound:
+            bound = known
         if bound <= now:
             return  # the run is over: stay on the CPU
         if se.polls_cpu_clock and isinstance(cpu.rq, EevdfRunQueue):
@@ -389,7 +414,7 @@ class Scheduler:
         if self.observer is not None and stop > now:
             self.observer.on_segment(self.host, cpu.id, se.task, now, stop, cpu.switched_in)
         cpu.switched_in = False
-        self.core.at(stop, PRIO_CPU, lambda: self._segment_end(cpu))
+        self.core.at(stop, PRIO_CPU, lambda: self._segment_end(cpu), private=True)
 
     def _run_body(self, cpu: Pcpu, se: SchedEntity, start: int, bound: int) -> tuple[Step, int]:
         """Call the body until `bound`, in pieces of at most max_segment_ns (invisible outside)."""
