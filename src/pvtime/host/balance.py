@@ -5,27 +5,35 @@ MC level of a single-socket machine without SMT), each CPU its own group. Follow
 
 - `select_task_rq_fair` for a wake-up: `wake_affine` (`wake_affine_idle`, then
   `wake_affine_weight` with WA_BIAS) between the waking CPU and the task's previous CPU, then
-  `select_idle_sibling` (the target if idle, else the previous CPU if idle, else the first idle
-  allowed CPU scanning from target + 1, else the target); for a fork, the idlest allowed CPU
-  (`sched_balance_find_dst_cpu`: an idle CPU, the most recently idled first, else the least loaded);
-- `sched_balance_newidle`: a CPU about to go idle pulls from the busiest CPU;
-- periodic balancing (`sched_balance_domains` from the tick, and the NO_HZ idle balance that a busy
-  CPU's tick kicks for idle CPUs) at the domain's interval: `balance_interval` starts at the
+  `select_idle_sibling`: the target if idle, else the previous CPU if idle, else the task's
+  `recent_used_cpu` if idle, else `select_idle_cpu` -- an idle allowed CPU scanning from
+  target + 1, but (SIS_UTIL) at most `nr_idle_scan` CPUs, a number that falls to 0 as the
+  domain's utilisation nears 85 % (`update_idle_cpu_scan`, refreshed by periodic balancing) --
+  else the target. For a fork, the idlest allowed CPU (`sched_balance_find_dst_cpu`: an idle
+  CPU, the most recently idled first, else the least loaded);
+- `sched_balance_newidle`: a CPU about to go idle pulls one task from the busiest CPU, and brings
+  its next periodic balance forward to the idle interval;
+- periodic balancing (`sched_balance_domains` from the tick, and the NO_HZ idle balance that a
+  busy CPU's tick kicks for idle CPUs) at the domain's interval: `balance_interval` starts at the
   domain's weight in ms, doubles while balanced up to twice that, is multiplied by `busy_factor`
-  (16) on a busy CPU, and resets when an imbalance is found;
-- `sched_balance_rq` (load_balance) reduced to one level: the busiest CPU is the one with the
-  most runnable tasks (then the highest load); an idle CPU takes half the difference in tasks
-  (`migrate_task`); a busy CPU takes load (`migrate_load`: min of busiest - average and
-  average - local), where a task whose weight shifted right by `nr_balance_failed` exceeds the
-  imbalance is skipped; `can_migrate_task` refuses the running task, tasks not allowed on the
-  destination, and cache-hot tasks (ran within sysctl_sched_migration_cost, 0.5 ms) unless
-  balancing has failed more than `cache_nice_tries` (1) times.
+  (16, minus a jiffy) on a busy CPU, and resets when an imbalance is found;
+- `sched_balance_rq` reduced to one level: groups are classified (`update_sg_lb_stats`:
+  overloaded, fully busy, has spare), the busiest is the highest class (then the highest load,
+  or for spare groups the most tasks); a local group with spare capacity takes half the
+  difference in tasks, and only when idle (`migrate_task`); a busy one takes load from an
+  overloaded group (`migrate_load`: min of busiest - average and average - local), skipping a task
+  whose weight shifted right by `nr_balance_failed` exceeds the imbalance; `can_migrate_task`
+  refuses the running task, tasks not allowed on the destination, before any failure a task not
+  eligible on its queue, and cache-hot tasks (ran within sysctl_sched_migration_cost, 0.5 ms)
+  unless balancing has failed more than `cache_nice_tries` (1) times; `detach_tasks` walks the
+  source's tasks least recently enqueued or picked first.
 
-Simplified: load is the sum of the runnable tasks' weights (Linux uses PELT averages, which also
-count recently blocked tasks), so `wake_affine_weight` and `migrate_load` see instantaneous
-load; no active balancing (the running task of the busiest CPU is never pushed away); no SMT or
-NUMA levels; the `rd->overload` and `max_newidle_lb_cost` shortcuts of newidle balancing are
-taken as always passing (newidle balancing costs microseconds, far below any idle period here).
+Simplified: load is the sum of the runnable tasks' weights and utilisation a PELT-like average
+of the CPU's busy time (32 ms half-life), where Linux uses PELT sums per task; runnable_avg is
+taken equal to the utilisation; no active balancing; delayed (DELAY_DEQUEUE) tasks are never
+migrated (Linux lets migrate_load move them); no SMT or NUMA levels; the newly idle balance
+always runs (the `max_newidle_lb_cost` shortcut skips it only for idle periods of microseconds,
+as on 6.18.y, where v6.18.0's cost bump was reverted).
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ HAS_SPARE, FULLY_BUSY, OVERLOADED = 0, 1, 2  # enum group_type, in its order
 BUSY_FACTOR = 16
 CACHE_NICE_TRIES = 1
 IMBALANCE_PCT = 117
+CAPACITY = 1024  # SCHED_CAPACITY_SCALE: every CPU has the full capacity
 MSEC = 1_000_000
 NSEC_PER_SEC = 1_000_000_000
 
@@ -58,20 +67,20 @@ class Balancer:
         self.max_interval_ms = 2 * self.min_interval_ms
         for cpu in sched.cpus:
             cpu.balance_interval_ms = self.min_interval_ms
+        self.nr_idle_scan = 0  # sd_share->nr_idle_scan (zeroed until the first periodic balance)
         self.pulls = 0  # tasks moved by balancing (newidle and periodic)
 
     # --- wake-up placement -------------------------------------------------------------------
 
     def select_cpu(self, se: SchedEntity, *, waker: int | None, fork: bool) -> int:
         """select_task_rq_fair."""
-        cpus = self.sched.cpus
         if fork or se.cpu is None:
             return self._idlest(se)
         prev = se.cpu
         target = prev
         if waker is not None and waker != prev and waker in se.allowed:
             target = self._wake_affine(se, waker, prev)
-        return self._select_idle_sibling(se, prev, target, cpus)
+        return self._select_idle_sibling(se, prev, target)
 
     def _wake_affine(self, se: SchedEntity, this: int, prev: int) -> int:
         cpus = self.sched.cpus
@@ -84,16 +93,28 @@ class Balancer:
         prev_eff = cpus[prev].rq.load * (100 + (IMBALANCE_PCT - 100) // 2)
         return this if this_eff < prev_eff else prev
 
-    @staticmethod
-    def _select_idle_sibling(se: SchedEntity, prev: int, target: int, cpus: list[Pcpu]) -> int:
+    def _select_idle_sibling(self, se: SchedEntity, prev: int, target: int) -> int:
+        cpus = self.sched.cpus
         if cpus[target].is_idle():
             return target
         if prev != target and cpus[prev].is_idle():
             return prev
+        recent, se.recent_used_cpu = se.recent_used_cpu, prev
+        if recent is not None and recent not in (prev, target) and cpus[recent].is_idle() \
+                and recent in se.allowed:
+            return recent
+        nr = self.nr_idle_scan + 1  # select_idle_cpu with SIS_UTIL
+        if nr == 1:
+            return target
         n = len(cpus)
-        for k in range(1, n):
+        for k in range(1, n + 1):
             c = (target + k) % n
-            if c in se.allowed and cpus[c].is_idle():
+            if c not in se.allowed:
+                continue
+            nr -= 1
+            if nr <= 0:
+                break
+            if cpus[c].is_idle():
                 return c
         return target
 
@@ -118,6 +139,8 @@ class Balancer:
 
     def newidle(self, cpu: Pcpu, now: int) -> SchedEntity | None:
         """sched_balance_newidle: pull from the busiest CPU before going idle; pick again."""
+        # update_next_balance: an idle CPU balances at the idle (not busy) interval
+        cpu.next_balance = min(cpu.next_balance, cpu.last_balance + self._interval_ns(cpu, busy=False))
         if self._balance(cpu, now, idle=True, newly=True):
             return cpu.rq.pick(now)
         return None
@@ -134,17 +157,29 @@ class Balancer:
                     if self._periodic(other, now, idle=True):
                         self.sched._post_service(other, now)
 
-    def _periodic(self, cpu: Pcpu, now: int, *, idle: bool) -> bool:
-        """sched_balance_domains: balance, then the next time from get_sd_balance_interval."""
-        moved = self._balance(cpu, now, idle=idle, newly=False)
-        busy = not cpu.is_idle()
+    def _interval_ns(self, cpu: Pcpu, *, busy: bool) -> int:
+        """get_sd_balance_interval, in ns on the tick grid."""
         tick = self.sched.tick_ns
-        jiffies = -(-cpu.balance_interval_ms * (BUSY_FACTOR if busy else 1) * MSEC // tick)  # msecs_to_jiffies
+        jiffies = -(-cpu.balance_interval_ms * (BUSY_FACTOR if busy else 1) * MSEC // tick)
         if busy:
             jiffies -= 1
         max_jiffies = max(1, (NSEC_PER_SEC // tick) * len(self.sched.cpus) // 10)
-        cpu.next_balance = (now // tick + min(max(jiffies, 1), max_jiffies)) * tick
+        return min(max(jiffies, 1), max_jiffies) * tick
+
+    def _periodic(self, cpu: Pcpu, now: int, *, idle: bool) -> bool:
+        """sched_balance_domains: balance, then the next time from get_sd_balance_interval."""
+        self._update_idle_cpu_scan(now)
+        moved = self._balance(cpu, now, idle=idle, newly=False)
+        cpu.last_balance = now
+        cpu.next_balance = now + self._interval_ns(cpu, busy=not cpu.is_idle())
         return moved
+
+    def _update_idle_cpu_scan(self, now: int) -> None:
+        """update_idle_cpu_scan: how many CPUs select_idle_cpu may look at."""
+        cpus = self.sched.cpus
+        x = int(sum(self.cpu_util(c, now) for c in cpus)) // len(cpus)
+        t = min(x * x * IMBALANCE_PCT * IMBALANCE_PCT // (10000 * CAPACITY), CAPACITY)
+        self.nr_idle_scan = (CAPACITY - t) * len(cpus) // CAPACITY
 
     # --- sched_balance_rq ----------------------------------------------------------------------
 
@@ -157,18 +192,17 @@ class Balancer:
         if dt > 0:
             frac = min(1.0, max(0.0, (busy - cpu.util_busy) / dt))
             decay = 0.5 ** (dt / PELT_HALF_LIFE_NS)
-            cpu.util = cpu.util * decay + 1024.0 * frac * (1.0 - decay)
+            cpu.util = cpu.util * decay + CAPACITY * frac * (1.0 - decay)
             cpu.util_time, cpu.util_busy = now, busy
         return cpu.util
 
     def _group_type(self, cpu: Pcpu, now: int) -> int:
-        """update_sg_lb_stats' classification of a one-CPU group, from its task count and
-        utilisation (runnable_avg is taken as the utilisation)."""
+        """update_sg_lb_stats' classification of a one-CPU group."""
         nr = cpu.rq.nr_queued
         util = self.cpu_util(cpu, now)
-        if nr > 1 and 1024 * 100 < util * IMBALANCE_PCT:
+        if nr > 1 and CAPACITY * 100 < util * IMBALANCE_PCT:
             return OVERLOADED
-        if nr < 1 or 1024 * 100 > util * IMBALANCE_PCT:
+        if nr < 1 or CAPACITY * 100 > util * IMBALANCE_PCT:
             return HAS_SPARE
         return FULLY_BUSY
 
@@ -192,8 +226,8 @@ class Balancer:
                 busiest = other
         imbalance, by_tasks = self._imbalance(cpu, local_type, busiest, busiest_type, idle)
         if busiest is None or imbalance <= 0:
-            if not newly:  # out_balanced
-                cpu.nr_balance_failed = 0
+            cpu.nr_balance_failed = 0  # out_balanced
+            if not newly:
                 cpu.balance_interval_ms = min(self.max_interval_ms, cpu.balance_interval_ms * 2)
             return False
         moved = self._detach_attach(cpu, busiest, imbalance, by_tasks, now, newly=newly)
@@ -201,8 +235,7 @@ class Balancer:
             cpu.nr_balance_failed = 0
         elif not newly:
             cpu.nr_balance_failed += 1
-        if not newly:
-            cpu.balance_interval_ms = self.min_interval_ms
+        cpu.balance_interval_ms = self.min_interval_ms  # unbalanced: reset the interval
         return moved
 
     def _imbalance(self, cpu: Pcpu, local_type: int, busiest: Pcpu | None, busiest_type: int,
@@ -218,41 +251,44 @@ class Balancer:
         elif busiest_type != OVERLOADED:
             if not idle or busiest.rq.nr_runnable == 1:
                 return 0, True
-        if local_type == HAS_SPARE and cpu.rq.nr_queued == 0:
-            return (busiest.rq.nr_queued - cpu.rq.nr_queued) >> 1, True  # migrate_task
-        if busiest_type != OVERLOADED or local_load >= busiest_load or local_load >= total:
+        if local_type == HAS_SPARE:  # even out the number of tasks, only into an idle CPU
+            diff = busiest.rq.nr_queued - cpu.rq.nr_queued if idle else 0
+            return max(0, diff) >> 1, True
+        if local_load >= busiest_load or local_load >= total:
             return 0, True
         return min(busiest_load - total, total - local_load), False  # migrate_load
 
     def _detach_attach(self, cpu: Pcpu, busiest: Pcpu, imbalance: int, by_tasks: bool, now: int, *,
                        newly: bool) -> bool:
-        """detach_tasks / attach_tasks, from the source's least recently run task."""
+        """detach_tasks / attach_tasks."""
         last: SchedEntity | None = None
         src = busiest.rq
-        for se in sorted(src.queue, key=lambda e: (e.last_ran_ns, e.task.tid)):
+        for se in src.migratable():
             if src.nr_runnable <= 1 or imbalance <= 0:
                 break
-            if not self._can_migrate(se, cpu, src, now, by_tasks):
+            if not self._can_migrate(se, cpu, src, now):
                 continue
             if not by_tasks and (se.weight >> cpu.nr_balance_failed) > imbalance:
                 continue
             src.detach(se, now)
             se.cpu = cpu.id
+            se.last_ran_ns = -(1 << 62)  # ENQUEUE_MIGRATED clears exec_start: no longer cache-hot
             cpu.rq.enqueue(se, now, Enqueue.MIGRATE)
             self.pulls += 1
             last = se
             imbalance -= 1 if by_tasks else se.weight
             if newly:
                 break  # CONFIG_PREEMPTION: a newly idle CPU takes one task
-        if last is not None and cpu.curr is not None:
+        if last is None:
+            return False
+        self.sched._resched_if_wanted(busiest, now, local=False)  # the source's update_curr may ask
+        if cpu.curr is not None:
             cpu.rq.wakeup_preempt(last, now, fork=False)  # attach_task -> wakeup_preempt
             self.sched._resched_if_wanted(cpu, now, local=True)
-        return last is not None
+        return True
 
-    def _can_migrate(self, se: SchedEntity, cpu: Pcpu, src: FairRunQueue, now: int, by_tasks: bool) -> bool:
-        """can_migrate_task, in Linux's order (the running task is never in `queue`)."""
-        if se.sched_delayed and by_tasks:
-            return False
+    def _can_migrate(self, se: SchedEntity, cpu: Pcpu, src: FairRunQueue, now: int) -> bool:
+        """can_migrate_task, in Linux's order (`migratable` leaves out the running and delayed)."""
         if cpu.nr_balance_failed == 0 and cpu.rq.nr_queued and isinstance(src, EevdfRunQueue) \
                 and not src.entity_eligible(se):
             return False  # PLACE_LAG: do not move a task that has run ahead of its share

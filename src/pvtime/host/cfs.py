@@ -118,12 +118,13 @@ class CfsRunQueue(FairRunQueue):
         left = self.leftmost()
         best = left
         if prev is not None and prev.on_rq and (best is None or prev.vruntime < best.vruntime):
-            best = prev  # pick_next_entity: curr if it is still left of the leftmost
+            return prev  # pick_next_entity: curr if still left of the leftmost; no set_next_entity
         self.put_prev(now)
         if best is None:
             return None
         self.queue.remove(best)
         self.curr = best
+        self.touch(best)
         best.exec_start = now
         best.prev_sum_exec_ns = best.sum_exec_ns
         self.update_min_vruntime()
@@ -173,9 +174,16 @@ class CfsRunQueue(FairRunQueue):
     def requeue_delayed(self, se: SchedEntity, now: int) -> None:
         raise RuntimeError("CFS never delays a dequeue")
 
+    def drop_delayed(self, se: SchedEntity, now: int) -> None:
+        raise RuntimeError("CFS never delays a dequeue")
+
     def detach(self, se: SchedEntity, now: int) -> None:
-        self.dequeue(se, now, sleep=False)
+        """dequeue_entity without DEQUEUE_SLEEP: vruntime made relative before min_vruntime moves."""
+        self.update_curr(now)
+        self.queue.remove(se)
         se.vruntime -= self.min_vruntime
+        self._account_dequeue(se)
+        self.update_min_vruntime()
 
     def move_sleeper(self, se: SchedEntity, dst: FairRunQueue) -> None:
         """A sleeper woken onto another CPU keeps its vruntime relative to min_vruntime

@@ -177,6 +177,7 @@ class EevdfRunQueue(FairRunQueue):
             return None
         self._remove(best)
         self.curr = best
+        self.touch(best)
         best.exec_start = now
         best.prev_sum_exec_ns = best.sum_exec_ns
         self._set_protect_slice(best)
@@ -250,6 +251,9 @@ class EevdfRunQueue(FairRunQueue):
         self.nr_delayed -= 1
         if se.vlag > 0:
             se.vlag = 0
+
+    def drop_delayed(self, se: SchedEntity, now: int) -> None:
+        self._finish_delayed(se, now)
 
     def requeue_delayed(self, se: SchedEntity, now: int) -> None:
         self._update_entity_lag(se)

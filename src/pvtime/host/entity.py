@@ -36,6 +36,8 @@ class SchedEntity:
     prev_sum_exec_ns: int = 0
     exec_start: int = 0  # when it was last put on a CPU or charged (task_hot, update_curr)
     last_ran_ns: int = -(1 << 62)  # when it last left a CPU (task_hot: cache-hot for migration)
+    recent_used_cpu: int | None = None  # p->recent_used_cpu (select_idle_sibling)
+    list_seq: int = 0  # position in rq->cfs_tasks: renewed at enqueue and pick (detach walks oldest first)
     # The task enters the kernel all the time (it polls its CPU clock with clock_gettime, which
     # calls update_curr through task_sched_runtime): the end of its slice is noticed at once.
     polls_cpu_clock: bool = False

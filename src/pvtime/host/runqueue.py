@@ -41,10 +41,19 @@ class FairRunQueue:
         return self.nr_queued - self.nr_delayed
 
     def migratable(self) -> list[SchedEntity]:
-        """Waiting entities a balancer may move (neither running nor delayed), in queue order."""
-        return [se for se in self.queue if not se.sched_delayed]
+        """Waiting entities a balancer may move (neither running nor delayed), least recently
+        enqueued or picked first (detach_tasks walks rq->cfs_tasks from its tail)."""
+        return sorted((se for se in self.queue if not se.sched_delayed), key=lambda e: e.list_seq)
+
+    def touch(self, se: SchedEntity) -> None:
+        """Move `se` to the head of rq->cfs_tasks (account_entity_enqueue, set_next_entity)."""
+        FairRunQueue._list_clock += 1
+        se.list_seq = FairRunQueue._list_clock
+
+    _list_clock = 0
 
     def _account_enqueue(self, se: SchedEntity) -> None:
+        self.touch(se)
         se.on_rq = True
         self.nr_queued += 1
         self.load += se.weight
@@ -86,6 +95,10 @@ class FairRunQueue:
 
     def requeue_delayed(self, se: SchedEntity, now: int) -> None:
         """A delayed entity is woken while still queued (requeue_delayed_entity)."""
+        raise NotImplementedError
+
+    def drop_delayed(self, se: SchedEntity, now: int) -> None:
+        """A delayed entity leaves for good (its task exited: task_dead_fair)."""
         raise NotImplementedError
 
     def pick(self, now: int) -> SchedEntity | None:

@@ -45,7 +45,7 @@ from pvtime.host.runqueue import Enqueue, FairRunQueue
 from pvtime.host.sched_config import SchedConfig
 from pvtime.host.task import Slice, Step, Task, TaskBody, TaskState
 
-_QUEUED = Step(TaskState.QUEUED)
+COLD = -(1 << 62)  # a last-ran time no cache remembers
 
 
 class SchedObserver(Protocol):
@@ -82,6 +82,7 @@ class Pcpu:
     idle_stamp: int | None = 0  # when it last went idle (None while busy)
     avg_idle: int = 1_000_000  # rq->avg_idle, starts at 2 * sysctl_sched_migration_cost
     next_balance: int = 0
+    last_balance: int = 0
     balance_interval_ms: int = 0
     nr_balance_failed: int = 0
     util: float = 0.0  # PELT-like utilisation (0..1024), as of util_time
@@ -221,6 +222,7 @@ class Scheduler:
         target = self.balancer.select_cpu(se, waker=waker, fork=False)
         if se.cpu is not None and se.cpu != target:
             self.cpus[se.cpu].rq.move_sleeper(se, self.cpus[target].rq)
+            se.last_ran_ns = COLD  # ENQUEUE_MIGRATED clears exec_start: no longer cache-hot
         se.cpu = target
         cpu = self.cpus[target]
         self._note_wake_on(cpu, now)
@@ -331,7 +333,8 @@ class Scheduler:
                 state = TaskState.QUEUED
             prev.wake_pending = False
             if state is TaskState.EXITED:
-                rq.dequeue(prev, now, sleep=True)
+                if not rq.dequeue(prev, now, sleep=True):
+                    rq.drop_delayed(prev, now)  # task_dead_fair: a dead task is not kept delayed
                 prev.task.exit(now)
                 prev.last_ran_ns = now
                 prev_running = False
