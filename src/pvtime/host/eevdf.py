@@ -115,15 +115,36 @@ class EevdfRunQueue(FairRunQueue):
         self.update_curr(now)
 
     def slice_end_ns(self, now: int) -> int | None:
-        """When update_curr would next ask the running entity to yield (its deadline or the end of
-        its protection, whichever is first), if it keeps running from `now`; None when alone."""
+        """For a running entity whose every instant calls update_curr (it polls its CPU clock):
+        the next time a pick could change, if it keeps running from `now`; None when alone.
+
+        While protected, that is when protection or the slice ends. Once not protected, every
+        update_curr asks to reschedule and `pick_eevdf` keeps it only while it is eligible with
+        the earliest deadline: the pick changes when its deadline passes, when it stops being
+        eligible, or when a waiting entity with an earlier deadline becomes eligible (the
+        zero-lag point V moves up as it runs).
+        """
         curr = self.curr
-        if curr is None or self.nr_queued <= 1:
+        if curr is None or self.nr_queued <= 1 or not curr.on_rq:
             return None
         v = curr.vruntime + calc_delta_fair(max(0, now - curr.exec_start), curr.weight)
-        target = min(curr.deadline, curr.vprot)
-        if v >= target:
-            return None  # already asked at the last update_curr
+        protect = min(curr.deadline, curr.vprot)
+        if v < protect:
+            target = protect
+        else:
+            targets = [curr.deadline] if v < curr.deadline else []
+            sum_wv, sum_w = self.sum_wv, self.sum_w
+            if sum_w:
+                targets.append(sum_wv // sum_w + 1)  # eligible while v * W_queue <= sum(w v)
+                for se in self.queue:
+                    # se becomes eligible once sum_wv + w_c v_c >= v_se (sum_w + w_c)
+                    if se.deadline <= curr.deadline and sum_wv + curr.weight * v < se.vruntime * (sum_w + curr.weight):
+                        need = se.vruntime * (sum_w + curr.weight) - sum_wv
+                        targets.append(-(-need // curr.weight))
+            targets = [t for t in targets if t > v]
+            if not targets:
+                return None
+            target = min(targets)
         return now + max(1, -(-(target - v) * curr.weight // NICE_0_LOAD))
 
     # --- slice protection (RUN_TO_PARITY) ----------------------------------------------------
