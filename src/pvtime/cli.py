@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from pvtime.calibrate.workloads import Workload
 
 
 @click.group()
@@ -232,6 +236,95 @@ def guest_run(image: Path, vcpus: int, host_cpus: int, memory_mib: int, counter_
         sys.exit(0)
     click.echo(f"pvtime: {image}: VM stopped: {result.stopped}", err=True)
     sys.exit(125)
+
+
+def _calibrate_workloads(names: tuple[str, ...] = ()) -> tuple[Workload, ...]:
+    """The built-in calibration workloads called `names` (all when empty); KeyError for others."""
+    from pvtime.calibrate.workloads import by_name
+
+    return by_name(names)
+
+
+def _sched_choices(name: str) -> list[str]:
+    """The values `pvtime.host.sched_config` accepts for policy, HZ or preempt, as option choices."""
+    from pvtime.host import sched_config
+
+    return [str(v) for v in getattr(sched_config, name)]
+
+
+@main.command("calibrate")
+@click.option("--runs", type=click.IntRange(1), default=None,
+              help="repetitions of each workload on the kernel, interleaved  [default: 5]")
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="measurement window of each run  [default: 3]")
+@click.option("--workload", "workloads", multiple=True, metavar="NAME",
+              help="run only this workload (repeatable)  [default: all; names: "
+                   + ", ".join(w.name for w in _calibrate_workloads()) + "]")
+@click.option("--policy", type=click.Choice(_sched_choices("POLICIES")), default=None,
+              help="simulate this fair policy  [default: the kernel's (EEVDF from Linux 6.6)]")
+@click.option("--hz", type=click.Choice(_sched_choices("HZ_VALUES")), default=None,
+              help="simulate this HZ  [default: CONFIG_HZ]")
+@click.option("--preempt", type=click.Choice(_sched_choices("PREEMPT_MODES")), default=None,
+              help="simulate this preemption mode  [default: the kernel's]")
+@click.option("--release", default=None, help="the kernel release to report (and choose the policy by)")
+@click.option("--cpus", "host_cpus", type=click.IntRange(1, 256), default=None,
+              help="CPUs of the simulated host  [default: this machine's, or the recorded one's]")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="also write the kernel measurement and the comparison here (JSON)")
+@click.option("--from-json", "from_json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="compare a recorded kernel measurement (a --json file) instead of measuring this machine")
+@click.option("--no-progress", is_flag=True, help="do not show progress")
+def calibrate_cmd(runs: int | None, seconds: float | None, workloads: tuple[str, ...], policy: str | None,
+                  hz: str | None, preempt: str | None, release: str | None, host_cpus: int | None,
+                  json_path: Path | None, from_json: Path | None, no_progress: bool) -> None:
+    """Run built-in workloads on this kernel and in pvtime's host scheduler; compare their schedstat.
+
+    Real pinned processes first (run_delay and timeslices from /proc/<pid>/schedstat), then the
+    same tasks simulated with the kernel's HZ, policy and preemption mode. A target miss is
+    reported in the table, not as a failure.
+    """
+    import json
+
+    from pvtime import calibrate as cal
+
+    if json_path is not None and not json_path.parent.is_dir():  # say so before minutes of measuring
+        raise click.BadParameter(f"{json_path.parent}: no such folder", param_hint="--json")
+    overrides = {"policy": policy, "hz": None if hz is None else int(hz), "preempt": preempt,
+                 "release": release, "cpus": host_cpus}
+    out = Console()
+    if not out.is_terminal:  # a pipe or file gets rich's 80 columns, too narrow for the table
+        out = Console(width=180)
+    err = Console(stderr=True)
+    with Progress(TextColumn("[bold]{task.description}"), TimeElapsedColumn(), console=err,
+                  disable=no_progress, transient=True, auto_refresh=False) as bar:
+        job = bar.add_task("calibrate", total=None)
+
+        def progress(what: str) -> None:
+            bar.update(job, description=what, refresh=True)
+
+        try:
+            if from_json is not None:
+                given = [name for name, v in (("--runs", runs), ("--seconds", seconds)) if v is not None]
+                if given:
+                    raise click.UsageError(f"{' and '.join(given)}: fixed by the recording given with --from-json")
+                recording = cal.load(from_json).select(workloads)
+            else:
+                chosen = _calibrate_workloads(workloads)
+                kernel = cal.read_kernel()
+                settings = cal.Settings(runs if runs is not None else 5, seconds if seconds is not None else 3.0)
+                recording = cal.record(chosen, kernel, settings, progress)
+            result = cal.compare(recording, overrides, progress)
+        except KeyError as exc:
+            raise click.BadParameter(str(exc.args[0]), param_hint="--workload") from None
+        except (cal.RecordingError, cal.KernelReadError, cal.RealRunError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+    out.print(cal.render(result))
+    if json_path is not None:
+        try:
+            json_path.write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+        except OSError as exc:
+            raise click.ClickException(f"{json_path}: {exc.strerror or exc}") from None
+        err.print(f"written {json_path}", highlight=False)
 
 
 if __name__ == "__main__":
