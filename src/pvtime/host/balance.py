@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 MIGRATION_COST_NS = 500_000  # sysctl_sched_migration_cost
 PELT_HALF_LIFE_NS = 32 * 1_000_000
+PELT_PERIOD_NS = 1024 * 1000
 HAS_SPARE, FULLY_BUSY, OVERLOADED = 0, 1, 2  # enum group_type, in its order
 BUSY_FACTOR = 16
 CACHE_NICE_TRIES = 1
@@ -68,6 +69,7 @@ class Balancer:
         for cpu in sched.cpus:
             cpu.balance_interval_ms = self.min_interval_ms
         self.nr_idle_scan = 0  # sd_share->nr_idle_scan (zeroed until the first periodic balance)
+        self.nohz_next_balance = 0  # nohz.next_balance: at most one idle-balance kick per tick
         self.pulls = 0  # tasks moved by balancing (newidle and periodic)
 
     # --- wake-up placement -------------------------------------------------------------------
@@ -78,7 +80,7 @@ class Balancer:
             return self._idlest(se)
         prev = se.cpu
         target = prev
-        if waker is not None and waker != prev and waker in se.allowed:
+        if waker is not None and waker != prev and waker in se.allowed_set:
             target = self._wake_affine(se, waker, prev)
         return self._select_idle_sibling(se, prev, target)
 
@@ -101,15 +103,16 @@ class Balancer:
             return prev
         recent, se.recent_used_cpu = se.recent_used_cpu, prev
         if recent is not None and recent not in (prev, target) and cpus[recent].is_idle() \
-                and recent in se.allowed:
+                and recent in se.allowed_set:
             return recent
         nr = self.nr_idle_scan + 1  # select_idle_cpu with SIS_UTIL
         if nr == 1:
             return target
         n = len(cpus)
+        allowed = se.allowed_set
         for k in range(1, n + 1):
             c = (target + k) % n
-            if c not in se.allowed:
+            if c not in allowed:
                 continue
             nr -= 1
             if nr <= 0:
@@ -151,7 +154,9 @@ class Balancer:
         """From sched_tick: this CPU's periodic balance when due; kick the idle balance."""
         if now >= cpu.next_balance:
             self._periodic(cpu, now, idle=False)
-        if cpu.rq.nr_runnable >= 2:  # nohz_balancer_kick: idle CPUs balance, on behalf of all
+        if cpu.rq.nr_runnable >= 2 and now >= self.nohz_next_balance:
+            # nohz_balancer_kick: one idle CPU balances, on behalf of every idle CPU that is due
+            self.nohz_next_balance = now + self.sched.tick_ns
             for other in self.sched.cpus:
                 if other.is_idle() and now >= other.next_balance:
                     if self._periodic(other, now, idle=True):
@@ -184,7 +189,11 @@ class Balancer:
     # --- sched_balance_rq ----------------------------------------------------------------------
 
     def cpu_util(self, cpu: Pcpu, now: int) -> float:
-        """The CPU's utilisation in 0..1024, a PELT-like average (32 ms half-life) of busy time."""
+        """The CPU's utilisation in 0..1024, a PELT-like average (32 ms half-life) of busy time,
+        updated once per PELT period (1024 us), as PELT's sums are."""
+        now -= now % PELT_PERIOD_NS
+        if cpu.util_time >= now:
+            return cpu.util
         busy = cpu.busy_ns
         if cpu.in_flight and cpu.seg_end > now:
             busy -= cpu.seg_end - max(now, cpu.seg_start)  # executed ahead of `now`
@@ -213,11 +222,13 @@ class Balancer:
         local_type = self._group_type(cpu, now)
         busiest: Pcpu | None = None
         busiest_type = -1
-        for k in range(1, n):  # groups in the order build_sched_groups links them: cpu+1, ...
-            other = cpus[(cpu.id + k) % n]
-            if other.rq.nr_runnable == 0:
+        group_type = self._group_type
+        # groups in the order build_sched_groups links them: cpu+1, ..., cpu-1
+        for other in cpus[cpu.id + 1:] + cpus[:cpu.id]:
+            rq = other.rq
+            if rq.nr_queued == rq.nr_delayed:
                 continue
-            t = self._group_type(other, now)
+            t = group_type(other, now)
             if busiest is None or t > busiest_type:
                 busiest, busiest_type = other, t
             elif t == busiest_type == OVERLOADED and other.rq.load > busiest.rq.load:
@@ -243,17 +254,16 @@ class Balancer:
         """sched_balance_find_src_group + calculate_imbalance: (imbalance, in tasks?)."""
         if busiest is None or local_type > busiest_type:
             return 0, True
-        total = sum(c.rq.load for c in self.sched.cpus) // len(self.sched.cpus)  # sds->avg_load
         local_load, busiest_load = cpu.rq.load, busiest.rq.load
-        if busiest_type == OVERLOADED and local_type == OVERLOADED:
-            if local_load >= busiest_load or local_load >= total or 100 * busiest_load <= IMBALANCE_PCT * local_load:
-                return 0, True
-        elif busiest_type != OVERLOADED:
-            if not idle or busiest.rq.nr_runnable == 1:
-                return 0, True
+        if busiest_type != OVERLOADED and (not idle or busiest.rq.nr_runnable == 1):
+            return 0, True
         if local_type == HAS_SPARE:  # even out the number of tasks, only into an idle CPU
             diff = busiest.rq.nr_queued - cpu.rq.nr_queued if idle else 0
             return max(0, diff) >> 1, True
+        total = sum(c.rq.load for c in self.sched.cpus) // len(self.sched.cpus)  # sds->avg_load
+        if busiest_type == OVERLOADED and local_type == OVERLOADED:
+            if local_load >= busiest_load or local_load >= total or 100 * busiest_load <= IMBALANCE_PCT * local_load:
+                return 0, True
         if local_load >= busiest_load or local_load >= total:
             return 0, True
         return min(busiest_load - total, total - local_load), False  # migrate_load
@@ -292,7 +302,7 @@ class Balancer:
         if cpu.nr_balance_failed == 0 and cpu.rq.nr_queued and isinstance(src, EevdfRunQueue) \
                 and not src.entity_eligible(se):
             return False  # PLACE_LAG: do not move a task that has run ahead of its share
-        if cpu.id not in se.allowed:
+        if cpu.id not in se.allowed_set:
             return False
         hot = now - se.last_ran_ns < MIGRATION_COST_NS
         return not hot or cpu.nr_balance_failed > CACHE_NICE_TRIES

@@ -20,6 +20,7 @@ class SchedEntity:
     nice: int = 0
     allowed: tuple[int, ...] = ()  # sorted CPU ids the task may run on (its affinity mask)
     weight: int = field(init=False)
+    allowed_set: frozenset[int] = field(init=False)
     vruntime: int = 0
     cpu: int | None = None  # task_cpu(): where it last ran or is queued
     on_rq: bool = False  # on `cpu`'s run queue (queued, running, or -- EEVDF -- delayed)
@@ -48,6 +49,7 @@ class SchedEntity:
 
     def __post_init__(self) -> None:
         self.weight = weight_of(self.nice)
+        self.allowed_set = frozenset(self.allowed)  # for membership tests on big hosts
 
     def __repr__(self) -> str:
         return f"SchedEntity({self.task.name}, v={self.vruntime}, cpu={self.cpu})"
