@@ -221,7 +221,7 @@ def test_a_wake_up_from_running_code_is_processed_at_its_instant(policy: str) ->
     # the woken task runs within a tick, and from then on the waker waits its turn
     assert sleeper.runs[1] - waker.woke_at <= 4 * MS
     assert waker_task.run_delay_ns > 10 * MS
-    assert sched.late_wakeups == 0
+    assert sched.late_reschedules == 0
 
 
 def test_explicit_wake_of_a_blocked_task() -> None:

@@ -57,7 +57,7 @@ def test_cpu_on_from_guest_code_preempts_within_a_tick() -> None:
     for i, at in cpu_on.items():
         first = seen.first[f"g/vcpu{i}"]
         assert at <= first <= at + TICK, (i, at, first)
-    assert sched.late_wakeups == 0
+    assert sched.late_reschedules == 0
     boot = threads[0].task
     assert boot is not None and boot.run_delay_ns > 10 * MS  # kept waiting once its siblings run
     assert (m.stolen_time(0) or 0) > 0

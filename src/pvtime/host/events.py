@@ -16,12 +16,11 @@ from collections.abc import Callable
 from typing import Protocol
 
 # Priorities used by the host at one instant: wake-ups first, then what the CPUs' clocks do
-# (ticks, segment ends), then each CPU's scheduling decision, which so sees every task that
-# became runnable and every tick of that instant; last, the CPUs execute their tasks' bodies.
+# (ticks, segment ends), then each CPU's scheduling decision -- which so sees every task that
+# became runnable and every tick of that instant -- followed by the execution of its task.
 PRIO_WAKE = 1
 PRIO_CPU = 2
 PRIO_RESCHED = 3
-PRIO_EXEC = 4
 
 
 class EventCore(Protocol):

@@ -14,15 +14,19 @@ ticks of all CPUs are aligned), a timed wake-up of a task that went to sleep on 
 timer fires there, so the wake-up lands there or on an idle CPU), the end of a polling task's
 slice, any public event on the core (a VMM action, a migration step, a task starting later:
 these bound every CPU), the end of the current `EventCore.run`, and the end of the run. Events of
-one instant are processed in order -- wake-ups, CPU clocks (ticks, segment ends), scheduling
-decisions, then the execution of bodies -- so a decision sees everything of its instant. A body
+one instant are processed in order -- wake-ups, CPU clocks (ticks, segment ends), then each
+CPU's scheduling decision followed by its task's execution -- so a decision sees the wake-ups and
+ticks of its instant. A body
 that wakes another task (PSCI CPU_ON) ends its segment at that instant, so the wake-up is
 processed at its exact time and lands on the waker's CPU, an idle one, or the task's previous CPU.
 
 In that last case the previous CPU may be busy with a segment already simulated past the
 wake-up: guest code executed cannot be undone. The wake-up is still queued at its exact time
 (`run_delay` stays exact) and its preemption acts at that segment's end, at most a tick later.
-`Scheduler.late_wakeups` counts these; the runner reports the count in summary.json.
+The same holds when a newly idle CPU pulls a task from a busy CPU mid-segment and the charge
+(`update_curr`) this does on the source finds its running task's slice over: Linux would
+reschedule the source at once, pvtime at its segment's end. `Scheduler.late_reschedules` counts
+both; summary.json reports the count.
 
 No internal limit changes results: `max_segment_ns` only splits a segment's execution into
 several calls of the body, which no other CPU can see.
@@ -39,7 +43,7 @@ from pvtime.host.balance import Balancer
 from pvtime.host.cfs import CfsRunQueue
 from pvtime.host.eevdf import EevdfRunQueue
 from pvtime.host.entity import SchedEntity
-from pvtime.host.events import PRIO_CPU, PRIO_EXEC, PRIO_RESCHED, PRIO_WAKE, EventCore
+from pvtime.host.events import PRIO_CPU, PRIO_RESCHED, PRIO_WAKE, EventCore
 from pvtime.host.host import Host
 from pvtime.host.runqueue import Enqueue, FairRunQueue
 from pvtime.host.sched_config import SchedConfig
@@ -76,7 +80,7 @@ class Pcpu:
     need_resched: bool = False  # TIF_NEED_RESCHED
     lazy_resched: bool = False  # TIF_NEED_RESCHED_LAZY, acted on at the next tick
     service_posted: bool = False
-    exec_posted: bool = False
+    ends_at_tick: bool = False  # the running segment ends at the next tick, which handles it
     busy_ns: int = 0
     # Balancing (the CPU's own copy of its sched_domain, as in Linux).
     idle_stamp: int | None = 0  # when it last went idle (None while busy)
@@ -120,7 +124,7 @@ class Scheduler:
         self.segments = 0  # body executions
         self.switches = 0  # context switches (schedule-ins)
         self.ticks = 0  # sched_tick calls
-        self.late_wakeups = 0  # wake-ups onto a CPU whose segment had already passed them
+        self.late_reschedules = 0  # reschedule requests for a CPU whose segment had passed them
 
     def _new_rq(self, cpu: int) -> FairRunQueue:
         c = self.config
@@ -259,7 +263,7 @@ class Scheduler:
             return
         cpu.need_resched = True
         if cpu.in_flight and cpu.seg_end > now:
-            self.late_wakeups += 1
+            self.late_reschedules += 1
         self._post_service(cpu, now)
 
     # --- the tick --------------------------------------------------------------------------
@@ -283,6 +287,9 @@ class Scheduler:
                 continue
             busy = True
             self.ticks += 1
+            if cpu.ends_at_tick:  # its segment ended here: no event of its own was posted
+                cpu.ends_at_tick = False
+                self._segment_end(cpu)
             cpu.rq.tick(now)
             if cpu.lazy_resched:
                 cpu.rq.want_resched = True
@@ -299,7 +306,7 @@ class Scheduler:
             self.core.at(max(at, self.core.now), PRIO_RESCHED, lambda: self._service(cpu), private=True)
 
     def _service(self, cpu: Pcpu) -> None:
-        """After an instant's wake-ups and ticks: schedule if needed, then execute."""
+        """After an instant's wake-ups, ticks and segment ends: schedule if needed, then execute."""
         cpu.service_posted = False
         if cpu.in_flight:
             return  # decided at the end of that segment
@@ -307,9 +314,8 @@ class Scheduler:
         step = cpu.step
         if cpu.curr is None or cpu.need_resched or (step is not None and step.state is not TaskState.QUEUED):
             self._schedule(cpu, now)
-        if cpu.curr is not None and not cpu.exec_posted:
-            cpu.exec_posted = True
-            self.core.at(now, PRIO_EXEC, lambda: self._execute(cpu), private=True)
+        if cpu.curr is not None:
+            self._execute(cpu)
 
     def _segment_end(self, cpu: Pcpu) -> None:
         cpu.in_flight = False
@@ -390,8 +396,7 @@ class Scheduler:
     # --- execution -------------------------------------------------------------------------
 
     def _execute(self, cpu: Pcpu) -> None:
-        """Run curr's body from now until the next event on the core (or it blocks)."""
-        cpu.exec_posted = False
+        """Run curr's body from now until the next event that concerns its CPU (or it blocks)."""
         se = cpu.curr
         if se is None or cpu.in_flight:
             return
@@ -417,7 +422,10 @@ class Scheduler:
         if self.observer is not None and stop > now:
             self.observer.on_segment(self.host, cpu.id, se.task, now, stop, cpu.switched_in)
         cpu.switched_in = False
-        self.core.at(stop, PRIO_CPU, lambda: self._segment_end(cpu), private=True)
+        if stop == self._next_tick and step.state is TaskState.QUEUED:
+            cpu.ends_at_tick = True  # the tick, which comes then anyway, ends it (one event less)
+        else:
+            self.core.at(stop, PRIO_CPU, lambda: self._segment_end(cpu), private=True)
 
     def _run_body(self, cpu: Pcpu, se: SchedEntity, start: int, bound: int) -> tuple[Step, int]:
         """Call the body until `bound`, in pieces of at most max_segment_ns (invisible outside)."""

@@ -484,7 +484,7 @@ def _collect(spec: ScenarioSpec, source: str, duration: int, hosts: list[Host], 
         "events": getattr(core, "processed", -1),
         "segments": sum(s.segments for s in scheds.values()),
         "context_switches": sum(s.switches for s in scheds.values()),
-        "late_wakeups": sum(s.late_wakeups for s in scheds.values()),
+        "late_reschedules": sum(s.late_reschedules for s in scheds.values()),
         "hypercalls_traced": recorder.hypercalls,
     }
     pids = {h.name: recorder.pid[h.name] for h in hosts}
