@@ -42,6 +42,9 @@ def test_files_agree_with_the_run(tmp_path: Path) -> None:
     for row in summary["vcpus"]:
         if row["pvtime"]:
             assert row["record_minus_host_ns"] == 0
+    assert [(h["name"], h["sched"]) for h in summary["hosts"]] == [
+        (h.name, {"policy": h.sched.policy, "hz": h.sched.hz, "preempt": h.sched.preempt}) for h in result.spec.host]
+    assert summary["hosts"][0]["sched"] == {"policy": "eevdf", "hz": 250, "preempt": "voluntary"}
     with (tmp_path / "series.csv").open() as f:
         rows = list(csv.DictReader(f))
     table = pq.read_table(tmp_path / "series.parquet")
@@ -71,7 +74,10 @@ def test_trace_is_chrome_json(tmp_path: Path) -> None:
 
 def test_summary_table_has_a_row_per_vcpu() -> None:
     result = run(short_default(duration_ms=100))
-    assert summary_table(result).row_count == len(result.vcpus)
+    table = summary_table(result)
+    assert table.row_count == len(result.vcpus)
+    # the caption says which scheduler and HZ each host ran
+    assert "host0 eevdf, HZ=250, preempt=voluntary" in str(table.caption)
 
 
 def test_cli_run_and_scenarios(tmp_path: Path) -> None:

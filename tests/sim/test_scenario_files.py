@@ -152,3 +152,39 @@ def test_missing_file(tmp_path: Path) -> None:
     f.write_text(GOOD.replace("duration_ms = 100", "duration_ms = -1"))
     with pytest.raises(ScenarioError, match=r"x.toml:2: duration_ms: Input should be greater than 0"):
         scenario.load(str(f))
+
+
+SCHED = """\
+name = "t"
+duration_ms = 100
+
+[[host]]
+name = "h"
+cpus = 2
+[host.sched]
+policy = "{policy}"
+hz = {hz}
+preempt = "{preempt}"
+{extra}
+"""
+
+
+def test_a_hosts_scheduler_is_configured_in_its_table() -> None:
+    spec = scenario.parse(SCHED.format(policy="cfs", hz=1000, preempt="full", extra="latency_us = 4000"),
+                          "s.toml").spec
+    config = spec.host[0].sched.config()
+    assert (config.policy, config.hz, config.preempt) == ("cfs", 1000, "full")
+    assert config.cfs.latency_ns == 4_000_000 and config.cfs.min_granularity_ns == 750_000
+    default = scenario.parse(SCHED.format(policy="eevdf", hz=250, preempt="voluntary", extra=""), "s.toml")
+    assert default.spec.host[0].sched.config().eevdf.base_slice_ns == 700_000
+
+
+def test_a_tunable_of_the_other_policy_names_file_line_and_field() -> None:
+    assert errors(SCHED.format(policy="eevdf", hz=250, preempt="none", extra="wakeup_granularity_us = 500")) == [
+        's.toml:11: host[0].sched.wakeup_granularity_us: a tunable of policy = "cfs", but this host runs policy = "eevdf"']
+    assert errors(SCHED.format(policy="cfs", hz=250, preempt="none", extra="base_slice_us = 500")) == [
+        's.toml:11: host[0].sched.base_slice_us: a tunable of policy = "eevdf", but this host runs policy = "cfs"']
+    assert errors(SCHED.format(policy="cfs", hz=250, preempt="lazy", extra="")) == [
+        "s.toml:10: host[0].sched.preempt: lazy preemption came with Linux 6.13; CFS is Linux <= 6.5"]
+    (bad_hz,) = errors(SCHED.format(policy="eevdf", hz=200, preempt="none", extra=""))
+    assert bad_hz.startswith("s.toml:9: host[0].sched.hz: ")

@@ -374,7 +374,7 @@ def _sched_checks(sched: SchedSpec) -> list[tuple[tuple[Any, ...], str]]:
             continue
         for name in names:
             if name in sched.model_fields_set:
-                out.append(((name,), f"a {policy} tunable, but this host runs policy = \"{sched.policy}\""))
+                out.append(((name,), f"a tunable of policy = \"{policy}\", but this host runs policy = \"{sched.policy}\""))
     if sched.policy == "cfs" and sched.preempt == "lazy":
         out.append((("preempt",), "lazy preemption came with Linux 6.13; CFS is Linux <= 6.5"))
     return out
