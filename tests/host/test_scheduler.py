@@ -313,3 +313,28 @@ def test_task_is_not_reused() -> None:
     with pytest.raises(ValueError, match="already"):
         sched.add(t, CpuHog())
     assert isinstance(t, Task)
+
+
+def _first_run_after_remote_wake(preempt: str, wake_at: int) -> int:
+    """A nice -5 task pinned beside a hog on CPU 0 is woken by an event of no CPU (as the VMM
+    resuming a vCPU is) at `wake_at`; when does it first run?"""
+    loop, host, sched, seen = make(ncpus=2, config=SchedConfig(preempt=preempt))  # type: ignore[arg-type]
+    hog, task = host.spawn("hog"), host.spawn("woken")
+    body = _Sleeper()
+    sched.add(task, body, nice=-5, cpus=[0])
+    sched.add(hog, CpuHog(), cpus=[0], start_ns=MS)
+    loop.at(wake_at, 1, lambda: sched.wake(task))
+    finish(loop, sched, 60 * MS)
+    return body.runs[1]
+
+
+@pytest.mark.parametrize("wake_at", [30 * MS + 2_300_000, 40 * MS + 700_000])
+def test_lazy_preemption_waits_for_the_tick_on_a_remote_cpu(wake_at: int) -> None:
+    """resched_curr_lazy: with preempt=none/voluntary/full a wake-up preemption from another CPU
+    sets TIF_NEED_RESCHED and sends an IPI (it acts at once); with preempt=lazy it sets
+    TIF_NEED_RESCHED_LAZY without an IPI, which the target acts on at its next tick."""
+    at_once = _first_run_after_remote_wake("none", wake_at)
+    lazy = _first_run_after_remote_wake("lazy", wake_at)
+    assert at_once == wake_at  # the heavier woken task's earlier deadline wins at once
+    assert lazy == (wake_at // (4 * MS) + 1) * 4 * MS
+    assert _first_run_after_remote_wake("voluntary", wake_at) == _first_run_after_remote_wake("full", wake_at) == at_once
