@@ -44,6 +44,9 @@ class CfsRunQueue(FairRunQueue):
         se.queue_seq = self._seq
         self.queue.append(se)
 
+    def _remove(self, se: SchedEntity) -> None:
+        self.queue.remove(se)
+
     def leftmost(self) -> SchedEntity | None:
         """__pick_first_entity: the waiting entity with the smallest vruntime."""
         if not self.queue:
@@ -122,22 +125,9 @@ class CfsRunQueue(FairRunQueue):
         self.put_prev(now)
         if best is None:
             return None
-        self.queue.remove(best)
-        self.curr = best
-        self.touch(best)
-        best.exec_start = now
-        best.prev_sum_exec_ns = best.sum_exec_ns
+        self._set_next(best, now)
         self.update_min_vruntime()
         return best
-
-    def put_prev(self, now: int) -> None:
-        prev = self.curr
-        if prev is None:
-            return
-        if prev.on_rq:
-            self.update_curr(now)
-            self._insert(prev)
-        self.curr = None
 
     # --- placement, enqueue and dequeue ------------------------------------------------------
 
@@ -166,7 +156,7 @@ class CfsRunQueue(FairRunQueue):
     def dequeue(self, se: SchedEntity, now: int, *, sleep: bool) -> bool:
         self.update_curr(now)
         if se is not self.curr:
-            self.queue.remove(se)
+            self._remove(se)
         self._account_dequeue(se)
         self.update_min_vruntime()
         return True
@@ -180,7 +170,7 @@ class CfsRunQueue(FairRunQueue):
     def detach(self, se: SchedEntity, now: int) -> None:
         """dequeue_entity without DEQUEUE_SLEEP: vruntime made relative before min_vruntime moves."""
         self.update_curr(now)
-        self.queue.remove(se)
+        self._remove(se)
         se.vruntime -= self.min_vruntime
         self._account_dequeue(se)
         self.update_min_vruntime()

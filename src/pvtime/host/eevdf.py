@@ -196,22 +196,9 @@ class EevdfRunQueue(FairRunQueue):
             self.put_prev(now)
         if best is None:
             return None
-        self._remove(best)
-        self.curr = best
-        self.touch(best)
-        best.exec_start = now
-        best.prev_sum_exec_ns = best.sum_exec_ns
+        self._set_next(best, now)
         self._set_protect_slice(best)
         return best
-
-    def put_prev(self, now: int) -> None:
-        prev = self.curr
-        if prev is None:
-            return
-        if prev.on_rq:
-            self.update_curr(now)
-            self._insert(prev)
-        self.curr = None
 
     # --- placement, enqueue and dequeue ------------------------------------------------------
 

@@ -43,12 +43,7 @@ class PeriodicBurst:
     """
 
     def __init__(self, burst_ns: int, period_ns: int, phase_ns: int = 0) -> None:
-        if period_ns <= 0:
-            raise ValueError(f"period_ns must be positive, got {period_ns}")
-        if not 0 < burst_ns <= period_ns:
-            raise ValueError(f"burst_ns must be in 1..period_ns ({period_ns}), got {burst_ns}")
-        if phase_ns < 0:
-            raise ValueError(f"phase_ns must be >= 0, got {phase_ns}")
+        _check_periodic("burst_ns", burst_ns, period_ns, phase_ns)
         self.burst_ns = burst_ns
         self.period_ns = period_ns
         self._next_release = phase_ns
@@ -81,12 +76,7 @@ class PeriodicTask:
     polls_cpu_clock = True
 
     def __init__(self, work_ns: int, period_ns: int, phase_ns: int = 0) -> None:
-        if period_ns <= 0:
-            raise ValueError(f"period_ns must be positive, got {period_ns}")
-        if not 0 < work_ns <= period_ns:
-            raise ValueError(f"work_ns must be in 1..period_ns ({period_ns}), got {work_ns}")
-        if phase_ns < 0:
-            raise ValueError(f"phase_ns must be >= 0, got {phase_ns}")
+        _check_periodic("work_ns", work_ns, period_ns, phase_ns)
         self.work_ns = work_ns
         self.period_ns = period_ns
         self._release = phase_ns
@@ -110,3 +100,13 @@ class PeriodicTask:
             nxt += skipped * self.period_ns
         self._release, self._left = nxt, self.work_ns
         return Step(TaskState.SLEEPING, nxt)
+
+
+def _check_periodic(name: str, amount_ns: int, period_ns: int, phase_ns: int) -> None:
+    """A periodic body's CPU time per period fits in the period; the phase is not negative."""
+    if period_ns <= 0:
+        raise ValueError(f"period_ns must be positive, got {period_ns}")
+    if not 0 < amount_ns <= period_ns:
+        raise ValueError(f"{name} must be in 1..period_ns ({period_ns}), got {amount_ns}")
+    if phase_ns < 0:
+        raise ValueError(f"phase_ns must be >= 0, got {phase_ns}")

@@ -110,6 +110,28 @@ class FairRunQueue:
 
     def put_prev(self, now: int) -> None:
         """put_prev_entity: the running entity stops running; if still queued it waits again."""
+        prev = self.curr
+        if prev is None:
+            return
+        if prev.on_rq:
+            self.update_curr(now)
+            self._insert(prev)
+        self.curr = None
+
+    def _set_next(self, se: SchedEntity, now: int) -> None:
+        """set_next_entity: `se` leaves the ordered queue and runs, its slice counted from now."""
+        self._remove(se)
+        self.curr = se
+        self.touch(se)
+        se.exec_start = now
+        se.prev_sum_exec_ns = se.sum_exec_ns
+
+    def _insert(self, se: SchedEntity) -> None:
+        """__enqueue_entity: into the ordered queue."""
+        raise NotImplementedError
+
+    def _remove(self, se: SchedEntity) -> None:
+        """__dequeue_entity: out of the ordered queue."""
         raise NotImplementedError
 
     def wakeup_preempt(self, se: SchedEntity, now: int, *, fork: bool) -> None:
