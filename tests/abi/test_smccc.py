@@ -3,6 +3,7 @@
 from hypothesis import given, strategies as st
 
 from pvtime.abi import smccc
+from pvtime.abi.widths import s64
 
 
 def test_known_ids_have_the_spec_values():
@@ -32,5 +33,5 @@ def test_decode_uses_only_the_low_32_bits_of_x0():
 def test_return_codes_travel_as_u64():
     assert smccc.to_u64(smccc.NOT_SUPPORTED) == 0xFFFF_FFFF_FFFF_FFFF
     assert smccc.to_u64(smccc.INVALID_PARAMETER) == 0xFFFF_FFFF_FFFF_FFFD
-    assert smccc.to_signed(0xFFFF_FFFF_FFFF_FFFE) == smccc.NOT_REQUIRED
-    assert smccc.to_signed(5) == 5
+    assert s64(0xFFFF_FFFF_FFFF_FFFE) == smccc.NOT_REQUIRED
+    assert s64(5) == 5

@@ -3,9 +3,11 @@
 import pytest
 
 from pvtime import fixedpoint
+from pvtime.abi import smccc
 from pvtime.abi.records import LPT_SEQUENCE_OFFSET, LptRecord
 from pvtime.abi.sysregs import CNTFRQ_EL0, CNTKCTL_EL1, CNTV_CVAL_EL0, CNTVCT_EL0
 from pvtime.guest.lpt import ArchCounter, LptClock, el0_mrs, linux_evnti
+from pvtime.guest.paravirt import has_pv_steal_clock
 from tests.lpt.harness import boot
 
 US = 1_000
@@ -34,6 +36,34 @@ def test_probe_fails_without_lpt_and_on_a_bad_record():
     assert "revision" in messages[0]
 
 
+class Calls:
+    """A GuestCpu recording each hypercall's x0 and x1."""
+
+    def __init__(self, cpu):
+        self.cpu, self.calls = cpu, []
+
+    def __getattr__(self, name):
+        return getattr(self.cpu, name)
+
+    def hvc(self, x0, x1=0, x2=0, x3=0, *, imm=0):
+        self.calls.append((x0, x1))
+        return self.cpu.hvc(x0, x1, x2, x3, imm=imm)
+
+
+def test_lpt_probe_is_the_stolen_time_probe_with_pv_time_lpt():
+    def probe(cpu):
+        st, lpt = Calls(cpu), Calls(cpu)
+        assert has_pv_steal_clock(st) and LptClock.probe(lpt, []) is not None
+        return st.calls, lpt.calls
+
+    st, lpt = boot(25_000_000, 10**9).guest(0, probe)
+    # psci_init_smccc, then ARCH_FEATURES(PV_TIME_FEATURES), then PV_TIME_FEATURES(the call).
+    smccc_1_1 = [(smccc.PSCI_FEATURES, smccc.SMCCC_VERSION), (smccc.SMCCC_VERSION, 0),
+                 (smccc.SMCCC_ARCH_FEATURES, smccc.PV_TIME_FEATURES)]
+    assert st == [*smccc_1_1, (smccc.PV_TIME_FEATURES, smccc.PV_TIME_ST)]
+    assert lpt == [*smccc_1_1, (smccc.PV_TIME_FEATURES, smccc.PV_TIME_LPT), (smccc.PV_TIME_LPT, 0)]
+
+
 def test_timer_programmed_through_the_deadline_conversion():
     vm = lpt_vm(24_000_000)
     sf = vm.clock.factors
@@ -54,10 +84,12 @@ def test_tval_write_and_read_in_pv_ticks():
 
 
 class Racing:
-    """A GuestCpu whose host migrates (new factors, sequence + 2) right after a counter read."""
+    """A GuestCpu whose host migrates (new factors, sequence + 2) right after a counter read,
+    `times` times; the record's native frequency cycles through `natives`."""
 
-    def __init__(self, cpu, vm, times=1):
-        self.cpu, self.vm, self.times = cpu, vm, times
+    def __init__(self, cpu, vm, times=1, natives=(100_000_000,)):
+        self.cpu, self.vm, self.times, self.natives = cpu, vm, times, natives
+        self.moves = 0
 
     def __getattr__(self, name):
         return getattr(self.cpu, name)
@@ -68,8 +100,10 @@ class Racing:
             self.times -= 1
             mem, ipa = self.vm.machine.vm.memory, self.vm.machine.vm.lpt.ipa
             old = LptRecord.unpack(mem.read(ipa, 48))
+            native = self.natives[self.moves % len(self.natives)]
+            self.moves += 1
             new = LptRecord(sequence_number=old.sequence_number + 2,
-                            **fixedpoint.scale_factors(100_000_000, old.pv_freq).record_fields())
+                            **fixedpoint.scale_factors(native, old.pv_freq).record_fields())
             mem.write(ipa, new.pack())
         return value
 
@@ -83,13 +117,44 @@ def test_sequence_retry_loop_rereads_after_a_concurrent_update():
     assert value == 250_000
 
 
+def test_a_sequence_that_keeps_moving_is_retried_until_consistent_never_torn():
+    # As the RFC's loop (and every Linux seqcount reader), the guest does not give up: 100
+    # migrations in a row, each between its counter read and its re-read of the sequence.
+    vm = lpt_vm(25_000_000)
+    natives = (100_000_000, 50_000_000)
+    value = vm.guest(1_000 * US, lambda cpu: vm.clock.read(Racing(cpu, vm, times=100, natives=natives)))
+    assert vm.clock.stats.retries == 100 and vm.clock.stats.refreshes == 100
+    # Read with the factors of the record the host left: 25 000 native ticks at 50 MHz.
+    assert value == 500_000
+
+
+class HostMidUpdate:
+    """A GuestCpu whose record's sequence reads odd (an update in progress) `times` times, after
+    which the host finishes it: the sequence becomes `done`."""
+
+    def __init__(self, cpu, vm, times, done):
+        self.cpu, self.vm, self.times, self.done = cpu, vm, times, done
+
+    def __getattr__(self, name):
+        return getattr(self.cpu, name)
+
+    def load64(self, addr):
+        value = self.cpu.load64(addr)
+        mem, ipa = self.vm.machine.vm.memory, self.vm.machine.vm.lpt.ipa
+        if addr == ipa + LPT_SEQUENCE_OFFSET and self.times:
+            self.times -= 1
+            if not self.times:
+                mem.write(ipa + LPT_SEQUENCE_OFFSET, self.done.to_bytes(8, "little"))
+        return value
+
+
 def test_odd_sequence_is_retried_and_a_bad_update_keeps_the_last_factors():
     vm = lpt_vm(25_000_000)
     mem, ipa = vm.machine.vm.memory, vm.machine.vm.lpt.ipa
     mem.write(ipa + LPT_SEQUENCE_OFFSET, (3).to_bytes(8, "little"))
-    vm.guest(1_000 * US, lambda cpu: vm.clock.read(cpu))
-    assert vm.clock.stats.retries > 0
-    mem.write(ipa + LPT_SEQUENCE_OFFSET, (4).to_bytes(8, "little"))
+    value = vm.guest(1_000 * US, lambda cpu: vm.clock.read(HostMidUpdate(cpu, vm, times=100, done=4)))
+    assert vm.clock.stats.retries == 100 and vm.clock.stats.refreshes == 1 and value == 1_000_000
+    mem.write(ipa + LPT_SEQUENCE_OFFSET, (6).to_bytes(8, "little"))
     mem.write(ipa + 20, (7).to_bytes(4, "little"))  # pv_freq changed: refused
     assert vm.pv(2_000 * US) == 2_000_000
     assert vm.clock.stats.bad_records >= 1

@@ -16,7 +16,7 @@ import struct
 from functools import lru_cache
 from pathlib import Path
 
-from pvtime.abi.uapi import NSEC_PER_SEC, USER_HZ
+from pvtime.abi.linux import NSEC_PER_SEC, USER_HZ
 from pvtime.report import summary_table, write_results
 from pvtime.sim import scenario
 from pvtime.sim.runner import RunResult, run

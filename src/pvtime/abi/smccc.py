@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
-from pvtime.abi.widths import U64
+from pvtime.abi.widths import U64, s64
 
 
 class Owner(IntEnum):
@@ -24,7 +24,7 @@ class Owner(IntEnum):
     TRUSTED_OS_END = 63
 
 
-# Return codes, as signed values; x0 carries them as u64 (see `to_u64`).
+# Return codes, as signed values; x0 carries them as u64 (`to_u64`; back with `widths.s64`).
 SUCCESS = 0
 NOT_SUPPORTED = -1
 NOT_REQUIRED = -2
@@ -68,10 +68,7 @@ def to_u64(value: int) -> int:
     return value & U64
 
 
-def to_signed(value: int) -> int:
-    """x0 read back as a signed 64-bit return code."""
-    value &= U64
-    return value - (1 << 64) if value >> 63 else value
+to_signed = s64  # the old name; remove once tests/kvm/test_psci.py calls widths.s64
 
 
 SMCCC_VERSION = encode(True, False, Owner.ARCH, 0)  # 0x80000000

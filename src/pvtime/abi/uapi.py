@@ -164,7 +164,3 @@ class ExitReason(IntEnum):
 KVM_SYSTEM_EVENT_SHUTDOWN = 1
 KVM_SYSTEM_EVENT_RESET = 2
 KVM_INTERNAL_ERROR_EMULATION = 1
-
-# Linux scheduler and guest accounting constants (REFERENCE section 4).
-NSEC_PER_SEC = 1_000_000_000
-USER_HZ = 100

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-USER_HZ_NS = 10_000_000  # /proc/stat counts in USER_HZ = 100 ticks per second on every architecture
+from pvtime.abi.linux import NSEC_PER_SEC, USER_HZ
+
+USER_HZ_NS = NSEC_PER_SEC // USER_HZ  # /proc/stat's unit
 _CONFIG_PREEMPT = {"CONFIG_PREEMPT_NONE": "none", "CONFIG_PREEMPT_VOLUNTARY": "voluntary",
                    "CONFIG_PREEMPT": "full", "CONFIG_PREEMPT_LAZY": "lazy"}
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-NSEC_PER_SEC = 1_000_000_000
+from pvtime.abi.linux import NSEC_PER_SEC
 
 
 @dataclass(frozen=True)

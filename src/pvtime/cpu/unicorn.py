@@ -60,8 +60,9 @@ from unicorn.unicorn_py3.unicorn import uclib
 from pvtime.abi import sysregs
 from pvtime.abi.sysregs import SysReg
 from pvtime.abi.widths import U64
+from pvtime.abi.linux import NSEC_PER_SEC
 from pvtime.abi.uapi import (
-    CORE_REG_IDS, EL1_SYSREG_IDS, NSEC_PER_SEC, PAGE_SIZE, REG_ELR_EL1, REG_FPCR, REG_FPSR, REG_PC, REG_PSTATE, REG_SP, REG_SP_EL1,
+    CORE_REG_IDS, EL1_SYSREG_IDS, PAGE_SIZE, REG_ELR_EL1, REG_FPCR, REG_FPSR, REG_PC, REG_PSTATE, REG_SP, REG_SP_EL1,
     REG_SPSR_EL1, reg_v, reg_x,
 )
 from pvtime.cpu.backend import Clock, Conduit, GuestFault, GuestRegion, Stop, StopKind, VcpuTraps

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from pvtime.abi.linux import NSEC_PER_SEC, ULONG_MAX, USER_HZ
 from pvtime.abi.widths import U64
-from pvtime.abi.uapi import NSEC_PER_SEC, USER_HZ
-
-ULONG_MAX = U64
 
 
 @dataclass

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pvtime.abi.sysregs import CNTV_TVAL_EL0, SysReg
-from pvtime.abi.uapi import NSEC_PER_SEC
+from pvtime.abi.linux import NSEC_PER_SEC
 from pvtime.guest.cputime import TickAccounting
 from pvtime.guest.lpt import ArchCounter, Clocksource, LptClock, el0_mrs, linux_evnti
 from pvtime.guest.machine import Compute, CpuProgram, GuestCpu, WaitForInterrupt

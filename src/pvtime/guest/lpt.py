@@ -21,9 +21,11 @@ How the LPT clocksource differs from the RFC, on purpose:
 
 Every conversion is wrapped in the sequence retry loop: read ``sequence_number``, take the scale
 factors (re-read from the record only when the sequence changed), do the access, re-read the
-sequence, and repeat if it moved -- a migration happened in between and the native value belongs
-to the other host. A corrupt record after boot is not trusted: the last good factors stay in use
-and a message is logged (the model kernel never panics the host).
+sequence, and repeat if it moved or is odd -- a migration happened in between and the native
+value belongs to the other host. As in the RFC (and any Linux seqcount reader) the loop retries
+until it reads a consistent value, however many times that takes: it never returns a torn one,
+and counts each retry in ``ClockStats.retries``. A corrupt record after boot is not trusted: the
+last good factors stay in use and a message is logged (the model kernel never panics the host).
 
 EL0 (user space) counter reads. The RFC makes them trap: the kernel clears CNTKCTL_EL1.EL0VCTEN
 and EL0PCTEN, so an EL0 ``mrs`` of CNTVCT/CNTPCT/CNTFRQ is an undefined instruction that the
@@ -39,23 +41,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from pvtime.abi.widths import U32, U64, sext32
 from pvtime import fixedpoint
 from pvtime.abi import smccc
+from pvtime.abi.linux import ARCH_TIMER_EVT_STREAM_FREQ
 from pvtime.abi.records import LPT_RECORD_SIZE, LPT_SEQUENCE_OFFSET, LptRecord, RecordError
 from pvtime.abi.sysregs import (
     CNTFRQ_EL0, CNTKCTL_EL0PCTEN, CNTKCTL_EL0VCTEN, CNTKCTL_EL1, CNTKCTL_EVNTEN, CNTKCTL_EVNTI_MASK,
     CNTKCTL_EVNTI_SHIFT, CNTP_CVAL_EL0, CNTPCT_EL0, CNTV_CVAL_EL0, CNTVCT_EL0, EL0_COUNTER_ENABLE, SysReg,
 )
+from pvtime.abi.widths import U32, U64, s64, sext32
 from pvtime.fixedpoint import ScaleFactors
 from pvtime.guest.machine import GuestCpu
-from pvtime.guest.paravirt import smccc_version
+from pvtime.guest.paravirt import has_pv_time
 
-
-# A sequence that keeps moving would be a broken host; a bounded loop keeps the model finite.
-MAX_RETRIES = 64
 _T = TypeVar("_T")
-
 
 
 @dataclass
@@ -138,21 +137,17 @@ class LptClock:
 
     @classmethod
     def probe(cpu_cls, cpu: GuestCpu, messages: list[str], *, truncating_timer: bool = False) -> LptClock | None:
-        """The LPT probe, in the stolen-time order with PV_TIME_LPT; None when LPT is not usable.
+        """The LPT probe, the stolen-time one with PV_TIME_LPT; None when LPT is not usable.
 
-        SMCCC >= 1.1, ARCH_FEATURES(PV_TIME_FEATURES) == 0, PV_TIME_FEATURES(PV_TIME_LPT) == 0,
-        then PV_TIME_LPT (x1 = 0) gives the record's IPA; the record must pass
-        ``LptRecord.validate`` (revision and attributes 0, bit 0 of the sequence clear, non-zero
-        frequencies, shifts in range) and carry canonical scale factors.
+        :func:`~pvtime.guest.paravirt.has_pv_time` for PV_TIME_LPT, then PV_TIME_LPT (x1 = 0)
+        gives the record's IPA; the record must pass ``LptRecord.validate`` (revision and
+        attributes 0, bit 0 of the sequence clear, non-zero frequencies, shifts in range) and
+        carry canonical scale factors.
         """
-        if smccc_version(cpu) < smccc.SMCCC_VERSION_1_1:
-            return None
-        if cpu.hvc(smccc.SMCCC_ARCH_FEATURES, smccc.PV_TIME_FEATURES)[0] != smccc.SUCCESS:
-            return None
-        if cpu.hvc(smccc.PV_TIME_FEATURES, smccc.PV_TIME_LPT)[0] != smccc.SUCCESS:
+        if not has_pv_time(cpu, smccc.PV_TIME_LPT):
             return None
         ipa = cpu.hvc(smccc.PV_TIME_LPT, 0)[0]
-        if smccc.to_signed(ipa) < 0:
+        if s64(ipa) < 0:
             return None
         try:
             record = LptRecord.unpack(cpu.read(ipa, LPT_RECORD_SIZE))
@@ -199,13 +194,12 @@ class LptClock:
 
     def _consistently(self, cpu: GuestCpu, access: Callable[[ScaleFactors], _T]) -> tuple[_T, ScaleFactors, int]:
         """The retry loop every LPT access is wrapped in: run `access` with the record's factors
-        until the sequence number is even and did not move across it."""
-        for _ in range(MAX_RETRIES):
+        until the sequence number is even and did not move across it (no bound, as in the RFC)."""
+        while True:
             seq, sf = self._factors(cpu)
             value = access(sf)
             if self._stable(cpu, seq):
-                break
-        return value, sf, seq
+                return value, sf, seq
 
     def _read_pv(self, cpu: GuestCpu, reg: SysReg) -> int:
         native, sf, _ = self._consistently(cpu, lambda sf: cpu.mrs(reg))
@@ -266,8 +260,6 @@ class LptClock:
 
 Clocksource = ArchCounter | LptClock
 
-EVT_STREAM_HZ = 10_000  # Linux's ARCH_TIMER_EVT_STREAM_FREQ (a 100 us event stream)
-
 
 def linux_evnti(freq: int) -> int:
     """The EVNTI Linux picks for its 10 kHz event stream on a counter of `freq` Hz.
@@ -275,7 +267,7 @@ def linux_evnti(freq: int) -> int:
     arch_timer_configure_evtstream: the closest power of two to ``freq / 10 kHz`` (by its top two
     bits), clamped to 0..15.
     """
-    div = freq // EVT_STREAM_HZ
+    div = freq // ARCH_TIMER_EVT_STREAM_FREQ
     pos = div.bit_length()
     if pos > 1 and not div & (1 << (pos - 2)):
         pos -= 1

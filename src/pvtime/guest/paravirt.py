@@ -1,8 +1,9 @@
 """The Linux arm64 stolen-time client (arch/arm64/kernel/paravirt.c), for the model guest.
 
-Probe order: SMCCC >= 1.1, ARCH_FEATURES(PV_TIME_FEATURES) == 0, PV_TIME_FEATURES(PV_TIME_ST)
-== 0. Each CPU coming online calls PV_TIME_ST and maps its record; going offline unmaps it, and
-the steal clock of an unmapped CPU reads 0.
+The PV-time probe, shared by stolen time and LPT (:func:`has_pv_time`): SMCCC >= 1.1,
+ARCH_FEATURES(PV_TIME_FEATURES) == 0, PV_TIME_FEATURES(the call) == 0. Each CPU coming online
+calls PV_TIME_ST and maps its record; going offline unmaps it, and the steal clock of an
+unmapped CPU reads 0.
 """
 
 from __future__ import annotations
@@ -10,24 +11,34 @@ from __future__ import annotations
 from pvtime.abi import smccc
 from pvtime.abi.errno import EINVAL, ENXIO
 from pvtime.abi.records import STEAL_TIME_OFFSET, RecordError, StolenTimeRecord
+from pvtime.abi.widths import s64
 from pvtime.guest.machine import GuestCpu
 
 
 def smccc_version(cpu: GuestCpu) -> int:
     """The SMCCC version as Linux's psci_init_smccc finds it (1.0 when SMCCC_VERSION is absent)."""
-    if smccc.to_signed(cpu.hvc(smccc.PSCI_FEATURES, smccc.SMCCC_VERSION)[0]) == smccc.PSCI_NOT_SUPPORTED:
+    if s64(cpu.hvc(smccc.PSCI_FEATURES, smccc.SMCCC_VERSION)[0]) == smccc.PSCI_NOT_SUPPORTED:
         return 0x10000
     version = cpu.hvc(smccc.SMCCC_VERSION)[0] & 0xFFFF_FFFF  # Linux compares it as a u32
     return version if version >= smccc.SMCCC_VERSION_1_1 else 0x10000
 
 
-def has_pv_steal_clock(cpu: GuestCpu) -> bool:
-    """Linux's has_pv_steal_clock, preceded by the SMCCC 1.1 conduit check."""
+def has_pv_time(cpu: GuestCpu, function: int) -> bool:
+    """Whether the hypervisor offers the PV-time call `function` (PV_TIME_ST or PV_TIME_LPT).
+
+    Linux's has_pv_steal_clock with the call as a parameter, preceded by the SMCCC 1.1 conduit
+    check: SMCCC >= 1.1, ARCH_FEATURES(PV_TIME_FEATURES) == 0, PV_TIME_FEATURES(function) == 0.
+    """
     if smccc_version(cpu) < smccc.SMCCC_VERSION_1_1:
         return False
     if cpu.hvc(smccc.SMCCC_ARCH_FEATURES, smccc.PV_TIME_FEATURES)[0] != smccc.SUCCESS:
         return False
-    return cpu.hvc(smccc.PV_TIME_FEATURES, smccc.PV_TIME_ST)[0] == smccc.SUCCESS
+    return cpu.hvc(smccc.PV_TIME_FEATURES, function)[0] == smccc.SUCCESS
+
+
+def has_pv_steal_clock(cpu: GuestCpu) -> bool:
+    """Linux's has_pv_steal_clock: the probe for PV_TIME_ST."""
+    return has_pv_time(cpu, smccc.PV_TIME_ST)
 
 
 class PvSteal:
@@ -59,7 +70,7 @@ class PvSteal:
     def cpu_online(self, cpu: GuestCpu, index: int) -> int:
         """stolen_time_cpu_online: 0, or a negative errno."""
         ipa = cpu.hvc(smccc.PV_TIME_ST)[0]
-        if smccc.to_signed(ipa) == smccc.NOT_SUPPORTED:
+        if s64(ipa) == smccc.NOT_SUPPORTED:
             return -EINVAL
         self.regions[index] = ipa  # published before the check, as Linux does
         try:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pvtime.abi.linux import NSEC_PER_MSEC, NSEC_PER_SEC
 from pvtime.host.eevdf import EevdfRunQueue
 from pvtime.host.entity import SchedEntity
 from pvtime.host.runqueue import Enqueue, FairRunQueue
@@ -55,8 +56,6 @@ BUSY_FACTOR = 16
 CACHE_NICE_TRIES = 1
 IMBALANCE_PCT = 117
 CAPACITY = 1024  # SCHED_CAPACITY_SCALE: every CPU has the full capacity
-MSEC = 1_000_000
-NSEC_PER_SEC = 1_000_000_000
 
 
 class Balancer:
@@ -165,7 +164,7 @@ class Balancer:
     def _interval_ns(self, cpu: Pcpu, *, busy: bool) -> int:
         """get_sd_balance_interval, in ns on the tick grid."""
         tick = self.sched.tick_ns
-        jiffies = -(-cpu.balance_interval_ms * (BUSY_FACTOR if busy else 1) * MSEC // tick)
+        jiffies = -(-cpu.balance_interval_ms * (BUSY_FACTOR if busy else 1) * NSEC_PER_MSEC // tick)
         if busy:
             jiffies -= 1
         max_jiffies = max(1, (NSEC_PER_SEC // tick) * len(self.sched.cpus) // 10)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pvtime.abi.uapi import NSEC_PER_SEC
+from pvtime.abi.linux import NSEC_PER_SEC
 from pvtime.host.task import Slice, Task, TaskState
 
 

@@ -19,13 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pvtime.abi.linux import NSEC_PER_MSEC, NSEC_PER_SEC
+
 Policy = Literal["eevdf", "cfs"]
 Preempt = Literal["none", "voluntary", "full", "lazy"]
 POLICIES: tuple[Policy, ...] = ("eevdf", "cfs")
 PREEMPT_MODES: tuple[Preempt, ...] = ("none", "voluntary", "full", "lazy")
 HZ_VALUES = (100, 250, 300, 1000)
-NSEC_PER_SEC = 1_000_000_000
-MSEC = 1_000_000
 
 
 def tunable_factor(ncpus: int) -> int:
@@ -54,9 +54,9 @@ class EevdfTunables:
 class CfsTunables:
     """sysctl_sched_{latency,min_granularity,wakeup_granularity} of CFS, before scaling."""
 
-    latency_ns: int = 6 * MSEC
+    latency_ns: int = 6 * NSEC_PER_MSEC
     min_granularity_ns: int = 750_000
-    wakeup_granularity_ns: int = 1 * MSEC
+    wakeup_granularity_ns: int = 1 * NSEC_PER_MSEC
 
     def __post_init__(self) -> None:
         for name in ("latency_ns", "min_granularity_ns", "wakeup_granularity_ns"):

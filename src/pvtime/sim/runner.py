@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from pvtime.abi.uapi import NSEC_PER_SEC, USER_HZ
+from pvtime.abi.linux import NSEC_PER_SEC, USER_HZ
 from pvtime.guest.kernel import KernelOptions, ModelKernel, Workload
 from pvtime.host import (
     CpuHog, EventCore, EventLoop, Host, PeriodicBurst, Scheduler, Task, TaskBody,

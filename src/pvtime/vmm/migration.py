@@ -50,12 +50,13 @@ from typing import Any, Callable
 from pvtime.abi.widths import U64
 from pvtime.abi.errno import ENXIO
 from pvtime.abi.records import LPT_RECORD_SIZE, LptRecord
+from pvtime.abi.linux import NSEC_PER_SEC
 from pvtime.abi.uapi import (
     INVALID_GPA, KVM_ARM_VCPU_PVTIME_CTRL, KVM_ARM_VCPU_PVTIME_IPA, KVM_ARM_VM_PVTIME_LPT_CTRL,
     KVM_ARM_VM_PVTIME_LPT_FREQ, KVM_ARM_VM_PVTIME_LPT_IPA, KVM_CAP_STEAL_TIME, KVM_MEM_LOG_DIRTY_PAGES,
     KVM_REG_ARM_CNTKCTL_EL1, KVM_REG_ARM_PTIMER_CNT, KVM_REG_ARM_PTIMER_CTL, KVM_REG_ARM_PTIMER_CVAL,
     KVM_REG_ARM_STD_HYP_BMAP, KVM_REG_ARM_TIMER_CNT, KVM_REG_ARM_TIMER_CTL, KVM_REG_ARM_TIMER_CVAL,
-    NSEC_PER_SEC, PAGE_SIZE,
+    PAGE_SIZE,
 )
 from pvtime.guest.clockwatch import ClockWatch
 from pvtime.guest.machine import ModelProgram
