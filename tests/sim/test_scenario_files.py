@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import struct
+import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
 from pvtime.sim import scenario
 from pvtime.sim.scenario import ScenarioError
+from pvtime.vmm.elf import ElfError, load_elf
+from pvtime.vmm.layout import QEMU_VIRT
+from tests.cpu.elfwriter import make_elf
 
 GOOD = """\
 name = "t"
@@ -135,6 +141,33 @@ def test_bad_elf_paths_name_the_file_line_and_field(tmp_path: Path) -> None:
     f.write_text(with_elf('path = "text.elf"'))
     with pytest.raises(ScenarioError, match=rf"^{f}:20: vm\[1\].guest.path: {tmp_path / 'text.elf'}: not an ELF file"):
         scenario.load(str(f))
+
+
+def test_an_elf_guest_is_checked_against_its_vm_ram_size_without_allocating_the_ram(tmp_path: Path) -> None:
+    big = with_elf('image = "minikernel"').replace("pin = [1]\n", "pin = [1]\nmemory_mib = 65536\n")
+    tracemalloc.start()
+    try:
+        start = time.perf_counter()
+        sc = scenario.parse(big, "s.toml")
+        elapsed = time.perf_counter() - start
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sc.spec.vm[1].memory_mib == 65536
+    assert peak < 16 << 20 and elapsed < 5  # not a 64 GiB scratch RAM
+    # An image larger than its VM's RAM is refused with load_elf's words, at the field's line.
+    image = make_elf(struct.pack("<I", 0x14000000), bss=1 << 20)  # b .
+    (tmp_path / "big.elf").write_bytes(image)
+    f = tmp_path / "s.toml"
+    f.write_text(with_elf('path = "big.elf"').replace("pin = [1]\n", "pin = [1]\nmemory_mib = 1\n"))
+    with pytest.raises(ScenarioError) as info:
+        scenario.load(str(f))
+    with pytest.raises(ElfError) as loading:
+        load_elf(image, bytearray(1 << 20), QEMU_VIRT.ram_base)
+    img = tmp_path / "big.elf"
+    assert str(info.value) == f"{f}:21: vm[1].guest.path: " + str(loading.value).replace("<image>", str(img))
+    assert str(info.value) == (f"{f}:21: vm[1].guest.path: {img}: segment 0 at [0x40080000, 0x40180004) is outside "
+                               "guest RAM [0x40000000, 0x40100000); give the guest more memory or relink it")
 
 
 def test_config_fields_need_an_image_that_has_the_block() -> None:

@@ -11,7 +11,7 @@ from pvtime.cli import main
 from pvtime.host import Host
 from pvtime.kvm import Kvm
 from pvtime.vmm import Machine, MachineConfig, VcpuThread
-from pvtime.vmm.elf import ElfError, load_elf
+from pvtime.vmm.elf import ElfError, elf_layout, load_elf
 from pvtime.vmm.semihosting import SYS_EXIT_EXTENDED, SYS_WRITE0, SYS_WRITEC, serve
 from tests.cpu.asm import assemble
 from tests.cpu.elfwriter import LOAD_ADDR, make_elf
@@ -73,13 +73,16 @@ def test_other_vcpus_start_powered_off() -> None:
     assert [v.powered_off for v in machine.vcpus] == [False, True]
 
 
-@pytest.mark.parametrize(("mutate", "message"), [
+BAD_IMAGES = [
     (lambda d: b"MZ" + d[2:], "not an ELF file"),
     (lambda d: d[:18] + struct.pack("<H", 62) + d[20:], "EM_X86_64, not EM_AARCH64"),
     (lambda d: d[:16] + struct.pack("<H", 3) + d[18:], "ET_DYN"),
     (lambda d: d[:4] + b"\x01" + d[5:], "ELF32"),
     (lambda d: d[:130], "past the end of the file"),
-])
+]
+
+
+@pytest.mark.parametrize(("mutate", "message"), BAD_IMAGES)
 def test_bad_images_are_refused_with_the_problem_named(mutate, message: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ElfError, match=message):
         load_elf(mutate(make_elf(HELLO)), bytearray(1 << 20), RAM_BASE)
@@ -90,6 +93,29 @@ def test_segment_outside_ram_and_bad_entry_are_refused() -> None:
         load_elf(make_elf(HELLO, bss=1 << 20), bytearray(1 << 20), RAM_BASE)
     with pytest.raises(ElfError, match="entry point 0x10 is not inside"):
         load_elf(make_elf(HELLO, entry=0x10), bytearray(1 << 20), RAM_BASE)
+
+
+@pytest.mark.parametrize("image", [make_elf(HELLO, bss=1 << 20), make_elf(HELLO, entry=0x10),
+                                   *(mutate(make_elf(HELLO)) for mutate, _ in BAD_IMAGES)])
+def test_elf_layout_refuses_what_load_elf_refuses_and_a_refused_load_writes_nothing(image: bytes) -> None:
+    ram = bytearray(1 << 20)
+    with pytest.raises(ElfError) as loading:
+        load_elf(image, ram, RAM_BASE)
+    with pytest.raises(ElfError) as layout:
+        elf_layout(image, RAM_BASE, len(ram))
+    assert str(layout.value) == str(loading.value)
+    assert not any(ram)
+
+
+def test_elf_layout_is_where_load_elf_puts_the_image() -> None:
+    image = make_elf(HELLO, bss=0x100)
+    ram = bytearray(1 << 20)
+    loaded = load_elf(image, ram, RAM_BASE)
+    assert elf_layout(image, RAM_BASE, len(ram)) == loaded
+    (seg,) = loaded.segments
+    assert (seg.gpa, seg.file_size, seg.mem_size, seg.flags) == (LOAD_ADDR, len(HELLO), len(HELLO) + 0x100, "rwx")
+    off = seg.gpa - RAM_BASE
+    assert ram[off:off + seg.file_size] == HELLO
 
 
 def test_access_to_nothing_stops_only_that_vm_with_a_diagnostic() -> None:

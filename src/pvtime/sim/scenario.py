@@ -1,4 +1,5 @@
-"""Scenario files: TOML describing hosts, VMs, noise, duration and seed, validated with pydantic.
+"""Scenario files: TOML describing hosts, VMs, noise, duration and seed, validated against the
+schema (`pvtime.sim.scenario_schema`), then checked across specs (names, CPUs, images).
 
 Every error names the file, the line and the field, e.g.
 `busy.toml:14: vm[1].guest.busy_us: Input should be a valid integer`.
@@ -7,188 +8,28 @@ Every error names the file, the line and the field, e.g.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 
-from pvtime.abi.widths import U32
-from pvtime.host.sched_config import CfsTunables, EevdfTunables, SchedConfig
+from pvtime.sim.scenario_schema import (
+    ElfGuestSpec, GuestSpec, HostSpec, MigrationSpec, ModelGuestSpec, NoiseSpec, SchedSpec, ScenarioSpec,
+    VmmThreadSpec, VmSpec,
+)
 from pvtime.sim.toml_lines import dotted, key_lines, line_of
-from pvtime.vmm.elf import ElfError, load_elf
-from pvtime.vmm.images import PACKAGE_IMAGES, has_minikernel_config, packaged_image, patch_minikernel
+from pvtime.vmm.elf import ElfError, elf_layout
+from pvtime.vmm.images import has_minikernel_config, packaged_image, patch_minikernel
 from pvtime.vmm.layout import QEMU_VIRT
 
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SchedSpec(_Strict):
-    """A host's scheduler: Linux's fair policy, HZ, preemption model, and that policy's tunables
-    (before Linux's CPU-count scaling). Unset tunables take Linux's defaults."""
-
-    policy: Literal["eevdf", "cfs"] = "eevdf"
-    hz: Literal[100, 250, 300, 1000] = 250
-    preempt: Literal["none", "voluntary", "full", "lazy"] = "voluntary"
-    base_slice_us: int | None = Field(None, gt=0)  # eevdf: sysctl_sched_base_slice
-    latency_us: int | None = Field(None, gt=0)  # cfs: sysctl_sched_latency
-    min_granularity_us: int | None = Field(None, gt=0)  # cfs
-    wakeup_granularity_us: int | None = Field(None, gt=0)  # cfs
-
-    def config(self) -> SchedConfig:
-        """The host scheduler's configuration."""
-        us = 1000
-        e, c = EevdfTunables(), CfsTunables()
-        eevdf = EevdfTunables(self.base_slice_us * us) if self.base_slice_us is not None else e
-        cfs = CfsTunables(
-            self.latency_us * us if self.latency_us is not None else c.latency_ns,
-            self.min_granularity_us * us if self.min_granularity_us is not None else c.min_granularity_ns,
-            self.wakeup_granularity_us * us if self.wakeup_granularity_us is not None else c.wakeup_granularity_ns)
-        return SchedConfig(self.policy, self.hz, self.preempt, eevdf, cfs)
-
-
-# Each policy's own tunables: setting one on a host of the other policy is an error.
-_POLICY_TUNABLES = {"eevdf": ("base_slice_us",), "cfs": ("latency_us", "min_granularity_us", "wakeup_granularity_us")}
-
-
-class HostSpec(_Strict):
-    """A physical machine."""
-
-    name: str = Field(min_length=1)
-    cpus: int = Field(ge=1, le=4096)
-    counter_hz: int = Field(25_000_000, ge=1, le=U32)
-    schedstats: bool = True
-    sched: SchedSpec = SchedSpec()
-
-
-class ModelGuestSpec(_Strict):
-    """The Python model Linux guest: a 250 Hz tick and busy/idle periods per vCPU."""
-
-    kind: Literal["model"]
-    busy_us: tuple[int, int] = (2000, 12000)
-    idle_us: tuple[int, int] = (0, 0)
-    hz: int = Field(250, ge=1, le=10000)
-    steal_acc: bool = True
-    nohz_idle: bool = True  # arm64 Linux's NO_HZ_IDLE; false: a periodic tick through idle
-
-    @model_validator(mode="after")
-    def _ranges(self) -> ModelGuestSpec:
-        for name in ("busy_us", "idle_us"):
-            lo, hi = getattr(self, name)
-            if not 0 <= lo <= hi:
-                raise ValueError(f"{name} must be [low, high] with 0 <= low <= high, got [{lo}, {hi}]")
-        if self.busy_us[1] == 0:
-            raise ValueError("busy_us must allow some work (high > 0)")
-        return self
-
-
-class ElfGuestSpec(_Strict):
-    """A freestanding AArch64 ELF run on the unicorn CPU backend: a packaged image, or a file.
-
-    `duration_ms`, `busy_ms` and `idle_ms` set the image's `minikernel_config` block (counter-time
-    ms of its workload, its busy and idle periods) and need an image that has one; unset, the
-    image's own values stay. `path` is relative to the scenario file.
-    """
-
-    kind: Literal["elf"]
-    image: Literal["conformance", "minikernel"] | None = None
-    path: str | None = None
-    duration_ms: int | None = Field(None, gt=0, le=3_600_000)
-    busy_ms: int | None = Field(None, gt=0, le=3_600_000)
-    idle_ms: int | None = Field(None, ge=0, le=3_600_000)
-    # The guest's speed. Its arithmetic is in counter time, so this changes how many instructions
-    # a busy period takes (and the wall time of a run), not the steal it sees.
-    instructions_per_sec: int = Field(1_000_000_000, ge=1_000, le=100_000_000_000)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> ElfGuestSpec:
-        if (self.image is None) == (self.path is None):
-            raise ValueError("give exactly one of image (a packaged image: "
-                             f"{', '.join(PACKAGE_IMAGES)}) or path (an ELF file)")
-        return self
-
-    def config_fields(self) -> dict[str, int]:
-        """The `minikernel_config` fields the scenario sets."""
-        return {k: v for k in ("duration_ms", "busy_ms", "idle_ms") if (v := getattr(self, k)) is not None}
-
-
-GuestSpec = Annotated[ModelGuestSpec | ElfGuestSpec, Field(discriminator="kind")]
-
-
-class VmmThreadSpec(_Strict):
-    """The VMM's own thread of a VM (device emulation, I/O): a periodic burst of CPU work."""
-
-    period_us: int = Field(gt=0)
-    burst_us: int = Field(gt=0)
-
-
-class VmSpec(_Strict):
-    """A virtual machine on one host."""
-
-    name: str = Field(min_length=1)
-    host: str
-    vcpus: int = Field(1, ge=1, le=512)
-    memory_mib: int = Field(64, ge=1, le=65536)
-    pvtime: bool = True
-    nice: int = Field(0, ge=-20, le=19)
-    cpus: list[int] | None = None  # affinity of every vCPU thread
-    pin: list[int] | None = None  # vCPU i's thread pinned to host CPU pin[i]
-    guest: GuestSpec
-    vmm_thread: VmmThreadSpec | None = None
-    lpt_pv_hz: int | None = Field(None, ge=1, le=U32)  # Live Physical Time at this PV frequency
-
-
-class MigrationSpec(_Strict):
-    """A live migration of a VM to another host at a virtual time (pre-copy, then stop-and-copy)."""
-
-    vm: str
-    to: str
-    at_ms: int = Field(ge=0)
-    bandwidth_mbit: int = Field(10_000, gt=0)
-    setup_us: int = Field(1000, ge=0)  # fixed switch-over cost, part of the downtime
-    max_rounds: int = Field(5, ge=1, le=100)
-
-
-class NoiseSpec(_Strict):
-    """Host tasks that compete with the vCPUs: CPU hogs (with a duty cycle) or periodic bursts."""
-
-    name: str = Field(min_length=1)
-    host: str
-    kind: Literal["hog", "burst"] = "hog"
-    count: int = Field(1, ge=1, le=4096)
-    nice: int = Field(0, ge=-20, le=19)
-    cpus: list[int] | None = None
-    duty: float = Field(1.0, gt=0.0, le=1.0)  # hog: busy share of each period
-    period_us: int = Field(10_000, gt=0)
-    burst_us: int | None = Field(None, gt=0)  # burst: CPU time needed each period
-    phase_us: int = Field(0, ge=0)
-
-    @model_validator(mode="after")
-    def _burst(self) -> NoiseSpec:
-        if self.kind == "burst" and self.burst_us is None:
-            raise ValueError("a burst needs burst_us")
-        if self.burst_us is not None and self.burst_us > self.period_us:
-            raise ValueError(f"burst_us ({self.burst_us}) exceeds period_us ({self.period_us})")
-        return self
-
-
-class ScenarioSpec(_Strict):
-    """A whole scenario."""
-
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    description: str = ""
-    duration_ms: int = Field(gt=0, le=3_600_000)
-    seed: int = 0
-    sample_ms: int = Field(10, gt=0)
-    trace: bool = True  # write the Perfetto trace (large for big scenarios)
-    host: list[HostSpec] = Field(min_length=1)
-    vm: list[VmSpec] = []
-    noise: list[NoiseSpec] = []
-    migration: list[MigrationSpec] = []
+__all__ = [
+    "ElfGuestSpec", "GuestSpec", "HostSpec", "Issue", "MigrationSpec", "ModelGuestSpec", "NoiseSpec", "SchedSpec",
+    "Scenario", "ScenarioError", "ScenarioSpec", "VmSpec", "VmmThreadSpec", "elf_image", "elf_image_path",
+    "embedded_names", "embedded_text", "load", "packaged_image", "parse",
+]
 
 
 @dataclass(frozen=True)
@@ -323,7 +164,8 @@ def _cross_checks(spec: ScenarioSpec, source: str) -> list[tuple[tuple[Any, ...]
         hosts[h.name] = h
         out += [(("host", i, "sched", *loc), msg) for loc, msg in _sched_checks(h.sched)]
     names: set[str] = set()
-    for kind, items in (("vm", spec.vm), ("noise", spec.noise)):
+    groups: tuple[tuple[str, Sequence[VmSpec | NoiseSpec]], ...] = (("vm", spec.vm), ("noise", spec.noise))
+    for kind, items in groups:
         for i, item in enumerate(items):
             if item.name in names:
                 out.append(((kind, i, "name"), f"duplicate name {item.name!r}"))
@@ -366,6 +208,10 @@ def _cross_checks(spec: ScenarioSpec, source: str) -> list[tuple[tuple[Any, ...]
     return out
 
 
+# Each policy's own tunables: setting one on a host of the other policy is an error.
+_POLICY_TUNABLES = {"eevdf": ("base_slice_us",), "cfs": ("latency_us", "min_granularity_us", "wakeup_granularity_us")}
+
+
 def _sched_checks(sched: SchedSpec) -> list[tuple[tuple[Any, ...], str]]:
     """Tunables belong to one policy; lazy preemption (Linux >= 6.13) never met CFS (<= 6.5)."""
     out: list[tuple[tuple[Any, ...], str]] = []
@@ -381,7 +227,7 @@ def _sched_checks(sched: SchedSpec) -> list[tuple[tuple[Any, ...], str]]:
 
 
 def _elf_checks(g: ElfGuestSpec, vm: VmSpec, source: str) -> list[tuple[tuple[Any, ...], str]]:
-    """The image exists, loads into the VM's RAM, and has a config block if fields set one."""
+    """The image exists, fits the VM's RAM, and has a config block if fields set one."""
     where = ("path",) if g.path is not None else ("image",)
     path = elf_image_path(g, source)
     if not path.is_file():
@@ -392,9 +238,9 @@ def _elf_checks(g: ElfGuestSpec, vm: VmSpec, source: str) -> list[tuple[tuple[An
         if fields and not has_minikernel_config(data, str(path)):
             first = next(iter(fields))
             return [((first,), f"{path} has no minikernel_config symbol: {', '.join(fields)} cannot be set")]
-        # Load it into a scratch RAM of the VM's size: a bad or too large image is refused here,
-        # with the scenario line, rather than when the run builds the VM.
-        load_elf(data, bytearray(vm.memory_mib << 20), QEMU_VIRT.ram_base)
+        # Lay it out in RAM of the VM's size (from its headers; no RAM allocated): a bad or too large
+        # image is refused here, with the scenario line, rather than when the run builds the VM.
+        elf_layout(data, QEMU_VIRT.ram_base, vm.memory_mib << 20)
     except OSError as err:
         return [(where, f"cannot read {path}: {err.strerror or err}")]
     except ElfError as err:
