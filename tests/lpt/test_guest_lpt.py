@@ -198,3 +198,18 @@ def test_lpt_unaware_guest_sees_the_native_frequency():
     assert clock.freq == 25_000_000
     assert vm.guest(1_000 * US, lambda cpu: clock.read(cpu)) == 25_000
     assert vm.guest(1_000 * US, lambda cpu: cpu.mrs(CNTV_CVAL_EL0)) == 0
+
+
+def test_a_record_that_never_settles_panics_the_guest_not_the_host():
+    """A seqcount reader spins until the sequence is even and steady (Linux would spin for ever
+    on a corrupted record); the model kernel gives up after MAX_SPINS reads at one instant with
+    GuestPanic, which the CPU backend turns into a fault of this VM alone."""
+    from pvtime.guest.lpt import MAX_SPINS
+    from pvtime.guest.machine import GuestPanic
+
+    vm = lpt_vm(25_000_000)
+    mem, ipa = vm.machine.vm.memory, vm.machine.vm.lpt.ipa
+    mem.write(ipa + LPT_SEQUENCE_OFFSET, (5).to_bytes(8, "little"))  # odd for good
+    with pytest.raises(GuestPanic, match="not settled"):
+        vm.guest(1_000 * US, lambda cpu: vm.clock.read(cpu))
+    assert vm.clock.stats.retries == MAX_SPINS

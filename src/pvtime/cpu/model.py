@@ -16,7 +16,9 @@ from pvtime.abi.uapi import EL1_SYSREG_RESET
 from pvtime.abi.widths import U64
 from pvtime.abi.sysregs import SysReg
 from pvtime.cpu.backend import Clock, Conduit, GuestFault, Stop, StopKind, VcpuTraps
-from pvtime.guest.machine import Compute, CpuProgram, ModelProgram, MmioRead, MmioWrite, WaitForInterrupt
+from pvtime.guest.machine import (
+    Compute, CpuProgram, GuestPanic, ModelProgram, MmioRead, MmioWrite, WaitForInterrupt,
+)
 
 # An IRQ handler that never acknowledges its interrupt would spin forever; a real CPU would too,
 # but a simulator must stop it and say why.
@@ -138,6 +140,9 @@ class ModelCpu:
         except GuestFault as fault:
             self._done = True
             return Stop(StopKind.FAULT, pc=fault.pc, instruction=fault.instruction, reason=fault.reason)
+        except GuestPanic as panic:
+            self._done = True
+            return Stop(StopKind.FAULT, reason=f"guest kernel panic: {panic}")
 
     def _run(self, view: GuestView, traps: VcpuTraps, clock: Clock) -> Stop:
         assert self._program is not None

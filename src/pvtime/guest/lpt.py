@@ -51,9 +51,10 @@ from pvtime.abi.sysregs import (
 )
 from pvtime.abi.widths import U32, U64, s64, sext32
 from pvtime.fixedpoint import ScaleFactors
-from pvtime.guest.machine import GuestCpu
+from pvtime.guest.machine import GuestCpu, GuestPanic
 from pvtime.guest.paravirt import has_pv_time
 
+MAX_SPINS = 100_000  # retries in a row before the model kernel gives up (see _consistently)
 _T = TypeVar("_T")
 
 
@@ -194,12 +195,17 @@ class LptClock:
 
     def _consistently(self, cpu: GuestCpu, access: Callable[[ScaleFactors], _T]) -> tuple[_T, ScaleFactors, int]:
         """The retry loop every LPT access is wrapped in: run `access` with the record's factors
-        until the sequence number is even and did not move across it (no bound, as in the RFC)."""
-        while True:
+        until the sequence number is even and did not move across it (no bound, as in the RFC).
+
+        A record that never settles (only a corrupted one can: the host leaves it odd only while
+        it updates it) would make Linux spin for ever; the model gives up after `MAX_SPINS`
+        retries in a row and panics, which stops this VM alone."""
+        for _ in range(MAX_SPINS):
             seq, sf = self._factors(cpu)
             value = access(sf)
             if self._stable(cpu, seq):
                 return value, sf, seq
+        raise GuestPanic(f"arm-pv: the LPT record's sequence number has not settled after {MAX_SPINS} reads")
 
     def _read_pv(self, cpu: GuestCpu, reg: SysReg) -> int:
         native, sf, _ = self._consistently(cpu, lambda sf: cpu.mrs(reg))

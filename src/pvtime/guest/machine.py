@@ -15,6 +15,11 @@ from typing import Protocol
 from pvtime.abi.sysregs import SysReg
 
 
+class GuestPanic(Exception):
+    """The model guest kernel cannot go on (where Linux would panic, or spin for ever at one
+    instant): the CPU stops that VM and reports the reason; the host and other VMs go on."""
+
+
 class GuestCpu(Protocol):
     """The architectural interface of one vCPU, as a guest kernel uses it."""
 
