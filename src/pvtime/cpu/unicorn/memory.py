@@ -1,0 +1,181 @@
+"""Guest memory in the engine: memslots mapped shared, dirty-log write protection, MMIO exits.
+
+Every memslot buffer is mapped into the vCPU's engine with `mem_map_ptr`, so RAM is shared by all
+vCPUs of a VM and by the VMM, byte for byte. Read-only slots are mapped read-only; a guest write
+to one is an MMIO write exit, as in KVM. Any other data access is an MMIO exit when it has a valid
+syndrome (`mmio_decode`), and an internal error otherwise. During an MMIO exit the PC still points
+at the access; the next run writes a read's data (given with `complete_mmio`) to the destination
+register and moves the PC past it (kvm_handle_mmio_return).
+
+Dirty logging (KVM_MEM_LOG_DIRTY_PAGES) is KVM's stage-2 write protection: a logging slot is
+mapped read-only in the engine; the first store to a page stops the engine at the store, the page
+is marked dirty and made writable, and the store is retried. Reading the log (KVM_GET_DIRTY_LOG)
+changes the slot's `log_generation`, and the next run protects it again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from unicorn import (
+    UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_PROT, UC_MEM_WRITE_UNMAPPED, UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE, Uc,
+)
+
+from pvtime.abi.uapi import PAGE_SIZE
+from pvtime.cpu.backend import GuestRegion, Stop, StopKind
+from pvtime.cpu.disasm import disassemble
+from pvtime.cpu.mmio_decode import MmioAccess, decode
+from pvtime.cpu.unicorn.registers import Registers
+
+
+@dataclass
+class _PendingMmio:
+    """An MMIO exit the VMM has not finished: applied at the next run."""
+
+    access: MmioAccess
+    data: bytes | None = None
+
+
+class GuestMemory:
+    """The VM's memslots as one engine maps them, and the accesses that leave the engine."""
+
+    def __init__(self, uc: Uc) -> None:
+        self._uc = uc
+        self._ram: list[tuple[int, int, memoryview]] = []  # (gpa, size, buffer) of the mapped slots
+        self._mapped: list[tuple[int, int, bool, int]] = []
+        self._buffers: list[object] = []  # ctypes views keeping the mapped buffers exported
+        # Dirty logging: the log_generation each logging slot was last write-protected for (by
+        # guest address), and the logging slots.
+        self._wp: dict[int, int | None] = {}
+        self._logged: list[GuestRegion] = []
+        # The write-protect fault to serve (slot, address, size): set by `access_fault`, served
+        # by `log_write` once the engine has stopped.
+        self.wp_fault: tuple[GuestRegion, int, int] | None = None
+        self._mmio: _PendingMmio | None = None
+
+    def read_word(self, addr: int) -> int | None:
+        """The 32-bit instruction word at a guest address, or None where nothing is mapped."""
+        for gpa, size, buf in self._ram:
+            off = addr - gpa
+            if 0 <= off <= size - 4:
+                return int.from_bytes(buf[off:off + 4], "little")
+        return None
+
+    def fault_stop(self, pc: int, reason: str, word: int | None = None) -> Stop:
+        """The stop of a vCPU that cannot go on at `pc`, naming the instruction there."""
+        if word is None:
+            word = self.read_word(pc)
+        text = disassemble(word, pc) if word is not None else "(no memory at the PC)"
+        return Stop(StopKind.FAULT, pc=pc, instruction=text, reason=reason)
+
+    # --- memslots ------------------------------------------------------------------------------
+
+    def sync(self, memslots: Sequence[GuestRegion]) -> None:
+        """Map the VM's memslots (again, if the VMM changed them since the last run)."""
+        slots = sorted(memslots, key=lambda s: s.guest_phys_addr)
+        wanted = [(s.guest_phys_addr, s.memory_size, bool(s.readonly), id(s.buffer.obj)) for s in slots]
+        if wanted != self._mapped:
+            self._map(slots, wanted)
+        self._protect_logged(slots)
+
+    def _map(self, slots: list[GuestRegion], wanted: list[tuple[int, int, bool, int]]) -> None:
+        uc = self._uc
+        for gpa, size, _, _ in self._mapped:
+            uc.mem_unmap(gpa, size)
+        self._mapped, self._buffers, self._ram = [], [], []
+        for slot, key in zip(slots, wanted, strict=True):
+            view = (ctypes.c_char * slot.memory_size).from_buffer(slot.buffer)
+            prot = UC_PROT_READ | UC_PROT_EXEC | (0 if slot.readonly else UC_PROT_WRITE)
+            uc.mem_map_ptr(slot.guest_phys_addr, slot.memory_size, prot, ctypes.addressof(view))
+            self._buffers.append(view)
+            self._ram.append((slot.guest_phys_addr, slot.memory_size, slot.buffer))
+            self._mapped.append(key)
+        self._wp = {}
+
+    # --- dirty logging -------------------------------------------------------------------------
+
+    def _protect_logged(self, slots: list[GuestRegion]) -> None:
+        """Write-protect every logging slot whose log was read since (KVM's stage-2 write protection
+        after KVM_GET_DIRTY_LOG); make a slot writable again when its logging stops."""
+        self._logged = []
+        for slot in slots:
+            if slot.readonly:
+                continue
+            gen = slot.log_generation if slot.dirty_logging else None
+            if gen is not None:
+                self._logged.append(slot)
+            if self._wp.get(slot.guest_phys_addr) != gen:
+                prot = UC_PROT_READ | UC_PROT_EXEC | (0 if gen is not None else UC_PROT_WRITE)
+                self._uc.mem_protect(slot.guest_phys_addr, slot.memory_size, prot)
+                self._wp[slot.guest_phys_addr] = gen
+
+    def log_write(self) -> None:
+        """A guest store hit a write-protected page of a logging slot: mark it dirty, let it write."""
+        fault, self.wp_fault = self.wp_fault, None
+        assert fault is not None
+        slot, address, size = fault
+        off = address - slot.guest_phys_addr
+        end = min(off + max(size, 1), slot.memory_size)
+        slot.mark_dirty(off, end - off)
+        first = off - off % PAGE_SIZE
+        last = (end - 1) - (end - 1) % PAGE_SIZE + PAGE_SIZE
+        self._uc.mem_protect(slot.guest_phys_addr + first, last - first, UC_PROT_READ | UC_PROT_EXEC | UC_PROT_WRITE)
+
+    # --- accesses the engine cannot make -------------------------------------------------------
+
+    def access_fault(self, access: int, address: int, size: int, value: int, pc: int) -> Stop | None:
+        """An access the engine refused (`UC_HOOK_MEM_*_UNMAPPED`, `UC_HOOK_MEM_WRITE_PROT`) by
+        the instruction at `pc`: the MMIO exit or fault it is, or None for a store to a logging
+        slot (in `wp_fault`, for `log_write`)."""
+        if access == UC_MEM_WRITE_PROT:
+            for slot in self._logged:
+                if slot.guest_phys_addr <= address < slot.guest_phys_addr + slot.memory_size:
+                    self.wp_fault = (slot, address, size)
+                    return None
+        if access == UC_MEM_FETCH_UNMAPPED:
+            return Stop(StopKind.FAULT, pc=address, instruction="(no memory at the PC)",
+                        reason=f"instruction fetch from {address:#x}, which no memslot backs")
+        word = self.read_word(pc)
+        mmio = decode(word) if word is not None else None
+        is_write = access in (UC_MEM_WRITE_UNMAPPED, UC_MEM_WRITE_PROT)
+        if mmio is None or mmio.is_write != is_write:
+            what = "store to" if is_write else "load from"
+            return self.fault_stop(pc, f"{what} {address:#x} outside RAM by an instruction KVM cannot "
+                                       f"emulate (no valid syndrome: not a single-register access "
+                                       f"without writeback)", word)
+        if is_write:
+            data = (value & ((1 << (8 * mmio.size)) - 1)).to_bytes(mmio.size, "little")
+        else:
+            data = b""
+        self._mmio = _PendingMmio(mmio)
+        return Stop(StopKind.MMIO, pc=pc, mmio_addr=address, mmio_len=mmio.size, mmio_data=data,
+                    mmio_write=is_write)
+
+    # --- MMIO completion -----------------------------------------------------------------------
+
+    @property
+    def mmio_pending(self) -> bool:
+        """Is an MMIO exit waiting to be finished at the next run?"""
+        return self._mmio is not None
+
+    def complete_mmio(self, data: bytes) -> bool:
+        """The data of the pending MMIO read (kvm_run.mmio.data); False when no read is pending."""
+        if self._mmio is None or self._mmio.access.is_write:
+            return False
+        self._mmio.data = bytes(data)
+        return True
+
+    def abandon_mmio(self) -> None:
+        """Forget the pending MMIO access (a vCPU reset, a new PC)."""
+        self._mmio = None
+
+    def finish_mmio(self, regs: Registers) -> None:
+        """kvm_handle_mmio_return: write a read's data to Rt, then step past the access."""
+        pending, self._mmio = self._mmio, None
+        assert pending is not None
+        access = pending.access
+        if not access.is_write and access.rt != 31:
+            regs.write_x(access.rt, access.load_value(pending.data or bytes(access.size)))
+        regs.set_pc(regs.pc() + 4)

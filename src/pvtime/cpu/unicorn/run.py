@@ -1,0 +1,261 @@
+"""The vCPU: its engine, `execute()` and its run loop, and the budget that turns code into time.
+
+Each `execute()` runs the engine in steps bounded by the budget: the slice deadline or the next
+timer event, whichever is first, so interrupts arrive on time and the same run gives the same
+result. Between steps the loop takes an asserted, unmasked interrupt (`exceptions`), serves what
+stopped the engine (`traps`, `memory`), and halts at a WFI with no interrupt asserted.
+
+While the line is asserted but masked, the engine runs one translation block at a time: QEMU ends
+a block after every write to DAIF (`msr daifclr`, `msr daif`), so the interrupt is taken right
+after the instruction that unmasks it, as the architecture requires. A guest that keeps IRQs
+masked with the line asserted for more than `POLL_BLOCKS` blocks is then polled every
+`POLL_INSNS` instructions instead (an unmask inside such a burst is seen at its end).
+
+Guest instructions advance virtual time at `instructions_per_sec`, counted per translation block
+by the native `BlockCounter`. The engine stops after the block that reaches a deadline: the time of
+the instructions past it is charged at the start of the next execute, so that where the host
+splits the run never changes how much time the guest's instructions take.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+
+from unicorn import UC_ARCH_ARM64, UC_MODE_ARM, Uc, UcError
+from unicorn import arm64_const as A
+
+from pvtime.abi.linux import NSEC_PER_SEC
+from pvtime.abi.uapi import REG_PC
+from pvtime.cpu.backend import Clock, Stop, StopKind, VcpuTraps
+from pvtime.cpu.unicorn.exceptions import IRQ, SYNC, take_exception
+from pvtime.cpu.unicorn.memory import GuestMemory
+from pvtime.cpu.unicorn.native import BlockCounter
+from pvtime.cpu.unicorn.registers import PSTATE_I, CoreRegs, Registers, SysRegs
+from pvtime.cpu.unicorn.traps import TrapHooks
+
+DEFAULT_INSTRUCTIONS_PER_SEC = 1_000_000_000  # 1 instruction per virtual ns
+
+# While the interrupt line is asserted but masked: run one block at a time for POLL_BLOCKS runs,
+# then check PSTATE.I every POLL_INSNS instructions (see the module docstring).
+POLL_INSNS = 4096
+POLL_BLOCKS = 256
+
+WFI = 0xD503_207F
+_NEVER = 0xFFFF_FFFF_FFFF_FFFC  # `until` address for emu_start: never reached
+
+
+class Budget:
+    """One vCPU's instructions turned into virtual time, and the bound on each run of its engine."""
+
+    def __init__(self, counter: BlockCounter, regs: Registers, instructions_per_sec: int) -> None:
+        self.counter = counter
+        self._regs = regs
+        self.instructions_per_sec = instructions_per_sec
+        # Instruction times used so far: instructions counted per translation block plus the
+        # instruction times charged for trapped accesses.
+        self.instructions = 0
+        self.clock: Clock | None = None  # the slice being run, during an execute()
+        self._accounted = 0  # counter bytes already turned into time
+        self._time_rem = 0  # instructions * 1e9 not yet a whole ns
+        self._debt_ns = 0  # time of instructions executed past a deadline, for the next slice
+        self._polls = 0  # consecutive one-block runs with the interrupt asserted but masked
+
+    def begin(self, clock: Clock) -> None:
+        """Start an execute() on `clock`: pay the debt first."""
+        self.clock = clock
+        if self._debt_ns:
+            pay = min(self._debt_ns, clock.deadline_ns - clock.now_ns)
+            clock.advance(pay)
+            self._debt_ns -= pay
+        self._accounted = self.counter.used
+
+    def end(self) -> None:
+        """End the execute(): account for what ran."""
+        self.account()
+        self.clock = None
+
+    def expired(self) -> bool:
+        """Has the slice reached its deadline?"""
+        return self.clock is not None and self.clock.now_ns >= self.clock.deadline_ns
+
+    def charge(self, insns: int) -> None:
+        """Count `insns` instruction times that the blocks do not (a trapped access)."""
+        self.counter.charge(4 * insns)
+
+    def arm(self, traps: VcpuTraps, irq_pending: bool) -> None:
+        """Let the engine run until the slice deadline or the next timer event, whichever is first."""
+        clock = self.clock
+        assert clock is not None
+        now = clock.now_ns
+        if irq_pending:
+            if not self._regs.pstate() & PSTATE_I:
+                self.counter.arm(0)
+                return
+            self._polls += 1
+            if self._polls <= POLL_BLOCKS:
+                self.counter.arm(1)  # exactly one block
+                return
+            insns = POLL_INSNS
+        else:
+            self._polls = 0
+            insns = 1 << 40
+        until = clock.deadline_ns
+        fire = traps.next_irq_ns()
+        if fire is not None and fire > now:
+            until = min(until, fire)
+        # ceil: the engine must reach `until`, so that the event is due when it stops.
+        need = -(-max(until - now, 0) * self.instructions_per_sec // NSEC_PER_SEC)
+        self.counter.arm(4 * max(1, min(insns, need)))
+
+    def account(self) -> None:
+        """Turn the instructions executed since the last call into virtual time."""
+        used = self.counter.used
+        insns = (used - self._accounted) // 4
+        self._accounted = used
+        if insns <= 0 or self.clock is None:
+            return
+        self.instructions += insns
+        total = insns * NSEC_PER_SEC + self._time_rem
+        ns, self._time_rem = divmod(total, self.instructions_per_sec)
+        over = ns - (self.clock.deadline_ns - self.clock.now_ns)
+        if over > 0:
+            self._debt_ns += over
+        self.clock.advance(ns)
+
+
+class UnicornCpu:
+    """Executes one vCPU's AArch64 code in its own unicorn engine, resumable across slices."""
+
+    def __init__(self, index: int, *, instructions_per_sec: int = DEFAULT_INSTRUCTIONS_PER_SEC,
+                 native_counter: bool | None = None) -> None:
+        if instructions_per_sec <= 0:
+            raise ValueError(f"instructions_per_sec must be positive, got {instructions_per_sec}")
+        self.index = index
+        uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
+        uc.ctl_set_cpu_model(A.UC_CPU_ARM64_A72)
+        self._uc = uc
+        self._regs = Registers(uc)
+        self._memory = GuestMemory(uc)
+        self._budget = Budget(BlockCounter(uc, native=native_counter), self._regs, instructions_per_sec)
+        self._hooks = TrapHooks(uc, self._regs, self._memory, self._budget)
+        self.core_regs: MutableMapping[int, int] = CoreRegs(self)
+        self.sys_regs: MutableMapping[int, int] = SysRegs(uc)
+        self._fault: Stop | None = None  # the fault that stopped this vCPU for good
+        self._halted = False
+        self.reset()
+
+    @property
+    def instructions_per_sec(self) -> int:
+        """The rate at which guest instructions advance virtual time."""
+        return self._budget.instructions_per_sec
+
+    @property
+    def instructions(self) -> int:
+        """Instruction times used so far (instructions executed plus trapped-access charges)."""
+        return self._budget.instructions
+
+    @property
+    def native_counter(self) -> bool:
+        """Is the block counter the native one (else its Python twin)?"""
+        return self._budget.counter.native
+
+    # --- state -------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """The vCPU-init state: all registers zero, EL1h, MMU off, DAIF masked, PC 0."""
+        self._regs.reset()
+        self._memory.abandon_mmio()
+        self._fault = None
+        self._halted = False
+        self._hooks.el0_trap = None
+
+    def read_core(self, reg_id: int) -> int:
+        """ONE_REG read of a core register by KVM id."""
+        return self._regs.read_core(reg_id)
+
+    def write_core(self, reg_id: int, value: int) -> None:
+        """ONE_REG write of a core register by KVM id."""
+        self._regs.write_core(reg_id, value)
+        if reg_id == REG_PC:
+            self._memory.abandon_mmio()  # a new PC abandons an unfinished MMIO access
+
+    def complete_mmio(self, data: bytes) -> None:
+        """The data of the last MMIO read exit (kvm_run.mmio.data), for the next execute()."""
+        if not self._memory.complete_mmio(data):
+            raise RuntimeError(f"vCPU {self.index}: no MMIO read is pending")
+
+    def complete_pending(self) -> None:
+        """KVM_RUN with immediate_exit: finish an MMIO access (a read with the data given, zeros if
+        none, as KVM uses kvm_run.mmio.data) without executing; the state is then complete."""
+        if self._memory.mmio_pending:
+            self._memory.finish_mmio(self._regs)
+
+    # --- execution ---------------------------------------------------------------------------
+
+    def execute(self, traps: VcpuTraps, clock: Clock) -> Stop:
+        """Run until the deadline, a halt, an exit request, an MMIO access, semihosting or a fault."""
+        if self._fault is not None:
+            return self._fault
+        self._hooks.traps = traps
+        self._budget.begin(clock)
+        self._memory.sync(traps.memslots())
+        try:
+            self.complete_pending()
+            return self._run(traps, clock)
+        finally:
+            self._budget.end()
+            self._hooks.traps = None
+
+    def _run(self, traps: VcpuTraps, clock: Clock) -> Stop:
+        uc, regs, memory, hooks, budget = self._uc, self._regs, self._memory, self._hooks, self._budget
+        while True:
+            if traps.exit_requested():
+                return Stop(StopKind.EXIT)
+            pending = traps.irq_pending()
+            if pending:
+                self._halted = False  # WFI completes on an asserted interrupt, masked or not
+                if not regs.pstate() & PSTATE_I:
+                    self._fault = take_exception(regs, memory, IRQ, "timer IRQ")
+                    if self._fault is not None:
+                        return self._fault
+            if clock.now_ns >= clock.deadline_ns:
+                return Stop(StopKind.DEADLINE)
+            if self._halted:
+                return Stop(StopKind.HALT)
+            budget.arm(traps, pending)  # taking the IRQ moved no time: the line is as it was
+            hooks.stop = None
+            try:
+                uc.emu_start(regs.pc(), _NEVER)
+            except UcError as err:
+                if hooks.stop is None and memory.wp_fault is None:
+                    hooks.stop = memory.fault_stop(uc.reg_read(A.UC_ARM64_REG_PC), f"unicorn: {err}")
+            if hooks.error is not None:
+                error, hooks.error = hooks.error, None
+                raise error
+            budget.account()
+            if memory.wp_fault is not None:
+                memory.log_write()  # the store is retried when the engine resumes at its PC
+                continue
+            if hooks.el0_trap is not None:
+                esr, hooks.el0_trap = hooks.el0_trap, None
+                self._fault = take_exception(regs, memory, SYNC, "EL0 counter read trapped (CNTKCTL_EL1)", esr)
+                if self._fault is not None:
+                    return self._fault
+                continue
+            stop, hooks.stop = hooks.stop, None
+            if stop is not None:
+                if stop.kind is StopKind.FAULT:
+                    self._fault = stop
+                elif stop.kind is StopKind.SEMIHOSTING:
+                    regs.set_pc(stop.pc + 4)
+                if stop.kind is not StopKind.EXIT or traps.exit_requested():
+                    return stop
+                continue
+            if budget.counter.stopped:
+                continue  # the budget ran out: deadline, timer event, or an IRQ to take
+            pc = uc.reg_read(A.UC_ARM64_REG_PC)
+            if memory.read_word(pc - 4) == WFI:
+                self._halted = True
+                continue
+            self._fault = memory.fault_stop(pc, "the engine stopped for no known reason")
+            return self._fault
