@@ -18,6 +18,8 @@ import time
 
 from common import machine_line
 
+from pvtime.cpu.backend import Clock, Stop, VcpuTraps
+from pvtime.cpu.model import ModelCpu
 from pvtime.guest.kernel import KernelOptions, ModelKernel, Workload
 from pvtime.host import EventLoop, Host, Scheduler
 from pvtime.kvm import Kvm
@@ -44,12 +46,29 @@ class StepClock:
             self.wall_s += time.perf_counter() - t0
 
 
+class StoringCpu(ModelCpu):
+    """A model CPU whose guest also stores `pending` at `addr` when it next runs: the dirtying
+    workload (guest stores go through KVM, which logs them)."""
+
+    def __init__(self, index: int, addr: int) -> None:
+        super().__init__(index)
+        self.addr = addr
+        self.pending = b""
+
+    def execute(self, traps: VcpuTraps, clock: Clock) -> Stop:
+        if self.pending:
+            traps.write_memory(self.addr, self.pending)
+            self.pending = b""
+        return super().execute(traps, clock)
+
+
 def live(memory_mib: int, dirty_mib: int) -> tuple[MigrationDriver, StepClock]:
     core = EventLoop()
     hosts = [Host(25_000_000, name="a"), Host(1_000_000_000, name="b")]
     scheds = [Scheduler(h, core) for h in hosts]
     kvms = [Kvm(h) for h in hosts]
-    m = Machine(kvms[0], MachineConfig("vm", vcpus=2, memory_mib=memory_mib, lpt_pv_hz=10**9))
+    config = MachineConfig("vm", vcpus=2, memory_mib=memory_mib, lpt_pv_hz=10**9)
+    m = Machine(kvms[0], config, cpus=lambda i: StoringCpu(i, config.layout.ram_base))
     m.ram[: memory_mib << 19] = bytes(range(256)) * (memory_mib << 11)  # half of RAM in use
     m.load_model_guest(ModelKernel(KernelOptions(workload=Workload(busy_ns=(1 * MS, 3 * MS)))))
     threads = _start(m, hosts[0], scheds[0])
@@ -58,9 +77,11 @@ def live(memory_mib: int, dirty_mib: int) -> tuple[MigrationDriver, StepClock]:
     dirty = dirty_mib << 20
     stamp = [0]
 
-    def writer() -> None:  # stands in for guest stores between rounds (through KVM: logged)
+    def writer() -> None:  # guest stores between rounds, made by vCPU 0 when it next runs
         stamp[0] += 1
-        m.vm.memory.write(m.config.layout.ram_base, bytes([stamp[0] & 0xFF]) * dirty)
+        cpu = m.cpus[0]
+        assert isinstance(cpu, StoringCpu)
+        cpu.pending = bytes([stamp[0] & 0xFF]) * dirty
         if drv.result is None and drv.error is None and m.stopped is None:
             core.at(core.now + 2 * MS, 1, writer)
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import ctypes
 import time
+from functools import partial
 
 from common import machine_line
 from unicorn import UC_ARCH_ARM64, UC_MODE_ARM, UC_PROT_ALL, Uc
 from unicorn import arm64_const as A
 
 from pvtime.abi.uapi import REG_PC, reg_x
+from pvtime.cpu import create_cpu
 from pvtime.cpu.unicorn import SYSREG_ACCESS_INSNS
 from pvtime.host import Host
 from pvtime.kvm import HaltExit, Kvm
@@ -48,7 +50,7 @@ def bare_unicorn(code: bytes, iterations: int) -> float:
 def under_hypervisor(code: bytes, counter_reg: int, iterations: int) -> tuple[float, int]:
     """Seconds for one KVM_RUN of a unicorn vCPU to run `code` to its WFI; and the hypercalls made."""
     host = Host()
-    vm = Kvm(host).create_vm("bench", cpu="unicorn")
+    vm = Kvm(host).create_vm("bench", cpu=partial(create_cpu, "unicorn"))
     ram = bytearray(1 << 20)
     ram[:len(code)] = code
     vm.set_user_memory_region(0, RAM, len(ram), ram)

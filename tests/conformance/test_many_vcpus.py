@@ -12,7 +12,7 @@ import re
 from importlib.resources import files
 from pathlib import Path
 
-from pvtime.kvm.vcpu import reset_mpidr
+from pvtime.kvm.traps import reset_mpidr
 from pvtime.sim.guest_run import GuestRunOptions, run_guest
 from pvtime.vmm.images import patch_minikernel
 

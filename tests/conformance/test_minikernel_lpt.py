@@ -23,7 +23,9 @@ from elftools.elf.elffile import ELFFile
 from pvtime import fixedpoint
 from pvtime.abi.records import LPT_SEQUENCE_OFFSET
 from pvtime.abi.sysregs import CNTKCTL_EL0PCTEN, CNTKCTL_EL0VCTEN, CNTKCTL_EVNTEN
-from pvtime.abi.uapi import KVM_REG_ARM_CNTKCTL_EL1, KVM_REG_ARM_TIMER_CNT
+from pvtime.abi.uapi import (
+    KVM_ARM_VM_PVTIME_LPT_CTRL, KVM_ARM_VM_PVTIME_LPT_IPA, KVM_REG_ARM_CNTKCTL_EL1, KVM_REG_ARM_TIMER_CNT,
+)
 from pvtime.guest.lpt import linux_evnti
 from pvtime.host import Host
 from pvtime.host.events import EventLoop
@@ -199,13 +201,15 @@ def test_sequence_changes_refresh_the_factors_and_odd_values_are_retried() -> No
     (reserved) sequence makes every access retry until it settles."""
     seen = []
 
-    def poke(machine: Machine, t: int) -> None:
-        ipa = machine.vm.lpt.ipa
-        seq = struct.unpack("<Q", machine.vm.memory.read(ipa + LPT_SEQUENCE_OFFSET, 8))[0]
+    def poke(machine: Machine, t: int) -> None:  # the VMM writes the record in its own buffer
+        ipa = machine.vm.get_device_attr(KVM_ARM_VM_PVTIME_LPT_CTRL, KVM_ARM_VM_PVTIME_LPT_IPA)
+        mem, off = machine.pvtime_mem, ipa - machine.config.layout.pvtime_base + LPT_SEQUENCE_OFFSET
+        assert mem is not None
+        seq = struct.unpack_from("<Q", mem, off)[0]
         if t == 30 * MS:
-            machine.vm.memory.write(ipa + LPT_SEQUENCE_OFFSET, struct.pack("<Q", seq | 1))
+            struct.pack_into("<Q", mem, off, seq | 1)
         elif t == 40 * MS:
-            machine.vm.memory.write(ipa + LPT_SEQUENCE_OFFSET, struct.pack("<Q", (seq & ~1) + 2))
+            struct.pack_into("<Q", mem, off, (seq & ~1) + 2)
         seen.append(seq)
 
     run = run_minikernel(25_000_000, 1_000_000_000, between=poke)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 
 from pvtime.abi import smccc
@@ -9,6 +11,7 @@ from pvtime.abi.errno import EINVAL, ENOENT
 from pvtime.abi.uapi import (
     KVM_MEM_READONLY, REG_ELR_EL1, REG_PC, REG_PSTATE, REG_SP, REG_SP_EL1, REG_SPSR_EL1, core_reg, reg_x,
 )
+from pvtime.cpu import create_cpu
 from pvtime.host import Host
 from pvtime.kvm import HaltExit, InternalErrorExit, IntrExit, KvmError, MmioExit, SemihostingExit, SystemEventExit
 from tests.cpu.asm import assemble
@@ -289,7 +292,7 @@ def test_slice_deadline_is_an_intr_exit_and_time_follows_instructions() -> None:
     rig = Rig(assemble("b ."), instructions_per_sec=500_000_000)
     assert rig.run(budget_ns=1_000_000) == IntrExit()
     assert rig.host.clock_ns == 1_000_000
-    assert rig.vcpus[0].cpu.instructions == pytest.approx(500_000, abs=1)
+    assert rig.cpus[0].instructions == pytest.approx(500_000, abs=1)
 
 
 def test_counter_reads_are_monotonic_and_runs_are_deterministic() -> None:
@@ -354,7 +357,7 @@ def test_interrupt_without_vectors_is_an_exception_the_guest_cannot_take() -> No
 
 def test_unknown_cpu_backend_is_refused() -> None:
     with pytest.raises(ValueError, match="CPU backend 'x86'"):
-        Rig(assemble("wfi")).kvm.create_vm("bad", cpu="x86").create_vcpu(0)
+        Rig(assemble("wfi"), cpu=partial(create_cpu, "x86"))
 
 
 def test_python_block_counter_gives_the_same_virtual_time_as_the_native_one() -> None:
@@ -372,9 +375,7 @@ def test_python_block_counter_gives_the_same_virtual_time_as_the_native_one() ->
     """)
     results = []
     for native in (None, False):
-        rig = Rig(program)
-        rig.vcpus[0].cpu = UnicornCpu(0, native_counter=native)
-        rig.vcpus[0].set_one_reg(REG_PC, RAM_BASE)
+        rig = Rig(program, cpu=lambda i, native=native: UnicornCpu(i, native_counter=native))
         assert isinstance(rig.run(), HaltExit)
-        results.append((rig.host.clock_ns, rig.vcpus[0].cpu.instructions, rig.vcpus[0].get_one_reg(reg_x(3))))
+        results.append((rig.host.clock_ns, rig.cpus[0].instructions, rig.vcpus[0].get_one_reg(reg_x(3))))
     assert results[0] == results[1]

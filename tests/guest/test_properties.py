@@ -31,36 +31,40 @@ ops = st.lists(st.one_of(
 def test_steal_never_decreases(sequence):
     env = make_env(1)
     kernel = ModelKernel()
-    task, vcpu = env.tasks[0], env.vcpu(0)
     cpu = RecordingCpu(env, 0)
-    with env.host.on_cpu(task, 0):
-        vcpu._vcpu_load(task)
-        kernel.pv_probed = kernel.pv.init(cpu)  # what ModelKernel.main does on the boot CPU
+
+    def boot():  # what ModelKernel.main does on the boot CPU
+        kernel.pv_probed = kernel.pv.init(cpu)
         assert kernel.pv_probed
         kernel.ticks.stat(0)
         kernel.rq[0] = RqClock()
         assert kernel.cpu_up(cpu, 0, boot=True)
+
+    env.guest(0, boot)
     last_guest, last_record, online = 0, 0, True
+
+    def step(op):  # guest code, after the KVM_RUN's vcpu_load updated the record
+        nonlocal last_guest, last_record, online
+        record = struct.unpack_from("<Q", env.machine.pvtime_mem, 8)[0]
+        if op == "offline" and online:
+            kernel.cpu_down(0)
+            online = False
+        elif op == "online" and not online:
+            kernel.cpu_up(cpu, 0)  # PV_TIME_ST: the record restarts from 0
+            online, record, last_record = True, 0, 0
+        elif op == "read" and online:
+            kernel.ticks.account_process_tick(0, kernel.steal_clock(cpu, 0), user=True, idle=False)
+            guest = kernel.ticks.stat(0).steal
+            assert guest >= last_guest
+            last_guest = guest
+        assert record >= last_record
+        last_record = record
+
     for op, arg in sequence:
         if op == "wait":
-            env.host.hold(task, arg)
+            env.host.hold(env.tasks[0], arg)
             continue
-        with env.host.on_cpu(task, 0):
-            vcpu._vcpu_load(task)
-            record = struct.unpack_from("<Q", env.machine.pvtime_mem, 8)[0]
-            if op == "offline" and online:
-                kernel.cpu_down(0)
-                online = False
-            elif op == "online" and not online:
-                kernel.cpu_up(cpu, 0)  # PV_TIME_ST: the record restarts from 0
-                online, record, last_record = True, 0, 0
-            elif op == "read" and online:
-                kernel.ticks.account_process_tick(0, kernel.steal_clock(cpu, 0), user=True, idle=False)
-                guest = kernel.ticks.stat(0).steal
-                assert guest >= last_guest
-                last_guest = guest
-            assert record >= last_record
-            last_record = record
+        env.guest(0, lambda op=op: step(op))
 
 
 @pytest.mark.parametrize("nohz_idle", [True, False])  # the tick stopped while idle, or periodic

@@ -5,17 +5,17 @@ import pytest
 
 from pvtime.abi import smccc
 from pvtime.abi.sysregs import (
-    CNTKCTL_EL0VCTEN, CNTKCTL_EVNTEN, CNTV_CTL_EL0, CNTV_CVAL_EL0, CNTVCT_EL0, CTL_ENABLE, MPIDR_EL1,
+    CNTKCTL_EL0VCTEN, CNTKCTL_EVNTEN, CNTV_CTL_EL0, CNTV_CVAL_EL0, CNTVCT_EL0, CTL_ENABLE, CTL_ISTATUS,
+    MPIDR_EL1,
 )
 from pvtime.abi.uapi import (
-    KVM_REG_ARM_CNTKCTL_EL1, KVM_REG_ARM_PTIMER_CNT, KVM_REG_ARM_PTIMER_CTL, KVM_REG_ARM_PTIMER_CVAL,
-    KVM_REG_ARM_TIMER_CNT, KVM_REG_ARM_TIMER_CTL, KVM_REG_ARM_TIMER_CVAL, KVM_SYSTEM_EVENT_RESET,
-    KVM_SYSTEM_EVENT_SHUTDOWN, reg_x,
+    KVM_MP_STATE_STOPPED, KVM_REG_ARM_CNTKCTL_EL1, KVM_REG_ARM_PTIMER_CNT, KVM_REG_ARM_PTIMER_CTL,
+    KVM_REG_ARM_PTIMER_CVAL, KVM_REG_ARM_TIMER_CNT, KVM_REG_ARM_TIMER_CTL, KVM_REG_ARM_TIMER_CVAL,
+    KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, reg_x,
 )
-from pvtime.cpu.backend import Stop, StopKind
 from pvtime.guest.machine import Compute, WaitForInterrupt
-from pvtime.kvm import HaltExit, SystemEventExit
-from pvtime.kvm.vcpu import reset_mpidr
+from pvtime.kvm import HaltExit, IntrExit, SystemEventExit
+from pvtime.kvm.traps import reset_mpidr
 from tests.conftest import make_env
 from tests.cpu.asm import assemble
 from tests.cpu.rig import Rig
@@ -25,6 +25,11 @@ U64 = 2**64 - 1
 
 def x0(env, i, fid, *args):
     return smccc.to_signed(env.call(i, fid, *args)[0])
+
+
+def off(vcpu):
+    """KVM_GET_MP_STATE says the vCPU is powered off."""
+    return vcpu.get_mp_state() == KVM_MP_STATE_STOPPED
 
 
 @pytest.fixture
@@ -51,20 +56,20 @@ def test_features_of_every_implemented_call_and_smccc_version(env):
 
 def test_cpu_on_checks_affinity_and_state(env):
     assert x0(env, 0, smccc.PSCI_CPU_ON, 1, 0x4000_1000, 7) == smccc.PSCI_SUCCESS
-    assert not env.vcpu(1).powered_off
+    assert not off(env.vcpu(1))
     assert x0(env, 0, smccc.PSCI_CPU_ON, 1, 0x4000_1000, 7) == smccc.PSCI_ALREADY_ON
     assert x0(env, 0, smccc.PSCI_CPU_ON, 9, 0x4000_1000, 7) == smccc.PSCI_INVALID_PARAMETERS  # no such vCPU
     # Bits outside MPIDR_HWID_BITMASK are invalid, not ignored (kvm_psci_valid_affinity).
     assert x0(env, 0, smccc.PSCI_CPU_ON, 0x8000_0002, 0x4000_1000, 7) == smccc.PSCI_INVALID_PARAMETERS
-    assert env.vcpu(2).powered_off
+    assert off(env.vcpu(2))
 
 
 def test_smc32_cpu_on_narrows_its_arguments_to_32_bits(env):
     from pvtime.abi.uapi import REG_PC
 
     assert x0(env, 0, 0x84000003, 0xFFFF_0000_0000_0002, 0xDEAD_0000_4000_1000, 0xAB_0000_0007) == 0
-    assert env.vcpu(2).cpu.core_regs[REG_PC] == 0x4000_1000
-    assert env.vcpu(2).cpu.core_regs[reg_x(0)] == 7
+    assert env.vcpu(2).get_one_reg(REG_PC) == 0x4000_1000
+    assert env.vcpu(2).get_one_reg(reg_x(0)) == 7
 
 
 def test_affinity_info_levels(env):
@@ -79,7 +84,7 @@ def test_affinity_info_levels(env):
 
 def test_cpu_off(env):
     assert x0(env, 0, smccc.PSCI_CPU_OFF) == smccc.PSCI_SUCCESS
-    assert env.vcpu(0).powered_off
+    assert off(env.vcpu(0))
 
 
 @pytest.mark.parametrize("fid,args,event", [
@@ -90,13 +95,13 @@ def test_cpu_off(env):
 def test_system_events_stop_every_vcpu_and_preload_internal_failure(env, fid, args, event):
     x0(env, 0, smccc.PSCI_CPU_ON, 1, 0x4000_1000, 0)
     assert x0(env, 0, fid, *args) == smccc.PSCI_INTERNAL_FAILURE
-    assert all(v.powered_off for v in env.machine.vcpus)
-    assert env.vcpu(0)._exit_for(Stop(StopKind.EXIT)) == SystemEventExit(event)  # what run() returns
+    assert all(off(v) for v in env.machine.vcpus)
+    assert env.exits[-1] == SystemEventExit(event)  # what the caller's KVM_RUN returned
 
 
 def test_system_reset2_refuses_unknown_architectural_resets(env):
     assert x0(env, 0, smccc.PSCI_SYSTEM_RESET2, 1) == smccc.PSCI_INVALID_PARAMETERS
-    assert not env.vcpu(0).powered_off
+    assert not off(env.vcpu(0))
 
 
 # --- CPU_SUSPEND: kvm_psci_vcpu_suspend -> kvm_vcpu_wfi ----------------------------------------
@@ -177,9 +182,10 @@ def test_a_reset_ends_a_cpu_suspend_wait(env):
     vcpu.set_one_reg(KVM_REG_ARM_TIMER_CVAL, 10**9)
     vcpu.set_one_reg(KVM_REG_ARM_TIMER_CTL, 1)
     assert x0(env, 0, smccc.PSCI_CPU_SUSPEND, 0, 0, 0) == smccc.PSCI_SUCCESS
-    assert vcpu.exit_requested()  # the backend stops after the trap: the vCPU blocks
+    assert env.exits[-1] == HaltExit(40 * 10**9)  # the vCPU blocks until CVAL (10^9 ticks at 25 MHz)
     vcpu.init()
-    assert not vcpu.exit_requested()
+    env.load(0)  # the next KVM_RUN enters the guest: the wait is over
+    assert env.exits[-1] == IntrExit()
 
 
 # --- CPU_ON resets the target: kvm_reset_vcpu -> kvm_reset_sys_regs, kvm_timer_vcpu_reset -------
@@ -194,13 +200,13 @@ def test_cpu_on_resets_the_targets_timers_as_kvm_timer_vcpu_reset(env):
     v1.set_one_reg(KVM_REG_ARM_PTIMER_CVAL, 77_777)
     v1.set_one_reg(KVM_REG_ARM_PTIMER_CTL, 1)
     v1.set_one_reg(KVM_REG_ARM_CNTKCTL_EL1, CNTKCTL_EVNTEN | CNTKCTL_EL0VCTEN)
-    assert v1.irq_pending() and v1.next_irq_ns() is not None
-    v1.power_off()
+    assert v1.get_one_reg(KVM_REG_ARM_TIMER_CTL) == CTL_ENABLE | CTL_ISTATUS  # asserted
+    assert v1.get_one_reg(KVM_REG_ARM_PTIMER_CTL) == CTL_ENABLE  # armed
+    v1.set_mp_state(KVM_MP_STATE_STOPPED)
     assert x0(env, 0, smccc.PSCI_CPU_ON, 1, 0x4000_1000, 7) == smccc.PSCI_SUCCESS
     # Both CTLs are 0 (timers off, lines low, nothing to wake for); CNTKCTL_EL1 is back at 0.
-    assert v1.get_one_reg(KVM_REG_ARM_TIMER_CTL) & 0b11 == 0
-    assert v1.get_one_reg(KVM_REG_ARM_PTIMER_CTL) & 0b11 == 0
-    assert not v1.irq_pending() and v1.next_irq_ns() is None
+    assert v1.get_one_reg(KVM_REG_ARM_TIMER_CTL) == 0  # disabled: no ISTATUS, no line
+    assert v1.get_one_reg(KVM_REG_ARM_PTIMER_CTL) == 0
     assert v1.get_one_reg(KVM_REG_ARM_CNTKCTL_EL1) == 0
     # CVAL keeps its value, and the counter offsets are the VM's: a reset does not touch them.
     assert v1.get_one_reg(KVM_REG_ARM_TIMER_CVAL) == 0
@@ -227,13 +233,13 @@ def test_reset_mpidr_packs_16_vcpus_per_aff0(vcpu_id, mpidr):
 
 def test_cpu_on_to_mpidr_0x100_reaches_vcpu_16():
     env = make_env(18)
+    assert [env.guest(i, lambda i=i: env.cpu(i).view.mrs(MPIDR_EL1)) for i in (0, 15, 16, 17)] == \
+        [0x8000_0000, 0x8000_000F, 0x8000_0100, 0x8000_0101]
     for v in env.machine.vcpus[1:]:
         v.init(power_off=True)
-    assert [env.vcpu(i).read_sysreg(MPIDR_EL1) for i in (0, 15, 16, 17)] == \
-        [0x8000_0000, 0x8000_000F, 0x8000_0100, 0x8000_0101]
     assert x0(env, 0, smccc.PSCI_CPU_ON, 0x10, 0x4000_1000, 7) == smccc.PSCI_INVALID_PARAMETERS  # Aff0 < 16
     assert x0(env, 0, smccc.PSCI_CPU_ON, 0x100, 0x4000_1000, 7) == smccc.PSCI_SUCCESS
-    assert [i for i, v in enumerate(env.machine.vcpus) if not v.powered_off] == [0, 16]
+    assert [i for i, v in enumerate(env.machine.vcpus) if not off(v)] == [0, 16]
     assert x0(env, 0, smccc.PSCI_AFFINITY_INFO, 0x100, 0) == smccc.AFFINITY_ON
     assert x0(env, 0, smccc.PSCI_AFFINITY_INFO, 0x101, 0) == smccc.AFFINITY_OFF
     # Level 1 compares Aff1 and up: cluster 1 (vCPUs 16, 17) has vCPU 16 on; cluster 0 only vCPU 0.

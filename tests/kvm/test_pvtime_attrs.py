@@ -1,5 +1,7 @@
 """vCPU device attributes for PV time: Linux kvm_arm_pvtime_{set,get,has}_attr, errno for errno."""
 
+from types import SimpleNamespace
+
 import pytest
 
 from pvtime.abi.errno import EEXIST, EFAULT, EINVAL, ENXIO
@@ -9,16 +11,31 @@ from pvtime.abi.uapi import (
 )
 from pvtime.host import Host
 from pvtime.kvm import Kvm, KvmError
+from tests.conftest import ScriptCpu, run_guest_code
 
 RAM = 0x4000_0000
 
 
-def fresh_vcpu(*, schedstats=True, protected=False, slots=((0, RAM, 0x10000, 0),)):
-    kvm = Kvm(Host(schedstats=schedstats))
-    vm = kvm.create_vm(protected=protected)
+def fresh(*, schedstats=True, protected=False, slots=((0, RAM, 0x10000, 0),)):
+    """A host, its KVM, a VM with `slots`, and its vCPU 0 (on a ScriptCpu, to run it)."""
+    host = Host(schedstats=schedstats)
+    kvm = Kvm(host)
+    cpus: dict[int, ScriptCpu] = {}
+    vm = kvm.create_vm(protected=protected, cpu=lambda i: cpus.setdefault(i, ScriptCpu(i)))
     for slot, gpa, size, flags in slots:
         vm.set_user_memory_region(slot, gpa, size, bytearray(size), flags)
-    return vm, vm.create_vcpu(0)
+    vcpu = vm.create_vcpu(0)
+    return SimpleNamespace(host=host, kvm=kvm, vm=vm, vcpu=vcpu, cpu=cpus[0])
+
+
+def fresh_vcpu(**kw):
+    f = fresh(**kw)
+    return f.vm, f.vcpu
+
+
+def run_once(f):
+    """One KVM_RUN of vCPU 0 (its guest code does nothing): the VM has run."""
+    run_guest_code(f.host, f.host.spawn("t"), f.vcpu, f.cpu, lambda: None)
 
 
 def errno_of(fn, *args):
@@ -65,9 +82,9 @@ def test_unsupported_host_or_vm_is_enxio_everywhere_and_cap_agrees(kind):
 
 
 def test_supported_cap_and_has_agree():
-    vm, vcpu = fresh_vcpu()
-    assert vm.check_extension(KVM_CAP_STEAL_TIME) == 1 and vm.kvm.check_extension(KVM_CAP_STEAL_TIME) == 1
-    assert vcpu.has_device_attr(CTRL, IPA) is None
+    f = fresh()
+    assert f.vm.check_extension(KVM_CAP_STEAL_TIME) == 1 and f.kvm.check_extension(KVM_CAP_STEAL_TIME) == 1
+    assert f.vcpu.has_device_attr(CTRL, IPA) is None
 
 
 @pytest.mark.parametrize("value", [None, b"\x00" * 7, -1, 2**64, "0x40000000", 1.0])
@@ -123,15 +140,9 @@ def test_ipa_survives_vcpu_reset():
 
 def test_set_is_allowed_after_the_vm_has_run():
     # Linux does not check that the vCPU has not run yet.
-    from pvtime.guest.kernel import ModelKernel
-
-    vm, vcpu = fresh_vcpu()
-    vcpu.load_model_program(ModelKernel())
-    task = vm.host.spawn("t")
-    with vm.host.on_cpu(task, 1000):
-        vcpu.run()
-    assert vm.has_run
-    vcpu.set_device_attr(CTRL, IPA, RAM)
+    f = fresh()
+    run_once(f)
+    f.vcpu.set_device_attr(CTRL, IPA, RAM)
 
 
 def test_error_message_names_the_problem():
@@ -142,19 +153,8 @@ def test_error_message_names_the_problem():
 
 def test_a_vcpu_may_be_created_after_the_vm_has_run():
     # Linux refuses a late KVM_CREATE_VCPU only once an in-kernel vGIC is initialised.
-    from pvtime.guest.kernel import ModelKernel
-
-    vm, vcpu = fresh_vcpu()
-    vcpu.load_model_program(ModelKernel())
-    with vm.host.on_cpu(vm.host.spawn("t"), 1000):
-        vcpu.run()
-    late = vm.create_vcpu(1)
+    f = fresh()
+    run_once(f)
+    late = f.vm.create_vcpu(1)
     late.set_device_attr(CTRL, IPA, RAM + 64)
-    assert errno_of(vm.create_vcpu, 1) == EEXIST
-
-
-def test_a_model_program_on_a_machine_code_vcpu_is_einval():
-    vm = Kvm(Host()).create_vm(cpu="unicorn")
-    from pvtime.guest.kernel import ModelKernel
-
-    assert errno_of(vm.create_vcpu(0).load_model_program, ModelKernel()) == EINVAL
+    assert errno_of(f.vm.create_vcpu, 1) == EEXIST

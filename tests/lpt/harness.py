@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pvtime.abi.sysregs import CTL_ISTATUS
+from pvtime.abi.uapi import (
+    KVM_ARM_VM_PVTIME_LPT_CTRL, KVM_ARM_VM_PVTIME_LPT_IPA, KVM_REG_ARM_PTIMER_CNT, KVM_REG_ARM_PTIMER_CVAL,
+    KVM_REG_ARM_TIMER_CNT, KVM_REG_ARM_TIMER_CTL, KVM_REG_ARM_TIMER_CVAL,
+)
+from pvtime.abi.widths import U64
 from pvtime.cpu.model import GuestView
 from pvtime.guest.lpt import LptClock
 from pvtime.host import Host, Task
 from pvtime.kvm import Kvm, Quirk
 from pvtime.vmm import Machine, MachineConfig
 from pvtime.vmm.migration import ModelHandover, restore, save
+from tests.conftest import ScriptCpu, run_guest_code
 
 NS = 1_000_000_000
 
@@ -31,12 +38,41 @@ class Vm:
                 vcpu.run()
 
     def view(self, i: int = 0) -> GuestView:
-        return GuestView(self.machine.vcpus[i])
+        """vCPU i as its guest code sees it (inside `guest`)."""
+        cpu = self.machine.cpus[i]
+        assert isinstance(cpu, ScriptCpu)
+        return cpu.view
 
     def guest(self, t: int, fn):
-        """Call fn(cpu) as guest code on vCPU 0 at virtual time t."""
-        with self.host.on_cpu(self.task, 0, start_ns=t):
-            return fn(self.view())
+        """Call fn(cpu) as guest code on vCPU 0 at virtual time t (in one KVM_RUN)."""
+        cpu = self.machine.cpus[0]
+        assert isinstance(cpu, ScriptCpu)
+        view = cpu.view
+        return run_guest_code(self.host, self.task, self.machine.vcpus[0], cpu, lambda: fn(view), start_ns=t)[1]
+
+    def lpt_ipa(self) -> int:
+        """Where the LPT record is (KVM_ARM_VM_PVTIME_LPT_IPA)."""
+        return self.machine.vm.get_device_attr(KVM_ARM_VM_PVTIME_LPT_CTRL, KVM_ARM_VM_PVTIME_LPT_IPA)
+
+    def write(self, gpa: int, data: bytes) -> None:
+        """The VMM writes guest memory (its own buffers), as a concurrent host would."""
+        for _, base, buf in self.machine.regions():
+            if base <= gpa and gpa + len(data) <= base + len(buf):
+                buf[gpa - base:gpa - base + len(data)] = data
+                return
+        raise ValueError(f"{gpa:#x}: not in the VM's memory")
+
+    def irq_pending(self) -> bool:
+        """vCPU 0's virtual timer asserts its (unmasked) interrupt: CNTV_CTL.ISTATUS, now."""
+        return bool(self.machine.vcpus[0].get_one_reg(KVM_REG_ARM_TIMER_CTL) & CTL_ISTATUS)
+
+    def fires_at(self, physical: bool) -> int:
+        """The virtual time vCPU 0's timer asserts (host view): CVAL plus the VM's counter offset."""
+        vcpu = self.machine.vcpus[0]
+        cval = vcpu.get_one_reg(KVM_REG_ARM_PTIMER_CVAL if physical else KVM_REG_ARM_TIMER_CVAL)
+        count = vcpu.get_one_reg(KVM_REG_ARM_PTIMER_CNT if physical else KVM_REG_ARM_TIMER_CNT)
+        offset = (self.host.counter() - count) & U64  # the counters' offsets are independent
+        return self.host.counter_to_ns(cval + offset)
 
     def pv(self, t: int, physical: bool = False) -> int:
         """The guest's PV counter at virtual time t, through its LPT clocksource."""
@@ -52,7 +88,8 @@ class Vm:
 
 def boot(native_hz: int, pv_hz: int | None, *, t: int = 0, vcpus: int = 1, quirks: Quirk = Quirk.NONE) -> Vm:
     host = Host(native_hz, name=f"h{native_hz}")
-    machine = Machine(Kvm(host), MachineConfig("t", vcpus=vcpus, memory_mib=1, lpt_pv_hz=pv_hz, quirks=quirks))
+    machine = Machine(Kvm(host), MachineConfig("t", vcpus=vcpus, memory_mib=1, lpt_pv_hz=pv_hz, quirks=quirks),
+                      cpus=ScriptCpu)
     vm = Vm(host, machine, host.spawn("vcpu"))
     vm.run(t)
     return vm
@@ -66,7 +103,7 @@ def migrate(vm: Vm, native_hz: int, t_save: int, t_restore: int, *, count_downti
     host = Host(native_hz, name=f"h{native_hz}")
     host.clock_ns = t_restore
     machine = restore(Kvm(host), data, handover=handover, now_ns=t_restore,
-                      downtime_ns=t_restore - t_save if count_downtime else None)
+                      downtime_ns=t_restore - t_save if count_downtime else None, cpus=ScriptCpu)
     vm.machine.stop("migrated")
     new = Vm(host, machine, host.spawn("vcpu"), clock=vm.clock, reads=vm.reads)
     new.run(t_restore)

@@ -57,10 +57,11 @@ def test_the_rescale_is_exact_at_first_run_whenever_it_happens():
     from pvtime.vmm.migration import ModelHandover, restore, save
     from pvtime.host import Host
     from pvtime.kvm import Kvm
+    from tests.conftest import ScriptCpu
     from tests.lpt.harness import Vm
     data = save(vm.machine, now_ns=2_000 * US, handover=ModelHandover())
     host = Host(1_000_000_000)
-    machine = restore(Kvm(host), data, now_ns=2_000 * US, downtime_ns=0)
+    machine = restore(Kvm(host), data, now_ns=2_000 * US, downtime_ns=0, cpus=ScriptCpu)
     late = Vm(host, machine, host.spawn("vcpu"))
     late.run(50_000 * US)  # first run 48 ms after the restore
     assert late.pv(60_000 * US) == ideal(60_000 * US, pv)
@@ -95,11 +96,7 @@ def arm(vm, t, pv_deadline, physical):
 
 def fires_at(vm, physical):
     """The virtual time the timer's interrupt asserts (host view)."""
-    timer = vm.machine.vcpus[0].timer
-    counter = vm.machine.vm.counter
-    cval = (timer.ptimer if physical else timer.vtimer).cval
-    host_count = cval + (counter.poffset if physical else counter.voffset)  # independent offsets
-    return vm.host.counter_to_ns(host_count)
+    return vm.fires_at(physical)
 
 
 @pytest.mark.parametrize("physical", [False, True])
@@ -138,10 +135,10 @@ def test_expired_timers_stay_expired(quirks):
     vm = boot(25_000_000, 1_000_000_000, quirks=quirks)
     past = vm.pv(5_000 * US) - 1_000_000
     arm(vm, 5_000 * US, past, physical=False)
-    assert vm.machine.vcpus[0].irq_pending()
+    assert vm.irq_pending()
     moved = migrate(vm, 1_000_000_000, 6_000 * US, 6_000 * US)
     with moved.host.on_cpu(moved.task, 0, start_ns=6_000 * US):
-        pending = moved.machine.vcpus[0].irq_pending()
+        pending = moved.irq_pending()
     assert pending is (quirks == Quirk.NONE)  # the RFC's u32 delta makes it 4.3 s away
 
 

@@ -6,6 +6,7 @@ from pvtime import fixedpoint
 from pvtime.abi import smccc
 from pvtime.abi.records import LPT_SEQUENCE_OFFSET, LptRecord
 from pvtime.abi.sysregs import CNTFRQ_EL0, CNTKCTL_EL1, CNTV_CVAL_EL0, CNTVCT_EL0
+from pvtime.abi.uapi import KVM_REG_ARM_TIMER_CVAL
 from pvtime.guest.lpt import ArchCounter, LptClock, el0_mrs, linux_evnti
 from pvtime.guest.paravirt import has_pv_steal_clock
 from tests.lpt.harness import boot
@@ -29,8 +30,7 @@ def test_probe_gives_pv_freq_and_converted_counter():
 def test_probe_fails_without_lpt_and_on_a_bad_record():
     assert boot(25_000_000, None).guest(0, lambda cpu: LptClock.probe(cpu, [])) is None
     vm = boot(25_000_000, 10**9)
-    ipa = vm.machine.vm.lpt.ipa
-    vm.machine.vm.memory.write(ipa, (1).to_bytes(4, "little"))  # revision 1
+    vm.write(vm.lpt_ipa(), (1).to_bytes(4, "little"))  # revision 1
     messages = []
     assert vm.guest(0, lambda cpu: LptClock.probe(cpu, messages)) is None
     assert "revision" in messages[0]
@@ -69,7 +69,7 @@ def test_timer_programmed_through_the_deadline_conversion():
     sf = vm.clock.factors
     for deadline in (1, 41, 42, 10**9 + 7):
         vm.guest(0, lambda cpu: vm.clock.set_cval(cpu, deadline))
-        native = vm.machine.vcpus[0].timer.vtimer.cval
+        native = vm.machine.vcpus[0].get_one_reg(KVM_REG_ARM_TIMER_CVAL)
         assert native == fixedpoint.pv_to_native_deadline(deadline, sf)
         assert fixedpoint.native_to_pv(native, sf) >= deadline
 
@@ -98,13 +98,13 @@ class Racing:
         value = self.cpu.mrs(reg)
         if reg == CNTVCT_EL0 and self.times:
             self.times -= 1
-            mem, ipa = self.vm.machine.vm.memory, self.vm.machine.vm.lpt.ipa
-            old = LptRecord.unpack(mem.read(ipa, 48))
+            ipa = self.vm.lpt_ipa()
+            old = LptRecord.unpack(self.vm.machine.read_guest(ipa, 48))
             native = self.natives[self.moves % len(self.natives)]
             self.moves += 1
             new = LptRecord(sequence_number=old.sequence_number + 2,
                             **fixedpoint.scale_factors(native, old.pv_freq).record_fields())
-            mem.write(ipa, new.pack())
+            self.vm.write(ipa, new.pack())
         return value
 
 
@@ -140,22 +140,22 @@ class HostMidUpdate:
 
     def load64(self, addr):
         value = self.cpu.load64(addr)
-        mem, ipa = self.vm.machine.vm.memory, self.vm.machine.vm.lpt.ipa
+        ipa = self.vm.lpt_ipa()
         if addr == ipa + LPT_SEQUENCE_OFFSET and self.times:
             self.times -= 1
             if not self.times:
-                mem.write(ipa + LPT_SEQUENCE_OFFSET, self.done.to_bytes(8, "little"))
+                self.vm.write(ipa + LPT_SEQUENCE_OFFSET, self.done.to_bytes(8, "little"))
         return value
 
 
 def test_odd_sequence_is_retried_and_a_bad_update_keeps_the_last_factors():
     vm = lpt_vm(25_000_000)
-    mem, ipa = vm.machine.vm.memory, vm.machine.vm.lpt.ipa
-    mem.write(ipa + LPT_SEQUENCE_OFFSET, (3).to_bytes(8, "little"))
+    ipa = vm.lpt_ipa()
+    vm.write(ipa + LPT_SEQUENCE_OFFSET, (3).to_bytes(8, "little"))
     value = vm.guest(1_000 * US, lambda cpu: vm.clock.read(HostMidUpdate(cpu, vm, times=100, done=4)))
     assert vm.clock.stats.retries == 100 and vm.clock.stats.refreshes == 1 and value == 1_000_000
-    mem.write(ipa + LPT_SEQUENCE_OFFSET, (6).to_bytes(8, "little"))
-    mem.write(ipa + 20, (7).to_bytes(4, "little"))  # pv_freq changed: refused
+    vm.write(ipa + LPT_SEQUENCE_OFFSET, (6).to_bytes(8, "little"))
+    vm.write(ipa + 20, (7).to_bytes(4, "little"))  # pv_freq changed: refused
     assert vm.pv(2_000 * US) == 2_000_000
     assert vm.clock.stats.bad_records >= 1
 
@@ -208,8 +208,7 @@ def test_a_record_that_never_settles_panics_the_guest_not_the_host():
     from pvtime.guest.machine import GuestPanic
 
     vm = lpt_vm(25_000_000)
-    mem, ipa = vm.machine.vm.memory, vm.machine.vm.lpt.ipa
-    mem.write(ipa + LPT_SEQUENCE_OFFSET, (5).to_bytes(8, "little"))  # odd for good
+    vm.write(vm.lpt_ipa() + LPT_SEQUENCE_OFFSET, (5).to_bytes(8, "little"))  # odd for good
     with pytest.raises(GuestPanic, match="not settled"):
         vm.guest(1_000 * US, lambda cpu: vm.clock.read(cpu))
     assert vm.clock.stats.retries == MAX_SPINS

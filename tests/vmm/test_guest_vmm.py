@@ -7,6 +7,7 @@ import struct
 import pytest
 from click.testing import CliRunner
 
+from pvtime.abi.uapi import KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_STOPPED
 from pvtime.cli import main
 from pvtime.host import Host
 from pvtime.kvm import Kvm
@@ -70,7 +71,7 @@ def test_other_vcpus_start_powered_off() -> None:
     host = Host()
     machine = Machine(Kvm(host), MachineConfig("vm", vcpus=2, memory_mib=4, cpu="unicorn"))
     machine.load_elf(make_elf(SPIN))
-    assert [v.powered_off for v in machine.vcpus] == [False, True]
+    assert [v.get_mp_state() for v in machine.vcpus] == [KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_STOPPED]
 
 
 BAD_IMAGES = [
@@ -187,3 +188,11 @@ def test_cli_guest_run_configures_lpt(tmp_path) -> None:  # type: ignore[no-unty
     assert "CNTFRQ_EL0 = 1000000000 Hz" in lpt.stdout
     assert "lpt pv_freq 1000000000 native_freq 25000000 seq 2" in lpt.stdout
     assert CliRunner().invoke(main, args + ["--lpt-pv-hz", "0"]).exit_code == 2  # click names the option
+
+
+def test_a_model_program_on_a_machine_code_vm_is_refused() -> None:
+    from pvtime.guest.kernel import ModelKernel
+
+    machine = Machine(Kvm(Host()), MachineConfig("m", memory_mib=1, cpu="unicorn"))
+    with pytest.raises(ValueError, match="runs machine code from guest RAM"):
+        machine.load_model_guest(ModelKernel())

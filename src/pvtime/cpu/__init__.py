@@ -4,7 +4,7 @@
 hypervisor through `VcpuTraps` and report why they stopped with a `Stop`.
 """
 
-from pvtime.cpu.backend import Clock, Conduit, CpuBackend, Stop, StopKind, VcpuTraps
+from pvtime.cpu.backend import Clock, Conduit, CpuBackend, CpuFactory, Stop, StopKind, VcpuTraps
 
 CPU_KINDS = ("model", "unicorn")
 
@@ -22,4 +22,4 @@ def create_cpu(kind: str, index: int, *, instructions_per_sec: int | None = None
     raise ValueError(f"CPU backend {kind!r}: expected one of {', '.join(CPU_KINDS)}")
 
 
-__all__ = ["CPU_KINDS", "Clock", "Conduit", "CpuBackend", "Stop", "StopKind", "VcpuTraps", "create_cpu"]
+__all__ = ["CPU_KINDS", "Clock", "Conduit", "CpuBackend", "CpuFactory", "Stop", "StopKind", "VcpuTraps", "create_cpu"]

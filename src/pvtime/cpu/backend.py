@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Protocol, Sequence
 
 from pvtime.abi.sysregs import SysReg
@@ -166,3 +166,7 @@ class CpuBackend(Protocol):
         """The data of the last MMIO read exit; applied (and the PC moved on) at the next execute()."""
         ...
 
+
+# What a VM is created with: makes the engine for vCPU `index` (`pvtime.cpu.create_cpu` makes the
+# standard ones). The VMM keeps the engines it makes, to install a model guest program on them.
+CpuFactory = Callable[[int], CpuBackend]

@@ -17,8 +17,8 @@ from pvtime.kvm import lpt, psci, pvtime
 from pvtime.kvm.errors import KvmError
 
 if TYPE_CHECKING:
-    from pvtime.kvm.vcpu import Vcpu
-    from pvtime.kvm.vm import Vm
+    from pvtime.kvm.traps import Traps
+    from pvtime.kvm.vm import VmState
 
 _PV_TIME_IDS = frozenset({smccc.PV_TIME_FEATURES, smccc.PV_TIME_ST, smccc.PV_TIME_LPT})
 
@@ -28,12 +28,12 @@ def pv_time_st_succeeded(fid: int, regs: list[int]) -> bool:
     return fid == smccc.PV_TIME_ST and regs[0] != smccc.to_u64(smccc.NOT_SUPPORTED)
 
 
-def pv_time_visible(vm: Vm) -> bool:
+def pv_time_visible(vm: VmState) -> bool:
     """The VM's STD_HYP bitmap exposes PV time."""
     return bool(vm.std_hyp_bmap >> KVM_REG_ARM_STD_HYP_BIT_PV_TIME & 1)
 
 
-def set_std_hyp_bmap(vm: Vm, value: int) -> None:
+def set_std_hyp_bmap(vm: VmState, value: int) -> None:
     """kvm_arm_set_fw_reg_bmap for KVM_REG_ARM_STD_HYP_BMAP (size and EFAULT checked by the caller)."""
     if value & ~KVM_REG_ARM_STD_HYP_BMAP_SUPPORTED:
         raise KvmError(EINVAL, f"STD_HYP_BMAP {value:#x}: unsupported bits "
@@ -43,7 +43,7 @@ def set_std_hyp_bmap(vm: Vm, value: int) -> None:
     vm.std_hyp_bmap = value
 
 
-def handle(vcpu: Vcpu, regs: list[int], conduit: Conduit, imm: int) -> None:
+def handle(vcpu: Traps, regs: list[int], conduit: Conduit, imm: int) -> None:
     """Serve one SMCCC call in place on x0..x3."""
     fid = regs[0] & U32
     vcpu.stats.hypercalls += 1
@@ -51,11 +51,12 @@ def handle(vcpu: Vcpu, regs: list[int], conduit: Conduit, imm: int) -> None:
         regs[0] = U64
     else:
         _dispatch(vcpu, fid, regs)
-    if vcpu.vm.trace_hypercall is not None:
-        vcpu.vm.trace_hypercall(vcpu, fid, regs)
+    trace = vcpu.vm.trace_hypercall
+    if trace is not None:
+        trace(vcpu.fd, fid, regs)
 
 
-def _dispatch(vcpu: Vcpu, fid: int, regs: list[int]) -> None:
+def _dispatch(vcpu: Traps, fid: int, regs: list[int]) -> None:
     """The SMCCC services: every handled call sets x0..x3."""
     result = [smccc.NOT_SUPPORTED, 0, 0, 0]
     if fid in _PV_TIME_IDS and not pv_time_visible(vcpu.vm):

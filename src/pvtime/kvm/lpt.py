@@ -52,8 +52,8 @@ from pvtime.kvm.uaccess import read_user
 from pvtime.kvm.quirks import Quirk
 
 if TYPE_CHECKING:
-    from pvtime.kvm.vcpu import Vcpu
-    from pvtime.kvm.vm import Vm
+    from pvtime.kvm.traps import Traps
+    from pvtime.kvm.vm import VmState
 
 _ATTRS = {KVM_ARM_VM_PVTIME_LPT_IPA: "LPT_IPA", KVM_ARM_VM_PVTIME_LPT_FREQ: "LPT_FREQ"}
 
@@ -73,7 +73,7 @@ class LptState:
         return self.ipa != INVALID_GPA and self.pv_hz != 0
 
 
-def supported(vm: Vm) -> bool:
+def supported(vm: VmState) -> bool:
     """LPT needs no scheduler statistics; like PV time it is not offered to protected VMs."""
     return not vm.protected
 
@@ -85,7 +85,7 @@ def _check_attr(ok: bool, attr: int) -> str:
     return name
 
 
-def set_attr(vm: Vm, attr: int, value: object) -> None:
+def set_attr(vm: VmState, attr: int, value: object) -> None:
     """KVM_SET_DEVICE_ATTR in group KVM_ARM_VM_PVTIME_LPT_CTRL (checks in the ST attribute's order).
 
     IPA (u64): ENXIO unsupported/unknown attribute, EFAULT unreadable, EINVAL not 64-byte aligned,
@@ -112,25 +112,25 @@ def set_attr(vm: Vm, attr: int, value: object) -> None:
         state.pv_hz = hz
 
 
-def get_attr(vm: Vm, attr: int) -> int:
+def get_attr(vm: VmState, attr: int) -> int:
     """KVM_GET_DEVICE_ATTR: the IPA (all ones when unset) or the PV frequency (0 when unset)."""
     _check_attr(supported(vm), attr)
     return vm.lpt.ipa if attr == KVM_ARM_VM_PVTIME_LPT_IPA else vm.lpt.pv_hz
 
 
-def has_attr(vm: Vm, attr: int) -> None:
+def has_attr(vm: VmState, attr: int) -> None:
     """KVM_HAS_DEVICE_ATTR: returns for IPA and FREQ when LPT is supported, else ENXIO."""
     _check_attr(supported(vm), attr)
 
 
-def ipa_for_guest(vm: Vm, flags: int) -> int:
+def ipa_for_guest(vm: VmState, flags: int) -> int:
     """PV_TIME_LPT: x1 (u32) must be 0; the IPA once this start has updated the record, else -1."""
     if flags & U32:
         return smccc.INVALID_PARAMETER
     return vm.lpt.ipa if vm.lpt.updated else smccc.NOT_SUPPORTED
 
 
-def pv_features(vcpu: Vcpu, feature: int) -> int:
+def pv_features(vcpu: Traps, feature: int) -> int:
     """PV_TIME_FEATURES: the stolen-time answers do not depend on LPT (the RFC's defect is a quirk)."""
     vm = vcpu.vm
     if (vm.quirks & Quirk.LPT_ST_NEEDS_LPT and feature == smccc.PV_TIME_ST
@@ -139,7 +139,7 @@ def pv_features(vcpu: Vcpu, feature: int) -> int:
     return pvtime.pv_features(vcpu.steal, feature, vm.lpt.updated)
 
 
-def vm_start(vm: Vm) -> None:
+def vm_start(vm: VmState) -> None:
     """The once-per-start update, run at the VM's first KVM_RUN before any guest entry.
 
     Raises KvmError(EINVAL) when only one of IPA and FREQ is set or when a migrated record's
@@ -175,7 +175,7 @@ def vm_start(vm: Vm) -> None:
     state.updated = True
 
 
-def _rescale(vm: Vm, old: fixedpoint.ScaleFactors, new: fixedpoint.ScaleFactors) -> None:
+def _rescale(vm: VmState, old: fixedpoint.ScaleFactors, new: fixedpoint.ScaleFactors) -> None:
     """Counters and every vCPU's compare values, from `old`'s native ticks to `new`'s."""
     counter = vm.counter
     now = vm.host.counter()

@@ -1,7 +1,7 @@
 """PSCI 1.1 over HVC/SMC, as KVM implements it for arm64 guests (arch/arm64/kvm/psci.c).
 
 vCPUs are addressed by their MPIDR, packed as KVM's reset_mpidr does
-(`pvtime.kvm.vcpu.reset_mpidr`: 16 per Aff0, so MPIDR 0x100 is vCPU 16).
+(`pvtime.kvm.traps.reset_mpidr`: 16 per Aff0, so MPIDR 0x100 is vCPU 16).
 
 CPU_SUSPEND is kvm_psci_vcpu_suspend: every power state is treated as standby, the vCPU blocks
 as a WFI does until an interrupt is pending (at once if one already is), and the call returns
@@ -18,7 +18,7 @@ from pvtime.abi import smccc
 from pvtime.abi.uapi import KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN
 
 if TYPE_CHECKING:
-    from pvtime.kvm.vcpu import Vcpu
+    from pvtime.kvm.traps import Traps
 
 MPIDR_HWID_BITMASK = 0xFF_00FF_FFFF  # Aff3..Aff0
 _SMC64 = 1 << 30
@@ -39,7 +39,7 @@ def is_psci(fid: int) -> bool:
     return fid in PSCI_IDS or fid in _SMC32_ALIASES
 
 
-def call(vcpu: Vcpu, fid: int, regs: list[int]) -> int:
+def call(vcpu: Traps, fid: int, regs: list[int]) -> int:
     """Handle one PSCI call; returns the signed value for x0."""
     args = list(regs[1:4])
     if fid in _SMC32_ALIASES:
@@ -75,7 +75,7 @@ def call(vcpu: Vcpu, fid: int, regs: list[int]) -> int:
     return smccc.PSCI_NOT_SUPPORTED
 
 
-def _system_event(vcpu: Vcpu, event_type: int) -> int:
+def _system_event(vcpu: Traps, event_type: int) -> int:
     """kvm_prepare_system_event: every vCPU stops, the caller exits to the VMM.
 
     x0 is preloaded with INTERNAL_FAILURE: the guest only sees it if the VMM resumes the vCPU
@@ -93,7 +93,7 @@ def _affinity_mask(level: int) -> int:
     return MPIDR_HWID_BITMASK & ~((1 << shift) - 1)
 
 
-def _cpu_on(vcpu: Vcpu, mpidr: int, entry: int, context_id: int) -> int:
+def _cpu_on(vcpu: Traps, mpidr: int, entry: int, context_id: int) -> int:
     if mpidr & ~MPIDR_HWID_BITMASK:
         return smccc.PSCI_INVALID_PARAMETERS
     target = next((v for v in vcpu.vm.vcpus if v.mpidr & MPIDR_HWID_BITMASK == mpidr), None)
@@ -105,7 +105,7 @@ def _cpu_on(vcpu: Vcpu, mpidr: int, entry: int, context_id: int) -> int:
     return smccc.PSCI_SUCCESS
 
 
-def _affinity_info(vcpu: Vcpu, mpidr: int, lowest_level: int) -> int:
+def _affinity_info(vcpu: Traps, mpidr: int, lowest_level: int) -> int:
     """ON if any vCPU matching `mpidr` at `lowest_level` and above is on; OFF if all are off."""
     if mpidr & ~MPIDR_HWID_BITMASK or lowest_level > 3:
         return smccc.PSCI_INVALID_PARAMETERS

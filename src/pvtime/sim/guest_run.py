@@ -144,7 +144,7 @@ def run_guest(image: bytes | Path | str, options: GuestRunOptions, *,
         core.run(t)
     sched.finish()
     for report, vcpu, task in zip(reports, machine.vcpus, host.tasks):
-        report.instructions = getattr(vcpu.cpu, "instructions", 0)
+        report.instructions = getattr(machine.cpus[vcpu.id], "instructions", 0)
         report.run_delay_ns = task.run_delay_ns
         report.record_steal_ns = machine.stolen_time(vcpu.id)
     return GuestRunResult(machine.exit_status, machine.stopped, list(machine.errors), bytes(machine.console),

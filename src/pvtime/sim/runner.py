@@ -15,7 +15,7 @@ from pvtime.host import (
 )
 from pvtime.host.events import PRIO_WAKE
 from pvtime.host.task import Slice, Step
-from pvtime.kvm import Kvm, Vcpu
+from pvtime.kvm import Kvm, Vcpu, Vm
 from pvtime.kvm.hypercalls import pv_time_st_succeeded
 from pvtime.sim.migration import LinkSpec, MigrationDriver
 from pvtime.sim.recorder import CATEGORIES, Recorder, VcpuProbe
@@ -269,7 +269,7 @@ def _plan_migrations(spec: ScenarioSpec, core: EventCore, vms: list[_Vm], hosts:
                                   probe=probe)
                     thread.task = task
                     vcpu.set_wake_callback(lambda t=task: dst_sched.wake(t))
-                    _observe_hypercalls(vcpu, dst_host, task, recorder, probe)
+                    _observe_hypercalls(machine.vm, vcpu, dst_host, task, recorder, probe)
                     vm.threads.append(thread)
                 return vm.threads
 
@@ -354,7 +354,7 @@ def _build_vm(index: int, vs: VmSpec, scenario: Scenario, host: Host, kvm: Kvm, 
         thread.task = task
         # A powered-off vCPU's thread blocks in KVM_RUN until CPU_ON wakes it.
         vcpu.set_wake_callback(lambda t=task: sched.wake(t))
-        _observe_hypercalls(vcpu, host, task, recorder, probe)
+        _observe_hypercalls(machine.vm, vcpu, host, task, recorder, probe)
         threads.append(thread)
     if vs.vmm_thread is not None:
         body = PeriodicBurst(vs.vmm_thread.burst_us * US, vs.vmm_thread.period_us * US)
@@ -432,12 +432,12 @@ class _HypercallTrace:
         self.recorder.on_hypercall(host, task, host.now_ns(), fid, regs[0])
 
 
-def _observe_hypercalls(vcpu: Vcpu, host: Host, task: Task, recorder: Recorder, probe: VcpuProbe) -> None:
+def _observe_hypercalls(vm: Vm, vcpu: Vcpu, host: Host, task: Task, recorder: Recorder, probe: VcpuProbe) -> None:
     """Observe the vCPU's SMCCC calls through its VM's tracepoint, without changing them."""
-    trace = vcpu.vm.trace_hypercall
+    trace = vm.trace_hypercall
     if not isinstance(trace, _HypercallTrace):
         trace = _HypercallTrace(recorder)
-        vcpu.vm.trace_hypercall = trace
+        vm.trace_hypercall = trace
     trace.vcpus[vcpu] = (host, task, probe)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from pvtime.abi.records import LPT_RECORD_SIZE, STEAL_TIME_OFFSET, LptRecord
@@ -11,6 +12,8 @@ from pvtime.abi.uapi import (
     INVALID_GPA, KVM_ARM_VCPU_PVTIME_CTRL, KVM_ARM_VCPU_PVTIME_IPA, KVM_ARM_VM_PVTIME_LPT_CTRL,
     KVM_ARM_VM_PVTIME_LPT_FREQ, KVM_ARM_VM_PVTIME_LPT_IPA, KVM_CAP_STEAL_TIME,
 )
+from pvtime.cpu import CpuBackend, CpuFactory, create_cpu
+from pvtime.cpu.model import ModelCpu
 from pvtime.guest.machine import ModelProgram
 from pvtime.host.task import Slice, Step, Task, TaskState
 from pvtime.kvm import (
@@ -53,16 +56,22 @@ class MachineConfig:
 
 
 class Machine:
-    """One VM and the buffers the VMM owns for it."""
+    """One VM, and the buffers and CPU engines the VMM owns for it.
+
+    `cpus` makes the engine of each vCPU (default: `config.cpu`'s, `pvtime.cpu.create_cpu`); the
+    VMM keeps them in `self.cpus`, to install a model guest program on them.
+    """
 
     RAM_SLOT = 0
     PVTIME_SLOT = 1
 
-    def __init__(self, kvm: Kvm, config: MachineConfig) -> None:
+    def __init__(self, kvm: Kvm, config: MachineConfig, *, cpus: CpuFactory | None = None) -> None:
         config.validate()
         self.config = config
         self.kvm = kvm
-        self.vm: Vm = kvm.create_vm(config.name, cpu=config.cpu, instructions_per_sec=config.instructions_per_sec)
+        make = cpus or partial(create_cpu, config.cpu, instructions_per_sec=config.instructions_per_sec)
+        self.cpus: list[CpuBackend] = [make(i) for i in range(config.vcpus)]
+        self.vm: Vm = kvm.create_vm(config.name, cpu=self.cpus.__getitem__)
         self.vm.enable_quirks(config.quirks)
         layout = config.layout
         self.ram = bytearray(config.memory_mib * MiB)
@@ -79,6 +88,7 @@ class Machine:
         self.uart = devices.uart_for(layout, self._emit)
         self.stopped: str | None = None  # why the VM stopped, once it has
         self.paused = False  # vCPU threads block until resume() (migration's stop-and-copy)
+        self.started = False  # a vCPU thread has entered KVM_RUN
         self.model_program: ModelProgram | None = None
         self.errors: list[InternalErrorExit] = []
 
@@ -116,10 +126,15 @@ class Machine:
         self.paused = False
 
     def load_model_guest(self, program: ModelProgram) -> None:
-        """Boot the model guest on every vCPU."""
+        """Boot the model guest on every vCPU: install it on their model CPUs (ValueError for a
+        machine-code CPU, which runs what guest RAM holds: load an image and set the PC)."""
+        models = [cpu for cpu in self.cpus if isinstance(cpu, ModelCpu)]
+        if len(models) != len(self.cpus):
+            raise ValueError(f"{self.config.name}: a {self.config.cpu} vCPU runs machine code from "
+                             "guest RAM, not a model program (load an image and set the PC)")
         self.model_program = program
-        for vcpu in self.vcpus:
-            vcpu.load_model_program(program)
+        for cpu in models:
+            cpu.load(program)
 
     def stop(self, why: str) -> None:
         """Stop every vCPU of this VM (the other VMs go on)."""
@@ -139,9 +154,20 @@ class Machine:
         self.vcpus[0].set_one_reg(REG_PC, loaded.entry)
         return loaded
 
+    def regions(self) -> list[tuple[int, int, bytearray]]:
+        """(slot, guest address, buffer) of every memory region the VMM owns for this VM."""
+        layout = self.config.layout
+        out = [(self.RAM_SLOT, layout.ram_base, self.ram)]
+        if self.pvtime_mem is not None:
+            out.append((self.PVTIME_SLOT, layout.pvtime_base, self.pvtime_mem))
+        return out
+
     def read_guest(self, gpa: int, size: int) -> bytes | None:
         """Guest memory as the VMM sees it (RAM and the PV-time region), None elsewhere."""
-        return self.vm.memory.read(gpa, size)
+        for _, base, buf in self.regions():
+            if base <= gpa and gpa + size <= base + len(buf):
+                return bytes(buf[gpa - base:gpa - base + size])
+        return None
 
     def stolen_time(self, vcpu_id: int) -> int | None:
         """A vCPU's stolen_time as its record in guest memory holds it (None without a record)."""
@@ -222,6 +248,7 @@ class VcpuThread:
                 return Step(TaskState.EXITED)
             if self.machine.paused:
                 return Step(TaskState.SLEEPING)  # until the VMM resumes and wakes the thread
+            self.machine.started = True
             try:
                 ex = self.vcpu.run()
             except KvmError as err:  # KVM_RUN failed (e.g. LPT half configured): this VM stops

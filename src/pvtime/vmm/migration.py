@@ -32,7 +32,8 @@ The VMM side of REFERENCE section 5's migration, through the kvm API only, as a 
   by name: it migrates between processes too. Any other model program (the model Linux kernel)
   keeps its execution state in Python generators, which no byte stream can carry honestly: the
   stream names a *hand-over token*, and the model CPUs themselves are handed over in-process
-  through a :class:`ModelHandover` (``Vcpu.adopt_model_cpu``). A receiver without that hand-over
+  through a :class:`ModelHandover`: the destination VMM creates its VM on them (``Machine(...,
+  cpus=...)``), so the program continues where it stopped. A receiver without that hand-over
   (another process) refuses the stream with a clear error.
 
 Failure is safe: saving changes nothing the source guest can see (dirty logging only costs it a
@@ -54,10 +55,12 @@ from pvtime.abi.linux import NSEC_PER_SEC
 from pvtime.abi.uapi import (
     INVALID_GPA, KVM_ARM_VCPU_PVTIME_CTRL, KVM_ARM_VCPU_PVTIME_IPA, KVM_ARM_VM_PVTIME_LPT_CTRL,
     KVM_ARM_VM_PVTIME_LPT_FREQ, KVM_ARM_VM_PVTIME_LPT_IPA, KVM_CAP_STEAL_TIME, KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_MP_STATE_STOPPED,
     KVM_REG_ARM_CNTKCTL_EL1, KVM_REG_ARM_PTIMER_CNT, KVM_REG_ARM_PTIMER_CTL, KVM_REG_ARM_PTIMER_CVAL,
     KVM_REG_ARM_STD_HYP_BMAP, KVM_REG_ARM_TIMER_CNT, KVM_REG_ARM_TIMER_CTL, KVM_REG_ARM_TIMER_CVAL,
     PAGE_SIZE,
 )
+from pvtime.cpu import CpuBackend, CpuFactory
 from pvtime.guest.clockwatch import ClockWatch
 from pvtime.guest.machine import ModelProgram
 from pvtime.host import Host, Slice, Task
@@ -89,21 +92,21 @@ class ModelHandover:
     """In-process hand-over of model CPUs (Python guest programs cannot be serialised as bytes)."""
 
     def __init__(self) -> None:
-        self._slots: dict[str, tuple[list[Any], ModelProgram | None]] = {}
+        self._slots: dict[str, tuple[list[CpuBackend], ModelProgram | None]] = {}
         self._next = 0
 
     def deposit(self, machine: Machine) -> str:
         """Offer `machine`'s model CPUs; returns the token the stream names."""
         self._next += 1
         token = f"{machine.vm.name}#{self._next}"
-        self._slots[token] = ([vcpu.cpu for vcpu in machine.vcpus], machine.model_program)
+        self._slots[token] = (list(machine.cpus), machine.model_program)
         return token
 
     def has(self, token: str) -> bool:
         """Is `token` deposited here?"""
         return token in self._slots
 
-    def take(self, token: str) -> tuple[list[Any], ModelProgram | None]:
+    def take(self, token: str) -> tuple[list[CpuBackend], ModelProgram | None]:
         """The CPUs and program for `token` (once)."""
         return self._slots.pop(token)
 
@@ -124,15 +127,6 @@ class MigrationStats:
         if self.paused_at_ns is None or self.resumed_at_ns is None:
             return None
         return self.resumed_at_ns - self.paused_at_ns
-
-
-def _regions(machine: Machine) -> list[tuple[int, int, bytearray]]:
-    """(slot, guest address, buffer) of every memory region the VMM owns for `machine`."""
-    layout = machine.config.layout
-    out = [(Machine.RAM_SLOT, layout.ram_base, machine.ram)]
-    if machine.pvtime_mem is not None:
-        out.append((Machine.PVTIME_SLOT, layout.pvtime_base, machine.pvtime_mem))
-    return out
 
 
 def _at(host: Host, now_ns: int) -> Any:
@@ -172,11 +166,11 @@ class Sender:
     def _meta(self, final: bool) -> dict[str, Any]:
         return {"migration": self.migration_id, "part": self._parts, "final": final,
                 "config": _config_json(self.machine.config),
-                "regions": [[slot, gpa, len(buf)] for slot, gpa, buf in _regions(self.machine)]}
+                "regions": [[slot, gpa, len(buf)] for slot, gpa, buf in self.machine.regions()]}
 
     def _set_logging(self, on: bool) -> None:
         vm = self.machine.vm
-        for slot, gpa, buf in _regions(self.machine):
+        for slot, gpa, buf in self.machine.regions():
             vm.set_user_memory_region(slot, gpa, len(buf), buf, KVM_MEM_LOG_DIRTY_PAGES if on else 0)
         self._logging = on
 
@@ -189,7 +183,7 @@ class Sender:
         """The pages to send: logged ones once logging is on; else every non-zero page (and, with
         `log`, turn logging on first, so that nothing written from now on is missed)."""
         pages: dict[tuple[int, int], bytes] = {}
-        regions = _regions(self.machine)
+        regions = self.machine.regions()
         if self._logging:
             for slot, _, buf in regions:
                 for index in dirty_pages(self.machine.vm.get_dirty_log(slot)):
@@ -222,12 +216,13 @@ class Sender:
         `now_ns` is when the guest last executed (counters are read at that instant).
         """
         m = self.machine
-        if not m.paused and m.vm.has_run:
+        if not m.paused and m.started:
             raise MigrationError(f"{m.config.name}: pause the VM before the final part")
         with _at(m.kvm.host, now_ns):
-            # Quiesce: complete what an exit left pending, enter nothing. A VM that never ran has
-            # nothing pending, and a KVM_RUN would count as its first run (HAS_RAN_ONCE).
-            for vcpu in m.vcpus if m.vm.has_run else ():
+            # Quiesce: complete what an exit left pending, enter nothing. A VM whose vCPU threads
+            # never entered KVM_RUN has nothing pending, and a KVM_RUN would count as its first
+            # run (HAS_RAN_ONCE).
+            for vcpu in m.vcpus if m.started else ():
                 vcpu.immediate_exit = True
                 try:
                     vcpu.run()
@@ -263,7 +258,7 @@ class Sender:
                     raise
                 ipa = INVALID_GPA
             regs = {f"{r:#x}": vcpu.get_one_reg(r) for r in vcpu.get_reg_list()}
-            vcpus.append({"id": vcpu.id, "powered_off": vcpu.powered_off,
+            vcpus.append({"id": vcpu.id, "powered_off": vcpu.get_mp_state() == KVM_MP_STATE_STOPPED,
                           "steal_ipa": None if ipa == INVALID_GPA else ipa, "regs": regs})
         return {
             "saved_at_ns": now_ns,
@@ -276,8 +271,8 @@ class Sender:
 
     def _guest(self) -> dict[str, Any]:
         m = self.machine
-        if m.vm.cpu_kind != "model":
-            return {"kind": m.vm.cpu_kind}
+        if m.config.cpu != "model":
+            return {"kind": m.config.cpu}
         program = m.model_program
         if program is None:
             return {"kind": "none"}
@@ -298,10 +293,12 @@ class Receiver:
     real time. None: the counters resume where they stopped (the guest does not see the pause).
     """
 
-    def __init__(self, kvm: Kvm, *, handover: ModelHandover | None = None, name: str | None = None) -> None:
+    def __init__(self, kvm: Kvm, *, handover: ModelHandover | None = None, name: str | None = None,
+                 cpus: CpuFactory | None = None) -> None:
         self.kvm = kvm
         self.handover = handover
         self.name = name
+        self.cpus = cpus  # the destination's CPU engines (default: the stream's kind), unless handed over
         self._first: dict[str, Any] | None = None
         self._memory: dict[int, bytearray] = {}
         self._next = 0
@@ -336,7 +333,7 @@ class Receiver:
         host = self.kvm.host
         return restore_state(self.kvm, self._first, self._memory, part.state, handover=self.handover,
                              name=self.name, now_ns=host.now_ns() if now_ns is None else now_ns,
-                             downtime_ns=downtime_ns)
+                             downtime_ns=downtime_ns, cpus=self.cpus)
 
     def _begin(self, meta: dict[str, Any]) -> None:
         if meta.get("part") != 0:
@@ -359,10 +356,13 @@ def _config_from_json(c: dict[str, Any], name: str | None = None) -> MachineConf
 
 def restore_state(kvm: Kvm, meta: dict[str, Any], memory: dict[int, bytearray], state: dict[str, Any], *,
                   handover: ModelHandover | None, name: str | None, now_ns: int,
-                  downtime_ns: int | None) -> Machine:
-    """Build the destination machine from a complete stream; MigrationError if it cannot be."""
+                  downtime_ns: int | None, cpus: CpuFactory | None = None) -> Machine:
+    """Build the destination machine from a complete stream; MigrationError if it cannot be.
+
+    `cpus` makes the destination's CPU engines (default: those of the stream's CPU kind); a
+    handed-over model guest brings its own."""
     try:
-        return _restore(kvm, meta, memory, state, handover, name, now_ns, downtime_ns)
+        return _restore(kvm, meta, memory, state, handover, name, now_ns, downtime_ns, cpus)
     except (KeyError, TypeError, ValueError) as err:
         if isinstance(err, MigrationError):
             raise
@@ -370,7 +370,8 @@ def restore_state(kvm: Kvm, meta: dict[str, Any], memory: dict[int, bytearray], 
 
 
 def _restore(kvm: Kvm, meta: dict[str, Any], memory: dict[int, bytearray], state: dict[str, Any],
-             handover: ModelHandover | None, name: str | None, now_ns: int, downtime_ns: int | None) -> Machine:
+             handover: ModelHandover | None, name: str | None, now_ns: int, downtime_ns: int | None,
+             cpus: CpuFactory | None) -> Machine:
     config = _config_from_json(meta["config"], name)
     old_hz = int(state["native_hz"])
     guest = state["guest"]
@@ -395,20 +396,20 @@ def _restore(kvm: Kvm, meta: dict[str, Any], memory: dict[int, bytearray], state
         raise MigrationError(f"guest kind {kind!r} cannot be restored by this VMM")
     if (kind == "unicorn") != (config.cpu == "unicorn"):
         raise MigrationError(f"guest kind {kind!r} on a {config.cpu!r} CPU: mismatched stream")
-    machine = Machine(kvm, config)
+    program: ModelProgram | None = None
+    if kind == "handover":  # the VM is created on the source's model CPUs: the program goes on
+        assert handover is not None
+        handed, program = handover.take(guest["token"])
+        cpus = handed.__getitem__
+    machine = Machine(kvm, config, cpus=cpus)
     try:
         _fill(machine, meta, memory, state, old_hz, now_ns, downtime_ns)
         if kind == "handover":
-            assert handover is not None
-            cpus, program = handover.take(guest["token"])
-            for vcpu, cpu in zip(machine.vcpus, cpus):
-                vcpu.adopt_model_cpu(cpu)
             machine.model_program = program
         elif kind == "resident":
             machine.load_model_guest(RESIDENT_PROGRAMS[guest["program"]](guest["options"]))
     except KvmError as err:
-        if machine.vm in kvm.vms:
-            kvm.vms.remove(machine.vm)  # close the half-built VM
+        machine.vm.close()  # the half-built VM goes
         raise MigrationError(f"destination refused the state: {err}") from None
     return machine
 
@@ -471,9 +472,10 @@ def save(machine: Machine, *, now_ns: int, handover: ModelHandover | None = None
 
 
 def restore(kvm: Kvm, stream: bytes, *, handover: ModelHandover | None = None, name: str | None = None,
-            now_ns: int | None = None, downtime_ns: int | None = None) -> Machine:
+            now_ns: int | None = None, downtime_ns: int | None = None, cpus: CpuFactory | None = None) -> Machine:
     """Restore a one-part stream (from :func:`save`) on `kvm`'s host."""
-    machine = Receiver(kvm, handover=handover, name=name).feed(stream, now_ns=now_ns, downtime_ns=downtime_ns)
+    machine = Receiver(kvm, handover=handover, name=name, cpus=cpus).feed(stream, now_ns=now_ns,
+                                                                          downtime_ns=downtime_ns)
     if machine is None:
         raise MigrationError("the stream ended before its final part: truncated stream")
     return machine
