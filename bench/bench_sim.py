@@ -80,8 +80,9 @@ class SimpyCore:
 
     def at(self, time_ns: int, prio: int, fn: Callable[[], None], *, private: bool = False) -> None:
         ev = self._event(self.env)
-        ev._ok = True
-        ev._value = None
+        # a triggered event at a chosen priority: SimPy's own Timeout does the same internally
+        ev._ok = True  # noqa: SLF001
+        ev._value = None  # noqa: SLF001
 
         def fire(_ev: object) -> None:
             self.processed += 1

@@ -77,7 +77,7 @@ def test_a_nice_5_hog_beside_a_nice_0_hog_waits_its_weight_share(result: dict) -
 def test_simulated_tasks_never_use_more_than_their_cpus(result: dict) -> None:
     """As in Linux, a wait is counted when it ends (sched_info_arrive) and a run when it is charged,
     so a wait or run begun before the window can add to it: allow 5 % at the edges."""
-    for name, runs in result["simulator"]["runs"].items():
+    for runs in result["simulator"]["runs"].values():
         for run in runs:
             for task in run:
                 assert task["run_ns"] + task["run_delay_ns"] <= task["window_ns"] * 1.05

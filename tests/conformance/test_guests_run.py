@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache
 from importlib.resources import files
 from pathlib import Path
 
@@ -23,7 +23,7 @@ GUESTS = Path(__file__).resolve().parents[2] / "guests"
 NSEC_PER_USER_HZ = 10_000_000
 
 
-@lru_cache(maxsize=None)
+@cache
 def image(name: str) -> bytes:
     """The shipped image, or (until it ships) a build of guests/ with zig cc."""
     shipped = IMAGES / f"{name}.elf"
@@ -53,7 +53,7 @@ def test_conformance_guest_passes_on_4_vcpus_over_1_host_cpu() -> None:
         assert v.record_steal_ns == v.host_steal_ns
 
 
-@lru_cache(maxsize=None)
+@cache
 def minikernel_run(vcpus: int = 3, host_cpus: int = 1) -> GuestRunResult:
     data = patch_minikernel(image("minikernel"), duration_ms=300, busy_ms=30, idle_ms=20)
     # 100 MIPS keeps the run short in wall time; the guest's arithmetic does not depend on it.

@@ -13,7 +13,7 @@ import io
 import re
 import struct
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib.resources import files
 from pathlib import Path
 
@@ -96,7 +96,7 @@ def run_minikernel(native_hz: int, pv_hz: int | None, *, vcpus: int = 2, host_cp
     return Run(machine, console, host.clock_ns)
 
 
-@lru_cache(maxsize=None)
+@cache
 def lpt_run(native_hz: int, pv_hz: int) -> Run:
     return run_minikernel(native_hz, pv_hz)
 

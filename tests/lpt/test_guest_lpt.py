@@ -68,7 +68,7 @@ def test_timer_programmed_through_the_deadline_conversion():
     vm = lpt_vm(24_000_000)
     sf = vm.clock.factors
     for deadline in (1, 41, 42, 10**9 + 7):
-        vm.guest(0, lambda cpu: vm.clock.set_cval(cpu, deadline))
+        vm.guest(0, lambda cpu, deadline=deadline: vm.clock.set_cval(cpu, deadline))
         native = vm.machine.vcpus[0].get_one_reg(KVM_REG_ARM_TIMER_CVAL)
         assert native == fixedpoint.pv_to_native_deadline(deadline, sf)
         assert fixedpoint.native_to_pv(native, sf) >= deadline

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 import struct
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from pvtime.abi.linux import NSEC_PER_SEC, USER_HZ
@@ -52,7 +52,7 @@ period_us = 8000
 """
 
 
-@lru_cache(maxsize=None)
+@cache
 def contended() -> RunResult:
     return run(scenario.parse(CONTENDED, "contended.toml"))
 

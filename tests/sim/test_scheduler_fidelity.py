@@ -84,11 +84,9 @@ def test_migrate_send_saves_the_vm_at_the_requested_time() -> None:
     for run_ms in (10, 60):
         port: list[int] = []
         ready = threading.Event()
-        done: dict[str, object] = {}
 
-        def listen() -> None:
-            done.update(listen_vm(0, native_hz=10**9, run_ms=1,
-                                  announce=lambda p: (port.append(p), ready.set())))
+        def listen(port: list[int] = port, ready: threading.Event = ready) -> None:
+            listen_vm(0, native_hz=10**9, run_ms=1, announce=lambda p: (port.append(p), ready.set()))
 
         t = threading.Thread(target=listen)
         t.start()

@@ -10,13 +10,13 @@ child process runs (`pvtime.calibrate.child_task`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 MS = 1_000_000
 
 
-class TaskKind(str, Enum):
+class TaskKind(StrEnum):
     """What a task does with the CPU."""
 
     HOG = "hog"

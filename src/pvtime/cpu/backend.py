@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from collections.abc import Callable, MutableMapping
-from typing import Protocol, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
+from typing import Protocol
 
 from pvtime.abi.sysregs import SysReg
 

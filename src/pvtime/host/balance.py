@@ -159,7 +159,7 @@ class Balancer:
             for other in self.sched.cpus:
                 if other.is_idle() and now >= other.next_balance:
                     if self._periodic(other, now, idle=True):
-                        self.sched._post_service(other, now)
+                        self.sched.post_service(other, now)
 
     def _interval_ns(self, cpu: Pcpu, *, busy: bool) -> int:
         """get_sd_balance_interval, in ns on the tick grid."""
@@ -217,7 +217,6 @@ class Balancer:
     def _balance(self, cpu: Pcpu, now: int, *, idle: bool, newly: bool) -> bool:
         """sched_balance_rq on the one domain; True when a task was moved here."""
         cpus = self.sched.cpus
-        n = len(cpus)
         local_type = self._group_type(cpu, now)
         busiest: Pcpu | None = None
         busiest_type = -1
@@ -290,10 +289,10 @@ class Balancer:
                 break  # CONFIG_PREEMPTION: a newly idle CPU takes one task
         if last is None:
             return False
-        self.sched._resched_if_wanted(busiest, now, local=False)  # the source's update_curr may ask
+        self.sched.resched_if_wanted(busiest, now, local=False)  # the source's update_curr may ask
         if cpu.curr is not None:
             cpu.rq.wakeup_preempt(last, now, fork=False)  # attach_task -> wakeup_preempt
-            self.sched._resched_if_wanted(cpu, now, local=True)
+            self.sched.resched_if_wanted(cpu, now, local=True)
         return True
 
     def _can_migrate(self, se: SchedEntity, cpu: Pcpu, src: FairRunQueue, now: int) -> bool:

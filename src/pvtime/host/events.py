@@ -12,8 +12,8 @@ integers, and makes SimPy a bench/test extra rather than a runtime dependency.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 # Priorities used by the host at one instant: wake-ups first, then what the CPUs' clocks do
 # (ticks, segment ends), then each CPU's scheduling decision -- which so sees every task that
@@ -102,7 +102,7 @@ class EventLoop:
         return len(self._heap)
 
 
-def heap_next_after(heap: list, time_ns: int) -> int | None:  # type: ignore[type-arg]
+def heap_next_after(heap: Sequence[tuple[Any, ...]], time_ns: int) -> int | None:
     """The smallest first field greater than `time_ns` in a binary heap of tuples.
 
     Only the nodes at `time_ns` itself (at the top, since nothing earlier is pending) are

@@ -246,13 +246,14 @@ class Scheduler:
         if self.observer is not None:
             self.observer.on_wake(self.host, se.task, now, cpu.id)
         if cpu.curr is None:
-            self._post_service(cpu, now)  # an idle CPU is always rescheduled (resched_curr)
+            self.post_service(cpu, now)  # an idle CPU is always rescheduled (resched_curr)
             return
         cpu.rq.wakeup_preempt(se, now, fork=fork)
-        self._resched_if_wanted(cpu, now, local=waker == cpu.id)
+        self.resched_if_wanted(cpu, now, local=waker == cpu.id)
 
-    def _resched_if_wanted(self, cpu: Pcpu, now: int, *, local: bool) -> None:
-        """resched_curr_lazy: at once, or -- lazy preemption, from another CPU -- at the next tick."""
+    def resched_if_wanted(self, cpu: Pcpu, now: int, *, local: bool) -> None:
+        """resched_curr_lazy for what `cpu`'s run queue asked: at once, or -- lazy preemption,
+        from another CPU -- at the next tick (for the balancer too)."""
         if not cpu.rq.want_resched:
             return
         cpu.rq.want_resched = False
@@ -264,7 +265,7 @@ class Scheduler:
         cpu.need_resched = True
         if cpu.in_flight and cpu.seg_end > now:
             self.late_reschedules += 1
-        self._post_service(cpu, now)
+        self.post_service(cpu, now)
 
     # --- the tick --------------------------------------------------------------------------
 
@@ -293,14 +294,15 @@ class Scheduler:
             cpu.rq.tick(now)
             if cpu.lazy_resched:
                 cpu.rq.want_resched = True
-            self._resched_if_wanted(cpu, now, local=True)
+            self.resched_if_wanted(cpu, now, local=True)
             self.balancer.tick(cpu, now)
         if busy and now + self.tick_ns < self.end_ns:
             self._ensure_tick(now)
 
     # --- scheduling decisions --------------------------------------------------------------
 
-    def _post_service(self, cpu: Pcpu, at: int) -> None:
+    def post_service(self, cpu: Pcpu, at: int) -> None:
+        """Have `cpu` decide (and run) after the events of instant `at` (for the balancer too)."""
         if not cpu.service_posted:
             cpu.service_posted = True
             self.core.at(max(at, self.core.now), PRIO_RESCHED, lambda: self._service(cpu), private=True)
@@ -323,8 +325,8 @@ class Scheduler:
         if se is not None and se.polls_cpu_clock and cpu.step is not None \
                 and cpu.step.state is TaskState.QUEUED:
             cpu.rq.update_curr(self.core.now)  # its clock_gettime(CLOCK_THREAD_CPUTIME_ID)
-            self._resched_if_wanted(cpu, self.core.now, local=True)
-        self._post_service(cpu, self.core.now)
+            self.resched_if_wanted(cpu, self.core.now, local=True)
+        self.post_service(cpu, self.core.now)
 
     def _schedule(self, cpu: Pcpu, now: int) -> None:
         """__schedule: block or keep the previous task, pick the next one, switch."""

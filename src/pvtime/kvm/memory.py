@@ -12,6 +12,9 @@ from pvtime.abi.uapi import (
 from pvtime.kvm.errors import KvmError
 
 
+_generations: itertools.count[int] = itertools.count(1)  # Memslot.log_generation
+
+
 @dataclass
 class Memslot:
     """One slot: `memory_size` bytes of the VMM's `buffer` at `guest_phys_addr`."""
@@ -53,7 +56,6 @@ class Memslot:
         return self.guest_phys_addr <= gpa and gpa + size <= self.end
 
 
-_generations = itertools.count(1)
 
 
 class GuestMemory:

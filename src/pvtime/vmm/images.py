@@ -17,6 +17,7 @@ from pathlib import Path
 
 from elftools.common.exceptions import ELFError as _PyElfError
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
 
 from pvtime.vmm.elf import ElfError
 
@@ -46,7 +47,8 @@ def _config_offset(data: bytes, name: str) -> int | None:
     try:
         elf = ELFFile(io.BytesIO(data))
         symtab = elf.get_section_by_name(".symtab")
-        syms = symtab.get_symbol_by_name(MINIKERNEL_CONFIG_SYMBOL) if symtab is not None else None
+        syms = symtab.get_symbol_by_name(MINIKERNEL_CONFIG_SYMBOL) \
+            if isinstance(symtab, SymbolTableSection) else None
         if not syms:
             return None
         addr = syms[0]["st_value"]

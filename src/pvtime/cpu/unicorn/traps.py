@@ -167,7 +167,7 @@ class TrapHooks:
         assert self.traps is not None
         return not self.traps.read_sysreg(sysregs.CNTKCTL_EL1) & enable
 
-    def _on_mrs(self, handle: int, reg: int, cp: ctypes._Pointer, user: int) -> int:  # type: ignore[type-arg]
+    def _on_mrs(self, handle: int, reg: int, cp: ctypes._Pointer, user: int) -> int:  # type: ignore[type-arg, unused-ignore]
         c = cp.contents
         sysreg = _TRAPPED.get((c.op0, c.op1, c.crn, c.crm, c.op2))
         if sysreg is None:
@@ -187,7 +187,7 @@ class TrapHooks:
             self._hook_failed(err)
         return 1
 
-    def _on_msr(self, handle: int, reg: int, cp: ctypes._Pointer, user: int) -> int:  # type: ignore[type-arg]
+    def _on_msr(self, handle: int, reg: int, cp: ctypes._Pointer, user: int) -> int:  # type: ignore[type-arg, unused-ignore]
         c = cp.contents
         sysreg = _TRAPPED.get((c.op0, c.op1, c.crn, c.crm, c.op2))
         if sysreg is None:
