@@ -18,6 +18,7 @@ import time
 
 from common import machine_line
 
+from pvtime.cpu import CpuKind
 from pvtime.cpu.backend import Clock, Stop, VcpuTraps
 from pvtime.cpu.model import ModelCpu
 from pvtime.guest.kernel import KernelOptions, ModelKernel, Workload
@@ -92,7 +93,7 @@ def live(memory_mib: int, dirty_mib: int) -> tuple[MigrationDriver, StepClock]:
 
 def _minikernel_vm(kvm: Kvm) -> Machine:
     image = patch_minikernel(packaged_image("minikernel").read_bytes(), duration_ms=200, busy_ms=15, idle_ms=10)
-    m = Machine(kvm, MachineConfig("vm", vcpus=3, memory_mib=16, cpu="unicorn",
+    m = Machine(kvm, MachineConfig("vm", vcpus=3, memory_mib=16, cpu=CpuKind.UNICORN,
                                    instructions_per_sec=100_000_000, lpt_pv_hz=10**9))
     m.load_elf(image)
     return m

@@ -58,7 +58,7 @@ def run(scenario: str | None, out: Path | None, seed: int | None, duration_ms: i
     if result.migrations:
         console.print(migration_table(result))
     for vm in result.vms:
-        if vm.stopped:
+        if vm.stopped is not None:
             at = "" if vm.stopped_ns is None else f" at {vm.stopped_ns / 1e6:.1f} ms"
             # A guest that exits with status 0 (semihosting) has finished its job: not a failure.
             style = "green" if vm.exit_status == 0 else "red"
@@ -231,7 +231,7 @@ def guest_run(image: Path, vcpus: int, host_cpus: int, memory_mib: int, counter_
     if result.stopped is None:
         click.echo(f"pvtime: {image}: time limit of {time_limit_s:g} virtual s reached", err=True)
         sys.exit(124)
-    if result.stopped == "system event 1":
+    if result.stopped.is_power_off:
         click.echo(f"pvtime: {image}: the guest powered off (PSCI SYSTEM_OFF) without an exit status", err=True)
         sys.exit(0)
     click.echo(f"pvtime: {image}: VM stopped: {result.stopped}", err=True)

@@ -26,6 +26,7 @@ from pvtime.abi.sysregs import CNTKCTL_EL0PCTEN, CNTKCTL_EL0VCTEN, CNTKCTL_EVNTE
 from pvtime.abi.uapi import (
     KVM_ARM_VM_PVTIME_LPT_CTRL, KVM_ARM_VM_PVTIME_LPT_IPA, KVM_REG_ARM_CNTKCTL_EL1, KVM_REG_ARM_TIMER_CNT,
 )
+from pvtime.cpu import CpuKind
 from pvtime.guest.lpt import linux_evnti
 from pvtime.host import Host
 from pvtime.host.events import EventLoop
@@ -74,7 +75,7 @@ def run_minikernel(native_hz: int, pv_hz: int | None, *, vcpus: int = 2, host_cp
     """Boot the mini kernel on a `native_hz` host, LPT at `pv_hz` (None: not configured), until it
     exits; `between(machine, t_ns)` runs every 10 ms of virtual time (to poke the LPT record)."""
     host = Host(native_hz, ncpus=host_cpus, name="host")
-    machine = Machine(Kvm(host), MachineConfig("g", vcpus=vcpus, memory_mib=64, cpu="unicorn",
+    machine = Machine(Kvm(host), MachineConfig("g", vcpus=vcpus, memory_mib=64, cpu=CpuKind.UNICORN,
                                                instructions_per_sec=100_000_000, lpt_pv_hz=pv_hz))
     machine.load_elf(_patched_image(DURATION_MS))
     core = EventLoop()

@@ -7,6 +7,7 @@ import pytest
 from pvtime.abi import smccc
 from pvtime.abi.uapi import KVM_REG_ARM_STD_HYP_BMAP
 from pvtime.cpu.backend import Conduit
+from pvtime.kvm import HypercallEvent
 from tests.conftest import make_env
 
 NS = smccc.to_u64(smccc.NOT_SUPPORTED)
@@ -135,11 +136,59 @@ def test_psci_features_reports_smccc_version(env):
     assert env.call(0, smccc.PSCI_VERSION)[0] == 0x10001
 
 
-def test_tracepoint_sees_every_call_with_its_answer(env):
-    seen = []
-    env.vm.trace_hypercall = lambda vcpu, fid, regs: seen.append((vcpu.id, fid, list(regs)))
-    env.call(1, smccc.PV_TIME_ST)
-    env.call(0, 0xDEAD_0000_0000_0000 | smccc.SMCCC_VERSION, conduit=Conduit.SMC, imm=3)
-    assert seen == [(1, smccc.PV_TIME_ST, [PV_BASE + 64, 0, 0, 0]),
-                    (0, smccc.SMCCC_VERSION, [2**64 - 1, 0, 0, 0])]
+def test_tracepoint_sees_every_call_with_its_arguments_and_answer(env):
+    seen: list[HypercallEvent] = []
+    env.vm.subscribe_hypercalls(seen.append)
+    env.call(1, smccc.PV_TIME_ST, 7)
+    env.call(0, 0xDEAD_0000_0000_0000 | smccc.SMCCC_VERSION, 1, 2, 3, conduit=Conduit.SMC, imm=3)
+    assert seen == [
+        HypercallEvent(1, smccc.PV_TIME_ST, (smccc.PV_TIME_ST, 7, 0, 0), (PV_BASE + 64, 0, 0, 0), baseline_reset=True),
+        # SMC with a non-zero immediate: ~0 in x0, x1..x3 untouched, nothing served
+        HypercallEvent(0, smccc.SMCCC_VERSION, (0xDEAD_0000_0000_0000 | smccc.SMCCC_VERSION, 1, 2, 3),
+                       (2**64 - 1, 1, 2, 3), baseline_reset=False),
+    ]
     assert env.vcpu(0).stats.hypercalls == 1 and env.vcpu(1).stats.hypercalls == 1
+
+
+def test_every_observer_sees_pv_time_st_reset_the_steal_baseline(env):
+    """kvm_smccc_call_handler -> kvm_init_stolen_time: a served PV_TIME_ST zeroes the record and
+    moves last_steal; each subscribed observer is told so."""
+    first: list[HypercallEvent] = []
+    second: list[HypercallEvent] = []
+    env.vm.subscribe_hypercalls(first.append)
+    env.vm.subscribe_hypercalls(second.append)
+    env.call(0, smccc.PV_TIME_ST)
+    assert first == second and len(first) == 1
+    event = first[0]
+    assert event.vcpu_id == 0 and event.function_id == smccc.PV_TIME_ST and event.baseline_reset
+    assert event.results == (PV_BASE, 0, 0, 0)
+
+
+def test_pv_time_st_that_is_not_served_does_not_reset_the_baseline():
+    env = make_env(1, pvtime=False)  # no stolen-time IPA: PV_TIME_ST answers NOT_SUPPORTED
+    seen: list[HypercallEvent] = []
+    env.vm.subscribe_hypercalls(seen.append)
+    env.call(0, smccc.PV_TIME_ST)
+    env.call(0, smccc.PV_TIME_ST, conduit=Conduit.SMC, imm=1)
+    assert [(e.results[0], e.baseline_reset) for e in seen] == [(NS, False), (NS, False)]
+
+
+def test_an_unsubscribed_observer_sees_nothing_more(env):
+    seen: list[HypercallEvent] = []
+    env.vm.subscribe_hypercalls(seen.append)
+    env.call(0, smccc.SMCCC_VERSION)
+    env.vm.unsubscribe_hypercalls(seen.append)
+    env.call(0, smccc.SMCCC_VERSION)
+    assert len(seen) == 1
+
+
+def test_subscribing_twice_or_unsubscribing_a_stranger_is_refused(env):
+    def observer(event: HypercallEvent) -> None:
+        pass
+
+    env.vm.subscribe_hypercalls(observer)
+    with pytest.raises(ValueError, match="already subscribed"):
+        env.vm.subscribe_hypercalls(observer)
+    env.vm.unsubscribe_hypercalls(observer)
+    with pytest.raises(ValueError, match="not subscribed"):
+        env.vm.unsubscribe_hypercalls(observer)

@@ -14,7 +14,7 @@ from pvtime.cpu.model import GuestView
 from pvtime.guest.lpt import LptClock
 from pvtime.host import Host, Task
 from pvtime.kvm import Kvm, Quirk
-from pvtime.vmm import Machine, MachineConfig
+from pvtime.vmm import Machine, MachineConfig, StopReason
 from pvtime.vmm.migration import ModelHandover, restore, save
 from tests.conftest import ScriptCpu, run_guest_code
 
@@ -104,7 +104,7 @@ def migrate(vm: Vm, native_hz: int, t_save: int, t_restore: int, *, count_downti
     host.clock_ns = t_restore
     machine = restore(Kvm(host), data, handover=handover, now_ns=t_restore,
                       downtime_ns=t_restore - t_save if count_downtime else None, cpus=ScriptCpu)
-    vm.machine.stop("migrated")
+    vm.machine.stop(StopReason.migrated(host.name))
     new = Vm(host, machine, host.spawn("vcpu"), clock=vm.clock, reads=vm.reads)
     new.run(t_restore)
     return new

@@ -19,7 +19,9 @@ from pathlib import Path
 from pvtime.abi.linux import NSEC_PER_SEC, USER_HZ
 from pvtime.report import summary_table, write_results
 from pvtime.sim import scenario
+from pvtime.sim.results import MigrationStatus
 from pvtime.sim.runner import RunResult, run
+from pvtime.vmm import StopReason, StopReasonKind
 from tests.cpu.elfwriter import make_elf
 
 MS = 1_000_000
@@ -150,9 +152,10 @@ def test_a_guest_fault_or_exit_stops_only_that_vm(tmp_path: Path) -> None:
     f.write_text(STOPPERS)
     r = run(scenario.load(str(f)))  # paths are relative to the scenario file, not the cwd
     bad, quits, good = r.vms
-    assert bad.stopped is not None and "undefined instruction" in bad.stopped and "pc=0x40080000" in bad.stopped
+    assert bad.stopped is not None and bad.stopped.kind is StopReasonKind.INTERNAL_ERROR
+    assert "undefined instruction" in str(bad.stopped) and "pc=0x40080000" in str(bad.stopped)
     assert bad.exit_status is None and bad.guest == f"elf:{tmp_path / 'img' / 'udf.elf'}"
-    assert quits.exit_status == 3 and quits.stopped == "guest exit 3 (semihosting)"
+    assert quits.exit_status == 3 and quits.stopped == StopReason.guest_exit(3)
     assert good.stopped is None
     good_row = next(row for row in r.vcpus if row.vm == "good")
     assert good_row.run_time_ns > 190 * MS  # it had the CPU once the other two were gone
@@ -181,7 +184,7 @@ def test_a_migrated_elf_vm_keeps_its_console_and_its_truth() -> None:
     text = CONTENDED.replace('cpus = 1\n', 'cpus = 1\n[[host]]\nname = "h2"\ncpus = 1\n', 1)
     text += '[[migration]]\nvm = "mk"\nto = "h2"\nat_ms = 100\n'
     r = run(scenario.parse(text, "migrate.toml"))
-    assert r.migrations[0]["status"] == "done", r.migrations
+    assert r.migrations[0].status is MigrationStatus.DONE, r.migrations
     mk = next(v for v in r.vms if v.name == "mk")
     assert mk.host == "h2" and mk.exit_status == 0
     assert mk.console.startswith("minikernel: stolen time supported") and mk.console.endswith("minikernel: done\n")

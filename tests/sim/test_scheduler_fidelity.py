@@ -6,8 +6,9 @@ from __future__ import annotations
 import threading
 
 from pvtime.abi import smccc
+from pvtime.cpu import CpuKind
 from pvtime.host import EventLoop, Host, Scheduler
-from pvtime.kvm import Kvm
+from pvtime.kvm import HypercallEvent, Kvm
 from pvtime.sim import scenario
 from pvtime.sim.migration import _start, listen_vm, send_vm
 from pvtime.sim.runner import run
@@ -40,16 +41,16 @@ def test_cpu_on_from_guest_code_preempts_within_a_tick() -> None:
     core = EventLoop()
     seen = FirstRuns()
     sched = Scheduler(host, core, end_ns=60 * MS, observer=seen)
-    m = Machine(Kvm(host), MachineConfig("g", vcpus=4, memory_mib=64, cpu="unicorn",
+    m = Machine(Kvm(host), MachineConfig("g", vcpus=4, memory_mib=64, cpu=CpuKind.UNICORN,
                                          instructions_per_sec=200_000_000))
     m.load_elf(patch_minikernel(packaged_image("minikernel").read_bytes(), duration_ms=40, busy_ms=40, idle_ms=0))
     cpu_on: dict[int, int] = {}
 
-    def trace(vcpu, fid, regs) -> None:  # type: ignore[no-untyped-def]
-        if fid == smccc.PSCI_CPU_ON and regs[0] == smccc.PSCI_SUCCESS:
+    def trace(event: HypercallEvent) -> None:
+        if event.function_id == smccc.PSCI_CPU_ON and event.results[0] == smccc.PSCI_SUCCESS:
             cpu_on[len(cpu_on) + 1] = host.now_ns()
 
-    m.vm.trace_hypercall = trace
+    m.vm.subscribe_hypercalls(trace)
     threads = _start(m, host, sched, 0)
     core.run(60 * MS)
     sched.finish()

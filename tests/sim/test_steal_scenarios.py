@@ -134,7 +134,7 @@ host = "h"
 {BUSY}
 """)
     bad, good = r.vms
-    assert bad.stopped is not None and "unmapped" in bad.stopped
+    assert bad.stopped is not None and "unmapped" in str(bad.stopped)
     assert good.stopped is None
     good_row = [row for row in r.vcpus if row.vm == "good"][0]
     assert good_row.run_time_ns > 200 * MS  # it got the CPU once the other VM was gone

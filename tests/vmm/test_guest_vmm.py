@@ -9,9 +9,10 @@ from click.testing import CliRunner
 
 from pvtime.abi.uapi import KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_STOPPED
 from pvtime.cli import main
+from pvtime.cpu import CpuKind
 from pvtime.host import Host
 from pvtime.kvm import Kvm
-from pvtime.vmm import Machine, MachineConfig, VcpuThread
+from pvtime.vmm import Machine, MachineConfig, StopReason, VcpuThread
 from pvtime.vmm.elf import ElfError, elf_layout, load_elf
 from pvtime.vmm.semihosting import SYS_EXIT_EXTENDED, SYS_WRITE0, SYS_WRITEC, serve
 from tests.cpu.asm import assemble
@@ -52,7 +53,7 @@ FAULT = assemble("""
 def run_machine(image: bytes, *, name: str = "vm", host: Host | None = None, vcpus: int = 1,
                 budget_ns: int = 10_000_000) -> Machine:
     host = host or Host()
-    machine = Machine(Kvm(host), MachineConfig(name, vcpus=vcpus, memory_mib=4, cpu="unicorn"))
+    machine = Machine(Kvm(host), MachineConfig(name, vcpus=vcpus, memory_mib=4, cpu=CpuKind.UNICORN))
     machine.load_elf(image)
     task = host.spawn(f"{name}-vcpu0")
     with host.on_cpu(task, budget_ns) as slice_:
@@ -63,13 +64,13 @@ def run_machine(image: bytes, *, name: str = "vm", host: Host | None = None, vcp
 def test_elf_loads_segments_and_starts_vcpu0_at_the_entry() -> None:
     machine = run_machine(make_elf(HELLO))
     assert machine.console == b"hello, !ok"
-    assert machine.exit_status == 42 and machine.stopped == "guest exit 42 (semihosting)"
+    assert machine.exit_status == 42 and machine.stopped == StopReason.guest_exit(42)
     assert machine.ram[LOAD_ADDR - RAM_BASE:LOAD_ADDR - RAM_BASE + 8] == HELLO[:8]
 
 
 def test_other_vcpus_start_powered_off() -> None:
     host = Host()
-    machine = Machine(Kvm(host), MachineConfig("vm", vcpus=2, memory_mib=4, cpu="unicorn"))
+    machine = Machine(Kvm(host), MachineConfig("vm", vcpus=2, memory_mib=4, cpu=CpuKind.UNICORN))
     machine.load_elf(make_elf(SPIN))
     assert [v.get_mp_state() for v in machine.vcpus] == [KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_STOPPED]
 
@@ -127,7 +128,7 @@ def test_access_to_nothing_stops_only_that_vm_with_a_diagnostic() -> None:
     err = bad.errors[0]
     assert err.pc == LOAD_ADDR + 4 and err.instruction == "ldr w0, [x1, #0x10]"
     assert "load of 4 bytes from 0x8000010: no RAM and no device there" in err.detail
-    assert bad.stopped is not None and "pc=0x40080004" in bad.stopped
+    assert bad.stopped is not None and "pc=0x40080004" in str(bad.stopped)
     assert good.exit_status == 42  # the other VM on the host is unaffected
 
 
@@ -193,6 +194,6 @@ def test_cli_guest_run_configures_lpt(tmp_path) -> None:  # type: ignore[no-unty
 def test_a_model_program_on_a_machine_code_vm_is_refused() -> None:
     from pvtime.guest.kernel import ModelKernel
 
-    machine = Machine(Kvm(Host()), MachineConfig("m", memory_mib=1, cpu="unicorn"))
+    machine = Machine(Kvm(Host()), MachineConfig("m", memory_mib=1, cpu=CpuKind.UNICORN))
     with pytest.raises(ValueError, match="runs machine code from guest RAM"):
         machine.load_model_guest(ModelKernel())

@@ -3,6 +3,7 @@
 import pytest
 
 from pvtime.sim import scenario
+from pvtime.sim.results import MigrationStatus
 from pvtime.sim.runner import run
 
 BASE = """
@@ -36,12 +37,13 @@ def test_scenario_migration_there_and_back():
     sc = scenario.parse(BASE + '[[migration]]\nvm = "v"\nto = "b"\nat_ms = 30\n'
                         '[[migration]]\nvm = "v"\nto = "a"\nat_ms = 80\n')
     r = run(sc)
-    assert [m["status"] for m in r.migrations] == ["done", "done"]
-    assert [m["from"] for m in r.migrations] == ["a", "b"]
+    assert [m.status for m in r.migrations] == [MigrationStatus.DONE, MigrationStatus.DONE]
+    assert [m.from_host for m in r.migrations] == ["a", "b"]
     c = r.clocks["v"]
-    assert c["clocksource"] == "pv_lpt_counter" and c["timer_early"] == 0
-    assert abs(c["error_min_ns"]) <= 42 and abs(c["error_max_ns"]) <= 42  # one 24 MHz tick
-    assert all(0 < m["downtime_ns"] < 5_000_000 for m in r.migrations)
+    assert c.clocksource == "pv_lpt_counter" and c.timer_early == 0
+    assert c.error_min_ns is not None and c.error_max_ns is not None
+    assert abs(c.error_min_ns) <= 42 and abs(c.error_max_ns) <= 42  # one 24 MHz tick
+    assert all(m.downtime_ns is not None and 0 < m.downtime_ns < 5_000_000 for m in r.migrations)
 
 
 def test_default_scenario_migrates_web_to_1ghz_and_back():

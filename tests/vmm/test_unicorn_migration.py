@@ -20,14 +20,15 @@ from pvtime.abi.uapi import (
     KVM_REG_SIZE_U32, PAGE_SIZE, REG_FPCR, REG_FPSR, REG_PC, REG_PSTATE, reg_size, reg_v, reg_x, sysreg,
 )
 from pvtime.abi import sysregs
+from pvtime.cpu import CpuKind
 from pvtime.host import EventLoop, Host, Scheduler, Slice, Task
 from pvtime.kvm import Kvm, KvmError, MmioExit
 from pvtime.sim.migration import LinkSpec, MigrationDriver, _start
-from pvtime.vmm import Machine, MachineConfig, VcpuThread
+from pvtime.vmm import Machine, MachineConfig, StopReason, VcpuThread
 from pvtime.vmm.images import ConsoleProcStat, packaged_image, patch_minikernel
 from pvtime.vmm.migration import MigrationError, Receiver, Sender, dirty_pages, restore, save
 from pvtime.vmm.migration_net import send_parts
-from pvtime.vmm.migration_stream import decode
+from pvtime.vmm.migration_stream import decode, encode
 
 MS = 1_000_000
 RAM = 0x4000_0000
@@ -40,7 +41,7 @@ def minikernel(duration_ms: int = 200) -> bytes:
 
 
 def unicorn_vm(kvm: Kvm, image: bytes, *, vcpus: int = 3, lpt: int | None = 10**9, mips: int = 100) -> Machine:
-    m = Machine(kvm, MachineConfig("vm", vcpus=vcpus, memory_mib=4, cpu="unicorn",
+    m = Machine(kvm, MachineConfig("vm", vcpus=vcpus, memory_mib=4, cpu=CpuKind.UNICORN,
                                    instructions_per_sec=mips * 1_000_000, lpt_pv_hz=lpt))
     m.load_elf(image)
     return m
@@ -148,7 +149,7 @@ def test_conformance_guest_migrated_mid_run_still_passes() -> None:
 
 def _vcpu() -> tuple[Machine, Kvm]:
     kvm = Kvm(Host(25_000_000))
-    return Machine(kvm, MachineConfig("r", memory_mib=1, cpu="unicorn")), kvm
+    return Machine(kvm, MachineConfig("r", memory_mib=1, cpu=CpuKind.UNICORN)), kvm
 
 
 def _value(reg: int, seed: int) -> int:
@@ -203,6 +204,20 @@ def test_registers_round_trip_through_get_reg_list_and_one_reg() -> None:
     assert dst.vcpus[0].get_one_reg(REG_FPCR) == 0x0300_0000
 
 
+def test_the_stream_names_the_cpu_kind_as_it_always_has() -> None:
+    """META's config and STAT's guest carry the CPU kind by name ("unicorn"): streams stay
+    compatible across versions; a name this VMM does not know is refused at the first part."""
+    m, kvm = _vcpu()
+    stream = save(m, now_ns=0)
+    part = decode(stream)
+    assert part.meta["config"]["cpu"] == "unicorn" and part.state is not None
+    assert part.state["guest"] == {"kind": "unicorn"}
+    assert restore(Kvm(Host(10**9)), stream, now_ns=0).config.cpu is CpuKind.UNICORN
+    part.meta["config"]["cpu"] = "x86"
+    with pytest.raises(MigrationError, match="CPU backend 'x86'"):
+        restore(Kvm(Host(10**9)), encode(part), now_ns=0)
+
+
 # --- the dirty log --------------------------------------------------------------------------------
 
 def _store_loop(m: Machine) -> None:
@@ -219,7 +234,7 @@ def _store_loop(m: Machine) -> None:
 
 def test_dirty_log_reports_a_guest_store_exactly_once_per_round() -> None:
     kvm = Kvm(Host(25_000_000))
-    m = Machine(kvm, MachineConfig("d", memory_mib=1, cpu="unicorn", pvtime=False))
+    m = Machine(kvm, MachineConfig("d", memory_mib=1, cpu=CpuKind.UNICORN, pvtime=False))
     _store_loop(m)
     vm = m.vm
     with pytest.raises(KvmError) as err:
@@ -274,7 +289,7 @@ def _pause_and_send(core: EventLoop, m: Machine, threads: list[VcpuThread], at_n
     m.pause()
     parts.append(sender.final(max([core.now] + [t.last_ns for t in threads])))
     if deliver(parts):
-        m.stop("migrated")
+        m.stop(StopReason.migrated("the receiver"))
         return True
     sender.stop_logging()
     m.resume()
@@ -328,7 +343,7 @@ def test_unicorn_vm_migrates_between_two_processes_over_loopback() -> None:
     now, restored = result["now"]["steal_ns"], result["at_restore"]["steal_ns"]
     assert all(a >= b for a, b in zip(now, restored)) and restored[0] > 0
     assert "minikernel: done" in result["now"]["console"]
-    assert m.stopped == "migrated"
+    assert m.stopped == StopReason.migrated("the receiver")
 
 
 def test_cli_migrates_an_elf_image_between_two_processes(tmp_path) -> None:  # type: ignore[no-untyped-def]

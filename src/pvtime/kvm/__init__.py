@@ -6,10 +6,11 @@ from pvtime.kvm.exits import (
 )
 from pvtime.kvm.quirks import Quirk
 from pvtime.kvm.system import Kvm
+from pvtime.kvm.trace import HypercallEvent, HypercallObserver
 from pvtime.kvm.vcpu import Vcpu
 from pvtime.kvm.vm import Vm
 
 __all__ = [
-    "Exit", "HaltExit", "InternalErrorExit", "IntrExit", "Kvm", "KvmError", "MmioExit",
-    "Quirk", "SemihostingExit", "SystemEventExit", "Vcpu", "Vm",
+    "Exit", "HaltExit", "HypercallEvent", "HypercallObserver", "InternalErrorExit", "IntrExit", "Kvm", "KvmError",
+    "MmioExit", "Quirk", "SemihostingExit", "SystemEventExit", "Vcpu", "Vm",
 ]

@@ -15,17 +15,13 @@ from pvtime.abi.uapi import INVALID_GPA, KVM_REG_ARM_STD_HYP_BIT_PV_TIME, KVM_RE
 from pvtime.cpu.backend import Conduit
 from pvtime.kvm import lpt, psci, pvtime
 from pvtime.kvm.errors import KvmError
+from pvtime.kvm.trace import HypercallEvent
 
 if TYPE_CHECKING:
     from pvtime.kvm.traps import Traps
     from pvtime.kvm.vm import VmState
 
 _PV_TIME_IDS = frozenset({smccc.PV_TIME_FEATURES, smccc.PV_TIME_ST, smccc.PV_TIME_LPT})
-
-
-def pv_time_st_succeeded(fid: int, regs: list[int]) -> bool:
-    """For a hypercall tracepoint: was this a PV_TIME_ST that moved the steal baseline?"""
-    return fid == smccc.PV_TIME_ST and regs[0] != smccc.to_u64(smccc.NOT_SUPPORTED)
 
 
 def pv_time_visible(vm: VmState) -> bool:
@@ -44,21 +40,25 @@ def set_std_hyp_bmap(vm: VmState, value: int) -> None:
 
 
 def handle(vcpu: Traps, regs: list[int], conduit: Conduit, imm: int) -> None:
-    """Serve one SMCCC call in place on x0..x3."""
+    """Serve one SMCCC call in place on x0..x3, then publish it on the VM's tracepoint."""
     fid = regs[0] & U32
     vcpu.stats.hypercalls += 1
+    args = (regs[0], regs[1], regs[2], regs[3])
+    baseline_reset = False
     if conduit is Conduit.SMC and imm != 0:
         regs[0] = U64
     else:
-        _dispatch(vcpu, fid, regs)
-    trace = vcpu.vm.trace_hypercall
-    if trace is not None:
-        trace(vcpu.fd, fid, regs)
+        baseline_reset = _dispatch(vcpu, fid, regs)
+    trace = vcpu.vm.hypercall_trace
+    if trace:
+        trace.publish(HypercallEvent(vcpu.id, fid, args, (regs[0], regs[1], regs[2], regs[3]), baseline_reset))
 
 
-def _dispatch(vcpu: Traps, fid: int, regs: list[int]) -> None:
-    """The SMCCC services: every handled call sets x0..x3."""
+def _dispatch(vcpu: Traps, fid: int, regs: list[int]) -> bool:
+    """The SMCCC services: every handled call sets x0..x3. True if the call reset the vCPU's
+    stolen-time baseline (a PV_TIME_ST that KVM served)."""
     result = [smccc.NOT_SUPPORTED, 0, 0, 0]
+    baseline_reset = False
     if fid in _PV_TIME_IDS and not pv_time_visible(vcpu.vm):
         pass  # hidden by the firmware bitmap: answered as an unknown id
     elif fid == smccc.SMCCC_VERSION:
@@ -71,9 +71,11 @@ def _dispatch(vcpu: Traps, fid: int, regs: list[int]) -> None:
         result[0] = lpt.pv_features(vcpu, regs[1] & U32)
     elif fid == smccc.PV_TIME_ST:
         gpa = pvtime.init_stolen_time(vcpu.steal, vcpu.current_task(), vcpu.vm.memory)
-        result[0] = gpa if gpa != INVALID_GPA else smccc.NOT_SUPPORTED
+        baseline_reset = gpa != INVALID_GPA
+        result[0] = gpa if baseline_reset else smccc.NOT_SUPPORTED
     elif fid == smccc.PV_TIME_LPT:
         result[0] = lpt.ipa_for_guest(vcpu.vm, regs[1])
     elif psci.is_psci(fid):
         result[0] = psci.call(vcpu, fid, regs)
     regs[:] = [smccc.to_u64(v) for v in result]
+    return baseline_reset

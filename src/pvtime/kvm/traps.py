@@ -22,7 +22,6 @@ from pvtime.kvm import hypercalls, pvtime
 from pvtime.kvm.arch_timer import ArchTimer
 
 if TYPE_CHECKING:
-    from pvtime.kvm.vcpu import Vcpu
     from pvtime.kvm.vm import VmState
 
 
@@ -45,11 +44,10 @@ def reset_mpidr(vcpu_id: int) -> int:
 
 
 class Traps:
-    """The hypervisor side of vCPU `fd`: its registers' engine, stolen time, timers, power state."""
+    """The hypervisor side of a vCPU: its registers' engine, stolen time, timers, power state."""
 
-    def __init__(self, vm: VmState, fd: Vcpu, vcpu_id: int, cpu: CpuBackend) -> None:
+    def __init__(self, vm: VmState, vcpu_id: int, cpu: CpuBackend) -> None:
         self.vm = vm
-        self.fd = fd  # the vCPU as the VMM knows it (the hypercall tracepoint names it)
         self.id = vcpu_id
         self.mpidr = reset_mpidr(vcpu_id)
         self.cpu = cpu

@@ -48,7 +48,7 @@ class Vcpu:
     def __init__(self, vm: VmState, vcpu_id: int, cpu: CpuBackend) -> None:
         self._vm = vm
         self._id = vcpu_id
-        self._traps = Traps(vm, self, vcpu_id, cpu)
+        self._traps = Traps(vm, vcpu_id, cpu)
         vm.vcpus.append(self._traps)
         # kvm_run.immediate_exit: run() finishes a completed MMIO access and returns at once
         # (-EINTR), entering nothing -- how a VMM quiesces a vCPU before saving its state.

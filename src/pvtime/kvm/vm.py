@@ -9,7 +9,7 @@ from pvtime.abi.errno import EEXIST, EINVAL, ENXIO
 from pvtime.abi.uapi import (
     KVM_ARM_VM_PVTIME_LPT_CTRL, KVM_CAP_STEAL_TIME, KVM_REG_ARM_STD_HYP_BMAP_SUPPORTED,
 )
-from pvtime.cpu import create_cpu
+from pvtime.cpu import CpuKind, create_cpu
 from pvtime.cpu.backend import CpuBackend, CpuFactory
 from pvtime.host.host import Host
 from pvtime.kvm.arch_timer import VmCounter
@@ -17,16 +17,13 @@ from pvtime.kvm import lpt
 from pvtime.kvm.errors import KvmError
 from pvtime.kvm.memory import GuestMemory
 from pvtime.kvm.quirks import Quirk
+from pvtime.kvm.trace import HypercallObserver, HypercallTracepoint
 from pvtime.kvm.vcpu import Vcpu
 
 if TYPE_CHECKING:
     from pvtime.kvm.traps import Traps
 
 MAX_VCPUS = 512
-
-# A tracepoint (as kvm_hvc_arm64 / trace_kvm_smccc): called after each SMCCC call with the vCPU,
-# the function id and x0..x3 as returned. Observers must not change state.
-HypercallTrace = Callable[[Vcpu, int, list[int]], None]
 
 
 class VmState:
@@ -42,7 +39,7 @@ class VmState:
         self.std_hyp_bmap = KVM_REG_ARM_STD_HYP_BMAP_SUPPORTED  # resets to all supported bits
         self.quirks = Quirk.NONE
         self.has_run = False
-        self.trace_hypercall: HypercallTrace | None = None
+        self.hypercall_trace = HypercallTracepoint()
         self.lpt = lpt.LptState()
 
     def pvtime_supported(self) -> bool:
@@ -79,14 +76,14 @@ class Vm:
         """The name the VM was created with."""
         return self._state.name
 
-    @property
-    def trace_hypercall(self) -> HypercallTrace | None:
-        """The hypercall tracepoint's observer, if one is attached."""
-        return self._state.trace_hypercall
+    def subscribe_hypercalls(self, observer: HypercallObserver) -> None:
+        """Call `observer` with a `HypercallEvent` after each SMCCC call of this VM's vCPUs (the
+        kvm_hvc_arm64 tracepoint); it must not change state. ValueError if already subscribed."""
+        self._state.hypercall_trace.subscribe(observer)
 
-    @trace_hypercall.setter
-    def trace_hypercall(self, observer: HypercallTrace | None) -> None:
-        self._state.trace_hypercall = observer
+    def unsubscribe_hypercalls(self, observer: HypercallObserver) -> None:
+        """Stop calling `observer`; ValueError if it is not subscribed."""
+        self._state.hypercall_trace.unsubscribe(observer)
 
     def set_user_memory_region(self, slot: int, guest_phys_addr: int, memory_size: int,
                                userspace: bytearray | memoryview | None, flags: int = 0) -> None:
@@ -147,4 +144,4 @@ class Vm:
 
 def _model_cpu(index: int) -> CpuBackend:
     """The default CPU factory: a model CPU (for a Python model program)."""
-    return create_cpu("model", index)
+    return create_cpu(CpuKind.MODEL, index)

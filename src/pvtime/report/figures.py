@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pvtime.sim.recorder import CATEGORIES  # noqa: E402
-from pvtime.sim.runner import RunResult  # noqa: E402
+from pvtime.sim.results import RunResult  # noqa: E402
 
 _METADATA = {"Software": None}
 _COLORS = {"vcpu": "#1f77b4", "vmm": "#2ca02c", "noise": "#d62728"}

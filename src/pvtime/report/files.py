@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from pvtime.report.figures import occupancy_figure, steal_figure
 from pvtime.sim.recorder import CATEGORIES, CPU_TRACK_BASE
-from pvtime.sim.runner import RunResult
+from pvtime.sim.results import RunResult
 
 SERIES_COLUMNS = ("time_ns", "vm", "vcpu", "host_run_delay_ns", "record_steal_ns", "guest_steal_ns")
 OCCUPANCY_COLUMNS = ("time_ns", "host", "cpu", "vcpu_ns", "vmm_ns", "noise_ns", "idle_ns")
@@ -126,12 +126,13 @@ def summary(result: RunResult) -> dict[str, Any]:
         } for r in result.vcpus],
         "tasks": [{"host": t.host, "name": t.name, "tid": t.tid, "kind": t.kind,
                    "schedstat": [t.run_time_ns, t.run_delay_ns, t.timeslices]} for t in result.tasks],
-        "vms": [{"host": v.host, "name": v.name, "guest": v.guest, "stopped": v.stopped,
+        "vms": [{"host": v.host, "name": v.name, "guest": v.guest,
+                 "stopped": None if v.stopped is None else str(v.stopped),
                  "stopped_ns": v.stopped_ns, "exit_status": v.exit_status, "proc_stat": v.proc_stat,
                  "console": v.console} for v in result.vms],
         "stats": result.stats,
-        "migrations": result.migrations,
-        "clocks": result.clocks,
+        "migrations": [m.to_dict() for m in result.migrations],
+        "clocks": {vm: c.to_dict() for vm, c in result.clocks.items()},
     }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from pvtime.sim.runner import RunResult
+from pvtime.sim.results import RunResult
 
 
 def _ms(ns: int | None) -> str:
@@ -53,12 +53,14 @@ def migration_table(result: RunResult) -> Table:
                 "late ms", "early"):
         table.add_column(col, justify="right")
     for m in result.migrations:
-        c = result.clocks.get(m["vm"], {})
-        down = m.get("downtime_ns")
-        err = "-" if c.get("error_min_ns") is None else f"{c['error_min_ns']}..{c['error_max_ns']}"
-        late = c.get("lateness_max_ns")
-        table.add_row(m["vm"], f"{m.get('from', '?')}>{m['to']}", str(m["at_ms"]),
-                      m["status"] if not m.get("error") else f"error: {m['error']}", str(m.get("rounds", "-")),
-                      f"{m.get('bytes', 0) / 2**20:.2f}", "-" if down is None else f"{down / 1e6:.3f}", err,
-                      "-" if late is None else f"{late / 1e6:.1f}", str(c.get("timer_early", "-")))
+        c = result.clocks.get(m.vm)
+        down = m.downtime_ns
+        err_min = None if c is None else c.error_min_ns
+        err = "-" if c is None or err_min is None else f"{err_min}..{c.error_max_ns}"
+        late = None if c is None else c.lateness_max_ns
+        table.add_row(m.vm, f"{m.from_host or '?'}>{m.to}", str(m.at_ms),
+                      m.status.value if not m.error else f"error: {m.error}",
+                      "-" if m.rounds is None else str(m.rounds), f"{(m.bytes or 0) / 2**20:.2f}",
+                      "-" if down is None else f"{down / 1e6:.3f}", err,
+                      "-" if late is None else f"{late / 1e6:.1f}", "-" if c is None else str(c.timer_early))
     return table

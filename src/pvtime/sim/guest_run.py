@@ -11,15 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from pvtime.host import Host, Step, Task
 from pvtime.host.events import EventLoop
 from pvtime.host.scheduler import Scheduler
 from pvtime.host.task import Slice
-from pvtime.kvm import InternalErrorExit, Kvm, Vcpu, Vm
-from pvtime.kvm.hypercalls import pv_time_st_succeeded
-from pvtime.vmm import Machine, MachineConfig, VcpuThread
+from pvtime.cpu import CpuKind
+from pvtime.kvm import HypercallEvent, InternalErrorExit, Kvm, Vm
+from pvtime.vmm import Machine, MachineConfig, StopReason, VcpuThread
 
 MS = 1_000_000
 
@@ -78,7 +79,7 @@ class GuestRunResult:
     """How the run ended."""
 
     exit_status: int | None  # the guest's semihosting status
-    stopped: str | None  # why the VM stopped (None: the time limit came first)
+    stopped: StopReason | None  # why the VM stopped (None: the time limit came first)
     errors: list[InternalErrorExit]
     console: bytes
     virtual_ns: int
@@ -100,16 +101,16 @@ class _ObservedThread:
         return self.thread.step(slice_)
 
 
-def _observe_pv_time_st(vm: Vm, reports: dict[Vcpu, tuple[Task, VcpuReport]]) -> None:
+def _observe_pv_time_st(vm: Vm, reports: dict[int, tuple[Task, VcpuReport]]) -> None:
     """Note the run_delay baseline PV_TIME_ST sets (KVM's last_steal), through the VM's tracepoint."""
 
-    def trace(vcpu: Vcpu, fid: int, regs: list[int]) -> None:
-        if pv_time_st_succeeded(fid, regs):
-            task, report = reports[vcpu]
+    def trace(event: HypercallEvent) -> None:
+        if event.baseline_reset:
+            task, report = reports[event.vcpu_id]
             report.st_baseline_ns = task.run_delay_ns
             report.steal_at_loads = [0]
 
-    vm.trace_hypercall = trace
+    vm.subscribe_hypercalls(trace)
 
 
 def run_guest(image: bytes | Path | str, options: GuestRunOptions, *,
@@ -119,14 +120,14 @@ def run_guest(image: bytes | Path | str, options: GuestRunOptions, *,
     host = Host(options.counter_hz, ncpus=options.host_cpus, name="host")
     kvm = Kvm(host)
     machine = Machine(kvm, MachineConfig("guest", vcpus=options.vcpus, memory_mib=options.memory_mib,
-                                         cpu="unicorn", instructions_per_sec=options.instructions_per_sec,
+                                         cpu=CpuKind.UNICORN, instructions_per_sec=options.instructions_per_sec,
                                          lpt_pv_hz=options.lpt_pv_hz))
     machine.console_sink = console
     machine.load_elf(image)
     core = EventLoop()
     sched = Scheduler(host, core, end_ns=options.time_limit_ns)
     reports = []
-    observed: dict[Vcpu, tuple[Task, VcpuReport]] = {}
+    observed: dict[int, tuple[Task, VcpuReport]] = {}
     _observe_pv_time_st(machine.vm, observed)
     for vcpu in machine.vcpus:
         report = VcpuReport(vcpu.id)
@@ -134,9 +135,9 @@ def run_guest(image: bytes | Path | str, options: GuestRunOptions, *,
         thread = VcpuThread(machine, vcpu)
         task = host.spawn(f"vcpu{vcpu.id}")
         thread.task = task
-        observed[vcpu] = (task, report)
+        observed[vcpu.id] = (task, report)
         # A powered-off vCPU's thread blocks in KVM_RUN until CPU_ON wakes it.
-        vcpu.set_wake_callback(lambda t=task: sched.wake(t))
+        vcpu.set_wake_callback(partial(sched.wake, task))
         sched.add(task, _ObservedThread(thread, report))
     t = 0
     while machine.stopped is None and t < options.time_limit_ns:

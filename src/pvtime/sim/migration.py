@@ -16,13 +16,15 @@ import dataclasses
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+from pvtime.cpu import CpuKind
 from pvtime.guest.clockwatch import ClockWatch, WatchLog
 from pvtime.host import EventCore, EventLoop, Host, Scheduler
 from pvtime.host.events import PRIO_WAKE
 from pvtime.kvm import Kvm
-from pvtime.vmm import Machine, MachineConfig, VcpuThread
+from pvtime.vmm import Machine, MachineConfig, StopReason, VcpuThread
 from pvtime.vmm.migration import (
     LiveMigration, MigrationError, ModelHandover, Receiver, Sender,
 )
@@ -112,7 +114,7 @@ def _start(machine: Machine, host: Host, sched: Scheduler, at_ns: int | None = N
         thread = VcpuThread(machine, vcpu)
         thread.task = host.spawn(f"{machine.config.name}/vcpu{vcpu.id}")
         sched.add(thread.task, thread, start_ns=at_ns)
-        vcpu.set_wake_callback(lambda t=thread.task: sched.wake(t))
+        vcpu.set_wake_callback(partial(sched.wake, thread.task))
         threads.append(thread)
     return threads
 
@@ -121,16 +123,20 @@ def watch_summary(machine: Machine) -> dict[str, object]:
     """What the resident clock-watch guest logged, the LPT record, and steal (for the CLI)."""
     off = WATCH_LOG_OFFSET
     log = WatchLog.unpack(bytes(machine.ram[off:off + WatchLog.SIZE]))
-    return {"vm": machine.config.name, "stopped": machine.stopped, "reads": log.reads, "last": log.last,
+    return {"vm": machine.config.name, "stopped": _stopped(machine), "reads": log.reads, "last": log.last,
             "freq": log.freq, "backsteps": log.backsteps, "restarts": log.restarts,
             "record": _record_dict(machine), "steal_ns": machine.stolen_time(0)}
 
 
 def elf_summary(machine: Machine) -> dict[str, object]:
     """An AArch64 guest's console, exit status and steal (for the CLI)."""
-    return {"vm": machine.config.name, "stopped": machine.stopped, "exit_status": machine.exit_status,
+    return {"vm": machine.config.name, "stopped": _stopped(machine), "exit_status": machine.exit_status,
             "console": machine.console.decode(errors="replace"), "record": _record_dict(machine),
             "steal_ns": [machine.stolen_time(v.id) for v in machine.vcpus]}
+
+
+def _stopped(machine: Machine) -> str | None:
+    return None if machine.stopped is None else str(machine.stopped)
 
 
 def _record_dict(machine: Machine) -> dict[str, int] | None:
@@ -140,7 +146,7 @@ def _record_dict(machine: Machine) -> dict[str, int] | None:
 
 def summary(machine: Machine) -> dict[str, object]:
     """The summary that fits the guest: an ELF guest's console, or the clock-watch log."""
-    return elf_summary(machine) if machine.config.cpu == "unicorn" else watch_summary(machine)
+    return elf_summary(machine) if machine.config.cpu is CpuKind.UNICORN else watch_summary(machine)
 
 
 def send_vm(address: tuple[str, int], *, native_hz: int, pv_hz: int | None, run_ms: int,
@@ -159,7 +165,7 @@ def send_vm(address: tuple[str, int], *, native_hz: int, pv_hz: int | None, run_
                                             lpt=pv_hz is not None))
     else:
         machine = Machine(Kvm(host), MachineConfig(name, vcpus=vcpus, memory_mib=64, lpt_pv_hz=pv_hz,
-                                                   cpu="unicorn"))
+                                                   cpu=CpuKind.UNICORN))
         machine.load_elf(image)
     threads = _start(machine, host, sched)
     core.run(run_ms * MS)
@@ -171,7 +177,7 @@ def send_vm(address: tuple[str, int], *, native_hz: int, pv_hz: int | None, run_
     with socket.create_connection(address, timeout=30) as sock:
         ok, message = send_parts(sock, [part])
     if ok:
-        machine.stop(f"migrated to {address[0]}:{address[1]}")
+        machine.stop(StopReason.migrated(f"{address[0]}:{address[1]}"))
     else:
         machine.resume()
         for t in threads:

@@ -11,6 +11,7 @@ import numpy as np
 
 from pvtime.abi import smccc
 from pvtime.host import Host, Task
+from pvtime.kvm import HypercallEvent
 
 CATEGORIES = ("vcpu", "vmm", "noise")
 CPU_TRACK_BASE = 1_000_000  # tids of the per-CPU tracks in the trace, above any task id
@@ -43,7 +44,7 @@ class VcpuProbe:
     record_v: list[int] = field(default_factory=list)
     guest_t: list[int] = field(default_factory=list)
     guest_v: list[int] = field(default_factory=list)
-    baseline: dict[str, int] = field(default_factory=dict)  # run_delay at the last PV_TIME_ST
+    st_baseline_ns: int | None = None  # run_delay at the guest's last PV_TIME_ST (KVM's baseline)
     entry_run_delay: int | None = None  # run_delay at the vCPU's latest guest entry (a vcpu_load)
     # The guest view before its first value: 0 for a guest that accounts from the start, -1 (not
     # known) for one whose steal is known only once it prints it.
@@ -114,13 +115,14 @@ class Recorder:
 
     # --- hypercalls ----------------------------------------------------------------------
 
-    def on_hypercall(self, host: Host, task: Task, at_ns: int, fid: int, ret: int) -> None:
-        """A vCPU made an SMCCC call (the equivalent of the kvm_hvc_arm64 tracepoint)."""
+    def on_hypercall(self, host: Host, task: Task, at_ns: int, event: HypercallEvent) -> None:
+        """A vCPU made an SMCCC call (KVM's kvm_hvc_arm64 tracepoint)."""
         self.hypercalls += 1
         if self.trace:
+            fid = event.function_id
             self.events.append({"ph": "i", "s": "t", "cat": "hypercall", "name": hypercall_name(fid),
                                 "pid": self.pid[host.name], "tid": task.tid, "ts": at_ns / 1000,
-                                "args": {"fid": f"{fid:#010x}", "x0": f"{ret:#x}"}})
+                                "args": {"fid": f"{fid:#010x}", "x0": f"{event.results[0]:#x}"}})
 
     # --- results -------------------------------------------------------------------------
 

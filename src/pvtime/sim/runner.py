@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
 
 import numpy as np
 
@@ -15,10 +15,12 @@ from pvtime.host import (
 )
 from pvtime.host.events import PRIO_WAKE
 from pvtime.host.task import Slice, Step
-from pvtime.kvm import Kvm, Vcpu, Vm
-from pvtime.kvm.hypercalls import pv_time_st_succeeded
+from pvtime.kvm import HypercallEvent, Kvm, Vcpu
 from pvtime.sim.migration import LinkSpec, MigrationDriver
 from pvtime.sim.recorder import CATEGORIES, Recorder, VcpuProbe
+from pvtime.sim.results import (
+    ClockRow, MigrationRow, MigrationStatus, RunResult, TaskRow, VcpuRow, VmRow,
+)
 from pvtime.sim.scenario import (
     ElfGuestSpec, MigrationSpec, ModelGuestSpec, Scenario, ScenarioSpec, VmSpec, elf_image, elf_image_path,
 )
@@ -29,103 +31,6 @@ US = 1000
 MS = 1_000_000
 
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class VcpuRow:
-    """One vCPU's steal at the end of the run, as the host and the guest see it."""
-
-    host: str
-    vm: str
-    vcpu: int
-    task: str
-    tid: int
-    pvtime: bool
-    guest: str
-    # run_delay growth of its thread since the baseline KVM uses -- the guest's last PV_TIME_ST
-    # (which zeroes the record), else its first vcpu_load -- up to its last guest entry before
-    # its VM stopped (waits after that are no VM's steal): the host's truth.
-    host_run_delay_ns: int
-    record_steal_ns: int | None  # the stolen-time record, what the guest's steal clock reads
-    guest_steal_ns: int | None  # the guest kernel's cpustat[STEAL] (ns)
-    proc_stat_steal: int | None  # the same in /proc/stat units (USER_HZ)
-    elapsed_ns: int  # from its first run to the end (of the run, or of its VM)
-    run_time_ns: int
-    timeslices: int
-    vcpu_loads: int
-    proc_stat_total: int | None = None  # the sum of its /proc/stat cpu line, for a guest that prints it
-    guest_note: str | None = None  # why there is no guest steal, when there is none
-
-    @property
-    def steal_pct(self) -> float | None:
-        """/proc/stat steal as a share of the vCPU's time: of its /proc/stat line's total when the
-        guest printed one (as top and vmstat compute it), else of its elapsed time."""
-        if self.proc_stat_steal is None:
-            return None
-        if self.proc_stat_total:
-            return 100.0 * self.proc_stat_steal / self.proc_stat_total
-        if self.elapsed_ns <= 0:
-            return None
-        return 100.0 * self.proc_stat_steal * (NSEC_PER_SEC // USER_HZ) / self.elapsed_ns
-
-    @property
-    def record_minus_host_ns(self) -> int | None:
-        """What the guest's steal clock reads minus the host's truth (0 when exact)."""
-        return None if self.record_steal_ns is None else self.record_steal_ns - self.host_run_delay_ns
-
-    @property
-    def proc_stat_minus_host_ns(self) -> int | None:
-        """The guest's accounted steal minus the host's truth (the tick lag, and all of it without PV time)."""
-        return None if self.guest_steal_ns is None else self.guest_steal_ns - self.host_run_delay_ns
-
-
-@dataclass(frozen=True)
-class TaskRow:
-    """One host task's /proc/<tid>/schedstat at the end."""
-
-    host: str
-    name: str
-    tid: int
-    kind: str
-    run_time_ns: int
-    run_delay_ns: int
-    timeslices: int
-
-
-@dataclass(frozen=True)
-class VmRow:
-    """How a VM ended."""
-
-    host: str
-    name: str
-    guest: str  # "model", or "elf:<image name or path>"
-    stopped: str | None
-    proc_stat: str
-    console: str
-    stopped_ns: int | None = None  # virtual time at which it stopped
-    exit_status: int | None = None  # the guest's semihosting exit status, if it exited that way
-
-
-@dataclass
-class RunResult:
-    """Everything a report needs."""
-
-    spec: ScenarioSpec
-    source: str
-    duration_ns: int
-    vcpus: list[VcpuRow]
-    tasks: list[TaskRow]
-    vms: list[VmRow]
-    grid_ns: np.ndarray
-    series: dict[str, dict[str, np.ndarray]]  # "vm/vcpuN" -> column -> values on the grid
-    occupancy: dict[tuple[str, int], np.ndarray]  # (host, cpu) -> (categories, bins) busy ns
-    trace_events: list[dict[str, Any]]
-    host_pids: dict[str, int]
-    task_names: dict[tuple[int, int], str]  # (pid, tid) -> name
-    host_cpus: dict[str, int]
-    stats: dict[str, int] = field(default_factory=dict)
-    migrations: list[dict[str, Any]] = field(default_factory=list)  # one row per [[migration]]
-    clocks: dict[str, dict[str, Any]] = field(default_factory=dict)  # VM -> its guest clock vs ideal
 
 
 @dataclass
@@ -259,6 +164,7 @@ def _plan_migrations(spec: ScenarioSpec, core: EventCore, vms: list[_Vm], hosts:
                 vm.state.console_before += bytes(vm.machine.console)
                 vm.host, vm.machine, vm.threads = dst_host, machine, []
                 vm.state.machine = machine
+                hypercalls = _HypercallObserver(recorder)
                 for vcpu in machine.vcpus:
                     thread = VcpuThread(machine, vcpu)
                     probe = _probe(vm.spec, machine, vcpu, thread, vm.kernel, vm.state,
@@ -268,9 +174,10 @@ def _plan_migrations(spec: ScenarioSpec, core: EventCore, vms: list[_Vm], hosts:
                                   _VcpuBody(thread, probe, vm.state), "vcpu", nice=vm.spec.nice, cpus=cpus,
                                   probe=probe)
                     thread.task = task
-                    vcpu.set_wake_callback(lambda t=task: dst_sched.wake(t))
-                    _observe_hypercalls(machine.vm, vcpu, dst_host, task, recorder, probe)
+                    vcpu.set_wake_callback(partial(dst_sched.wake, task))
+                    hypercalls.vcpus[vcpu.id] = (dst_host, task, probe)
                     vm.threads.append(thread)
+                machine.vm.subscribe_hypercalls(hypercalls)
                 return vm.threads
 
             link = LinkSpec(bandwidth_bytes_per_s=ms.bandwidth_mbit * 125_000, setup_ns=ms.setup_us * US,
@@ -282,30 +189,23 @@ def _plan_migrations(spec: ScenarioSpec, core: EventCore, vms: list[_Vm], hosts:
     return planned
 
 
-def _migration_row(ms: MigrationSpec, box: list[MigrationDriver]) -> dict[str, Any]:
-    row: dict[str, Any] = {"vm": ms.vm, "to": ms.to, "at_ms": ms.at_ms}
+def _migration_row(ms: MigrationSpec, box: list[MigrationDriver]) -> MigrationRow:
     if not box:
-        return {**row, "status": "not reached"}
+        return MigrationRow(ms.vm, ms.to, ms.at_ms, MigrationStatus.NOT_REACHED)
     d = box[0]
     st = d.migration.stats
-    status = "error" if d.error else ("done" if d.result is not None else "in progress")
-    return {**row, "status": status, "error": d.error, "from": d.migration.source.kvm.host.name,
-            "rounds": st.rounds, "pages": st.pages, "bytes": st.bytes, "downtime_ns": st.downtime_ns}
+    status = (MigrationStatus.ERROR if d.error else
+              MigrationStatus.DONE if d.result is not None else MigrationStatus.IN_PROGRESS)
+    return MigrationRow(ms.vm, ms.to, ms.at_ms, status, d.error, d.migration.source.kvm.host.name,
+                        st.rounds, tuple(st.pages), st.bytes, st.downtime_ns)
 
 
-def _clock_row(vm: _Vm) -> dict[str, Any]:
+def _clock_row(vm: _Vm) -> ClockRow:
     """The guest clock (its clocksource, PV with LPT) against virtual time, and tick lateness."""
     assert vm.kernel is not None
     clock = vm.kernel.clock
-    errors = [ns - t for t, ns, _ in vm.ticks]
-    late = [x for _, _, x in vm.ticks]
-    return {"clocksource": None if clock is None else clock.name, "freq": None if clock is None else clock.freq,
-            "ticks": len(errors), "error_first_ns": errors[0] if errors else None,
-            "error_last_ns": errors[-1] if errors else None,
-            "error_min_ns": min(errors, default=None), "error_max_ns": max(errors, default=None),
-            "timer_early": vm.kernel.timer.early, "lateness_max_ns": max(late, default=None),
-            "lateness_mean_ns": sum(late) // len(late) if late else None,
-            "samples": [[t, ns - t, x] for t, ns, x in vm.ticks]}
+    return ClockRow(None if clock is None else clock.name, None if clock is None else clock.freq,
+                    vm.kernel.timer.early, tuple((t, ns - t, x) for t, ns, x in vm.ticks))
 
 
 def _spawn(host: Host, sched: Scheduler, recorder: Recorder, kinds: dict[tuple[str, int], str], name: str,
@@ -326,9 +226,9 @@ def _build_vm(index: int, vs: VmSpec, scenario: Scenario, host: Host, kvm: Kvm, 
     state = _VmState()
     guest = vs.guest
     config = MachineConfig(vs.name, vcpus=vs.vcpus, memory_mib=vs.memory_mib, pvtime=vs.pvtime,
-                           lpt_pv_hz=vs.lpt_pv_hz)
+                           cpu=guest.cpu, lpt_pv_hz=vs.lpt_pv_hz)
     if isinstance(guest, ElfGuestSpec):
-        config.cpu, config.instructions_per_sec = "unicorn", guest.instructions_per_sec
+        config.instructions_per_sec = guest.instructions_per_sec
     machine = Machine(kvm, config)
     state.machine = machine
     if isinstance(guest, ModelGuestSpec):
@@ -345,6 +245,7 @@ def _build_vm(index: int, vs: VmSpec, scenario: Scenario, host: Host, kvm: Kvm, 
         state.image = guest.image if guest.image is not None else str(elf_image_path(guest, scenario.source))
         machine.load_elf(elf_image(guest, scenario.source))
     threads = []
+    hypercalls = _HypercallObserver(recorder)
     for vcpu in machine.vcpus:
         thread = VcpuThread(machine, vcpu)
         probe = _probe(vs, machine, vcpu, thread, kernel, state)
@@ -353,9 +254,10 @@ def _build_vm(index: int, vs: VmSpec, scenario: Scenario, host: Host, kvm: Kvm, 
                       "vcpu", nice=vs.nice, cpus=cpus, probe=probe)
         thread.task = task
         # A powered-off vCPU's thread blocks in KVM_RUN until CPU_ON wakes it.
-        vcpu.set_wake_callback(lambda t=task: sched.wake(t))
-        _observe_hypercalls(machine.vm, vcpu, host, task, recorder, probe)
+        vcpu.set_wake_callback(partial(sched.wake, task))
+        hypercalls.vcpus[vcpu.id] = (host, task, probe)
         threads.append(thread)
+    machine.vm.subscribe_hypercalls(hypercalls)
     if vs.vmm_thread is not None:
         body = PeriodicBurst(vs.vmm_thread.burst_us * US, vs.vmm_thread.period_us * US)
         _spawn(host, sched, recorder, kinds, f"{vs.name}/vmm", body, "vmm", nice=vs.nice, cpus=vs.cpus)
@@ -373,8 +275,9 @@ def _probe(vs: VmSpec, machine: Machine, vcpu: Vcpu, thread: VcpuThread, kernel:
         # task changes) plus the steal carried from earlier hosts; up to the vCPU's latest guest
         # entry. run_delay grows only when the thread arrives on a CPU, and while the VM runs
         # every arrival is an entry; waits of a paused or stopped VM's thread are no one's steal.
-        if "st" in baseline:
-            first, prior = baseline["st"], 0
+        first: int | None
+        if probe.st_baseline_ns is not None:
+            first, prior = probe.st_baseline_ns, 0
         else:
             first, prior = thread.first_run_delay_ns, carried
         now = probe.entry_run_delay
@@ -391,10 +294,8 @@ def _probe(vs: VmSpec, machine: Machine, vcpu: Vcpu, thread: VcpuThread, kernel:
         # An ELF guest's accounted steal is known once it prints it on its console.
         return _console_steal(state.console_stat(machine), vcpu.id)
 
-    baseline: dict[str, int] = {}
     probe = VcpuProbe(f"{vs.name}/vcpu{vcpu.id}", truth, record, guest,
                       guest_before=0 if kernel is not None else -1)
-    probe.baseline = baseline
     return probe
 
 
@@ -418,27 +319,18 @@ def _no_guest_steal_note(vm: _Vm, cpu: int) -> str:
     return f"no /proc/stat on its console (stopped: {stopped})"
 
 
-class _HypercallTrace:
-    """A VM's hypercall tracepoint, fanned out to the recorder and each vCPU's steal probe."""
+class _HypercallObserver:
+    """A VM's hypercalls (through KVM's tracepoint), for the recorder and each vCPU's steal probe."""
 
     def __init__(self, recorder: Recorder) -> None:
         self.recorder = recorder
-        self.vcpus: dict[Vcpu, tuple[Host, Task, VcpuProbe]] = {}
+        self.vcpus: dict[int, tuple[Host, Task, VcpuProbe]] = {}  # vCPU id -> its host, thread, probe
 
-    def __call__(self, vcpu: Vcpu, fid: int, regs: list[int]) -> None:
-        host, task, probe = self.vcpus[vcpu]
-        if pv_time_st_succeeded(fid, regs):
-            probe.baseline["st"] = task.run_delay_ns  # PV_TIME_ST moved KVM's baseline
-        self.recorder.on_hypercall(host, task, host.now_ns(), fid, regs[0])
-
-
-def _observe_hypercalls(vm: Vm, vcpu: Vcpu, host: Host, task: Task, recorder: Recorder, probe: VcpuProbe) -> None:
-    """Observe the vCPU's SMCCC calls through its VM's tracepoint, without changing them."""
-    trace = vm.trace_hypercall
-    if not isinstance(trace, _HypercallTrace):
-        trace = _HypercallTrace(recorder)
-        vm.trace_hypercall = trace
-    trace.vcpus[vcpu] = (host, task, probe)
+    def __call__(self, event: HypercallEvent) -> None:
+        host, task, probe = self.vcpus[event.vcpu_id]
+        if event.baseline_reset:
+            probe.st_baseline_ns = task.run_delay_ns
+        self.recorder.on_hypercall(host, task, host.now_ns(), event)
 
 
 def _collect(spec: ScenarioSpec, source: str, duration: int, hosts: list[Host], vms: list[_Vm],
@@ -493,4 +385,5 @@ def _collect(spec: ScenarioSpec, source: str, duration: int, hosts: list[Host], 
                      recorder.events, pids, names, {h.name: h.ncpus for h in hosts}, stats)
 
 
-__all__ = ["CATEGORIES", "RunResult", "TaskRow", "VcpuRow", "VmRow", "run"]
+__all__ = ["CATEGORIES", "ClockRow", "MigrationRow", "MigrationStatus", "RunResult", "TaskRow", "VcpuRow", "VmRow",
+           "run"]

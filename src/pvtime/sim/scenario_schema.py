@@ -7,11 +7,12 @@ Reading a file, the checks across specs and the errors naming file, line and fie
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pvtime.abi.widths import U32
+from pvtime.cpu import CpuKind
 from pvtime.host.sched_config import CfsTunables, EevdfTunables, SchedConfig
 from pvtime.vmm.images import PACKAGE_IMAGES
 
@@ -58,6 +59,7 @@ class ModelGuestSpec(_Strict):
     """The Python model Linux guest: a 250 Hz tick and busy/idle periods per vCPU."""
 
     kind: Literal["model"]
+    cpu: ClassVar[CpuKind] = CpuKind.MODEL  # the vCPUs the VMM gives it
     busy_us: tuple[int, int] = (2000, 12000)
     idle_us: tuple[int, int] = (0, 0)
     hz: int = Field(250, ge=1, le=10000)
@@ -84,6 +86,7 @@ class ElfGuestSpec(_Strict):
     """
 
     kind: Literal["elf"]
+    cpu: ClassVar[CpuKind] = CpuKind.UNICORN  # the vCPUs the VMM gives it
     image: Literal["conformance", "minikernel"] | None = None
     path: str | None = None
     duration_ms: int | None = Field(None, gt=0, le=3_600_000)

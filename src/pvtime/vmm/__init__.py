@@ -2,5 +2,6 @@
 
 from pvtime.vmm.layout import Layout
 from pvtime.vmm.machine import Machine, MachineConfig, VcpuThread
+from pvtime.vmm.stop import StopReason, StopReasonKind
 
-__all__ = ["Layout", "Machine", "MachineConfig", "VcpuThread"]
+__all__ = ["Layout", "Machine", "MachineConfig", "StopReason", "StopReasonKind", "VcpuThread"]

@@ -12,7 +12,7 @@ from pvtime.abi.uapi import (
     INVALID_GPA, KVM_ARM_VCPU_PVTIME_CTRL, KVM_ARM_VCPU_PVTIME_IPA, KVM_ARM_VM_PVTIME_LPT_CTRL,
     KVM_ARM_VM_PVTIME_LPT_FREQ, KVM_ARM_VM_PVTIME_LPT_IPA, KVM_CAP_STEAL_TIME,
 )
-from pvtime.cpu import CpuBackend, CpuFactory, create_cpu
+from pvtime.cpu import CpuBackend, CpuFactory, CpuKind, create_cpu
 from pvtime.cpu.model import ModelCpu
 from pvtime.guest.machine import ModelProgram
 from pvtime.host.task import Slice, Step, Task, TaskState
@@ -24,6 +24,7 @@ from pvtime.kvm import SemihostingExit
 from pvtime.vmm import devices, semihosting
 from pvtime.vmm.elf import LoadedImage, load_elf
 from pvtime.vmm.layout import QEMU_VIRT, Layout
+from pvtime.vmm.stop import StopReason
 
 MiB = 1024 * 1024
 
@@ -38,7 +39,7 @@ class MachineConfig:
     pvtime: bool = True
     quirks: Quirk = Quirk.NONE
     layout: Layout = field(default_factory=lambda: QEMU_VIRT)
-    cpu: str = "model"  # the vCPU backend: "model" (Python model guests) or "unicorn" (AArch64 code)
+    cpu: CpuKind = CpuKind.MODEL  # the vCPU backend: Python model guests, or AArch64 code (unicorn)
     instructions_per_sec: int | None = None  # unicorn: guest instructions per virtual second
     lpt_pv_hz: int | None = None  # Live Physical Time at this PV frequency (None: not configured)
 
@@ -86,7 +87,7 @@ class Machine:
         self.console_sink: Callable[[bytes], None] | None = None  # also gets console output as it comes
         self.exit_status: int | None = None  # the guest's semihosting exit status, once it exits
         self.uart = devices.uart_for(layout, self._emit)
-        self.stopped: str | None = None  # why the VM stopped, once it has
+        self.stopped: StopReason | None = None  # why the VM stopped, once it has
         self.paused = False  # vCPU threads block until resume() (migration's stop-and-copy)
         self.started = False  # a vCPU thread has entered KVM_RUN
         self.model_program: ModelProgram | None = None
@@ -130,13 +131,13 @@ class Machine:
         machine-code CPU, which runs what guest RAM holds: load an image and set the PC)."""
         models = [cpu for cpu in self.cpus if isinstance(cpu, ModelCpu)]
         if len(models) != len(self.cpus):
-            raise ValueError(f"{self.config.name}: a {self.config.cpu} vCPU runs machine code from "
+            raise ValueError(f"{self.config.name}: a {self.config.cpu.value} vCPU runs machine code from "
                              "guest RAM, not a model program (load an image and set the PC)")
         self.model_program = program
         for cpu in models:
             cpu.load(program)
 
-    def stop(self, why: str) -> None:
+    def stop(self, why: StopReason) -> None:
         """Stop every vCPU of this VM (the other VMs go on)."""
         if self.stopped is None:
             self.stopped = why
@@ -195,15 +196,15 @@ class Machine:
         if result.x0 is not None:
             vcpu.set_one_reg(reg_x(0), result.x0)
         if result.error is not None:
-            self.stop(f"vcpu{vcpu.id}: semihosting: {result.error}")
+            self.stop(StopReason.semihosting_error(vcpu.id, result.error))
         elif result.exit_status is not None:
             self.exit_status = result.exit_status
-            self.stop(f"guest exit {result.exit_status} (semihosting)")
+            self.stop(StopReason.guest_exit(result.exit_status))
 
     def handle_mmio(self, vcpu: Vcpu, ex: MmioExit) -> None:
         """The VMM's devices: the PL011 data register; other addresses read as zero."""
         layout = self.config.layout
-        if self.config.cpu != "model":  # machine code: a PL011, and nothing where nothing is
+        if self.config.cpu is not CpuKind.MODEL:  # machine code: a PL011, and nothing where nothing is
             if self.uart.contains(ex.phys_addr):
                 data = self.uart.access(ex)
                 if data is not None:
@@ -211,7 +212,7 @@ class Machine:
                 return
             error = devices.unassigned_access(vcpu, ex, self.read_guest)
             self.errors.append(error)
-            self.stop(f"vcpu{vcpu.id}: {error}")
+            self.stop(StopReason.internal_error(vcpu.id, error))
             return
         if ex.is_write and ex.phys_addr == layout.uart_base:
             self.console += ex.data[:1]
@@ -252,7 +253,7 @@ class VcpuThread:
             try:
                 ex = self.vcpu.run()
             except KvmError as err:  # KVM_RUN failed (e.g. LPT half configured): this VM stops
-                self.machine.stop(f"vcpu{self.vcpu.id}: KVM_RUN: {err}")
+                self.machine.stop(StopReason.kvm_run_failed(self.vcpu.id, err))
                 return Step(TaskState.EXITED)
             if isinstance(ex, IntrExit):
                 return Step(TaskState.QUEUED)
@@ -265,10 +266,10 @@ class VcpuThread:
                 self.machine.handle_semihosting(self.vcpu, ex)
                 continue
             if isinstance(ex, SystemEventExit):
-                self.machine.stop(f"system event {ex.type}")
+                self.machine.stop(StopReason.system_event(ex.type))
                 return Step(TaskState.EXITED)
             if isinstance(ex, InternalErrorExit):
                 self.machine.errors.append(ex)
-                self.machine.stop(f"vcpu{self.vcpu.id}: {ex}")
+                self.machine.stop(StopReason.internal_error(self.vcpu.id, ex))
                 return Step(TaskState.EXITED)
             raise RuntimeError(f"unexpected exit {ex!r}")

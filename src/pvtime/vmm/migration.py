@@ -46,7 +46,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pvtime.abi.widths import U64
 from pvtime.abi.errno import ENXIO
@@ -60,7 +61,7 @@ from pvtime.abi.uapi import (
     KVM_REG_ARM_STD_HYP_BMAP, KVM_REG_ARM_TIMER_CNT, KVM_REG_ARM_TIMER_CTL, KVM_REG_ARM_TIMER_CVAL,
     PAGE_SIZE,
 )
-from pvtime.cpu import CpuBackend, CpuFactory
+from pvtime.cpu import CpuBackend, CpuFactory, CpuKind
 from pvtime.guest.clockwatch import ClockWatch
 from pvtime.guest.machine import ModelProgram
 from pvtime.host import Host, Slice, Task
@@ -68,6 +69,7 @@ from pvtime.kvm import Kvm, KvmError, Quirk
 from pvtime.vmm.layout import Layout
 from pvtime.vmm.machine import Machine, MachineConfig
 from pvtime.vmm.migration_stream import MigrationError, Part, decode, encode
+from pvtime.vmm.stop import StopReason
 
 __all__ = [
     "LiveMigration", "MigrationError", "MigrationStats", "ModelHandover", "Receiver", "Sender",
@@ -137,7 +139,7 @@ def _at(host: Host, now_ns: int) -> Any:
 def _config_json(config: MachineConfig) -> dict[str, Any]:
     return {"name": config.name, "vcpus": config.vcpus, "memory_mib": config.memory_mib,
             "pvtime": config.pvtime, "quirks": config.quirks.value, "lpt_pv_hz": config.lpt_pv_hz,
-            "layout": dataclasses.asdict(config.layout), "cpu": config.cpu,
+            "layout": dataclasses.asdict(config.layout), "cpu": config.cpu.value,
             "instructions_per_sec": config.instructions_per_sec}
 
 
@@ -271,8 +273,8 @@ class Sender:
 
     def _guest(self) -> dict[str, Any]:
         m = self.machine
-        if m.config.cpu != "model":
-            return {"kind": m.config.cpu}
+        if m.config.cpu is not CpuKind.MODEL:
+            return {"kind": m.config.cpu.value}
         program = m.model_program
         if program is None:
             return {"kind": "none"}
@@ -351,7 +353,7 @@ def _config_from_json(c: dict[str, Any], name: str | None = None) -> MachineConf
     ips = c.get("instructions_per_sec")
     return MachineConfig(name or c["name"], vcpus=int(c["vcpus"]), memory_mib=int(c["memory_mib"]),
                          pvtime=False, quirks=Quirk(int(c["quirks"])), layout=Layout(**c["layout"]),
-                         cpu=str(c.get("cpu", "model")), instructions_per_sec=None if ips is None else int(ips))
+                         cpu=CpuKind(c.get("cpu", CpuKind.MODEL.value)), instructions_per_sec=None if ips is None else int(ips))
 
 
 def restore_state(kvm: Kvm, meta: dict[str, Any], memory: dict[int, bytearray], state: dict[str, Any], *,
@@ -392,10 +394,10 @@ def _restore(kvm: Kvm, meta: dict[str, Any], memory: dict[int, bytearray], state
                              "between processes with a resident program or an ELF guest")
     if kind == "resident" and guest["program"] not in RESIDENT_PROGRAMS:
         raise MigrationError(f"unknown resident model program {guest['program']!r}")
-    if kind not in ("handover", "resident", "none", "model", "unicorn"):
+    if kind not in ("handover", "resident", "none", *(k.value for k in CpuKind)):
         raise MigrationError(f"guest kind {kind!r} cannot be restored by this VMM")
-    if (kind == "unicorn") != (config.cpu == "unicorn"):
-        raise MigrationError(f"guest kind {kind!r} on a {config.cpu!r} CPU: mismatched stream")
+    if (kind == CpuKind.UNICORN.value) != (config.cpu is CpuKind.UNICORN):
+        raise MigrationError(f"guest kind {kind!r} on a {config.cpu.value!r} CPU: mismatched stream")
     program: ModelProgram | None = None
     if kind == "handover":  # the VM is created on the source's model CPUs: the program goes on
         assert handover is not None
@@ -554,7 +556,7 @@ class LiveMigration:
             raise
         assert machine is not None
         self.stats.resumed_at_ns = now_ns
-        self.source.stop(f"migrated to {self.dest.host.name}")
+        self.source.stop(StopReason.migrated(self.dest.host.name))
         self.result = machine
         return machine
 
