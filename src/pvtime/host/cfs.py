@@ -87,11 +87,8 @@ class CfsRunQueue(FairRunQueue):
     # --- charging ----------------------------------------------------------------------------
 
     def update_curr(self, now: int) -> None:
-        curr = self.curr
-        delta = self.charge(now)
-        if curr is None or delta <= 0:
+        if self.charge_vruntime(now) is None:
             return
-        curr.vruntime += calc_delta_fair(delta, curr.weight)
         self.update_min_vruntime()
         # CFS asks to reschedule from the tick (check_preempt_tick), not from update_curr.
 

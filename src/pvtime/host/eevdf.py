@@ -100,11 +100,9 @@ class EevdfRunQueue(FairRunQueue):
         return True
 
     def update_curr(self, now: int) -> None:
-        curr = self.curr
-        delta = self.charge(now)
-        if curr is None or delta <= 0:
+        curr = self.charge_vruntime(now)
+        if curr is None:
             return
-        curr.vruntime += calc_delta_fair(delta, curr.weight)
         resched = self._update_deadline(curr)
         if self.nr_queued == 1:
             return

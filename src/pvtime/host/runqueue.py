@@ -11,6 +11,7 @@ from __future__ import annotations
 from enum import Enum
 
 from pvtime.host.entity import SchedEntity
+from pvtime.host.weights import calc_delta_fair
 
 
 class Enqueue(Enum):
@@ -62,6 +63,16 @@ class FairRunQueue:
         se.on_rq = False
         self.nr_queued -= 1
         self.load -= se.weight
+
+    def charge_vruntime(self, now: int) -> SchedEntity | None:
+        """The common head of update_curr: charge the running entity's CPU time to its vruntime
+        (scaled by NICE_0_LOAD / weight); the entity when time was charged, else None."""
+        curr = self.curr
+        delta = self.charge(now)
+        if curr is None or delta <= 0:
+            return None
+        curr.vruntime += calc_delta_fair(delta, curr.weight)
+        return curr
 
     def charge(self, now: int) -> int:
         """The running entity's unaccounted CPU time up to `now` (update_se); moves exec_start."""

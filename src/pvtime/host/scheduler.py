@@ -189,12 +189,7 @@ class Scheduler:
         """wake_up_new_task: the idlest allowed CPU, initial placement, a preemption check."""
         now = self.core.now
         target = self.balancer.select_cpu(se, waker=None, fork=True)
-        se.cpu = target
-        cpu = self.cpus[target]
-        self._note_wake_on(cpu, now)
-        cpu.rq.enqueue(se, now, Enqueue.FORK)
-        se.task.enqueue(now)
-        self._after_enqueue(cpu, se, now, waker=None, fork=True)
+        self._activate(se, target, now, Enqueue.FORK, waker=None)
 
     def _timed_wake(self, se: SchedEntity, gen: int) -> None:
         if se.wake_gen == gen and se.task.state is TaskState.SLEEPING:
@@ -227,12 +222,17 @@ class Scheduler:
         if se.cpu is not None and se.cpu != target:
             self.cpus[se.cpu].rq.move_sleeper(se, self.cpus[target].rq)
             se.last_ran_ns = COLD  # ENQUEUE_MIGRATED clears exec_start: no longer cache-hot
+        self._activate(se, target, now, Enqueue.WAKEUP, waker=waker)
+
+    def _activate(self, se: SchedEntity, target: int, now: int, why: Enqueue, *, waker: int | None) -> None:
+        """ttwu_do_activate / activate_task: queue `se` on `target` (sched_info_enqueue), then
+        wakeup_preempt."""
         se.cpu = target
         cpu = self.cpus[target]
         self._note_wake_on(cpu, now)
-        cpu.rq.enqueue(se, now, Enqueue.WAKEUP)
+        cpu.rq.enqueue(se, now, why)
         se.task.enqueue(now)
-        self._after_enqueue(cpu, se, now, waker=waker, fork=False)
+        self._after_enqueue(cpu, se, now, waker=waker, fork=why is Enqueue.FORK)
 
     def _note_wake_on(self, cpu: Pcpu, now: int) -> None:
         """ttwu_do_activate on an idle CPU: fold the idle period into rq->avg_idle."""
