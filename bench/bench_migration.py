@@ -24,7 +24,8 @@ from pvtime.cpu.model import ModelCpu
 from pvtime.guest.kernel import KernelOptions, ModelKernel, Workload
 from pvtime.host import EventLoop, Host, Scheduler
 from pvtime.kvm import Kvm
-from pvtime.sim.migration import LinkSpec, MigrationDriver, _start
+from pvtime.sim.migration import LinkSpec, MigrationDriver
+from pvtime.vmm.builder import start_vcpu_threads
 from pvtime.vmm import Machine, MachineConfig
 from pvtime.abi.uapi import KVM_MEM_LOG_DIRTY_PAGES
 from pvtime.vmm.images import packaged_image, patch_minikernel
@@ -72,8 +73,9 @@ def live(memory_mib: int, dirty_mib: int) -> tuple[MigrationDriver, StepClock]:
     m = Machine(kvms[0], config, cpus=lambda i: StoringCpu(i, config.layout.ram_base))
     m.ram[: memory_mib << 19] = bytes(range(256)) * (memory_mib << 11)  # half of RAM in use
     m.load_model_guest(ModelKernel(KernelOptions(workload=Workload(busy_ns=(1 * MS, 3 * MS)))))
-    threads = _start(m, hosts[0], scheds[0])
-    drv = MigrationDriver(core, m, threads, scheds[0], kvms[1], lambda mm, now: _start(mm, hosts[1], scheds[1], now),
+    threads = start_vcpu_threads(m, hosts[0], scheds[0])
+    drv = MigrationDriver(core, m, threads, scheds[0], kvms[1],
+                          lambda mm, now: start_vcpu_threads(mm, hosts[1], scheds[1], start_ns=now),
                           at_ns=50 * MS, link=LinkSpec(), timed=(steps := StepClock()))
     dirty = dirty_mib << 20
     stamp = [0]
@@ -106,8 +108,9 @@ def unicorn_live() -> tuple[MigrationDriver, Machine, StepClock, float]:
     scheds = [Scheduler(h, core) for h in hosts]
     kvms = [Kvm(h) for h in hosts]
     m = _minikernel_vm(kvms[0])
-    threads = _start(m, hosts[0], scheds[0])
-    drv = MigrationDriver(core, m, threads, scheds[0], kvms[1], lambda mm, now: _start(mm, hosts[1], scheds[1], now),
+    threads = start_vcpu_threads(m, hosts[0], scheds[0])
+    drv = MigrationDriver(core, m, threads, scheds[0], kvms[1],
+                          lambda mm, now: start_vcpu_threads(mm, hosts[1], scheds[1], start_ns=now),
                           at_ns=80 * MS, link=LinkSpec(max_rounds=3, converge_pages=0), timed=(steps := StepClock()))
     t0 = time.perf_counter()
     t = 0
@@ -123,7 +126,7 @@ def unicorn_logging_cost(log: bool) -> tuple[float, int]:
     core = EventLoop()
     sched = Scheduler(host, core)
     m = _minikernel_vm(Kvm(host))
-    _start(m, host, sched)
+    start_vcpu_threads(m, host, sched)
     pages = [0]
     if log:
         vm, base = m.vm, m.config.layout.ram_base

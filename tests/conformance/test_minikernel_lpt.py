@@ -32,7 +32,7 @@ from pvtime.host import Host
 from pvtime.host.events import EventLoop
 from pvtime.host.scheduler import Scheduler
 from pvtime.kvm import Kvm
-from pvtime.vmm import Machine, MachineConfig, VcpuThread
+from pvtime.vmm import Machine, MachineConfig, build_machine, start_vcpu_threads
 
 MS = 1_000_000
 DURATION_MS = 100
@@ -75,16 +75,12 @@ def run_minikernel(native_hz: int, pv_hz: int | None, *, vcpus: int = 2, host_cp
     """Boot the mini kernel on a `native_hz` host, LPT at `pv_hz` (None: not configured), until it
     exits; `between(machine, t_ns)` runs every 10 ms of virtual time (to poke the LPT record)."""
     host = Host(native_hz, ncpus=host_cpus, name="host")
-    machine = Machine(Kvm(host), MachineConfig("g", vcpus=vcpus, memory_mib=64, cpu=CpuKind.UNICORN,
-                                               instructions_per_sec=100_000_000, lpt_pv_hz=pv_hz))
-    machine.load_elf(_patched_image(DURATION_MS))
+    machine = build_machine(Kvm(host), MachineConfig("g", vcpus=vcpus, memory_mib=64, cpu=CpuKind.UNICORN,
+                                                     instructions_per_sec=100_000_000, lpt_pv_hz=pv_hz),
+                            image=_patched_image(DURATION_MS))
     core = EventLoop()
     sched = Scheduler(host, core, end_ns=5_000 * MS)
-    for vcpu in machine.vcpus:
-        thread = VcpuThread(machine, vcpu)
-        thread.task = task = host.spawn(f"vcpu{vcpu.id}")
-        vcpu.set_wake_callback(lambda t=task: sched.wake(t))
-        sched.add(task, thread)
+    start_vcpu_threads(machine, host, sched)
     t = 0
     while machine.stopped is None and t < 5_000 * MS:
         t += 10 * MS

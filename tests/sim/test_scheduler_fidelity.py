@@ -10,7 +10,8 @@ from pvtime.cpu import CpuKind
 from pvtime.host import EventLoop, Host, Scheduler
 from pvtime.kvm import HypercallEvent, Kvm
 from pvtime.sim import scenario
-from pvtime.sim.migration import _start, listen_vm, send_vm
+from pvtime.sim.migration import listen_vm, send_vm
+from pvtime.vmm.builder import start_vcpu_threads
 from pvtime.sim.runner import run
 from pvtime.vmm import Machine, MachineConfig
 from pvtime.vmm.images import packaged_image, patch_minikernel
@@ -51,7 +52,7 @@ def test_cpu_on_from_guest_code_preempts_within_a_tick() -> None:
             cpu_on[len(cpu_on) + 1] = host.now_ns()
 
     m.vm.subscribe_hypercalls(trace)
-    threads = _start(m, host, sched, 0)
+    threads = start_vcpu_threads(m, host, sched, start_ns=0)
     core.run(60 * MS)
     sched.finish()
     assert sorted(cpu_on) == [1, 2, 3], cpu_on

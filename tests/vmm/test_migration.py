@@ -11,7 +11,8 @@ from pvtime.abi.uapi import KVM_ARM_VM_PVTIME_LPT_CTRL, KVM_ARM_VM_PVTIME_LPT_FR
 from pvtime.guest.kernel import KernelOptions, ModelKernel, Workload
 from pvtime.host import CpuHog, EventLoop, Host, Scheduler
 from pvtime.kvm import Kvm
-from pvtime.sim.migration import LinkSpec, MigrationDriver, _start
+from pvtime.sim.migration import LinkSpec, MigrationDriver
+from pvtime.vmm.builder import start_vcpu_threads
 from pvtime.vmm import Machine, MachineConfig, StopReasonKind
 from pvtime.vmm.migration import MigrationError, ModelHandover, Receiver, restore, save
 from pvtime.vmm.migration_stream import MAGIC, STREAM_VERSION, decode, encode
@@ -121,12 +122,13 @@ class World:
             tick_observer=lambda i, ns, late: self.ticks.append((i, ns))))
         self.machine = Machine(self.kvms[0], MachineConfig("vm", vcpus=2, memory_mib=2, lpt_pv_hz=lpt))
         self.machine.load_model_guest(self.kernel)
-        self.threads = _start(self.machine, self.hosts[0], self.scheds[0])
+        self.threads = start_vcpu_threads(self.machine, self.hosts[0], self.scheds[0])
         self.scheds[0].add(self.hosts[0].spawn("hog"), CpuHog())
 
     def migrate(self, at_ns, to=1):
         return MigrationDriver(self.core, self.machine, self.threads, self.scheds[0], self.kvms[to],
-                               lambda m, now: _start(m, self.hosts[to], self.scheds[to], now), at_ns=at_ns,
+                               lambda m, now: start_vcpu_threads(m, self.hosts[to], self.scheds[to], start_ns=now),
+                               at_ns=at_ns,
                                link=LinkSpec(setup_ns=500_000))
 
 

@@ -23,7 +23,8 @@ from pvtime.abi import sysregs
 from pvtime.cpu import CpuKind
 from pvtime.host import EventLoop, Host, Scheduler, Slice, Task
 from pvtime.kvm import Kvm, KvmError, MmioExit
-from pvtime.sim.migration import LinkSpec, MigrationDriver, _start
+from pvtime.sim.migration import LinkSpec, MigrationDriver
+from pvtime.vmm.builder import start_vcpu_threads
 from pvtime.vmm import Machine, MachineConfig, StopReason, VcpuThread
 from pvtime.vmm.images import ConsoleProcStat, packaged_image, patch_minikernel
 from pvtime.vmm.migration import MigrationError, Receiver, Sender, dirty_pages, restore, save
@@ -56,7 +57,7 @@ class World:
         self.scheds = [Scheduler(h, self.core) for h in self.hosts]
         self.kvms = [Kvm(h) for h in self.hosts]
         self.machine = unicorn_vm(self.kvms[0], image, **vm)  # type: ignore[arg-type]
-        self.threads = _start(self.machine, self.hosts[0], self.scheds[0])
+        self.threads = start_vcpu_threads(self.machine, self.hosts[0], self.scheds[0])
         self.on = 0
         self.drivers: list[MigrationDriver] = []
         self.restored: list[tuple[bool, bool]] = []  # (RAM equal, PV-time region equal) at each restore
@@ -68,7 +69,7 @@ class World:
 
             def start(dst: Machine, now: int) -> list[VcpuThread]:
                 self.restored.append((dst.ram == src.ram, dst.pvtime_mem == src.pvtime_mem))
-                threads = _start(dst, self.hosts[to], self.scheds[to], now)
+                threads = start_vcpu_threads(dst, self.hosts[to], self.scheds[to], start_ns=now)
                 self.machine, self.threads, self.on = dst, threads, to
                 return threads
 
@@ -270,7 +271,7 @@ def _solo(hz: int, image: bytes) -> tuple[EventLoop, Scheduler, Machine, list[Vc
     core = EventLoop()
     sched = Scheduler(host, core)
     m = unicorn_vm(Kvm(host), image)
-    return core, sched, m, _start(m, host, sched)
+    return core, sched, m, start_vcpu_threads(m, host, sched)
 
 
 def _finish(core: EventLoop, m: Machine) -> None:

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
-from pvtime.host import Host, Step, Task
+from pvtime.host import Host, Step
 from pvtime.host.events import EventLoop
 from pvtime.host.scheduler import Scheduler
 from pvtime.host.task import Slice
 from pvtime.cpu import CpuKind
 from pvtime.kvm import HypercallEvent, InternalErrorExit, Kvm, Vm
-from pvtime.vmm import Machine, MachineConfig, StopReason, VcpuThread
+from pvtime.vmm import MachineConfig, StopReason, VcpuThread, build_machine, start_vcpu_threads
 
 MS = 1_000_000
 
@@ -101,12 +100,14 @@ class _ObservedThread:
         return self.thread.step(slice_)
 
 
-def _observe_pv_time_st(vm: Vm, reports: dict[int, tuple[Task, VcpuReport]]) -> None:
+def _observe_pv_time_st(vm: Vm, threads: dict[int, VcpuThread], reports: dict[int, VcpuReport]) -> None:
     """Note the run_delay baseline PV_TIME_ST sets (KVM's last_steal), through the VM's tracepoint."""
 
     def trace(event: HypercallEvent) -> None:
         if event.baseline_reset:
-            task, report = reports[event.vcpu_id]
+            task = threads[event.vcpu_id].task
+            assert task is not None
+            report = reports[event.vcpu_id]
             report.st_baseline_ns = task.run_delay_ns
             report.steal_at_loads = [0]
 
@@ -118,36 +119,28 @@ def run_guest(image: bytes | Path | str, options: GuestRunOptions, *,
     """Run `image` until it exits, the VM stops, or the time limit; ElfError/ValueError on bad input."""
     options.validate()
     host = Host(options.counter_hz, ncpus=options.host_cpus, name="host")
-    kvm = Kvm(host)
-    machine = Machine(kvm, MachineConfig("guest", vcpus=options.vcpus, memory_mib=options.memory_mib,
-                                         cpu=CpuKind.UNICORN, instructions_per_sec=options.instructions_per_sec,
-                                         lpt_pv_hz=options.lpt_pv_hz))
-    machine.console_sink = console
-    machine.load_elf(image)
+    machine = build_machine(Kvm(host), MachineConfig("guest", vcpus=options.vcpus, memory_mib=options.memory_mib,
+                                                     cpu=CpuKind.UNICORN,
+                                                     instructions_per_sec=options.instructions_per_sec,
+                                                     lpt_pv_hz=options.lpt_pv_hz),
+                            image=image, console=console)
     core = EventLoop()
     sched = Scheduler(host, core, end_ns=options.time_limit_ns)
-    reports = []
-    observed: dict[int, tuple[Task, VcpuReport]] = {}
-    _observe_pv_time_st(machine.vm, observed)
-    for vcpu in machine.vcpus:
-        report = VcpuReport(vcpu.id)
-        reports.append(report)
-        thread = VcpuThread(machine, vcpu)
-        task = host.spawn(f"vcpu{vcpu.id}")
-        thread.task = task
-        observed[vcpu.id] = (task, report)
-        # A powered-off vCPU's thread blocks in KVM_RUN until CPU_ON wakes it.
-        vcpu.set_wake_callback(partial(sched.wake, task))
-        sched.add(task, _ObservedThread(thread, report))
+    reports = {vcpu.id: VcpuReport(vcpu.id) for vcpu in machine.vcpus}
+    threads = {t.vcpu.id: t for t in start_vcpu_threads(
+        machine, host, sched, body=lambda thread: _ObservedThread(thread, reports[thread.vcpu.id]))}
+    _observe_pv_time_st(machine.vm, threads, reports)
     t = 0
     while machine.stopped is None and t < options.time_limit_ns:
         t = min(options.time_limit_ns, t + 10 * MS)
         core.run(t)
     sched.finish()
-    for report, vcpu, task in zip(reports, machine.vcpus, host.tasks):
-        report.instructions = getattr(machine.cpus[vcpu.id], "instructions", 0)
+    for vcpu_id, report in reports.items():
+        task = threads[vcpu_id].task
+        assert task is not None
+        report.instructions = getattr(machine.cpus[vcpu_id], "instructions", 0)
         report.run_delay_ns = task.run_delay_ns
-        report.record_steal_ns = machine.stolen_time(vcpu.id)
+        report.record_steal_ns = machine.stolen_time(vcpu_id)
     return GuestRunResult(machine.exit_status, machine.stopped, list(machine.errors), bytes(machine.console),
                           max(host.clock_ns, core.now if machine.stopped is None else host.clock_ns),
-                          reports, sched.switches)
+                          list(reports.values()), sched.switches)

@@ -16,7 +16,6 @@ import dataclasses
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from pvtime.cpu import CpuKind
@@ -24,7 +23,7 @@ from pvtime.guest.clockwatch import ClockWatch, WatchLog
 from pvtime.host import EventCore, EventLoop, Host, Scheduler
 from pvtime.host.events import PRIO_WAKE
 from pvtime.kvm import Kvm
-from pvtime.vmm import Machine, MachineConfig, StopReason, VcpuThread
+from pvtime.vmm import Machine, MachineConfig, StopReason, VcpuThread, build_machine, start_vcpu_threads
 from pvtime.vmm.migration import (
     LiveMigration, MigrationError, ModelHandover, Receiver, Sender,
 )
@@ -108,17 +107,6 @@ def _solo(host: Host) -> tuple[EventLoop, Scheduler]:
     return core, Scheduler(host, core)
 
 
-def _start(machine: Machine, host: Host, sched: Scheduler, at_ns: int | None = None) -> list[VcpuThread]:
-    threads = []
-    for vcpu in machine.vcpus:
-        thread = VcpuThread(machine, vcpu)
-        thread.task = host.spawn(f"{machine.config.name}/vcpu{vcpu.id}")
-        sched.add(thread.task, thread, start_ns=at_ns)
-        vcpu.set_wake_callback(partial(sched.wake, thread.task))
-        threads.append(thread)
-    return threads
-
-
 def watch_summary(machine: Machine) -> dict[str, object]:
     """What the resident clock-watch guest logged, the LPT record, and steal (for the CLI)."""
     off = WATCH_LOG_OFFSET
@@ -160,14 +148,13 @@ def send_vm(address: tuple[str, int], *, native_hz: int, pv_hz: int | None, run_
     core, sched = _solo(host)
     name = name or ("watch" if image is None else "guest")
     if image is None:
-        machine = Machine(Kvm(host), MachineConfig(name, memory_mib=2, lpt_pv_hz=pv_hz))
-        machine.load_model_guest(ClockWatch(machine.config.layout.ram_base + WATCH_LOG_OFFSET,
-                                            lpt=pv_hz is not None))
+        config = MachineConfig(name, memory_mib=2, lpt_pv_hz=pv_hz)
+        machine = build_machine(Kvm(host), config, program=ClockWatch(config.layout.ram_base + WATCH_LOG_OFFSET,
+                                                                      lpt=pv_hz is not None))
     else:
-        machine = Machine(Kvm(host), MachineConfig(name, vcpus=vcpus, memory_mib=64, lpt_pv_hz=pv_hz,
-                                                   cpu=CpuKind.UNICORN))
-        machine.load_elf(image)
-    threads = _start(machine, host, sched)
+        machine = build_machine(Kvm(host), MachineConfig(name, vcpus=vcpus, memory_mib=64, lpt_pv_hz=pv_hz,
+                                                         cpu=CpuKind.UNICORN), image=image)
+    threads = start_vcpu_threads(machine, host, sched)
     core.run(run_ms * MS)
     machine.pause()
     at = max([core.now] + [t.last_ns for t in threads])
@@ -203,7 +190,7 @@ def listen_vm(port: int, *, native_hz: int, run_ms: int, announce: Callable[[int
             conn.settimeout(30)
             receiver = Receiver(kvm)
             machine = receive(conn, lambda data: receiver.feed(data, now_ns=0))
-    _start(machine, host, sched, 0)
+    start_vcpu_threads(machine, host, sched, start_ns=0)
     at_restore = summary(machine)
     core.run(run_ms * MS)
     return {"at_restore": at_restore, "now": summary(machine), "run_ms": run_ms}
