@@ -159,11 +159,11 @@ def test_psci_cpu_on_starts_the_target_at_entry_and_wakes_it() -> None:
         mov x22, x0
         wfi
     """), vcpus=2)
-    woken = []
-    rig.vcpus[1].set_wake_callback(lambda: woken.append(1))
-    assert rig.run(1) == HaltExit(None)  # powered off
+    woken: list[object] = []
+    rig.host.set_waker(woken.append)  # the host's scheduler: kvm_vcpu_wake_up wakes the KVM_RUN caller
+    assert rig.run(1) == HaltExit(None)  # powered off: its thread now waits in KVM_RUN
     assert isinstance(rig.run(0), HaltExit)
-    assert rig.vcpus[0].get_one_reg(reg_x(20)) == 0 and woken == [1]
+    assert rig.vcpus[0].get_one_reg(reg_x(20)) == 0 and woken == [rig.tasks[1]]
     v1 = rig.vcpus[1]
     assert v1.get_one_reg(REG_PSTATE) == 0x3C5 and v1.get_one_reg(reg_x(0)) == 0x77
     assert isinstance(rig.run(1), HaltExit)

@@ -7,7 +7,7 @@ backend advances as guest code executes, and the deadline at which the slice end
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pvtime.abi.linux import NSEC_PER_SEC
 from pvtime.host.task import Slice, Task, TaskState
@@ -29,6 +29,7 @@ class Host:
         self.clock_ns = 0
         self.tasks: list[Task] = []
         self.current: Slice | None = None
+        self._waker: Callable[[Task], None] | None = None
 
     def now_ns(self) -> int:
         """Virtual time: the running slice's cursor when a task is on a CPU, else the host clock."""
@@ -48,6 +49,17 @@ class Host:
         task = Task(len(self.tasks) + 1, name)
         self.tasks.append(task)
         return task
+
+    def set_waker(self, waker: Callable[[Task], None]) -> None:
+        """The scheduler that runs this host's tasks says how to wake one (try_to_wake_up)."""
+        self._waker = waker
+
+    def wake(self, task: Task) -> None:
+        """Wake a task blocked in the kernel (the kernel's wake_up_process).
+
+        Without a scheduler (a test driving the host by hand) there is nothing to wake."""
+        if self._waker is not None:
+            self._waker(task)
 
     def current_task(self) -> Task:
         """The task calling into the kernel; KVM reads `run_delay` from it."""

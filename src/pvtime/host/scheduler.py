@@ -109,6 +109,7 @@ class Scheduler:
         if max_segment_ns is not None and max_segment_ns <= 0:
             raise ValueError(f"max_segment_ns must be positive, got {max_segment_ns}")
         self.host = host
+        host.set_waker(self.wake)
         self.core = core
         self.config = config or SchedConfig()
         self.tick_ns = self.config.tick_ns

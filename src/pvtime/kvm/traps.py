@@ -9,7 +9,6 @@ reaches a vCPU through its fd's ioctls only.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -57,7 +56,7 @@ class Traps:
         self.powered_off = False
         self.system_event: int | None = None  # a KVM_EXIT_SYSTEM_EVENT the current run() returns
         self.in_wfi = False  # blocked in PSCI CPU_SUSPEND until an interrupt is pending
-        self.wake: Callable[[], None] | None = None  # wakes the thread blocked in KVM_RUN
+        self.blocked: Task | None = None  # the thread blocked in KVM_RUN (vcpu->wait), if any
 
     def __repr__(self) -> str:
         return f"Traps({self.vm.name}/{self.id})"
@@ -81,8 +80,8 @@ class Traps:
         self.reset()
         self.cpu.core_regs[REG_PC] = entry
         self.cpu.core_regs[reg_x(0)] = context_id
-        if self.wake is not None:
-            self.wake()
+        if self.blocked is not None:  # kvm_vcpu_wake_up: the thread waiting in KVM_RUN
+            self.vm.host.wake(self.blocked)
 
     def wfi(self) -> None:
         """PSCI CPU_SUSPEND (kvm_psci_vcpu_suspend -> kvm_vcpu_wfi): block until an interrupt.

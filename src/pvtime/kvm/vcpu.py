@@ -7,7 +7,6 @@ backend calls while `run()` executes guest code, are `pvtime.kvm.traps.Traps`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pvtime.abi.widths import U64
@@ -204,15 +203,6 @@ class Vcpu:
         else:
             raise KvmError(EINVAL, f"{self}: MP state {mp_state} is not one an arm64 vCPU can take")
 
-    def set_wake_callback(self, wake: Callable[[], None] | None) -> None:
-        """How KVM wakes the thread blocked in this vCPU's KVM_RUN (kvm_vcpu_wake_up).
-
-        Not an ioctl: in this simulation a powered-off vCPU's run() returns `HaltExit(None)` and
-        its thread sleeps instead of blocking inside the call; `wake` is called when another vCPU
-        powers this one on (PSCI CPU_ON).
-        """
-        self._traps.wake = wake
-
     # --- KVM_RUN -------------------------------------------------------------------------
 
     def complete_mmio(self, data: bytes) -> None:
@@ -232,6 +222,7 @@ class Vcpu:
             return IntrExit()
         traps.stats.runs += 1
         task = slice_.task
+        traps.blocked = None
         # A run that ended at the host's deadline is continued, not reloaded, while the thread has
         # not been switched out since (no sched_in, so no kvm_arch_vcpu_load in Linux either).
         if self._deadline_mark != (task.tid, task.timeslices):
@@ -239,6 +230,7 @@ class Vcpu:
         self._deadline_mark = None
         while True:
             if traps.powered_off:
+                traps.blocked = task  # the thread now waits in KVM_RUN until CPU_ON wakes it
                 return HaltExit(None)
             if traps.in_wfi:
                 if not traps.irq_pending():  # kvm_vcpu_check_block
@@ -246,7 +238,10 @@ class Vcpu:
                 traps.in_wfi = False
             stop = traps.cpu.execute(traps, slice_)
             if not (stop.kind is StopKind.EXIT and traps.in_wfi and traps.system_event is None):
-                return self._exit_for(stop)
+                ex = self._exit_for(stop)
+                if traps.powered_off and isinstance(ex, HaltExit):
+                    traps.blocked = task  # CPU_OFF: the thread waits in KVM_RUN until CPU_ON
+                return ex
 
     def _vcpu_load(self, task: Task) -> None:
         """kvm_arch_vcpu_load + KVM_REQ_RECORD_STEAL: update the record before guest entry."""

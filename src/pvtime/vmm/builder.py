@@ -2,7 +2,7 @@
 
 As Firecracker's `builder`: `build_machine` makes the machine from its config and loads the
 guest (an ELF or Linux image, or a model program); `start_vcpu_threads` gives each vCPU a
-`VcpuThread`, spawns its host task, hands it to the scheduler and lets KVM wake it (PSCI
+`VcpuThread`, spawns its host task and hands it to the scheduler (KVM wakes it through the host on PSCI
 CPU_ON). Nothing else creates vCPU threads.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 from pvtime.guest.machine import ModelProgram
@@ -75,7 +74,5 @@ def start_vcpu_threads(machine: Machine, host: Host, sched: Scheduler, *, start_
         thread.task = task
         sched.add(task, thread if body is None else body(thread), nice=placement.nice,
                   cpus=placement.cpus_of(vcpu.id), start_ns=start_ns)
-        # A powered-off vCPU's thread blocks in KVM_RUN until CPU_ON wakes it.
-        vcpu.set_wake_callback(partial(sched.wake, task))
         threads.append(thread)
     return threads
