@@ -9,7 +9,8 @@ import pytest
 from pvtime.abi import smccc
 from pvtime.abi.errno import EINVAL, ENOENT
 from pvtime.abi.uapi import (
-    KVM_MEM_READONLY, REG_ELR_EL1, REG_PC, REG_PSTATE, REG_SP, REG_SP_EL1, REG_SPSR_EL1, core_reg, reg_x,
+    KVM_MEM_READONLY, KVM_REG_SIZE_MASK, KVM_REG_SIZE_U64, REG_ELR_EL1, REG_FPCR, REG_FPSR, REG_PC, REG_PSTATE,
+    REG_SP, REG_SP_EL1, REG_SPSR_EL1, core_reg, reg_x, sysreg,
 )
 from pvtime.cpu import create_cpu
 from pvtime.host import Host
@@ -59,6 +60,41 @@ def test_core_register_errors() -> None:
     assert err.value.errno == ENOENT
 
 
+def test_a_refused_set_one_reg_leaves_the_register_unchanged() -> None:
+    """kvm_arm_sys_reg_set_reg / set_core_reg check before they store: EINVAL changes nothing."""
+    vcpu = Rig(assemble("wfi")).vcpus[0]
+    vbar = sysreg(3, 0, 12, 0, 0)  # VBAR_EL1: bits 10..0 are RES0 on this CPU
+    vcpu.set_one_reg(vbar, 0x7000)
+    with pytest.raises(KvmError) as err:
+        vcpu.set_one_reg(vbar, 0x7333)
+    assert err.value.errno == EINVAL
+    assert vcpu.get_one_reg(vbar) == 0x7000
+
+
+def test_core_registers_answer_as_set_core_reg() -> None:
+    """set_core_reg: a wrong size is EINVAL, an invalid PSTATE mode EINVAL, and a value accepted
+    reads back unchanged -- FPSR, FPCR and PSTATE bits this CPU does not keep are EINVAL, the
+    register left as it was, not masked silently."""
+    vcpu = Rig(assemble("wfi")).vcpus[0]
+    vcpu.set_one_reg(REG_SP, 0x4001_0000)
+    vcpu.set_one_reg(REG_SP_EL1, 0x4002_0000)
+    vcpu.set_one_reg(REG_FPSR, 0x0800_0010)  # QC | IXC
+    vcpu.set_one_reg(REG_FPCR, 0x0340_0000)  # AHP | DN | RMode
+    for reg, bad in ((REG_FPSR, 0xFFFF_FFFF), (REG_FPCR, 0xFFFF_FFFF),
+                     (REG_PSTATE, 0x1_0000_03C5), (REG_PSTATE, 0x3C4 | 0b01001)):
+        before = vcpu.get_one_reg(reg)
+        with pytest.raises(KvmError) as err:
+            vcpu.set_one_reg(reg, bad)
+        assert err.value.errno == EINVAL, hex(bad)
+        assert vcpu.get_one_reg(reg) == before, hex(bad)
+    assert (vcpu.get_one_reg(REG_FPSR), vcpu.get_one_reg(REG_FPCR)) == (0x0800_0010, 0x0340_0000)
+    assert vcpu.get_one_reg(REG_PSTATE) == 0x3C5
+    assert (vcpu.get_one_reg(REG_SP), vcpu.get_one_reg(REG_SP_EL1)) == (0x4001_0000, 0x4002_0000)
+    with pytest.raises(KvmError) as err:
+        vcpu.set_one_reg(REG_FPSR & ~KVM_REG_SIZE_MASK | KVM_REG_SIZE_U64, 0)  # FPSR is a u32
+    assert err.value.errno == EINVAL
+
+
 def test_mmio_read_and_write_exits_follow_kvm() -> None:
     rig = Rig(assemble(f"""
         mov x1, #{UART:#x}
@@ -91,6 +127,9 @@ def test_mmio_read_and_write_exits_follow_kvm() -> None:
     assert ex == MmioExit(UART + 1, 1, b"\0", True)
     assert isinstance(rig.run(), HaltExit)
     assert vcpu.get_one_reg(REG_PC) == RAM_BASE + 36  # past the WFI
+    with pytest.raises(KvmError) as err:  # no MMIO read exit is waiting for its data
+        vcpu.complete_mmio(b"\0")
+    assert err.value.errno == EINVAL
 
 
 def test_write_to_read_only_slot_is_an_mmio_exit() -> None:

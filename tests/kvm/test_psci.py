@@ -246,3 +246,32 @@ def test_cpu_on_to_mpidr_0x100_reaches_vcpu_16():
     assert x0(env, 0, smccc.PSCI_AFFINITY_INFO, 0x10F, 1) == smccc.AFFINITY_ON
     x0(env, 0, smccc.PSCI_CPU_OFF)
     assert x0(env, 16, smccc.PSCI_AFFINITY_INFO, 0x00F, 1) == smccc.AFFINITY_OFF
+
+
+# --- calls that do not return: kvm_psci_vcpu_off, kvm_prepare_system_event ---------------------
+
+@pytest.mark.parametrize("fid,args,exit_", [
+    (smccc.PSCI_CPU_OFF, (), HaltExit(None)),
+    (smccc.PSCI_SYSTEM_OFF, (), SystemEventExit(KVM_SYSTEM_EVENT_SHUTDOWN)),
+    (smccc.PSCI_SYSTEM_RESET2, (0,), SystemEventExit(KVM_SYSTEM_EVENT_RESET)),
+])
+def test_a_model_guest_runs_nothing_after_a_call_that_powers_its_vcpu_off(fid, args, exit_):
+    """On a CPU the instruction after CPU_OFF (or a system event) never executes: the model
+    program's code after the call does not run, and the hypervisor answers nothing more."""
+    after: list[int] = []
+
+    class Program:
+        def main(self, cpu, index):
+            cpu.hvc(fid, *args)
+            after.append(cpu.hvc(smccc.PSCI_CPU_ON, 0, 0x4000_1000, 0)[0])  # CPU_ON aimed at itself
+            yield Compute(1_000)
+
+        def irq(self, cpu, index):
+            pass
+
+    env = make_env(1)
+    env.machine.load_model_guest(Program())
+    with env.host.on_cpu(env.tasks[0], 10_000_000):
+        assert env.vcpu(0).run() == exit_
+    assert after == []
+    assert off(env.vcpu(0))

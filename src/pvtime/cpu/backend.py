@@ -68,6 +68,9 @@ class GuestRegion(Protocol):
 class VcpuTraps(Protocol):
     """What the hypervisor handles on behalf of a running vCPU."""
 
+    # Has a trap powered the vCPU off (PSCI CPU_OFF, a system event)? Its code then runs no further.
+    powered_off: bool
+
     def hypercall(self, regs: list[int], conduit: Conduit, imm: int) -> None:
         """SMCCC/PSCI call: `regs` holds x0..x3 on entry and the results on return."""
         ...
@@ -163,7 +166,8 @@ class CpuBackend(Protocol):
         ...
 
     def complete_mmio(self, data: bytes) -> None:
-        """The data of the last MMIO read exit; applied (and the PC moved on) at the next execute()."""
+        """The data of the last MMIO read exit; applied (and the PC moved on) at the next execute().
+        ValueError when no read exit is pending (KVM: EINVAL)."""
         ...
 
 

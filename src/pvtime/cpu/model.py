@@ -3,9 +3,11 @@
 Guest code is a generator of `Compute`/`WaitForInterrupt` actions; hypercalls, memory and system
 register accesses are synchronous calls that trap to the hypervisor, as on a real CPU. Time passes
 only through `Compute` and is bounded by the slice's deadline; a timer interrupt is taken
-between actions, or in the middle of a `Compute` at the instant it asserts. A trap that stops the
-vCPU (PSCI CPU_SUSPEND, CPU_OFF, a system event) takes effect at the program's next action: the
-call returns its x0 at once, and the action yielded after it runs only when the vCPU resumes.
+between actions, or in the middle of a `Compute` at the instant it asserts. PSCI CPU_SUSPEND takes
+effect at the program's next action: the call returns its x0 at once, and the action yielded after
+it runs only when the vCPU resumes. A call that powers the vCPU off (PSCI CPU_OFF, and SYSTEM_OFF,
+SYSTEM_RESET or SYSTEM_RESET2 when they succeed) does not return, as on a CPU: the program ends
+there, as if its main had returned, and none of its code after the call runs.
 """
 
 from __future__ import annotations
@@ -75,6 +77,21 @@ class GuestView:
         return struct.unpack("<Q", self.read(addr, 8))[0]
 
 
+class _PoweredOff(BaseException):
+    """Unwinds a model program from a call that powered its vCPU off (a BaseException, so that the
+    program's own `except Exception` cannot resume it)."""
+
+
+class _ProgramView(GuestView):
+    """The view a `ModelCpu` runs its program with: a call that powers the vCPU off does not return."""
+
+    def _call(self, conduit: Conduit, imm: int, x0: int, x1: int, x2: int, x3: int) -> tuple[int, int, int, int]:
+        result = super()._call(conduit, imm, x0, x1, x2, x3)
+        if self._traps.powered_off:
+            raise _PoweredOff
+        return result
+
+
 class ModelCpu:
     """Executes a `ModelProgram` for one vCPU, resumable across slices."""
 
@@ -111,9 +128,9 @@ class ModelCpu:
         """Nothing to apply now: a completed read reaches the program when it next runs."""
 
     def complete_mmio(self, data: bytes) -> None:
-        """The VMM's data for the pending MMIO read exit."""
+        """The VMM's data for the pending MMIO read exit (ValueError if none, or of another size)."""
         if self._mmio_read is None:
-            raise RuntimeError(f"vCPU {self.index}: no MMIO read is pending")
+            raise ValueError(f"vCPU {self.index}: no MMIO read is pending")
         if len(data) != self._mmio_read.size:
             raise ValueError(f"vCPU {self.index}: MMIO read of {self._mmio_read.size} bytes "
                              f"completed with {len(data)}")
@@ -132,7 +149,7 @@ class ModelCpu:
         # the program's generators keep the view they started with, and a model CPU handed over
         # in an in-process migration (pvtime.vmm.migration) continues on another vCPU.
         if self._view is None:
-            self._view = GuestView(traps)
+            self._view = _ProgramView(traps)
         self._view.retarget(traps)
         view = self._view
         try:
@@ -143,6 +160,9 @@ class ModelCpu:
         except GuestPanic as panic:
             self._done = True
             return Stop(StopKind.FAULT, reason=f"guest kernel panic: {panic}")
+        except _PoweredOff:
+            self._done = True
+            return Stop(StopKind.EXIT)
 
     def _run(self, view: GuestView, traps: VcpuTraps, clock: Clock) -> Stop:
         assert self._program is not None

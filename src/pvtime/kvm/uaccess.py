@@ -13,9 +13,10 @@ from pvtime.kvm.errors import KvmError
 def read_user(value: object, size: int, what: str) -> int:
     """The u`8*size` at the user address: EFAULT, naming `what`, when it cannot be read."""
     if isinstance(value, (bytes, bytearray, memoryview)):
-        if len(value) < size:
-            raise KvmError(EFAULT, f"{what}: value is {len(value)} bytes, a u{8 * size} needs {size}")
-        return int.from_bytes(bytes(value[:size]), "little")
+        data = memoryview(value).tobytes()  # the bytes at the address, whatever the view's item size
+        if len(data) < size:
+            raise KvmError(EFAULT, f"{what}: value is {len(data)} bytes, a u{8 * size} needs {size}")
+        return int.from_bytes(data[:size], "little")
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << (8 * size):
         return value
     raise KvmError(EFAULT, f"{what}: value {value!r} is not a readable u{8 * size}")

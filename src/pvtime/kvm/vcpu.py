@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pvtime.abi.widths import U64
+from pvtime.abi.widths import U32, U64
 from pvtime.abi import sysregs
 from pvtime.abi.errno import E2BIG, EINVAL, ENOENT, ENXIO
 from pvtime.abi.sysregs import SysReg
@@ -18,7 +18,7 @@ from pvtime.abi.uapi import (
     KVM_REG_ARM_CORE, KVM_REG_ARM_COPROC_MASK, KVM_REG_ARM_STD_HYP_BMAP, KVM_REG_ARM_TIMER_CNT,
     KVM_REG_ARM_TIMER_CTL, KVM_REG_ARM_TIMER_CVAL, KVM_REG_ARM_PTIMER_CNT,
     KVM_REG_ARM_PTIMER_CTL, KVM_REG_ARM_PTIMER_CVAL, KVM_REG_SIZE_MASK, reg_size,
-    KVM_REG_ARM_CNTKCTL_EL1, KVM_REGS_U32, CORE_REG_IDS, EL1_SYSREG_IDS, core_reg_size,
+    KVM_REG_ARM_CNTKCTL_EL1, KVM_REGS_U32, CORE_REG_IDS, EL1_SYSREG_IDS, KVM_REG_ARM64, REG_PSTATE, core_reg_size,
 )
 from pvtime.cpu.backend import CpuBackend, Stop, StopKind
 from pvtime.host.task import Task
@@ -97,6 +97,8 @@ class Vcpu:
         if reg_id == KVM_REG_ARM_STD_HYP_BMAP:
             hypercalls.set_std_hyp_bmap(self._vm, val)
         elif reg_id & KVM_REG_ARM_COPROC_MASK == KVM_REG_ARM_CORE:
+            if reg_id == REG_PSTATE and val & PSR_MODE_MASK not in _PSR_MODES:
+                raise KvmError(EINVAL, f"PSTATE {val:#x}: mode {val & PSR_MODE_MASK:#x} is not EL0t, EL1t or EL1h")
             try:
                 cpu.core_regs[reg_id] = val
             except KeyError:
@@ -145,9 +147,11 @@ class Vcpu:
         """The size a register id encodes; ENOENT when a known register is named with another size."""
         size = reg_size(reg_id)
         base = reg_id & ~KVM_REG_SIZE_MASK
+        if base >> 32 != KVM_REG_ARM64 >> 32:  # kvm_arm_{get,set}_reg: nothing else in the upper half
+            raise KvmError(EINVAL, f"register {reg_id:#x}: not a KVM_REG_ARM64 id")
         if base & KVM_REG_ARM_COPROC_MASK == KVM_REG_ARM_CORE:
             # Linux get/set_core_reg: past struct kvm_regs is ENOENT, a bad offset or size EINVAL.
-            offset = reg_id & 0xFFFF
+            offset = reg_id & U32 & ~KVM_REG_ARM_CORE  # core_reg_offset_from_id
             if offset >= KVM_REGS_U32 or offset + size // 4 >= KVM_REGS_U32:
                 raise KvmError(ENOENT, f"core register {reg_id:#x}: past the end of struct kvm_regs")
             want = core_reg_size(reg_id)
@@ -206,8 +210,15 @@ class Vcpu:
     # --- KVM_RUN -------------------------------------------------------------------------
 
     def complete_mmio(self, data: bytes) -> None:
-        """Supply the data of the last MMIO read exit (kvm_run.mmio.data) before the next run()."""
-        self._traps.cpu.complete_mmio(data)
+        """Supply the data of the last MMIO read exit (kvm_run.mmio.data) before the next run().
+
+        EINVAL when no MMIO read exit is waiting for its data (or, on the model backend, `data` is
+        not the exit's `len`).
+        """
+        try:
+            self._traps.cpu.complete_mmio(data)
+        except ValueError as err:
+            raise KvmError(EINVAL, f"{self}: {err}") from None
 
     def run(self) -> Exit:
         """KVM_RUN: load the vCPU on the calling task, enter the guest, return the next exit."""
@@ -282,5 +293,9 @@ _TIMER_REGS: dict[int, SysReg] = {
     KVM_REG_ARM_PTIMER_CNT: sysregs.CNTPCT_EL0,
     KVM_REG_ARM_CNTKCTL_EL1: sysregs.CNTKCTL_EL1,
 }
+# set_core_reg: PSTATE.M (PSR_AA32_MODE_MASK) must name a mode the vCPU has; an AArch64-only vCPU
+# (no AArch32 EL1 or EL0) has EL0t, EL1t and EL1h.
+PSR_MODE_MASK = 0x1F
+_PSR_MODES = frozenset({0b00000, 0b00100, 0b00101})
 _TIMER_BASES = frozenset(r & ~KVM_REG_SIZE_MASK for r in _TIMER_REGS)
 _EL1_BASES = frozenset(r & ~KVM_REG_SIZE_MASK for r in EL1_SYSREG_IDS)

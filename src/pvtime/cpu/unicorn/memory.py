@@ -160,12 +160,11 @@ class GuestMemory:
         """Is an MMIO exit waiting to be finished at the next run?"""
         return self._mmio is not None
 
-    def complete_mmio(self, data: bytes) -> bool:
-        """The data of the pending MMIO read (kvm_run.mmio.data); False when no read is pending."""
+    def complete_mmio(self, data: bytes) -> None:
+        """The data of the pending MMIO read (kvm_run.mmio.data); ValueError when no read is pending."""
         if self._mmio is None or self._mmio.access.is_write:
-            return False
+            raise ValueError("no MMIO read is pending")
         self._mmio.data = bytes(data)
-        return True
 
     def abandon_mmio(self) -> None:
         """Forget the pending MMIO access (a vCPU reset, a new PC)."""

@@ -32,7 +32,6 @@ PSTATE_DAIF = 0xF << 6
 PSTATE_NZCV = 0xF << 28
 PSTATE_EL1H = 0b0101
 PSTATE_RESET = PSTATE_DAIF | PSTATE_EL1H  # KVM's vCPU reset: EL1h, DAIF masked
-_VALID_MODES = (0b0000, 0b0100, 0b0101)  # EL0t, EL1t, EL1h (KVM refuses the others)
 
 X_REGS = [getattr(A, f"UC_ARM64_REG_X{i}") for i in range(31)]
 _X_IDS = {reg_x(n): reg for n, reg in enumerate(X_REGS)}
@@ -156,32 +155,36 @@ class Registers:
         raise KeyError(reg_id)
 
     def write_core(self, reg_id: int, value: int) -> None:
-        """ONE_REG write of a core register by KVM id (KeyError for an unknown id, ValueError for
-        a PSTATE mode KVM refuses)."""
+        """ONE_REG write of a core register by KVM id: KeyError for an unknown id; ValueError, the
+        register unchanged, for a value the engine does not keep as written (bits of FPSR, FPCR or
+        PSTATE this CPU does not implement), so that a value accepted reads back unchanged."""
+        old = self.read_core(reg_id)
+        self._write_core(reg_id, value)
+        now = self.read_core(reg_id)
+        if now != value:
+            self._write_core(reg_id, old)
+            raise ValueError(f"{value:#x} written, the register reads {now:#x} (bits this CPU does not keep)")
+
+    def _write_core(self, reg_id: int, value: int) -> None:
         uc = self.uc
-        if reg_id in _V_REGS:
-            uc.reg_write(_V_REGS[reg_id], value & U128)
-            return
-        if reg_id in (REG_FPSR, REG_FPCR):
-            uc.reg_write(A.UC_ARM64_REG_FPSR if reg_id == REG_FPSR else A.UC_ARM64_REG_FPCR, value & U32)
-            return
-        value &= U64
         if reg_id in _X_IDS:
-            uc.reg_write(_X_IDS[reg_id], value)
+            uc.reg_write(_X_IDS[reg_id], value & U64)
+        elif reg_id in _V_REGS:
+            uc.reg_write(_V_REGS[reg_id], value & U128)
+        elif reg_id in (REG_FPSR, REG_FPCR):
+            uc.reg_write(A.UC_ARM64_REG_FPSR if reg_id == REG_FPSR else A.UC_ARM64_REG_FPCR, value & U32)
         elif reg_id == REG_PC:
-            uc.reg_write(A.UC_ARM64_REG_PC, value)
+            uc.reg_write(A.UC_ARM64_REG_PC, value & U64)
         elif reg_id == REG_PSTATE:
-            if value & 0x1F not in _VALID_MODES:
-                raise ValueError(f"PSTATE {value:#x}: mode {value & 0x1F:#x} is not EL0t, EL1t or EL1h")
             self.set_pstate(value & U32)
         elif reg_id == REG_SP:
-            self._write_banks(value, self._read_banks()[1])
+            self._write_banks(value & U64, self._read_banks()[1])
         elif reg_id == REG_SP_EL1:
-            self._write_banks(self._read_banks()[0], value)
+            self._write_banks(self._read_banks()[0], value & U64)
         elif reg_id == REG_ELR_EL1:
-            uc.reg_write(A.UC_ARM64_REG_ELR_EL1, value)
+            uc.reg_write(A.UC_ARM64_REG_ELR_EL1, value & U64)
         elif reg_id == REG_SPSR_EL1:
-            self.write_spsr_el1(value)
+            self.write_spsr_el1(value & U64)
         else:
             raise KeyError(reg_id)
 
@@ -190,7 +193,7 @@ class CoreRegs(MutableMapping[int, int]):
     """The vCPU's KVM_REG_ARM_CORE registers, read and written in the engine.
 
     A mapping over `CORE_REG_IDS`; `clear()` is the vCPU reset. An unknown core id raises
-    KeyError; an invalid PSTATE mode raises ValueError (KVM answers ENOENT and EINVAL).
+    KeyError, a value the engine cannot hold ValueError (KVM answers ENOENT and EINVAL).
     """
 
     def __init__(self, cpu: UnicornCpu) -> None:
@@ -248,8 +251,13 @@ class SysRegs(MutableMapping[int, int]):
         return self._uc.reg_read(A.UC_ARM64_REG_CP_REG, (r.crn, r.crm, r.op0, r.op1, r.op2)) & U64
 
     def __setitem__(self, reg_id: int, value: int) -> None:
+        old = self[reg_id]
+        self._write(reg_id, value)
+        now = self[reg_id]
+        if now != value:
+            self._write(reg_id, old)  # a refused write leaves the register as it was
+            raise ValueError(f"{value:#x} written, the register reads {now:#x} (fixed or RAZ/WI bits)")
+
+    def _write(self, reg_id: int, value: int) -> None:
         r = EL1_SYSREG_IDS[reg_id]
         self._uc.reg_write(A.UC_ARM64_REG_CP_REG, (r.crn, r.crm, r.op0, r.op1, r.op2, value & U64))
-        now = self[reg_id]
-        if now != value & U64:
-            raise ValueError(f"{value:#x} written, the register reads {now:#x} (fixed or RAZ/WI bits)")

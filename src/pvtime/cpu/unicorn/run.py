@@ -180,9 +180,9 @@ class UnicornCpu:
             self._memory.abandon_mmio()  # a new PC abandons an unfinished MMIO access
 
     def complete_mmio(self, data: bytes) -> None:
-        """The data of the last MMIO read exit (kvm_run.mmio.data), for the next execute()."""
-        if not self._memory.complete_mmio(data):
-            raise RuntimeError(f"vCPU {self.index}: no MMIO read is pending")
+        """The data of the last MMIO read exit (kvm_run.mmio.data), for the next execute()
+        (ValueError if none is pending)."""
+        self._memory.complete_mmio(data)
 
     def complete_pending(self) -> None:
         """KVM_RUN with immediate_exit: finish an MMIO access (a read with the data given, zeros if
