@@ -149,7 +149,7 @@ def migrate_send(to: str, native_hz: int, pv_hz: int, run_ms: int, image: Path |
     """Run a VM (a small clock-watching one, or --image), migrate it to --to, print a JSON summary."""
     import json
 
-    from pvtime.sim.migration import send_vm
+    from pvtime.sim.migration import MigrationError, send_vm
     from pvtime.vmm.elf import ElfError
     from pvtime.vmm.images import packaged_image
 
@@ -170,6 +170,10 @@ def migrate_send(to: str, native_hz: int, pv_hz: int, run_ms: int, image: Path |
                          image=data, vcpus=vcpus)
     except ElfError as err:
         raise click.ClickException(str(err)) from None
+    except MigrationError as err:
+        raise click.ClickException(f"not migrated: {err}") from None
+    except OSError as err:
+        raise click.ClickException(f"cannot reach {to}: {err}") from None
     click.echo(json.dumps(result, sort_keys=True))
     if not result["accepted"]:
         raise click.ClickException(f"the destination refused the VM: {result['message']} (the VM kept running)")

@@ -79,7 +79,11 @@ class MigrationDriver:
     def _stop(self) -> None:
         last = max((t.last_ns for t in self.threads), default=0)
         now = self.core.now
-        nbytes = self._timed(lambda: self.migration.stop_and_copy(now, last))
+        try:
+            nbytes = self._timed(lambda: self.migration.stop_and_copy(now, last))
+        except MigrationError as err:
+            self._fail(err)
+            return
         done = max(now, last) + self.migration.transfer_ns(nbytes) + self.link.setup_ns
         self.core.at(done, PRIO_WAKE, self._complete)
 
@@ -88,13 +92,16 @@ class MigrationDriver:
         try:
             machine = self._timed(lambda: self.migration.complete(now))
         except MigrationError as err:
-            self.error = str(err)
-            for thread in self.threads:  # the source resumes where it paused
-                if thread.task is not None:
-                    self.src_sched.wake(thread.task)
+            self._fail(err)
             return
         self.result = machine
         self.dest_threads = self.start(machine, now)
+
+    def _fail(self, err: MigrationError) -> None:
+        self.error = str(err)
+        for thread in self.threads:  # the source resumes where it paused
+            if thread.task is not None:
+                self.src_sched.wake(thread.task)
 
 
 # --- two `pvtime` processes: `pvtime migrate send` and `pvtime migrate listen` -----------------
@@ -187,7 +194,6 @@ def listen_vm(port: int, *, native_hz: int, run_ms: int, announce: Callable[[int
         announce(server.getsockname()[1])
         conn, _ = server.accept()
         with conn:
-            conn.settimeout(30)
             receiver = Receiver(kvm)
             machine = receive(conn, lambda data: receiver.feed(data, now_ns=0))
     start_vcpu_threads(machine, host, sched, start_ns=0)

@@ -36,6 +36,12 @@ The VMM side of REFERENCE section 5's migration, through the kvm API only, as a 
   cpus=...)``), so the program continues where it stopped. A receiver without that hand-over
   (another process) refuses the stream with a clear error.
 
+**A stopped VM is refused** (:meth:`Sender.precopy`, :meth:`Sender.final`): once its guest has
+exited, powered off or stopped on an error, there is nothing left to run, and KVM keeps no
+"stopped" state a restore could set again -- a destination would run it anew, with no exit status
+and an empty console. The VMM reports the stopped VM where it is (its exit status, console and
+stop reason) instead of migrating it.
+
 Failure is safe: saving changes nothing the source guest can see (dirty logging only costs it a
 write-protect fault per page per round); a refused part changes nothing at the destination; if
 the final restore fails the source is resumed, without dirty logging, and keeps running
@@ -68,6 +74,7 @@ from pvtime.host import Host, Slice, Task
 from pvtime.kvm import Kvm, KvmError, Quirk
 from pvtime.vmm.layout import Layout
 from pvtime.vmm.machine import Machine, MachineConfig
+from pvtime.vmm.migration_check import check_meta, check_state
 from pvtime.vmm.migration_stream import MigrationError, Part, decode, encode
 from pvtime.vmm.stop import StopReason
 
@@ -206,8 +213,14 @@ class Sender:
                         pages[(slot, off // PAGE_SIZE)] = data
         return pages
 
+    def _check_running(self) -> None:
+        stopped = self.machine.stopped
+        if stopped is not None:
+            raise MigrationError(f"{self.machine.config.name} has stopped ({stopped}): a stopped VM is not migrated")
+
     def precopy(self) -> bytes:
         """A part with every page changed since the last part; the VM may keep running."""
+        self._check_running()
         part = Part(self._meta(False), self._dirty(log=True))
         self.stats.rounds += 1
         return self._emit(part)
@@ -218,6 +231,7 @@ class Sender:
         `now_ns` is when the guest last executed (counters are read at that instant).
         """
         m = self.machine
+        self._check_running()
         if not m.paused and m.started:
             raise MigrationError(f"{m.config.name}: pause the VM before the final part")
         with _at(m.kvm.host, now_ns):
@@ -314,18 +328,26 @@ class Receiver:
             self._begin(meta)
         assert self._first is not None
         if meta.get("migration") != self._first["migration"]:
-            raise MigrationError(f"part of migration {meta.get('migration')!r} in migration "
-                                 f"{self._first['migration']!r}: mismatched stream")
+            raise MigrationError(f"part {meta.get('part')}, META section, field migration: part of migration "
+                                 f"{meta.get('migration')!r} in migration {self._first['migration']!r}: "
+                                 "mismatched stream")
         if meta.get("part") != self._next:
-            raise MigrationError(f"part {meta.get('part')} received, part {self._next} expected")
-        if meta.get("config") != self._first["config"] or meta.get("regions") != self._first["regions"]:
-            raise MigrationError("the machine described changed between parts: mismatched stream")
+            raise MigrationError(f"part {meta.get('part')} received, part {self._next} expected "
+                                 "(META section, field part)")
+        for key in ("config", "regions"):
+            if meta.get(key) != self._first[key]:
+                raise MigrationError(f"part {self._next}, META section, field {key}: the machine described "
+                                     "changed between parts: mismatched stream")
         for (slot, index), _ in part.pages.items():
             mem = self._memory.get(slot)
             if mem is None or (index + 1) * PAGE_SIZE > len(mem):
-                raise MigrationError(f"page {index} of slot {slot} is outside the machine's memory")
-        if part.final and meta.get("final") is not True:
-            raise MigrationError("STAT section in a part not marked final")
+                raise MigrationError(f"part {self._next}, PAGE section: page {index} of slot {slot} is outside "
+                                     "the machine's memory")
+        if part.final != (meta.get("final") is True):
+            raise MigrationError(f"part {self._next}, META section, field final: {meta.get('final')!r}, but "
+                                 f"the part {'has' if part.final else 'has no'} STAT section")
+        if part.state is not None:
+            check_state(meta.get("part"), part.state, self._first["config"]["vcpus"], _LAST)
         for (slot, index), page in part.pages.items():
             self._memory[slot][index * PAGE_SIZE:(index + 1) * PAGE_SIZE] = page
         self._next += 1
@@ -333,20 +355,25 @@ class Receiver:
             return None
         assert part.state is not None
         host = self.kvm.host
-        return restore_state(self.kvm, self._first, self._memory, part.state, handover=self.handover,
-                             name=self.name, now_ns=host.now_ns() if now_ns is None else now_ns,
-                             downtime_ns=downtime_ns, cpus=self.cpus)
+        try:
+            return restore_state(self.kvm, self._first, self._memory, part.state, handover=self.handover,
+                                 name=self.name, now_ns=host.now_ns() if now_ns is None else now_ns,
+                                 downtime_ns=downtime_ns, cpus=self.cpus)
+        except MigrationError as err:
+            raise MigrationError(f"part {meta['part']}, {err}") from None
 
     def _begin(self, meta: dict[str, Any]) -> None:
         if meta.get("part") != 0:
-            raise MigrationError(f"stream starts at part {meta.get('part')}, not 0: truncated stream")
+            raise MigrationError(f"stream starts at part {meta.get('part')}, not 0 (META section, field part): "
+                                 "truncated stream")
+        regions = check_meta(meta)
         try:
-            regions = [(int(s), int(g), int(n)) for s, g, n in meta["regions"]]
-            _config_from_json(meta["config"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise MigrationError(f"META section: bad machine description ({err})") from None
+            memory = {slot: bytearray(size) for slot, _, size in regions}
+        except MemoryError:
+            raise MigrationError(f"part 0, META section, field config.memory_mib: {meta['config']['memory_mib']} "
+                                 "MiB cannot be allocated here") from None
         self._first = meta
-        self._memory = {slot: bytearray(size) for slot, _, size in regions}
+        self._memory = memory
 
 
 def _config_from_json(c: dict[str, Any], name: str | None = None) -> MachineConfig:
@@ -365,9 +392,11 @@ def restore_state(kvm: Kvm, meta: dict[str, Any], memory: dict[int, bytearray], 
     handed-over model guest brings its own."""
     try:
         return _restore(kvm, meta, memory, state, handover, name, now_ns, downtime_ns, cpus)
-    except (KeyError, TypeError, ValueError) as err:
-        if isinstance(err, MigrationError):
-            raise
+    except MigrationError as err:
+        raise MigrationError(f"STAT section: {err}") from None
+    except KvmError as err:
+        raise MigrationError(f"STAT section: destination refused the state: {err}") from None
+    except (LookupError, TypeError, ValueError, ArithmeticError, AttributeError, MemoryError) as err:
         raise MigrationError(f"STAT section: bad state ({type(err).__name__}: {err})") from None
 
 
@@ -410,9 +439,9 @@ def _restore(kvm: Kvm, meta: dict[str, Any], memory: dict[int, bytearray], state
             machine.model_program = program
         elif kind == "resident":
             machine.load_model_guest(RESIDENT_PROGRAMS[guest["program"]](guest["options"]))
-    except KvmError as err:
-        machine.vm.close()  # the half-built VM goes
-        raise MigrationError(f"destination refused the state: {err}") from None
+    except BaseException:
+        machine.vm.close()  # whatever refused it, the half-built VM goes
+        raise
     return machine
 
 
@@ -487,7 +516,8 @@ class LiveMigration:
     """Pre-copy live migration of one VM to another host, as steps a simulation drives in time.
 
     1. :meth:`precopy` while the source runs, as long as :meth:`want_more_rounds`;
-    2. :meth:`stop_and_copy` pauses the source and makes the final part;
+    2. :meth:`stop_and_copy` pauses the source and makes the final part (MigrationError, with
+       the source resumed, if it stopped meanwhile);
     3. :meth:`complete` restores it at the destination after the transfer time. On failure the
        source is resumed (the caller wakes its threads) and MigrationError is raised; on success
        the source is stopped for good.
@@ -538,7 +568,12 @@ class LiveMigration:
         """Pause the source and make the final part (counters read when the guest last ran)."""
         self.source.pause()
         at = max(now_ns, last_guest_ns or 0)
-        self._final = self.sender.final(at)
+        try:
+            self._final = self.sender.final(at)
+        except MigrationError:
+            self.sender.stop_logging()
+            self.source.resume()
+            raise
         return len(self._final)
 
     def complete(self, now_ns: int) -> Machine:
