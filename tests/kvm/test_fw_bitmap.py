@@ -69,3 +69,20 @@ def test_unknown_register_is_enoent():
     env = make_env(1)
     assert errno_of(env.vcpu(0).get_one_reg, BMAP + 7) == ENOENT
     assert errno_of(env.vcpu(0).set_one_reg, BMAP + 7, 0) == ENOENT
+
+
+def test_vcpu_limits_are_reported_as_kvm_does() -> None:
+    """KVM_CHECK_EXTENSION: KVM_CAP_NR_VCPUS is min(host CPUs, KVM_MAX_VCPUS), KVM_CAP_MAX_VCPUS
+    the arm64 limit of 512, which KVM_CREATE_VCPU enforces (kvm_vm_ioctl_check_extension)."""
+    import pytest
+
+    from pvtime.abi.uapi import KVM_CAP_MAX_VCPUS, KVM_CAP_NR_VCPUS
+    from pvtime.host import Host
+    from pvtime.kvm import Kvm, KvmError
+
+    kvm = Kvm(Host(ncpus=6))
+    vm = kvm.create_vm()
+    for fd in (kvm, vm):
+        assert fd.check_extension(KVM_CAP_NR_VCPUS) == 6 and fd.check_extension(KVM_CAP_MAX_VCPUS) == 512
+    with pytest.raises(KvmError):
+        vm.create_vcpu(512)

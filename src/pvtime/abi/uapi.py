@@ -13,6 +13,9 @@ from pvtime.abi import sysregs
 
 # Capabilities.
 KVM_CAP_STEAL_TIME = 187
+KVM_CAP_NR_VCPUS = 9  # recommended vCPUs: min(host CPUs, KVM_MAX_VCPUS)
+KVM_CAP_MAX_VCPUS = 66
+KVM_MAX_VCPUS = 512  # arm64 (the GICv3 limit, VGIC_V3_MAX_CPUS)
 
 # Memory-region flags (struct kvm_userspace_memory_region.flags).
 KVM_MEM_LOG_DIRTY_PAGES = 1 << 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pvtime.abi.uapi import KVM_CAP_STEAL_TIME
 from pvtime.cpu.backend import CpuFactory
 from pvtime.host.host import Host
-from pvtime.kvm.vm import Vm
+from pvtime.kvm.vm import Vm, vcpu_limits
 
 
 class Kvm:
@@ -19,7 +19,7 @@ class Kvm:
         """KVM_CHECK_EXTENSION on the system fd."""
         if cap == KVM_CAP_STEAL_TIME:
             return int(self.host.schedstats)
-        return 0
+        return vcpu_limits(cap, self.host.ncpus)
 
     def create_vm(self, name: str | None = None, *, protected: bool = False, cpu: CpuFactory | None = None) -> Vm:
         """KVM_CREATE_VM. `cpu(index)` makes the engine that executes vCPU `index`'s guest code

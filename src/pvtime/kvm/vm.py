@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 from pvtime.abi.errno import EEXIST, EINVAL, ENXIO
 from pvtime.abi.uapi import (
-    KVM_ARM_VM_PVTIME_LPT_CTRL, KVM_CAP_STEAL_TIME, KVM_REG_ARM_STD_HYP_BMAP_SUPPORTED,
+    KVM_ARM_VM_PVTIME_LPT_CTRL, KVM_CAP_MAX_VCPUS, KVM_CAP_NR_VCPUS, KVM_CAP_STEAL_TIME, KVM_MAX_VCPUS,
+    KVM_REG_ARM_STD_HYP_BMAP_SUPPORTED,
 )
 from pvtime.cpu import CpuKind, create_cpu
 from pvtime.cpu.backend import CpuBackend, CpuFactory
@@ -23,7 +24,15 @@ from pvtime.kvm.vcpu import Vcpu
 if TYPE_CHECKING:
     from pvtime.kvm.traps import Traps
 
-MAX_VCPUS = 512
+
+
+def vcpu_limits(cap: int, host_cpus: int) -> int:
+    """KVM_CAP_NR_VCPUS (min(host CPUs, KVM_MAX_VCPUS)) and KVM_CAP_MAX_VCPUS; 0 for other caps."""
+    if cap == KVM_CAP_NR_VCPUS:
+        return min(host_cpus, KVM_MAX_VCPUS)
+    if cap == KVM_CAP_MAX_VCPUS:
+        return KVM_MAX_VCPUS
+    return 0
 
 
 class VmState:
@@ -97,8 +106,8 @@ class Vm:
 
     def create_vcpu(self, vcpu_id: int) -> Vcpu:
         """KVM_CREATE_VCPU; the vCPU executes guest code on the engine the VM's CPU factory makes."""
-        if not 0 <= vcpu_id < MAX_VCPUS:
-            raise KvmError(EINVAL, f"vCPU id {vcpu_id}: must be in 0..{MAX_VCPUS - 1}")
+        if not 0 <= vcpu_id < KVM_MAX_VCPUS:
+            raise KvmError(EINVAL, f"vCPU id {vcpu_id}: must be in 0..{KVM_MAX_VCPUS - 1}")
         if any(v.id == vcpu_id for v in self._vcpus):
             raise KvmError(EEXIST, f"vCPU {vcpu_id} already exists")
         # Linux refuses a late vCPU only once an in-kernel vGIC is initialised; pvtime has none.
@@ -110,7 +119,7 @@ class Vm:
         """KVM_CHECK_EXTENSION on the VM fd."""
         if cap == KVM_CAP_STEAL_TIME:
             return int(self._state.pvtime_supported())
-        return 0
+        return vcpu_limits(cap, self._state.host.ncpus)
 
     def enable_quirks(self, quirks: Quirk) -> None:
         """Reproduce the named Linux defects in this VM (see `Quirk`)."""

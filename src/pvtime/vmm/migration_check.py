@@ -17,7 +17,7 @@ from pvtime.abi.uapi import PAGE_SIZE
 from pvtime.abi.widths import U32, U64
 from pvtime.cpu import CpuKind
 from pvtime.kvm import Quirk
-from pvtime.kvm.vm import MAX_VCPUS  # KVM_CAP_MAX_VCPUS: the value KVM would report
+from pvtime.abi.uapi import KVM_MAX_VCPUS  # what KVM_CAP_MAX_VCPUS reports
 from pvtime.vmm.layout import GRANULE, Layout
 from pvtime.vmm.machine import MiB, Machine
 from pvtime.vmm.migration_stream import MigrationError
@@ -94,7 +94,7 @@ def check_meta(meta: dict[str, Any]) -> list[tuple[int, int, int]]:
     cpu = f.text(config, "cpu", "config.cpu")
     if cpu not in {k.value for k in CpuKind}:
         raise f.error("config.cpu", f"unknown CPU backend {cpu!r}")
-    f.integer(config, "vcpus", "config.vcpus", 1, MAX_VCPUS)
+    f.integer(config, "vcpus", "config.vcpus", 1, KVM_MAX_VCPUS)
     f.flag(config, "pvtime", "config.pvtime")
     quirks = f.integer(config, "quirks", "config.quirks", 0, U32)
     try:
