@@ -28,11 +28,17 @@ def main() -> None:
 @click.option("--duration", "duration_ms", type=click.IntRange(1), default=None,
               help="override the scenario's duration (virtual ms)")
 @click.option("--no-progress", is_flag=True, help="do not show the progress bar")
+@click.option("--yes", is_flag=True, help="run even if the estimated cost is over a minute")
 def run(scenario: str | None, out: Path | None, seed: int | None, duration_ms: int | None,
-        no_progress: bool) -> None:
-    """Run SCENARIO (a TOML file or an embedded name; default: the embedded `default`)."""
+        no_progress: bool, yes: bool) -> None:
+    """Run SCENARIO (a TOML file or an embedded name; default: the embedded `default`).
+
+    A run estimated at over a minute (`pvtime.sim.cost`: vCPUs x simulated time, and the
+    host CPUs' occupancy figure) prints the estimate and needs --yes.
+    """
     from pvtime.report import migration_table, summary_table, write_results
     from pvtime.sim import scenario as scenarios
+    from pvtime.sim.cost import CONFIRM_ABOVE_S, estimate_seconds
     from pvtime.sim.runner import run as run_scenario
 
     console = Console()
@@ -45,6 +51,12 @@ def run(scenario: str | None, out: Path | None, seed: int | None, duration_ms: i
     overrides = {k: v for k, v in (("seed", seed), ("duration_ms", duration_ms)) if v is not None}
     if overrides:
         sc = scenarios.Scenario(sc.spec.model_copy(update=overrides), sc.source)
+    cost_s = estimate_seconds(sc.spec)
+    if cost_s > CONFIRM_ABOVE_S:
+        click.echo(f"pvtime: {sc.spec.name}: estimated {cost_s / 60:.1f} minutes of wall-clock time "
+                   f"({sum(h.cpus for h in sc.spec.host)} host CPUs, {sc.spec.duration_ms} ms simulated)", err=True)
+        if not yes:
+            raise click.ClickException(f"a run estimated at over {CONFIRM_ABOVE_S:g} s: pass --yes to run it")
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
                   TextColumn("{task.fields[virtual]}"), TimeElapsedColumn(), console=console,
                   disable=no_progress, transient=True) as bar:

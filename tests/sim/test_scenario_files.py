@@ -102,6 +102,21 @@ def test_syntax_error_has_the_line() -> None:
     assert msg.startswith("s.toml:6: TOML syntax:")
 
 
+def test_syntax_error_at_end_of_document_has_the_last_line() -> None:
+    """tomllib reports an unterminated string or array "at end of document": the last line."""
+    (msg,) = errors(GOOD + 'extra = """never closed\n\n')
+    assert msg == "s.toml:21: TOML syntax: Unterminated string (at end of document)"
+    (msg,) = errors(GOOD + "extra = [1,\n2,\n")
+    assert msg == "s.toml:22: TOML syntax: Invalid value (at end of document)"
+
+
+def test_unknown_top_level_table_has_its_line() -> None:
+    """An unknown table met only as `[extra.sub]` or `[[extra]]` is reported on that header."""
+    assert errors(GOOD + "\n[[extra]]\nq = 1\n") == ["s.toml:22: extra: Extra inputs are not permitted"]
+    assert errors(GOOD + "\n[extra.sub]\nq = 1\n") == ["s.toml:22: extra: Extra inputs are not permitted"]
+    assert errors("extra.sub = 1\n" + GOOD) == ["s.toml:1: extra: Extra inputs are not permitted"]
+
+
 ELF_GUEST = '[vm.guest]\nkind = "model"\nbusy_us = [1000, 2000]'
 
 

@@ -7,6 +7,7 @@ Every error names the file, the line and the field, e.g.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from pvtime.sim.scenario_schema import (
     ElfGuestSpec, GuestSpec, HostSpec, MigrationSpec, ModelGuestSpec, NoiseSpec, SchedSpec, ScenarioSpec,
     VmmThreadSpec, VmSpec,
 )
-from pvtime.sim.toml_lines import dotted, key_lines, line_of
+from pvtime.sim.toml_lines import dotted, key_lines, last_line, line_of
 from pvtime.vmm.elf import ElfError, elf_layout
 from pvtime.vmm.images import has_minikernel_config, packaged_image, patch_minikernel
 from pvtime.vmm.layout import QEMU_VIRT
@@ -91,7 +92,7 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError([_syntax_issue(source, str(exc))]) from None
+        raise ScenarioError([_syntax_issue(source, str(exc), text)]) from None
     lines = key_lines(text)
     try:
         spec = ScenarioSpec.model_validate(data)
@@ -104,11 +105,9 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
     return Scenario(spec, source)
 
 
-def _syntax_issue(source: str, message: str) -> Issue:
-    import re
-
+def _syntax_issue(source: str, message: str, text: str) -> Issue:
     m = re.search(r"\(at line (\d+), column \d+\)", message)
-    line = int(m.group(1)) if m else None
+    line = int(m.group(1)) if m else last_line(text) if "(at end of document)" in message else None
     return Issue(source, line, "", f"TOML syntax: {message}")
 
 

@@ -55,13 +55,13 @@ def key_lines(text: str) -> dict[Path, int]:
             if header.group(1):
                 arrays[tuple(names)] = arrays.get(tuple(names), -1) + 1
             current = _resolve(names, arrays)
-            lines.setdefault(current, no)
+            _add(lines, current, no)
             continue
         m = _DOTTED.match(line)
         if not m:
             continue
         path = current + tuple(_split_key(m.group(1)))
-        lines.setdefault(path, no)
+        _add(lines, path, no)
         value = line[m.end():].strip()
         if value.startswith("{"):
             for k in _INLINE_KEY.findall(value):
@@ -69,6 +69,13 @@ def key_lines(text: str) -> dict[Path, int]:
         elif value.startswith("["):
             depth = value.count("[") - value.count("]")
     return lines
+
+
+def _add(lines: dict[Path, int], path: Path, no: int) -> None:
+    """Record `path` and each of its prefixes (first mention wins): `[extra.sub]` and
+    `[[extra]]` put `extra` on their line, so an unknown `extra` is reported there."""
+    for cut in range(1, len(path) + 1):
+        lines.setdefault(path[:cut], no)
 
 
 def _resolve(names: list[str], arrays: dict[tuple[str, ...], int]) -> Path:
@@ -79,6 +86,12 @@ def _resolve(names: list[str], arrays: dict[tuple[str, ...], int]) -> Path:
         if index is not None:
             path.append(index)
     return tuple(path)
+
+
+def last_line(text: str) -> int:
+    """The last line with content: where tomllib's "at end of document" errors are reported."""
+    numbered = list(enumerate(text.splitlines(), start=1))
+    return next((no for no, line in reversed(numbered) if line.strip()), 1)
 
 
 def line_of(lines: dict[Path, int], loc: Path) -> int | None:

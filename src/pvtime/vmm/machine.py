@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,6 +28,12 @@ from pvtime.vmm.layout import QEMU_VIRT, Layout
 from pvtime.vmm.stop import StopReason
 
 MiB = 1024 * 1024
+
+
+def guest_memory(size: int) -> memoryview:
+    """`size` bytes of guest memory as a VMM allocates it: a private anonymous mapping (QEMU's
+    memory-backend-ram), so a page costs host memory only once the guest or the VMM touches it."""
+    return memoryview(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE))
 
 
 @dataclass
@@ -75,9 +82,9 @@ class Machine:
         self.vm: Vm = kvm.create_vm(config.name, cpu=self.cpus.__getitem__)
         self.vm.enable_quirks(config.quirks)
         layout = config.layout
-        self.ram = bytearray(config.memory_mib * MiB)
+        self.ram = guest_memory(config.memory_mib * MiB)
         self.vm.set_user_memory_region(self.RAM_SLOT, layout.ram_base, len(self.ram), self.ram)
-        self.pvtime_mem: bytearray | None = None
+        self.pvtime_mem: memoryview | None = None
         self.vcpus: list[Vcpu] = [self.vm.create_vcpu(i) for i in range(config.vcpus)]
         if config.pvtime:
             self._configure_pvtime()
@@ -102,11 +109,11 @@ class Machine:
         for vcpu in self.vcpus:
             vcpu.set_device_attr(KVM_ARM_VCPU_PVTIME_CTRL, KVM_ARM_VCPU_PVTIME_IPA, layout.steal_record(vcpu.id))
 
-    def add_pvtime_region(self) -> bytearray:
+    def add_pvtime_region(self) -> memoryview:
         """The PV-time granule(s) as a memslot (once): stolen-time records and the LPT record."""
         if self.pvtime_mem is None:
             layout = self.config.layout
-            self.pvtime_mem = bytearray(layout.pvtime_region_size(len(self.vcpus)))
+            self.pvtime_mem = guest_memory(layout.pvtime_region_size(len(self.vcpus)))
             self.vm.set_user_memory_region(self.PVTIME_SLOT, layout.pvtime_base, len(self.pvtime_mem),
                                            self.pvtime_mem)
         return self.pvtime_mem
@@ -155,7 +162,7 @@ class Machine:
         self.vcpus[0].set_one_reg(REG_PC, loaded.entry)
         return loaded
 
-    def regions(self) -> list[tuple[int, int, bytearray]]:
+    def regions(self) -> list[tuple[int, int, memoryview]]:
         """(slot, guest address, buffer) of every memory region the VMM owns for this VM."""
         layout = self.config.layout
         out = [(self.RAM_SLOT, layout.ram_base, self.ram)]
