@@ -224,3 +224,23 @@ def test_listener_refuses_garbage_with_a_clear_error():
         listener.kill()
     assert verdict[0] == 0 and b"version" in verdict
     assert listener.returncode != 0 and "migration refused" in err
+
+
+def _rss_mib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) // 1024
+
+
+def test_receiving_a_large_mostly_unused_vm_touches_only_its_used_pages():
+    """The receiver holds the stream's memory as guest memory does (anonymous mmap) and copies
+    only the pages it received into the new machine: a 2 GiB VM with one page in use costs the
+    destination megabytes, not gigabytes (measured: +2 GiB of RSS when every page was copied)."""
+    host = Host(25_000_000)
+    m = Machine(Kvm(host), MachineConfig("big", memory_mib=2048))
+    m.ram[4096:4100] = b"data"
+    data = save(m, now_ns=0)
+    before = _rss_mib()
+    dst = restore(Kvm(Host(10**9)), data, now_ns=0)
+    grown = _rss_mib() - before
+    assert dst.ram[4096:4100] == b"data" and dst.ram[0:4096] == bytes(4096)
+    assert grown < 256, f"restoring a 2 GiB VM with one page in use grew RSS by {grown} MiB"

@@ -73,7 +73,7 @@ from pvtime.guest.machine import ModelProgram
 from pvtime.host import Host, Slice, Task
 from pvtime.kvm import Kvm, KvmError, Quirk
 from pvtime.vmm.layout import Layout
-from pvtime.vmm.machine import Machine, MachineConfig
+from pvtime.vmm.machine import Machine, MachineConfig, guest_memory
 from pvtime.vmm.migration_check import check_meta, check_state
 from pvtime.vmm.migration_stream import MigrationError, Part, decode, encode
 from pvtime.vmm.stop import StopReason
@@ -316,7 +316,8 @@ class Receiver:
         self.name = name
         self.cpus = cpus  # the destination's CPU engines (default: the stream's kind), unless handed over
         self._first: dict[str, Any] | None = None
-        self._memory: dict[int, bytearray] = {}
+        self._memory: dict[int, memoryview] = {}
+        self._received: dict[int, set[int]] = {}  # the pages each slot received
         self._next = 0
 
     def feed(self, data: bytes | bytearray | memoryview, *, now_ns: int | None = None,
@@ -350,6 +351,7 @@ class Receiver:
             check_state(meta.get("part"), part.state, self._first["config"]["vcpus"], _LAST)
         for (slot, index), page in part.pages.items():
             self._memory[slot][index * PAGE_SIZE:(index + 1) * PAGE_SIZE] = page
+            self._received.setdefault(slot, set()).add(index)
         self._next += 1
         if not part.final:
             return None
@@ -358,7 +360,7 @@ class Receiver:
         try:
             return restore_state(self.kvm, self._first, self._memory, part.state, handover=self.handover,
                                  name=self.name, now_ns=host.now_ns() if now_ns is None else now_ns,
-                                 downtime_ns=downtime_ns, cpus=self.cpus)
+                                 downtime_ns=downtime_ns, cpus=self.cpus, received=self._received)
         except MigrationError as err:
             raise MigrationError(f"part {meta['part']}, {err}") from None
 
@@ -368,8 +370,9 @@ class Receiver:
                                  "truncated stream")
         regions = check_meta(meta)
         try:
-            memory = {slot: bytearray(size) for slot, _, size in regions}
-        except MemoryError:
+            # as the destination's own guest memory: pages cost memory only once received
+            memory = {slot: guest_memory(size) for slot, _, size in regions}
+        except (MemoryError, OSError):
             raise MigrationError(f"part 0, META section, field config.memory_mib: {meta['config']['memory_mib']} "
                                  "MiB cannot be allocated here") from None
         self._first = meta
@@ -383,15 +386,18 @@ def _config_from_json(c: dict[str, Any], name: str | None = None) -> MachineConf
                          cpu=CpuKind(c.get("cpu", CpuKind.MODEL.value)), instructions_per_sec=None if ips is None else int(ips))
 
 
-def restore_state(kvm: Kvm, meta: dict[str, Any], memory: dict[int, bytearray], state: dict[str, Any], *,
+def restore_state(kvm: Kvm, meta: dict[str, Any], memory: dict[int, memoryview], state: dict[str, Any], *,
                   handover: ModelHandover | None, name: str | None, now_ns: int,
-                  downtime_ns: int | None, cpus: CpuFactory | None = None) -> Machine:
+                  downtime_ns: int | None, cpus: CpuFactory | None = None,
+                  received: dict[int, set[int]] | None = None) -> Machine:
     """Build the destination machine from a complete stream; MigrationError if it cannot be.
 
     `cpus` makes the destination's CPU engines (default: those of the stream's CPU kind); a
-    handed-over model guest brings its own."""
+    handed-over model guest brings its own. `received` lists the pages each slot received: only
+    those are copied into the machine (the others are zero on both sides), so restoring a large,
+    mostly unused VM touches only what the guest used."""
     try:
-        return _restore(kvm, meta, memory, state, handover, name, now_ns, downtime_ns, cpus)
+        return _restore(kvm, meta, memory, state, handover, name, now_ns, downtime_ns, cpus, received)
     except MigrationError as err:
         raise MigrationError(f"STAT section: {err}") from None
     except KvmError as err:
@@ -400,9 +406,9 @@ def restore_state(kvm: Kvm, meta: dict[str, Any], memory: dict[int, bytearray], 
         raise MigrationError(f"STAT section: bad state ({type(err).__name__}: {err})") from None
 
 
-def _restore(kvm: Kvm, meta: dict[str, Any], memory: dict[int, bytearray], state: dict[str, Any],
+def _restore(kvm: Kvm, meta: dict[str, Any], memory: dict[int, memoryview], state: dict[str, Any],
              handover: ModelHandover | None, name: str | None, now_ns: int, downtime_ns: int | None,
-             cpus: CpuFactory | None) -> Machine:
+             cpus: CpuFactory | None, received: dict[int, set[int]] | None) -> Machine:
     config = _config_from_json(meta["config"], name)
     old_hz = int(state["native_hz"])
     guest = state["guest"]
@@ -434,7 +440,7 @@ def _restore(kvm: Kvm, meta: dict[str, Any], memory: dict[int, bytearray], state
         cpus = handed.__getitem__
     machine = Machine(kvm, config, cpus=cpus)
     try:
-        _fill(machine, meta, memory, state, old_hz, now_ns, downtime_ns)
+        _fill(machine, meta, memory, state, old_hz, now_ns, downtime_ns, received)
         if kind == "handover":
             machine.model_program = program
         elif kind == "resident":
@@ -445,7 +451,7 @@ def _restore(kvm: Kvm, meta: dict[str, Any], memory: dict[int, bytearray], state
     return machine
 
 
-def _check_lpt_record(memory: dict[int, bytearray], meta: dict[str, Any], ipa: int, pv_hz: int) -> None:
+def _check_lpt_record(memory: dict[int, memoryview], meta: dict[str, Any], ipa: int, pv_hz: int) -> None:
     for slot, gpa, size in meta["regions"]:
         if gpa <= ipa and ipa + LPT_RECORD_SIZE <= gpa + size:
             record = LptRecord.unpack(bytes(memory[slot][ipa - gpa:ipa - gpa + LPT_RECORD_SIZE]))
@@ -456,18 +462,27 @@ def _check_lpt_record(memory: dict[int, bytearray], meta: dict[str, Any], ipa: i
     raise MigrationError(f"the LPT IPA {ipa:#x} is not in the migrated memory")
 
 
-def _fill(machine: Machine, meta: dict[str, Any], memory: dict[int, bytearray], state: dict[str, Any],
-          old_hz: int, now_ns: int, downtime_ns: int | None) -> None:
+def _copy_pages(dst: bytearray | memoryview, src: memoryview, pages: set[int] | None) -> None:
+    """Copy `src` into `dst`: all of it, or only `pages` (the rest is zero in both)."""
+    if pages is None:
+        dst[:] = src
+        return
+    for index in sorted(pages):
+        dst[index * PAGE_SIZE:(index + 1) * PAGE_SIZE] = src[index * PAGE_SIZE:(index + 1) * PAGE_SIZE]
+
+
+def _fill(machine: Machine, meta: dict[str, Any], memory: dict[int, memoryview], state: dict[str, Any],
+          old_hz: int, now_ns: int, downtime_ns: int | None, received: dict[int, set[int]] | None) -> None:
     for slot, _, size in meta["regions"]:
         if slot == Machine.RAM_SLOT:
             if size != len(machine.ram):
                 raise MigrationError(f"RAM is {size} bytes in the stream, {len(machine.ram)} in the config")
-            machine.ram[:] = memory[slot]
+            _copy_pages(machine.ram, memory[slot], None if received is None else received.get(slot, set()))
         elif slot == Machine.PVTIME_SLOT:
             region = machine.add_pvtime_region()
             if size != len(region):
                 raise MigrationError(f"PV-time region is {size} bytes in the stream, {len(region)} here")
-            region[:] = memory[slot]
+            _copy_pages(region, memory[slot], None if received is None else received.get(slot, set()))
         else:
             raise MigrationError(f"memory slot {slot} is not one this VMM lays out")
     vcpus = state["vcpus"]
