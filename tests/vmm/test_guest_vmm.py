@@ -17,6 +17,7 @@ from pvtime.vmm.elf import ElfError, elf_layout, load_elf
 from pvtime.vmm.semihosting import SYS_EXIT_EXTENDED, SYS_WRITE0, SYS_WRITEC, serve
 from tests.cpu.asm import assemble
 from tests.cpu.elfwriter import LOAD_ADDR, make_elf
+from tests.vmm.helpers import rss_kib
 
 RAM_BASE = 0x4000_0000
 
@@ -68,23 +69,18 @@ def test_elf_loads_segments_and_starts_vcpu0_at_the_entry() -> None:
     assert machine.ram[LOAD_ADDR - RAM_BASE:LOAD_ADDR - RAM_BASE + 8] == HELLO[:8]
 
 
-def _rss_kib() -> int:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
-
-
 def test_guest_ram_is_allocated_lazily() -> None:
     """A 4 GiB VM that runs a small guest costs host memory for the pages it touches, as with
     QEMU's anonymous-mmap RAM: `guest run --memory 4096` once took 4.2 GB (measured +4096 MiB
     RSS with eager buffers, +10 MiB with mmap)."""
     host = Host()
-    before = _rss_kib()
+    before = rss_kib()
     machine = Machine(Kvm(host), MachineConfig("big", memory_mib=4096, cpu=CpuKind.UNICORN))
     machine.load_elf(make_elf(HELLO))
     task = host.spawn("big-vcpu0")
     with host.on_cpu(task, 10_000_000) as slice_:
         VcpuThread(machine, machine.vcpus[0]).step(slice_)
-    grown_mib = (_rss_kib() - before) // 1024
+    grown_mib = (rss_kib() - before) // 1024
     assert machine.console == b"hello, !ok" and machine.exit_status == 42
     assert len(machine.ram) == 4096 << 20
     assert machine.ram[LOAD_ADDR - RAM_BASE:LOAD_ADDR - RAM_BASE + 8] == HELLO[:8]

@@ -17,21 +17,9 @@ from pvtime.vmm import Machine, MachineConfig, StopReasonKind
 from pvtime.vmm.migration import MigrationError, ModelHandover, Receiver, restore, save
 from pvtime.vmm.migration_stream import MAGIC, STREAM_VERSION, decode, encode
 
+from tests.vmm.helpers import open_vms, rss_kib, snapshot
+
 MS = 1_000_000
-
-
-def open_vms(kvm):
-    """How many VMs are open on `kvm` (an unnamed VM is named after that count)."""
-    probe = kvm.create_vm()
-    probe.close()
-    return int(probe.name.removeprefix("vm"))
-
-
-def snapshot(pv=10**9):
-    host = Host(25_000_000)
-    m = Machine(Kvm(host), MachineConfig("s", memory_mib=1, lpt_pv_hz=pv))
-    m.ram[4096:4100] = b"data"
-    return m, save(m, now_ns=0)
 
 
 def test_save_restore_round_trip():
@@ -226,11 +214,6 @@ def test_listener_refuses_garbage_with_a_clear_error():
     assert listener.returncode != 0 and "migration refused" in err
 
 
-def _rss_mib() -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) // 1024
-
-
 def test_receiving_a_large_mostly_unused_vm_touches_only_its_used_pages():
     """The receiver holds the stream's memory as guest memory does (anonymous mmap) and copies
     only the pages it received into the new machine: a 2 GiB VM with one page in use costs the
@@ -239,8 +222,8 @@ def test_receiving_a_large_mostly_unused_vm_touches_only_its_used_pages():
     m = Machine(Kvm(host), MachineConfig("big", memory_mib=2048))
     m.ram[4096:4100] = b"data"
     data = save(m, now_ns=0)
-    before = _rss_mib()
+    before = rss_kib() // 1024
     dst = restore(Kvm(Host(10**9)), data, now_ns=0)
-    grown = _rss_mib() - before
+    grown = rss_kib() // 1024 - before
     assert dst.ram[4096:4100] == b"data" and dst.ram[0:4096] == bytes(4096)
     assert grown < 256, f"restoring a 2 GiB VM with one page in use grew RSS by {grown} MiB"

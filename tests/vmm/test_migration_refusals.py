@@ -9,19 +9,9 @@ from pvtime.kvm import Kvm
 from pvtime.vmm import Machine, MachineConfig
 from pvtime.vmm.migration import MigrationError, Receiver, Sender, restore, save
 from pvtime.vmm.migration_stream import decode, encode
+from tests.vmm.helpers import open_vms, snapshot
 
 
-def open_vms(kvm):
-    """How many VMs are open on `kvm` (an unnamed VM is named after that count)."""
-    probe = kvm.create_vm()
-    probe.close()
-    return int(probe.name.removeprefix("vm"))
-
-
-def snapshot():
-    m = Machine(Kvm(Host(25_000_000)), MachineConfig("s", memory_mib=1, lpt_pv_hz=10**9))
-    m.ram[4096:4100] = b"data"
-    return save(m, now_ns=0)
 
 
 def _set(path, value):
@@ -58,7 +48,7 @@ def _set(path, value):
     (_set(("state", "guest"), {"kind": "resident", "program": "clockwatch"}), "STAT section, field guest.options"),
 ])
 def test_crafted_fields_are_refused_naming_part_section_and_field(craft, where):
-    part = decode(snapshot())
+    part = decode(snapshot()[1])
     craft(part)
     kvm = Kvm(Host(10**9))
     with pytest.raises(MigrationError, match=f"^part 0, {where}"):
@@ -69,7 +59,7 @@ def test_crafted_fields_are_refused_naming_part_section_and_field(craft, where):
 def test_a_final_part_refused_after_the_vm_was_built_closes_it():
     """A refusal that comes only once the destination VM exists (here: the resident program's
     options) must close that VM, like kvm_destroy_vm on the VMM's close() of the VM fd."""
-    part = decode(snapshot())
+    part = decode(snapshot()[1])
     part.state["guest"] = {"kind": "resident", "program": "clockwatch", "options": {"log_addr": 3}}
     kvm = Kvm(Host(10**9))
     with pytest.raises(MigrationError, match="^part 0, STAT section"):

@@ -41,7 +41,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pvtime.abi.linux import NSEC_PER_MSEC, NSEC_PER_SEC
-from pvtime.host.eevdf import EevdfRunQueue
 from pvtime.host.entity import SchedEntity
 from pvtime.host.runqueue import Enqueue, FairRunQueue
 
@@ -297,8 +296,7 @@ class Balancer:
 
     def _can_migrate(self, se: SchedEntity, cpu: Pcpu, src: FairRunQueue, now: int) -> bool:
         """can_migrate_task, in Linux's order (`migratable` leaves out the running and delayed)."""
-        if cpu.nr_balance_failed == 0 and cpu.rq.nr_queued and isinstance(src, EevdfRunQueue) \
-                and not src.entity_eligible(se):
+        if cpu.nr_balance_failed == 0 and cpu.rq.nr_queued and not src.entity_eligible(se):
             return False  # PLACE_LAG: do not move a task that has run ahead of its share
         if cpu.id not in se.allowed_set:
             return False

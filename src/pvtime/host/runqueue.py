@@ -145,6 +145,15 @@ class FairRunQueue:
         """__dequeue_entity: out of the ordered queue."""
         raise NotImplementedError
 
+    def entity_eligible(self, se: SchedEntity) -> bool:
+        """EEVDF's eligibility (lag >= 0); CFS has none, so every entity is."""
+        return True
+
+    def slice_end_ns(self, now: int) -> int | None:
+        """For a running entity that polls its CPU clock (update_curr at every instant): the next
+        time that could change a pick; None when nothing can (CFS reschedules from the tick only)."""
+        return None
+
     def wakeup_preempt(self, se: SchedEntity, now: int, *, fork: bool) -> None:
         """check_preempt_wakeup_fair: ask to reschedule when the woken `se` should preempt `curr`."""
         raise NotImplementedError

@@ -413,7 +413,7 @@ class Scheduler:
             bound = known
         if bound <= now:
             return  # the run is over: stay on the CPU
-        if se.polls_cpu_clock and isinstance(cpu.rq, EevdfRunQueue):
+        if se.polls_cpu_clock:
             slice_end = cpu.rq.slice_end_ns(now)
             if slice_end is not None and slice_end < bound:
                 bound = slice_end
