@@ -4,6 +4,7 @@ kvm_psci_vcpu_suspend, kvm_psci_vcpu_on; reset.c: kvm_reset_vcpu; sys_regs.c: re
 import pytest
 
 from pvtime.abi import smccc
+from pvtime.abi.widths import s64
 from pvtime.abi.sysregs import (
     CNTKCTL_EL0VCTEN, CNTKCTL_EVNTEN, CNTV_CTL_EL0, CNTV_CVAL_EL0, CNTVCT_EL0, CTL_ENABLE, CTL_ISTATUS,
     MPIDR_EL1,
@@ -24,7 +25,7 @@ U64 = 2**64 - 1
 
 
 def x0(env, i, fid, *args):
-    return smccc.to_signed(env.call(i, fid, *args)[0])
+    return s64(env.call(i, fid, *args)[0])
 
 
 def off(vcpu):

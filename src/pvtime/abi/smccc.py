@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
-from pvtime.abi.widths import U64, s64
+from pvtime.abi.widths import U64
 
 
 class Owner(IntEnum):
@@ -68,7 +68,6 @@ def to_u64(value: int) -> int:
     return value & U64
 
 
-to_signed = s64  # the old name; remove once tests/kvm/test_psci.py calls widths.s64
 
 
 SMCCC_VERSION = encode(True, False, Owner.ARCH, 0)  # 0x80000000

@@ -29,11 +29,15 @@ class Host:
         self.clock_ns = 0
         self.tasks: list[Task] = []
         self.current: Slice | None = None
+        self._control_ns: int | None = None  # set while a control thread calls the kernel
         self._waker: Callable[[Task], None] | None = None
 
     def now_ns(self) -> int:
-        """Virtual time: the running slice's cursor when a task is on a CPU, else the host clock."""
-        return self.current.now_ns if self.current is not None else self.clock_ns
+        """Virtual time: the running slice's cursor when a task is on a CPU, the control call's
+        instant inside `control_call`, else the host clock."""
+        if self.current is not None:
+            return self.current.now_ns
+        return self._control_ns if self._control_ns is not None else self.clock_ns
 
     def counter(self, at_ns: int | None = None) -> int:
         """The physical counter (CNTPCT) at a virtual time: floor(ns * hz / 1e9)."""
@@ -100,6 +104,22 @@ class Host:
             yield slice_
         finally:
             self.current = outer
+
+    @contextmanager
+    def control_call(self, now_ns: int) -> Iterator[None]:
+        """Kernel calls made at `now_ns` by a VMM control thread the scheduler does not model.
+
+        A VMM's migration thread saves and restores vCPU state in microseconds, far below a
+        scheduler tick, so pvtime counts its work as instantaneous and gives it no task: the calls
+        read the time, and one that needs a calling task (a KVM_RUN that enters the guest) fails.
+        """
+        if self.current is not None:
+            raise RuntimeError(f"{self.name}: a control call while {self.current.task} is on a CPU")
+        outer, self._control_ns = self._control_ns, now_ns
+        try:
+            yield
+        finally:
+            self._control_ns = outer
 
     def hold(self, task: Task, wait_ns: int) -> None:
         """Keep `task` runnable but off the CPU for `wait_ns`: deterministic steal on purpose.

@@ -223,14 +223,14 @@ class Vcpu:
     def run(self) -> Exit:
         """KVM_RUN: load the vCPU on the calling task, enter the guest, return the next exit."""
         vm = self._vm
+        vm.note_first_run()  # HAS_RAN_ONCE is set before immediate_exit is looked at
+        traps = self._traps
+        if self.immediate_exit:  # -EINTR before guest entry: no task's run_delay is read
+            traps.cpu.complete_pending()
+            return IntrExit()
         slice_ = vm.host.current
         if slice_ is None:
             raise RuntimeError(f"{self}: run() must be called by a host task on a CPU (Host.on_cpu)")
-        vm.note_first_run()  # HAS_RAN_ONCE is set before immediate_exit is looked at
-        traps = self._traps
-        if self.immediate_exit:
-            traps.cpu.complete_pending()
-            return IntrExit()
         traps.stats.runs += 1
         task = slice_.task
         traps.blocked = None

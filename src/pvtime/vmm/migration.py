@@ -70,7 +70,6 @@ from pvtime.abi.uapi import (
 from pvtime.cpu import CpuBackend, CpuFactory, CpuKind
 from pvtime.guest.clockwatch import ClockWatch
 from pvtime.guest.machine import ModelProgram
-from pvtime.host import Host, Slice, Task
 from pvtime.kvm import Kvm, KvmError, Quirk
 from pvtime.vmm.layout import Layout
 from pvtime.vmm.machine import Machine, MachineConfig, guest_memory
@@ -136,11 +135,6 @@ class MigrationStats:
         if self.paused_at_ns is None or self.resumed_at_ns is None:
             return None
         return self.resumed_at_ns - self.paused_at_ns
-
-
-def _at(host: Host, now_ns: int) -> Any:
-    """Make the VMM's migration thread the caller at `now_ns` (KVM reads the time from it)."""
-    return host.running(Slice(Task(0, "vmm-migration"), now_ns, now_ns, now_ns))
 
 
 def _config_json(config: MachineConfig) -> dict[str, Any]:
@@ -234,7 +228,7 @@ class Sender:
         self._check_running()
         if not m.paused and m.started:
             raise MigrationError(f"{m.config.name}: pause the VM before the final part")
-        with _at(m.kvm.host, now_ns):
+        with m.kvm.host.control_call(now_ns):
             # Quiesce: complete what an exit left pending, enter nothing. A VM whose vCPU threads
             # never entered KVM_RUN has nothing pending, and a KVM_RUN would count as its first
             # run (HAS_RAN_ONCE).
@@ -496,7 +490,7 @@ def _fill(machine: Machine, meta: dict[str, Any], memory: dict[int, memoryview],
         machine.configure_lpt(int(lpt["pv_hz"]), int(lpt["ipa"]))
         machine.config = dataclasses.replace(machine.config, lpt_pv_hz=int(lpt["pv_hz"]))
     extra = 0 if downtime_ns is None else max(0, downtime_ns) * old_hz // NSEC_PER_SEC
-    with _at(machine.kvm.host, now_ns):
+    with machine.kvm.host.control_call(now_ns):
         machine.vcpus[0].set_one_reg(KVM_REG_ARM_STD_HYP_BMAP, int(state["std_hyp_bmap"]))
         for vcpu, v in zip(machine.vcpus, vcpus):
             vcpu.init(power_off=bool(v["powered_off"]))
