@@ -45,3 +45,18 @@ class Layout:
 
 
 QEMU_VIRT = Layout()
+
+
+@dataclass(frozen=True)
+class GicV2Layout:
+    """Where a vGICv2's distributor and CPU interface sit, as on QEMU `virt` (VIRT_GIC_DIST,
+    VIRT_GIC_CPU), and the SPI of the UART (VIRT_UART: SPI 1, INTID 33)."""
+
+    dist_base: int = 0x0800_0000
+    dist_size: int = 0x1_0000
+    cpu_base: int = 0x0801_0000
+    cpu_size: int = 0x1_0000
+    uart_spi: int = 1
+
+
+QEMU_VIRT_GIC = GicV2Layout()
