@@ -1,4 +1,4 @@
-"""LPT fixed-point arithmetic against exact rational arithmetic (REFERENCE section 5)."""
+"""LPT fixed-point arithmetic against exact rational arithmetic (docs/semantics.md section 5)."""
 
 from __future__ import annotations
 

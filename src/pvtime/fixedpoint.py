@@ -2,7 +2,7 @@
 
 The host (KVM side) computes the scale factors it writes into the LPT record once per VM start;
 the guest converts every counter read native -> PV and every timer write PV -> native with them
-(REFERENCE section 5, the 2020 "pvtime LPT" RFC).  Everything here is pure integer arithmetic on
+(docs/semantics.md section 5, the 2020 "pvtime LPT" RFC).  Everything here is pure integer arithmetic on
 Python ints, masked to the widths a 64-bit guest register holds, so the results are bit-exact with
 what a C guest computes using a 128-bit product (``unsigned __int128``).
 
@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 U64_MAX = U64
-# The record's frequency fields are u32 (REFERENCE section 5); a width, not a protocol constant.
+# The record's frequency fields are u32 (docs/semantics.md section 5); a width, not a protocol constant.
 U32_MAX = U32
 # Julian year, the astronomers' convention for "years" of elapsed time.
 _SECONDS_PER_YEAR = 31_557_600
@@ -147,7 +147,7 @@ class ScaleFactors:
 def scale_factors(native_hz: int, pv_hz: int) -> ScaleFactors:
     """The LPT scale factors for a host counter at ``native_hz`` presenting ``pv_hz`` to the guest.
 
-    Exactly REFERENCE section 5: for each direction ``intbits = ilog2(floor(ratio)) + 1`` (at
+    Exactly docs/semantics.md section 5: for each direction ``intbits = ilog2(floor(ratio)) + 1`` (at
     least 1), ``fracbits = 64 - intbits_fwd``, ``scale_mult = floor(2^fracbits * pv / native)``,
     ``rfracbits = 64 - intbits_rev``, ``rscale_mult = floor(2^rfracbits * native / pv)``.
     Example: native 25 MHz, pv 100 MHz -> fracbits 61, scale_mult 2^63, rfracbits 63,
@@ -199,7 +199,7 @@ def pv_to_native(ticks: int, sf: ScaleFactors) -> int:
 
     Kept as the RFC specifies it, defect included: it truncates, so a timer whose PV deadline is
     converted this way can fire before the guest's PV counter (:func:`native_to_pv`) reaches the
-    deadline (REFERENCE section 5: "up to one native tick early"; in fact by up to
+    deadline (docs/semantics.md section 5: "up to one native tick early"; in fact by up to
     :func:`rfc_reverse_early_bound` native ticks, which exceeds one for most frequency pairs).
     It is never late.  The wide result exceeds u64 (and wraps to a small, long-past native value)
     only when ``native_hz > pv_hz`` and ``ticks`` is a PV value the native counter reaches only
@@ -415,7 +415,7 @@ def describe(native_hz: int, pv_hz: int) -> dict[str, int | float | None]:
 def rescale_count(count: int, old: ScaleFactors, new: ScaleFactors) -> int:
     """A guest counter value ``count`` of the old host, as the new host's counter must read it.
 
-    Used by the host at a migrated VM's first run (REFERENCE section 5: ``cntvct' = cntvct *
+    Used by the host at a migrated VM's first run (docs/semantics.md section 5: ``cntvct' = cntvct *
     f_new / f_old``), for the virtual and the physical counter.  Two requirements, both met:
 
     - accuracy: the result is ``ceil(count * f_new / f_old)`` (exact rational, rounded up) unless

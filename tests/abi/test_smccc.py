@@ -1,4 +1,4 @@
-"""SMCCC function ids and return codes (REFERENCE section 1)."""
+"""SMCCC function ids and return codes (docs/semantics.md section 1)."""
 
 from hypothesis import given, strategies as st
 

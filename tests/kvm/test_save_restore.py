@@ -56,7 +56,7 @@ def test_linux_first_load_after_restore_jumps_by_the_threads_run_delay():
     src.call(0, smccc.PV_TIME_ST)
     host, dst, task = restore_into_new_vm(src, Quirk.STEAL_ACROSS_TASKS)
     load(host, dst, task)
-    assert record(dst) == 30_000_000  # the REFERENCE section 6 "large jump" hazard
+    assert record(dst) == 30_000_000  # the docs/semantics.md section 6 "large jump" hazard
 
 
 def test_pre_5_9_host_resets_steal_after_restore():

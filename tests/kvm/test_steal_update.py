@@ -1,4 +1,4 @@
-"""kvm_update_stolen_time at vcpu_load (REFERENCE section 2) and the section 6 host hazards."""
+"""kvm_update_stolen_time at vcpu_load (docs/semantics.md section 2) and the section 6 host hazards."""
 
 import struct
 
@@ -93,7 +93,7 @@ def test_update_wraps_modulo_2_64():
 
 
 class TestVcpuMovesToAnotherThread:
-    """REFERENCE section 6: `now - last_steal` across two tasks' run_delay."""
+    """docs/semantics.md section 6: `now - last_steal` across two tasks' run_delay."""
 
     def setup_env(self, quirks):
         env = make_env(1)

@@ -156,7 +156,7 @@ def test_rfc_defect_truncating_reverse_conversion_fires_early():
 
 def test_lpt_unaware_vm_counter_changes_rate_across_migration():
     # No LPT: no rescale. The counter keeps counting at the new host's rate while a guest that
-    # read CNTFRQ at boot still divides by the old frequency (REFERENCE section 5).
+    # read CNTFRQ at boot still divides by the old frequency (docs/semantics.md section 5).
     vm = boot(25_000_000, None)
     f0 = vm.guest(1_000 * US, lambda cpu: cpu.mrs(__import__("pvtime.abi.sysregs", fromlist=["x"]).CNTFRQ_EL0))
     c0 = vm.guest(1_000 * US, lambda cpu: cpu.mrs(CNTVCT_EL0))

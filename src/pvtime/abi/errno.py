@@ -1,4 +1,4 @@
-"""Linux errno values the KVM uAPI returns for paravirtualized time (REFERENCE section 3)."""
+"""Linux errno values the KVM uAPI returns for paravirtualized time (docs/semantics.md section 3)."""
 
 ENOENT = 2
 ENXIO = 6

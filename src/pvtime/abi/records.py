@@ -1,6 +1,6 @@
 """Shared-memory record layouts: the stolen-time record (DEN0057A) and the LPT record (2020 RFC).
 
-Both are little-endian and 64-byte aligned (REFERENCE sections 2 and 5).
+Both are little-endian and 64-byte aligned (docs/semantics.md sections 2 and 5).
 """
 
 from __future__ import annotations

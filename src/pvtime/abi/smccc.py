@@ -1,4 +1,4 @@
-"""SMCCC function identifiers and return codes (Arm DEN0028, DEN0057A; REFERENCE section 1)."""
+"""SMCCC function identifiers and return codes (Arm DEN0028, DEN0057A; docs/semantics.md section 1)."""
 
 from __future__ import annotations
 

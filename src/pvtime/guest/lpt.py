@@ -5,7 +5,7 @@ Two clocksources with one interface, so the model kernel does not care which it 
 - :class:`ArchCounter` -- what a guest without LPT uses: CNTVCT/CNTPCT and the timers as the
   hardware has them, at the frequency CNTFRQ_EL0 reads (the native one of whatever host the VM
   runs on; an LPT-unaware guest reads it once at boot, so after a migration to a host of another
-  frequency its clock runs at the wrong rate -- REFERENCE section 5, and what the tests show);
+  frequency its clock runs at the wrong rate -- docs/semantics.md section 5, and what the tests show);
 - :class:`LptClock` -- the RFC's paravirtualized counter: probed like stolen time with
   PV_TIME_LPT, it presents ``pv_freq`` as the frequency; every counter read goes native -> PV and
   every timer write PV -> native with the record's scale factors (:mod:`pvtime.fixedpoint`, the

@@ -1,4 +1,4 @@
-"""Live Physical Time on the host (the 2020 "pvtime LPT" RFC, REFERENCE section 5), without its defects.
+"""Live Physical Time on the host (the 2020 "pvtime LPT" RFC, docs/semantics.md section 5), without its defects.
 
 One 48-byte record per VM, at an IPA the VMM chooses (``KVM_ARM_VM_PVTIME_LPT_IPA``), for a PV
 counter frequency the VMM chooses (``KVM_ARM_VM_PVTIME_LPT_FREQ``). Once per VM start -- at the

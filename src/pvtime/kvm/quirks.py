@@ -1,6 +1,6 @@
 """Named Linux behaviours that pvtime fixes by default and can reproduce on request.
 
-As KVM names its own quirks, each known defect of REFERENCE section 6 that lives in the host has
+As KVM names its own quirks, each known defect of docs/semantics.md section 6 that lives in the host has
 a name here. A VM opts in with `Vm.enable_quirks`.
 """
 
