@@ -41,7 +41,7 @@ ticks = st.one_of(
 )
 
 
-# ----- independent oracles: written from the REFERENCE text, not from the module ---------------
+# ----- independent oracles: written from docs/semantics.md, not from the module ---------------
 
 def oracle_intbits(ratio: Fraction) -> int:
     """ilog2(floor(ratio)) + 1, at least 1, by counting (no bit tricks)."""

@@ -1,4 +1,4 @@
-"""The PV counter across migrations between hosts of different native frequencies (REFERENCE 5)."""
+"""The PV counter across migrations between hosts of different native frequencies (docs/semantics.md section 5)."""
 
 import random
 from fractions import Fraction

@@ -1,4 +1,4 @@
-"""The LPT VM attributes, the once-per-start record update, and the hypercalls (REFERENCE 5)."""
+"""The LPT VM attributes, the once-per-start record update, and the hypercalls (docs/semantics.md section 5)."""
 
 import struct
 
