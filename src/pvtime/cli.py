@@ -132,7 +132,13 @@ def migrate_group() -> None:
 @click.option("--native", "native_hz", type=click.IntRange(1, 0xFFFF_FFFF), default=1_000_000_000, show_default=True)
 @click.option("--run-ms", type=click.IntRange(0), default=10, show_default=True,
               help="virtual ms to run the VM after the restore")
-def migrate_listen(port: int, native_hz: int, run_ms: int) -> None:
+# The time-outs' defaults are migration_net's ACCEPT_TIMEOUT_S and TIMEOUT_S (a test keeps them equal;
+# importing pvtime.vmm here would slow every command's start).
+@click.option("--accept-timeout", type=click.FloatRange(0, min_open=True), default=120.0,
+              show_default=True, help="wall-clock seconds to wait for a sender to connect")
+@click.option("--read-timeout", type=click.FloatRange(0, min_open=True), default=30.0, show_default=True,
+              help="wall-clock seconds each read waits for the sender before the migration is refused")
+def migrate_listen(port: int, native_hz: int, run_ms: int, accept_timeout: float, read_timeout: float) -> None:
     """Receive one VM on 127.0.0.1:PORT, run it, print a JSON summary."""
     import json
 
@@ -140,9 +146,12 @@ def migrate_listen(port: int, native_hz: int, run_ms: int) -> None:
 
     try:
         result = listen_vm(port, native_hz=native_hz, run_ms=run_ms,
-                           announce=lambda p: click.echo(f"listening on 127.0.0.1:{p}", err=True))
+                           announce=lambda p: click.echo(f"listening on 127.0.0.1:{p}", err=True),
+                           accept_timeout=accept_timeout, timeout=read_timeout)
     except MigrationError as err:
         raise click.ClickException(f"migration refused: {err}") from None
+    except OSError as err:  # the port is taken, or the like: before any stream
+        raise click.ClickException(f"cannot listen on 127.0.0.1:{port}: {err.strerror or err}") from None
     click.echo(json.dumps(result, sort_keys=True))
 
 

@@ -82,7 +82,7 @@ def test_parts_out_of_order_or_from_another_migration_are_refused():
     with pytest.raises(MigrationError, match="starts at part 1"):
         Receiver(Kvm(Host(10**9))).feed(p1)
     r.feed(p0)
-    with pytest.raises(MigrationError, match="mismatched"):
+    with pytest.raises(MigrationError, match="^part 1, BIND section, field nonce: .*another migration"):
         r.feed(b.precopy())
 
 
@@ -163,6 +163,21 @@ def test_failed_restore_leaves_the_source_running():
     ticks = w.kernel.tick_count.copy()
     w.core.run(300 * MS)
     assert all(w.kernel.tick_count[i] > ticks[i] for i in ticks)  # the source VM kept running
+
+
+def test_a_precopy_part_the_destination_refuses_ends_the_migration_and_the_source_runs_on():
+    w = World()
+    drv = w.migrate(100 * MS)
+
+    def refuse(data, **kw):
+        raise MigrationError("part 0, META section, field config: refused here")
+    drv.migration.receiver.feed = refuse  # as a destination that refuses the first round
+    w.core.run(150 * MS)
+    assert drv.error is not None and "refused here" in drv.error and drv.result is None
+    assert w.machine.stopped is None and not w.machine.paused
+    ticks = w.kernel.tick_count.copy()
+    w.core.run(200 * MS)
+    assert all(w.kernel.tick_count[i] > ticks[i] for i in ticks)
 
 
 def test_migration_there_and_back():

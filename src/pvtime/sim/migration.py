@@ -27,7 +27,7 @@ from pvtime.vmm import Machine, MachineConfig, StopReason, VcpuThread, build_mac
 from pvtime.vmm.migration import (
     LiveMigration, MigrationError, ModelHandover, Receiver, Sender,
 )
-from pvtime.vmm.migration_net import receive, send_parts
+from pvtime.vmm.migration_net import ACCEPT_TIMEOUT_S, TIMEOUT_S, accept, receive, send_parts
 
 MS = 1_000_000
 
@@ -72,7 +72,11 @@ class MigrationDriver:
         if self.machine.stopped is not None:
             self.error = f"source stopped before the migration: {self.machine.stopped}"
             return
-        nbytes = self._timed(self.migration.precopy)
+        try:
+            nbytes = self._timed(self.migration.precopy)
+        except MigrationError as err:  # refused while the source runs: it just runs on
+            self.error = str(err)
+            return
         after = self.core.now + self.migration.transfer_ns(nbytes)
         self.core.at(after, PRIO_WAKE, self._round if self.migration.want_more_rounds() else self._stop)
 
@@ -182,20 +186,21 @@ def send_vm(address: tuple[str, int], *, native_hz: int, pv_hz: int | None, run_
             "at_save": before, "now": summary(machine)}
 
 
-def listen_vm(port: int, *, native_hz: int, run_ms: int, announce: Callable[[int], None]) -> dict[str, object]:
+def listen_vm(port: int, *, native_hz: int, run_ms: int, announce: Callable[[int], None],
+              accept_timeout: float = ACCEPT_TIMEOUT_S, timeout: float = TIMEOUT_S) -> dict[str, object]:
     """Receive one VM on 127.0.0.1:`port` (0: any), run it `run_ms` on a host of `native_hz`.
 
-    `announce(port)` is called once listening. Raises MigrationError on a refused stream.
+    `announce(port)` is called once listening. Raises MigrationError on a refused stream, when no
+    sender connects within `accept_timeout` seconds, or when a read waits more than `timeout`.
     """
     host = Host(native_hz, name="dest")
     core, sched = _solo(host)
     kvm = Kvm(host)
     with socket.create_server(("127.0.0.1", port)) as server:
         announce(server.getsockname()[1])
-        conn, _ = server.accept()
-        with conn:
+        with accept(server, timeout=accept_timeout) as conn:
             receiver = Receiver(kvm)
-            machine = receive(conn, lambda data: receiver.feed(data, now_ns=0))
+            machine = receive(conn, lambda data: receiver.feed(data, now_ns=0), timeout=timeout)
     start_vcpu_threads(machine, host, sched, start_ns=0)
     at_restore = summary(machine)
     core.run(run_ms * MS)

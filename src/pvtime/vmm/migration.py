@@ -42,6 +42,13 @@ exited, powered off or stopped on an error, there is nothing left to run, and KV
 and an empty console. The VMM reports the stopped VM where it is (its exit status, console and
 stop reason) instead of migrating it.
 
+**One stream, one migration.** Each :class:`Sender` draws a random nonce and binds every part to
+it, to its index and to the previous part's checksum, and the final part seals the number of parts
+(migration_stream's BIND section); the :class:`Receiver` refuses a part of another stream -- of
+another VM, even under the same migration label --, a part out of order, repeated or missing, and
+a final part whose seal disagrees. The nonce stays in the stream: stats count the bytes without the
+BIND framing, so simulated results do not depend on it.
+
 Failure is safe: saving changes nothing the source guest can see (dirty logging only costs it a
 write-protect fault per page per round); a refused part changes nothing at the destination; if
 the final restore fails the source is resumed, without dirty logging, and keeps running
@@ -52,7 +59,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from pvtime.abi.widths import U64
@@ -73,13 +80,15 @@ from pvtime.guest.machine import ModelProgram
 from pvtime.kvm import Kvm, KvmError, Quirk
 from pvtime.vmm.layout import Layout
 from pvtime.vmm.machine import Machine, MachineConfig, guest_memory
-from pvtime.vmm.migration_check import check_meta, check_state
-from pvtime.vmm.migration_stream import MigrationError, Part, decode, encode
+from pvtime.vmm.migration_check import Fields, check_meta, check_state
+from pvtime.vmm.migration_stream import (
+    CHAIN_START, NONCE_SIZE, Binding, MigrationError, Part, charged_bytes, decode, digest, encode,
+)
 from pvtime.vmm.stop import StopReason
 
 __all__ = [
     "LiveMigration", "MigrationError", "MigrationStats", "ModelHandover", "Receiver", "Sender",
-    "RESIDENT_PROGRAMS", "restore", "save",
+    "RESIDENT_PROGRAMS", "Link", "restore", "restore_parts", "save",
 ]
 
 _ZERO_CHUNK = bytes(16 * PAGE_SIZE)
@@ -94,6 +103,10 @@ _LAST = frozenset(COUNTER_REGS + TIMER_REGS)
 RESIDENT_PROGRAMS: dict[str, Callable[[dict[str, Any]], ModelProgram]] = {
     ClockWatch.resident_name: ClockWatch.from_options,
 }
+
+
+# What a link delivers of one part sent (pvtime.vmm.migration.LiveMigration's `link`).
+Link = Callable[[bytes], Sequence[bytes]]
 
 
 class ModelHandover:
@@ -125,7 +138,7 @@ class MigrationStats:
 
     rounds: int = 0  # pre-copy rounds
     pages: list[int] = field(default_factory=list)  # pages per part (the final one last)
-    bytes: int = 0
+    bytes: int = 0  # charged bytes (migration_stream.charged_bytes: without the BIND framing)
     paused_at_ns: int | None = None
     resumed_at_ns: int | None = None
 
@@ -156,7 +169,12 @@ def dirty_pages(bitmap: bytes) -> list[int]:
 
 
 class Sender:
-    """The source side of one migration: pre-copy parts, then the final part."""
+    """The source side of one migration: pre-copy parts, then the final part.
+
+    `migration_id` is a label for people (it is in every part's META section). What binds the
+    parts to this one stream is a random nonce the Sender draws, its parts' indexes and their
+    hash chain (migration_stream's BIND section); the nonce stays inside the stream.
+    """
 
     def __init__(self, machine: Machine, migration_id: str, *, handover: ModelHandover | None = None) -> None:
         self.machine = machine
@@ -165,6 +183,9 @@ class Sender:
         self.stats = MigrationStats()
         self._logging = False  # KVM_MEM_LOG_DIRTY_PAGES is on for the machine's slots
         self._parts = 0
+        self._nonce = Binding.new_nonce()
+        self._previous = CHAIN_START
+        self._sealed = False
 
     def _meta(self, final: bool) -> dict[str, Any]:
         return {"migration": self.migration_id, "part": self._parts, "final": final,
@@ -208,6 +229,8 @@ class Sender:
         return pages
 
     def _check_running(self) -> None:
+        if self._sealed:
+            raise MigrationError(f"{self.machine.config.name}: the stream was sealed by its final part")
         stopped = self.machine.stopped
         if stopped is not None:
             raise MigrationError(f"{self.machine.config.name} has stopped ({stopped}): a stopped VM is not migrated")
@@ -243,10 +266,13 @@ class Sender:
         return self._emit(Part(self._meta(True), self._dirty(log=False), state))
 
     def _emit(self, part: Part) -> bytes:
+        part.binding = Binding(self._nonce, self._parts, self._parts + 1 if part.final else 0, self._previous)
         data = encode(part)
+        self._previous = digest(data)
         self._parts += 1
+        self._sealed = part.final
         self.stats.pages.append(len(part.pages))
-        self.stats.bytes += len(data)
+        self.stats.bytes += charged_bytes(data)
         return data
 
     def _state(self, now_ns: int) -> dict[str, Any]:
@@ -296,7 +322,13 @@ class Sender:
 
 
 class Receiver:
-    """The destination side: accepts parts in order, restores on the final one.
+    """The destination side: accepts the parts of one stream in order, restores on the final one.
+
+    A part must be of this stream (the nonce of part 0), the next one (its index), chained to the
+    part before (its `previous` digest) and, if final, seal the number of parts received; its META
+    section must describe the same machine. Refusals are MigrationErrors naming the part (by its
+    place in the stream as received), the section and the field. A refused stream is over: its
+    buffers are released and any further part is refused, as is a part after the final one.
 
     `downtime_ns`: how long the guest was stopped, when the caller knows it (hosts sharing a
     timeline, as in a simulation): the counters are moved on by it, so the guest's clock keeps
@@ -313,22 +345,41 @@ class Receiver:
         self._memory: dict[int, memoryview] = {}
         self._received: dict[int, set[int]] = {}  # the pages each slot received
         self._next = 0
+        self._nonce: bytes | None = None
+        self._previous = CHAIN_START
+        self._over: str | None = None  # why no part is accepted any more
 
     def feed(self, data: bytes | bytearray | memoryview, *, now_ns: int | None = None,
              downtime_ns: int | None = None) -> Machine | None:
         """Take one part; the restored (not yet running) Machine after the final one, else None."""
+        if self._over is not None:
+            raise MigrationError(f"part {self._next}: {self._over}")
+        try:
+            machine = self._feed(data, now_ns, downtime_ns)
+        except BaseException:
+            self._over = "the stream was already refused: a refused stream is not resumed"
+            self._first, self._memory, self._received = None, {}, {}
+            raise
+        if machine is not None:
+            self._over = f"the final part (part {self._next - 1}) sealed the stream: nothing may follow it"
+            self._memory, self._received = {}, {}
+        return machine
+
+    def _feed(self, data: bytes | bytearray | memoryview, now_ns: int | None,
+              downtime_ns: int | None) -> Machine | None:
         part = decode(data)
+        self._check_binding(part)
         meta = part.meta
         if self._first is None:
             self._begin(meta)
         assert self._first is not None
         if meta.get("migration") != self._first["migration"]:
-            raise MigrationError(f"part {meta.get('part')}, META section, field migration: part of migration "
+            raise MigrationError(f"part {self._next}, META section, field migration: part of migration "
                                  f"{meta.get('migration')!r} in migration {self._first['migration']!r}: "
                                  "mismatched stream")
         if meta.get("part") != self._next:
-            raise MigrationError(f"part {meta.get('part')} received, part {self._next} expected "
-                                 "(META section, field part)")
+            raise MigrationError(f"part {self._next}, META section, field part: {meta.get('part')!r} in "
+                                 "the part its BIND section places there")
         for key in ("config", "regions"):
             if meta.get(key) != self._first[key]:
                 raise MigrationError(f"part {self._next}, META section, field {key}: the machine described "
@@ -342,10 +393,13 @@ class Receiver:
             raise MigrationError(f"part {self._next}, META section, field final: {meta.get('final')!r}, but "
                                  f"the part {'has' if part.final else 'has no'} STAT section")
         if part.state is not None:
-            check_state(meta.get("part"), part.state, self._first["config"]["vcpus"], _LAST)
+            check_state(self._next, part.state, self._first["config"]["vcpus"], _LAST)
         for (slot, index), page in part.pages.items():
             self._memory[slot][index * PAGE_SIZE:(index + 1) * PAGE_SIZE] = page
             self._received.setdefault(slot, set()).add(index)
+        assert part.binding is not None
+        self._nonce = part.binding.nonce
+        self._previous = part.digest
         self._next += 1
         if not part.final:
             return None
@@ -356,12 +410,32 @@ class Receiver:
                                  name=self.name, now_ns=host.now_ns() if now_ns is None else now_ns,
                                  downtime_ns=downtime_ns, cpus=self.cpus, received=self._received)
         except MigrationError as err:
-            raise MigrationError(f"part {meta['part']}, {err}") from None
+            raise MigrationError(f"part {self._next - 1}, {err}") from None
+
+    def _check_binding(self, part: Part) -> None:
+        """The part belongs to this stream, at this place, after the part before it."""
+        b = part.binding
+        assert b is not None  # decode refuses an unbound part
+        n = self._next
+        f = Fields(n, "BIND")
+        if self._nonce is None:
+            if b.nonce == bytes(NONCE_SIZE):
+                raise f.error("nonce", "all zero: the part is not bound to a migration")
+        elif b.nonce != self._nonce:
+            raise f.error("nonce", "not this stream's nonce: a part of another migration (spliced stream)")
+        if b.index != n:
+            raise f.error("index", f"{b.index}, expected {n}: " + (
+                f"the stream starts at part {b.index}, not 0: truncated stream" if n == 0 else
+                "parts out of order, repeated or missing"))
+        if b.previous != self._previous:
+            raise f.error("previous", "not the chain's start value: the stream does not begin here" if n == 0 else
+                          f"not the checksum of part {n - 1}: broken chain (a part altered, dropped or spliced in)")
+        if part.final and b.count != n + 1:
+            raise f.error("count", f"the final part seals {b.count} parts, {n + 1} were received")
+        if not part.final and b.count != 0:
+            raise f.error("count", f"{b.count} in a part that is not final (no STAT section)")
 
     def _begin(self, meta: dict[str, Any]) -> None:
-        if meta.get("part") != 0:
-            raise MigrationError(f"stream starts at part {meta.get('part')}, not 0 (META section, field part): "
-                                 "truncated stream")
         regions = check_meta(meta)
         try:
             # as the destination's own guest memory: pages cost memory only once received
@@ -514,10 +588,41 @@ def save(machine: Machine, *, now_ns: int, handover: ModelHandover | None = None
 def restore(kvm: Kvm, stream: bytes, *, handover: ModelHandover | None = None, name: str | None = None,
             now_ns: int | None = None, downtime_ns: int | None = None, cpus: CpuFactory | None = None) -> Machine:
     """Restore a one-part stream (from :func:`save`) on `kvm`'s host."""
-    machine = Receiver(kvm, handover=handover, name=name, cpus=cpus).feed(stream, now_ns=now_ns,
-                                                                          downtime_ns=downtime_ns)
-    if machine is None:
-        raise MigrationError("the stream ended before its final part: truncated stream")
+    return restore_parts(kvm, [stream], handover=handover, name=name, now_ns=now_ns, downtime_ns=downtime_ns,
+                         cpus=cpus)
+
+
+def restore_parts(kvm: Kvm, parts: Iterable[bytes], *, handover: ModelHandover | None = None,
+                  name: str | None = None, now_ns: int | None = None, downtime_ns: int | None = None,
+                  cpus: CpuFactory | None = None) -> Machine:
+    """Restore a whole stream, given as its parts (e.g. read back from files), on `kvm`'s host.
+
+    MigrationError if a part is refused, if the parts end before the final one, or if any part
+    follows the final one; in each case no VM is left on `kvm`."""
+    machine = _deliver(Receiver(kvm, handover=handover, name=name, cpus=cpus), parts, now_ns, downtime_ns,
+                       complete=True)
+    assert machine is not None  # complete=True: else MigrationError
+    return machine
+
+
+def _deliver(receiver: Receiver, parts: Iterable[bytes], now_ns: int | None, downtime_ns: int | None, *,
+             complete: bool) -> Machine | None:
+    """Feed `parts` to `receiver`. With `complete`, they must end with the final part; without,
+    they must not hold it. Whatever is refused, a machine restored meanwhile is closed."""
+    machine: Machine | None = None
+    try:
+        for data in parts:
+            restored = receiver.feed(data, now_ns=now_ns, downtime_ns=downtime_ns)
+            if restored is not None:
+                machine = restored
+        if complete and machine is None:
+            raise MigrationError("the stream ended before its final part: truncated stream")
+        if not complete and machine is not None:
+            raise MigrationError("a final part arrived during pre-copy, before the source was paused")
+    except BaseException:
+        if machine is not None:
+            machine.vm.close()
+        raise
     return machine
 
 
@@ -531,13 +636,19 @@ class LiveMigration:
        source is resumed (the caller wakes its threads) and MigrationError is raised; on success
        the source is stopped for good.
 
-    Each step returns the bytes it put on the wire; the driver turns them into virtual time with
-    its link's bandwidth (:meth:`transfer_ns`).
+    Each step returns the bytes it put on the wire, as the link charges them
+    (:func:`~pvtime.vmm.migration_stream.charged_bytes`); the driver turns them into virtual time
+    with its link's bandwidth (:meth:`transfer_ns`).
+
+    `link` says what the destination receives of each part sent (default: that part, once). A
+    faulty link may alter, drop, repeat, hold back or swap in parts: the receiver refuses what is
+    not the sender's stream, the step raises MigrationError, and the source runs on (resumed if
+    it was paused; dirty logging off). A refusal in a pre-copy round ends the migration too.
     """
 
     def __init__(self, source: Machine, dest: Kvm, *, bandwidth_bytes_per_s: int = 1_250_000_000,
                  max_rounds: int = 5, converge_pages: int = 64, handover: ModelHandover | None = None,
-                 count_downtime: bool = True, migration_id: str | None = None) -> None:
+                 count_downtime: bool = True, migration_id: str | None = None, link: Link | None = None) -> None:
         if bandwidth_bytes_per_s <= 0:
             raise ValueError(f"bandwidth must be positive, got {bandwidth_bytes_per_s}")
         self.source = source
@@ -552,6 +663,7 @@ class LiveMigration:
         self.receiver = Receiver(dest, handover=self.handover, name=source.config.name)
         self.result: Machine | None = None
         self._final: bytes | None = None
+        self._link: Link = link or (lambda data: (data,))
 
     @property
     def stats(self) -> MigrationStats:
@@ -565,8 +677,12 @@ class LiveMigration:
     def precopy(self) -> int:
         """One pre-copy round (the source keeps running); bytes sent."""
         data = self.sender.precopy()
-        self.receiver.feed(data)
-        return len(data)
+        try:
+            _deliver(self.receiver, self._link(data), None, None, complete=False)
+        except MigrationError:
+            self.sender.stop_logging()
+            raise
+        return charged_bytes(data)
 
     def want_more_rounds(self) -> bool:
         """Another round is worth it: below the round limit and the last round was not small."""
@@ -583,7 +699,7 @@ class LiveMigration:
             self.sender.stop_logging()
             self.source.resume()
             raise
-        return len(self._final)
+        return charged_bytes(self._final)
 
     def complete(self, now_ns: int) -> Machine:
         """Restore at the destination at `now_ns`; on failure the source is resumed."""
@@ -593,7 +709,7 @@ class LiveMigration:
         assert paused is not None
         downtime = max(0, now_ns - paused) if self.count_downtime else None
         try:
-            machine = self.receiver.feed(self._final, now_ns=now_ns, downtime_ns=downtime)
+            machine = _deliver(self.receiver, self._link(self._final), now_ns, downtime, complete=True)
         except MigrationError:
             self.sender.stop_logging()
             self.source.resume()

@@ -84,8 +84,8 @@ class Fields:
 
 
 def check_meta(meta: dict[str, Any]) -> list[tuple[int, int, int]]:
-    """Check a first part's META (the later ones must equal it); its regions (slot, gpa, size)."""
-    f = Fields(meta.get("part"), "META")
+    """Check part 0's META (the later ones must equal it); its regions (slot, gpa, size)."""
+    f = Fields(0, "META")
     f.text(meta, "migration", "migration")
     f.integer(meta, "part", "part", 0, U64)
     f.flag(meta, "final", "final")

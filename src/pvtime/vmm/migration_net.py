@@ -1,18 +1,22 @@
 """The migration stream over a socket: framed parts one way, one verdict the other way.
 
-Sender -> receiver: each part as ``u64 length | part bytes`` (the part carries its own version
-and checksum, pvtime.vmm.migration_stream); a length of 0 ends the stream early (abort).
+Sender -> receiver: each part as ``u64 length | part bytes`` (the part carries its own version,
+checksum and binding, pvtime.vmm.migration_stream); a length of 0 ends the stream early (abort).
 Receiver -> sender, after the final part or the first refused one: ``u8 ok | u32 length |
 UTF-8 message``. The sender stops its VM only on ``ok``; otherwise it resumes it.
 
-Every refusal is answered as a verdict, whatever refused the stream. Both sides wait at most
-`timeout` seconds (wall clock, on this network path only) for the other: a receiver whose sender
-stops before the final part, or a sender whose receiver never answers, gets a MigrationError
-(receiver) or a refusal (sender) that says so; so does a connection reset.
+Every refusal is answered as a verdict, whatever refused the stream, and a sender stops sending
+(and making parts) as soon as a verdict has arrived. Nothing waits forever, and every wait is wall
+clock on this network path only (scenario migrations never come here): a listener waits
+`accept_timeout` seconds for a sender (:func:`accept`); each read or write waits at most
+`timeout` seconds for the other side. A receiver whose sender stalls or stops before the final
+part, or a sender whose receiver never answers, gets a MigrationError (receiver) or a refusal
+(sender) that says so; so does a connection reset.
 """
 
 from __future__ import annotations
 
+import selectors
 import socket
 import struct
 from collections.abc import Callable, Iterable
@@ -23,15 +27,29 @@ from pvtime.vmm.migration_stream import MigrationError
 _LEN = struct.Struct("<Q")
 _VERDICT = struct.Struct("<BI")
 MAX_PART_BYTES = 1 << 34  # refuse absurd lengths before allocating
-TIMEOUT_S = 30.0
+TIMEOUT_S = 30.0  # each read or write
+ACCEPT_TIMEOUT_S = 120.0  # a listener waiting for its sender
+
+
+def accept(server: socket.socket, *, timeout: float = ACCEPT_TIMEOUT_S) -> socket.socket:
+    """The first connection to `server`; MigrationError if none comes within `timeout` seconds."""
+    server.settimeout(timeout)
+    try:
+        conn, _ = server.accept()
+    except TimeoutError:
+        raise MigrationError(f"no sender connected within {timeout:g} s: accept timed out") from None
+    return conn
 
 
 def send_parts(sock: socket.socket, parts: Iterable[bytes], *, timeout: float = TIMEOUT_S) -> tuple[bool, str]:
-    """Send `parts` then wait for the verdict: (accepted, message). No verdict is a refusal."""
+    """Send `parts` then wait for the verdict: (accepted, message). No verdict is a refusal.
+
+    An early verdict (the receiver refused a part) stops the sending: later parts are not made."""
     sock.settimeout(timeout)
     try:
         for part in parts:
-            sock.sendall(_LEN.pack(len(part)) + part)
+            if not _send_unless_answered(sock, _LEN.pack(len(part)) + part, timeout):
+                break  # a verdict (or the end) came before the final part: no use sending more
     except OSError:
         pass  # the receiver may have refused a part and closed: its verdict says why
     try:
@@ -83,9 +101,26 @@ def receive(sock: socket.socket, feed: Callable[[bytes], Machine | None], *,
 def _why(err: OSError, timeout: float) -> str:
     if isinstance(err, TimeoutError):
         return f"nothing from the other side for {timeout:g} s: timed out"
-    if isinstance(err, ConnectionResetError):
+    if isinstance(err, (ConnectionResetError, BrokenPipeError)):
         return "the connection was reset by the other side"
     return f"{type(err).__name__}: {err}"
+
+
+def _send_unless_answered(sock: socket.socket, data: bytes, timeout: float) -> bool:
+    """Send `data`, a chunk whenever the socket takes one, unless the other side has something to
+    say (a verdict, or the end): then stop and answer False. TimeoutError after `timeout` seconds
+    of neither."""
+    view = memoryview(data)
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        while view:
+            ready = selector.select(timeout)
+            if not ready:
+                raise TimeoutError(f"the receiver took nothing for {timeout:g} s")
+            if ready[0][1] & selectors.EVENT_READ:
+                return False
+            view = view[sock.send(view[:1 << 20]):]
+    return True
 
 
 def _verdict(sock: socket.socket, ok: bool, message: str) -> None:
