@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import defaultdict
+from decimal import Decimal
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -70,6 +72,30 @@ def test_trace_is_chrome_json(tmp_path: Path) -> None:
             assert isinstance(e["tid"], int) and e["dur"] >= 0
     names = {e["name"] for e in events if e["ph"] == "i" and e["cat"] == "hypercall"}
     assert "PV_TIME_ST" in names
+
+
+def test_trace_slices_on_a_track_never_overlap(tmp_path: Path) -> None:
+    # Times are microseconds written exactly from integer ns: read as decimals (as Perfetto reads
+    # them), each is a whole number of ns, and no slice begins before the previous one on its
+    # track (a thread, or a CPU) ends; no slice is empty.
+    write_results(run(short_default(duration_ms=200)), tmp_path)
+    doc = json.loads((tmp_path / "trace.json").read_text(), parse_float=Decimal)
+    tracks: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
+    for e in doc["traceEvents"]:
+        if e["ph"] == "M":
+            continue
+        ts = Decimal(e["ts"]) * 1000
+        assert ts == int(ts), e
+        if e["ph"] == "X":
+            dur = Decimal(e["dur"]) * 1000
+            assert dur == int(dur) and dur > 0, e
+            tracks[(e["pid"], e["tid"])].append((int(ts), int(ts + dur)))
+    assert len(tracks) > 10
+    for track, slices in tracks.items():
+        slices.sort()
+        overlaps = [(a, b) for a, b in zip(slices, slices[1:]) if b[0] < a[1]]
+        assert not overlaps, (track, overlaps[:3])
+    assert "displayTimeUnit" not in doc  # older Perfetto read "ms" there as the unit of ts
 
 
 def test_summary_table_has_a_row_per_vcpu() -> None:

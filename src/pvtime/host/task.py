@@ -42,6 +42,13 @@ class Task:
         """The three fields of /proc/<tid>/schedstat."""
         return (self.run_time_ns, self.run_delay_ns, self.timeslices)
 
+    def run_delay_at(self, now_ns: int) -> int:
+        """`run_delay` with a wait in progress counted up to `now_ns`: the time spent runnable but
+        not running as it passes, where schedstat adds each wait only at the next arrival."""
+        if self.state is TaskState.QUEUED and self._last_queued is not None:
+            return self.run_delay_ns + max(0, now_ns - self._last_queued)
+        return self.run_delay_ns
+
     def enqueue(self, now_ns: int) -> None:
         """The task became runnable (woke, or was preempted): sched_info_enqueue."""
         self._require(self.state in (TaskState.SLEEPING, TaskState.RUNNING), "enqueue")

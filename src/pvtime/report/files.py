@@ -7,15 +7,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pvtime.report.figures import occupancy_figure, steal_figure
-from pvtime.sim.recorder import CATEGORIES, CPU_TRACK_BASE
+from pvtime.sim.recorder import CATEGORIES, CPU_TRACK_BASE, STEAL_COLUMNS, trace_us
 from pvtime.sim.results import RunResult
 
-SERIES_COLUMNS = ("time_ns", "vm", "vcpu", "host_run_delay_ns", "record_steal_ns", "guest_steal_ns")
+# docs/results.md says what each column means.
+SERIES_COLUMNS = ("time_ns", "host", "vm", "vcpu", "pv_time_st_calls", *STEAL_COLUMNS)
 OCCUPANCY_COLUMNS = ("time_ns", "host", "cpu", "vcpu_ns", "vmm_ns", "noise_ns", "idle_ns")
+_STRING_COLUMNS = {"host", "vm"}
 
 
 def write_results(result: RunResult, out: Path) -> list[Path]:
@@ -26,7 +29,7 @@ def write_results(result: RunResult, out: Path) -> list[Path]:
     occupancy = occupancy_columns(result)
     for name, cols in (("series", series), ("occupancy", occupancy)):
         written.append(_write_csv(out / f"{name}.csv", cols))
-        written.append(_write_parquet(out / f"{name}.parquet", cols))
+        written.append(_write_parquet(out / f"{name}.parquet", cols, _schema(cols)))
     steal_figure(result, out / "steal.png")
     occupancy_figure(result, out / "occupancy.png")
     written += [out / "steal.png", out / "occupancy.png"]
@@ -45,16 +48,20 @@ def console_file(vm: str) -> str:
 
 
 def series_columns(result: RunResult) -> dict[str, list[Any]]:
-    """Per-vCPU steal on the sample grid; -1 where a view does not exist (no PV time)."""
+    """Per-vCPU steal at each sample time; None (empty in CSV, null in Parquet) where a view has
+    no value: before the vCPU first ran, no record before PV_TIME_ST or without PV time, an ELF
+    guest's steal until it prints it."""
     cols: dict[str, list[Any]] = {c: [] for c in SERIES_COLUMNS}
     grid = [int(t) for t in result.grid_ns]
     for row in result.vcpus:
         s = result.series[f"{row.vm}/vcpu{row.vcpu}"]
         cols["time_ns"] += grid
+        cols["host"] += [str(h) for h in s["host"]]
         cols["vm"] += [row.vm] * len(grid)
         cols["vcpu"] += [row.vcpu] * len(grid)
-        for c in SERIES_COLUMNS[3:]:
-            cols[c] += [int(v) for v in s[c]]
+        cols["pv_time_st_calls"] += [int(n) for n in s["pv_time_st_calls"]]
+        for c in STEAL_COLUMNS:
+            cols[c] += s[c].tolist()  # masked values become None
     return cols
 
 
@@ -77,7 +84,12 @@ def occupancy_columns(result: RunResult) -> dict[str, list[Any]]:
 
 
 def trace_document(result: RunResult) -> dict[str, Any]:
-    """Chrome/Perfetto trace: a process per host, a thread per task (and one per CPU)."""
+    """Chrome/Perfetto trace: a process per host, a thread per task (and one per CPU), and a
+    process of counters, one per vCPU, with its steal as each side sees it.
+
+    Times are microseconds written exactly from integer ns (`recorder.trace_us`): read as
+    decimals, as Perfetto does, no slice on a track begins before the previous one ends.
+    """
     meta: list[dict[str, Any]] = []
     for host, pid in sorted(result.host_pids.items(), key=lambda kv: kv[1]):
         meta.append({"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "args": {"name": host}})
@@ -86,18 +98,21 @@ def trace_document(result: RunResult) -> dict[str, Any]:
                          "args": {"name": f"CPU {cpu}"}})
     for (pid, tid), name in sorted(result.task_names.items()):
         meta.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": name}})
+    # The counters live in a process of their own, so that a migrated vCPU keeps one track.
+    steal_pid = max(result.host_pids.values(), default=0) + 1
+    meta.append({"ph": "M", "name": "process_name", "pid": steal_pid, "tid": 0,
+                 "args": {"name": "steal per vCPU (ms)"}})
     counters: list[dict[str, Any]] = []
-    pid_of = {row.vm: result.host_pids[row.host] for row in result.vcpus}
+    views = (("host wait", "host_wait_ns"), ("record", "record_steal_ns"), ("guest /proc/stat", "guest_steal_ns"))
     for row in result.vcpus:
         key = f"{row.vm}/vcpu{row.vcpu}"
         s = result.series[key]
         for i, t in enumerate(result.grid_ns):
-            args = {"host run_delay": round(int(s["host_run_delay_ns"][i]) / 1e6, 6)}
-            if int(s["guest_steal_ns"][i]) >= 0:
-                args["guest /proc/stat"] = round(int(s["guest_steal_ns"][i]) / 1e6, 6)
-            counters.append({"ph": "C", "name": f"steal ms {key}", "pid": pid_of[row.vm],
-                             "ts": int(t) / 1000, "args": args})
-    return {"traceEvents": meta + result.trace_events + counters, "displayTimeUnit": "ms",
+            args = {label: round(int(s[col][i]) / 1e6, 6) for label, col in views if s[col][i] is not np.ma.masked}
+            if args:
+                counters.append({"ph": "C", "name": f"steal {key}", "pid": steal_pid, "ts": trace_us(int(t)),
+                                 "args": args})
+    return {"traceEvents": meta + result.trace_events + counters,
             "otherData": {"scenario": result.spec.name, "seed": result.spec.seed}}
 
 
@@ -122,7 +137,8 @@ def summary(result: RunResult) -> dict[str, Any]:
             "record_minus_host_ns": r.record_minus_host_ns,
             "proc_stat_minus_host_ns": r.proc_stat_minus_host_ns,
             "elapsed_ns": r.elapsed_ns, "run_time_ns": r.run_time_ns, "timeslices": r.timeslices,
-            "vcpu_loads": r.vcpu_loads,
+            "vcpu_loads": r.vcpu_loads, "host_wait_ns": r.host_wait_ns,
+            "pv_time_st_calls": r.pv_time_st_calls, "first_run_ns": r.first_run_ns,
         } for r in result.vcpus],
         "tasks": [{"host": t.host, "name": t.name, "tid": t.tid, "kind": t.kind,
                    "schedstat": [t.run_time_ns, t.run_delay_ns, t.timeslices]} for t in result.tasks],
@@ -150,8 +166,13 @@ def _write_csv(path: Path, cols: dict[str, list[Any]]) -> Path:
     return path
 
 
-def _write_parquet(path: Path, cols: dict[str, list[Any]]) -> Path:
-    pq.write_table(pa.table(cols), path)
+def _schema(cols: dict[str, list[Any]]) -> pa.Schema:
+    """Strings for names, int64 for the rest: a column of gaps only is still typed."""
+    return pa.schema([(c, pa.string() if c in _STRING_COLUMNS else pa.int64()) for c in cols])
+
+
+def _write_parquet(path: Path, cols: dict[str, list[Any]], schema: pa.Schema) -> Path:
+    pq.write_table(pa.table(cols, schema=schema), path)
     return path
 
 

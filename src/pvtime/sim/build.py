@@ -10,8 +10,8 @@ from pvtime.host import CpuHog, EventCore, Host, PeriodicBurst, Scheduler, Task,
 from pvtime.host.events import PRIO_WAKE
 from pvtime.kvm import Kvm
 from pvtime.sim.migration import LinkSpec, MigrationDriver
-from pvtime.sim.observe import HypercallObserver, VcpuBody, VmState, vcpu_probe
-from pvtime.sim.recorder import Recorder, VcpuProbe
+from pvtime.sim.observe import Carried, HypercallObserver, VcpuBody, VcpuProbe, VmState
+from pvtime.sim.recorder import Recorder, StealProbe
 from pvtime.sim.scenario import (
     ElfGuestSpec, MigrationSpec, ModelGuestSpec, Scenario, VmSpec, elf_image, elf_image_path,
 )
@@ -67,7 +67,7 @@ class World:
         self.scheds[host.name].add(task, body, nice=nice, cpus=cpus)
         return task
 
-    def register(self, host: Host, task: Task, kind: str, probe: VcpuProbe | None = None) -> None:
+    def register(self, host: Host, task: Task, kind: str, probe: StealProbe | None = None) -> None:
         self.recorder.register(host, task, kind, probe)
         self.kinds[(host.name, task.tid)] = kind
 
@@ -131,14 +131,14 @@ def build_vm(world: World, index: int, vs: VmSpec) -> SimVm:
 
 
 def start_vm_threads(world: World, vm: SimVm, *, start_ns: int | None = None,
-                     carried: dict[int, int] | None = None) -> list[VcpuThread]:
+                     carried: dict[int, Carried] | None = None) -> list[VcpuThread]:
     """Start `vm.machine`'s vCPU threads on `vm.host`, each observed by a steal probe; `carried`
     is each vCPU's steal on the hosts it was migrated from."""
     vs, host, state = vm.spec, vm.host, vm.state
     probes: dict[int, VcpuProbe] = {}
 
     def observed(thread: VcpuThread) -> VcpuBody:
-        probe = vcpu_probe(vs, thread, vm.kernel, state, carried=(carried or {}).get(thread.vcpu.id, 0))
+        probe = VcpuProbe(vs, thread, vm.kernel, state, host.name, (carried or {}).get(thread.vcpu.id, Carried()))
         probes[thread.vcpu.id] = probe
         return VcpuBody(thread, probe, state)
 
@@ -147,6 +147,7 @@ def start_vm_threads(world: World, vm: SimVm, *, start_ns: int | None = None,
     for thread in threads:
         assert thread.task is not None
         world.register(host, thread.task, "vcpu", probes[thread.vcpu.id])
+    state.probes = probes
     vm.machine.vm.subscribe_hypercalls(HypercallObserver(world.recorder, host, threads, probes))
     return threads
 
@@ -158,10 +159,9 @@ def plan_migration(world: World, ms: MigrationSpec) -> PlannedMigration:
     vm = next(v for v in world.vms if v.spec.name == ms.vm)
 
     def start(machine: Machine, now: int) -> list[VcpuThread]:
-        # The record travels in guest RAM, so the truth does too: each vCPU's steal up to its
-        # last entry on the source (stopped now), plus what its new thread waits.
-        before = {t.vcpu.id: world.recorder.probes[(vm.host.name, t.task.tid)].truth()
-                  for t in vm.threads if t.task is not None}
+        # The record travels in guest RAM, so the truth does too: each vCPU's steal on the
+        # source (stopped now), plus what its new thread waits.
+        before = {cpu: probe.carried_over(now) for cpu, probe in vm.state.probes.items()}
         vm.state.console_before += bytes(vm.machine.console)
         vm.host, vm.machine = world.host(ms.to), machine
         vm.state.machine = machine

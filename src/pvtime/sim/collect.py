@@ -12,22 +12,24 @@ from pvtime.sim.results import (
 from pvtime.vmm.images import PROC_STAT_STEAL
 
 
-def collect(world: World) -> RunResult:
-    """The results of `world`'s run, once its schedulers have finished."""
-    spec, duration, recorder, hosts = world.scenario.spec, world.duration_ns, world.recorder, world.hosts
+def collect(world: World, end_ns: int) -> RunResult:
+    """The results of `world`'s run up to `end_ns` (its end, or where it was stopped), once its
+    schedulers have finished."""
+    spec, recorder, hosts = world.scenario.spec, world.recorder, world.hosts
     rows: list[VcpuRow] = []
     series: dict[str, dict[str, np.ndarray]] = {}
     for vm in world.vms:
-        end = duration if vm.state.stopped_ns is None else min(duration, vm.state.stopped_ns)
+        end = end_ns if vm.state.stopped_ns is None else min(end_ns, vm.state.stopped_ns)
         stat = vm.state.console_stat(vm.machine) if vm.kernel is None else None
         for thread in vm.threads:
             task = thread.task
             assert task is not None
             cpu = thread.vcpu.id
-            probe = recorder.probes[(vm.host.name, task.tid)]
-            first_t = vm.state.first_run_ns.get(cpu, end)
-            guest = probe.guest()
-            record = probe.record()
+            probe = vm.state.probes[cpu]
+            reading = probe.read(end_ns)
+            first = vm.state.first_run_ns.get(cpu)
+            first_t = end if first is None else first
+            guest, record = reading.guest_ns, reading.record_ns
             proc_stat: int | None = None if guest is None else guest // (NSEC_PER_SEC // USER_HZ)
             total: int | None = None
             note: str | None = None
@@ -38,10 +40,11 @@ def collect(world: World) -> RunResult:
                     note = _no_guest_steal_note(vm, cpu)
             rows.append(VcpuRow(
                 vm.host.name, vm.spec.name, cpu, task.name, task.tid, vm.spec.pvtime,
-                vm.spec.guest.kind, probe.truth(), record, guest, proc_stat,
+                vm.spec.guest.kind, reading.run_delay_ns, record, guest, proc_stat,
                 max(0, end - first_t), task.run_time_ns, task.timeslices, thread.vcpu.stats.loads,
-                total, note))
-            series[probe.key] = recorder.sampled(probe)
+                total, note, host_wait_ns=reading.wait_ns, pv_time_st_calls=reading.pv_time_st_calls,
+                first_run_ns=first))
+            series[probe.key] = recorder.series(probe.key)
     tasks = [TaskRow(h.name, t.name, t.tid, world.kinds.get((h.name, t.tid), "noise"), *t.schedstat())
              for h in hosts for t in h.tasks]
     vm_rows = [VmRow(vm.host.name, vm.spec.name, "model" if vm.kernel is not None else f"elf:{vm.state.image}",
@@ -50,7 +53,8 @@ def collect(world: World) -> RunResult:
                      else "\n".join(vm.state.console_stat(vm.machine).lines),
                      vm.state.console(vm.machine), vm.state.stopped_ns, vm.machine.exit_status)
                for vm in world.vms]
-    occupancy = {(h.name, c): recorder.busy[h.name][c] for h in hosts for c in range(h.ncpus)}
+    nbins = -(-end_ns // recorder.sample_ns)
+    occupancy = {(h.name, c): recorder.busy[h.name][c][:, :nbins] for h in hosts for c in range(h.ncpus)}
     scheds = world.scheds.values()
     stats = {
         "events": getattr(world.core, "processed", -1),
@@ -61,7 +65,8 @@ def collect(world: World) -> RunResult:
     }
     pids = {h.name: recorder.pid[h.name] for h in hosts}
     names = {(recorder.pid[h.name], t.tid): t.name for h in hosts for t in h.tasks}
-    result = RunResult(spec, world.scenario.source, duration, rows, tasks, vm_rows, recorder.grid(), series,
+    grid = np.array(recorder.times, dtype=np.int64)
+    result = RunResult(spec, world.scenario.source, end_ns, rows, tasks, vm_rows, grid, series,
                        occupancy, recorder.events, pids, names, {h.name: h.ncpus for h in hosts}, stats)
     result.migrations = [_migration_row(m) for m in world.migrations]
     result.clocks = {vm.spec.name: _clock_row(vm) for vm in world.vms if vm.kernel is not None}

@@ -3,9 +3,8 @@ events (scheduling, wake-ups, hypercalls) in the Chrome/Perfetto JSON event form
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -31,28 +30,45 @@ def hypercall_name(fid: int) -> str:
     return _HYPERCALL_NAMES.get(fid, f"SMCCC {fid:#010x}")
 
 
-@dataclass
-class VcpuProbe:
-    """How to read one vCPU's steal: host truth, the record, and the guest's accounted steal."""
+# The series columns of a vCPU's steal, in order: the host's truth two ways, the record, the guest.
+STEAL_COLUMNS = ("host_wait_ns", "host_run_delay_ns", "record_steal_ns", "guest_steal_ns")
+
+
+@dataclass(frozen=True, slots=True)
+class StealReading:
+    """One vCPU's steal at one instant, as each side sees it (what a run stopped then reports)."""
+
+    host: str  # the host its VM is on
+    ran: bool  # its thread has run, on any host
+    pv_time_st_calls: int  # successful PV_TIME_ST calls of its guest so far (each restarts the counts)
+    wait_ns: int  # host truth, each wait counted as it passes (a wait in progress included)
+    run_delay_ns: int  # host truth as of its latest guest entry, where KVM adds run_delay to the record
+    record_ns: int | None  # the stolen-time record (None: no PV time)
+    guest_ns: int | None  # the guest's accounted steal (None: not known)
+
+    def series_values(self) -> tuple[int | None, ...]:
+        """The values of `STEAL_COLUMNS`, with the gaps the series shows as null: everything before
+        the vCPU first ran; the record before the guest's first PV_TIME_ST (it reads no record yet)."""
+        if not self.ran:
+            return (None,) * len(STEAL_COLUMNS)
+        record = self.record_ns if self.pv_time_st_calls else None
+        return (self.wait_ns, self.run_delay_ns, record, self.guest_ns)
+
+
+class StealProbe(Protocol):
+    """How to read one vCPU's steal (`sim.observe.VcpuProbe`); the latest probe registered under a
+    key is the vCPU's current one (a migration registers its new thread's)."""
 
     key: str  # "vm/vcpuN"
-    truth: Callable[[], int]
-    record: Callable[[], int | None]
-    guest: Callable[[], int | None]
-    times: list[int] = field(default_factory=list)
-    truth_v: list[int] = field(default_factory=list)
-    record_v: list[int] = field(default_factory=list)
-    guest_t: list[int] = field(default_factory=list)
-    guest_v: list[int] = field(default_factory=list)
-    st_baseline_ns: int | None = None  # run_delay at the guest's last PV_TIME_ST (KVM's baseline)
-    entry_run_delay: int | None = None  # run_delay at the vCPU's latest guest entry (a vcpu_load)
-    # The guest view before its first value: 0 for a guest that accounts from the start, -1 (not
-    # known) for one whose steal is known only once it prints it.
-    guest_before: int = 0
+
+    def read(self, now_ns: int) -> StealReading:
+        """The vCPU's steal at `now_ns` (the event loop has run every event before it)."""
+        ...
 
 
 class Recorder:
-    """A `SchedObserver` that bins CPU time and samples steal at every vCPU segment."""
+    """A `SchedObserver` that bins CPU time, samples each vCPU's steal at every sample time, and
+    keeps trace events."""
 
     def __init__(self, hosts: list[Host], duration_ns: int, sample_ns: int, *, trace: bool) -> None:
         self.duration_ns = duration_ns
@@ -61,16 +77,28 @@ class Recorder:
         self.pid = {h.name: i + 1 for i, h in enumerate(hosts)}
         self.busy = {h.name: np.zeros((h.ncpus, len(CATEGORIES), self.nbins), dtype=np.int64) for h in hosts}
         self.category: dict[tuple[str, int], int] = {}
-        self.probes: dict[tuple[str, int], VcpuProbe] = {}
+        self.probes: dict[str, StealProbe] = {}  # "vm/vcpuN" -> its current probe
+        self.times: list[int] = []  # the sample times so far
+        self.readings: dict[str, list[StealReading]] = {}  # "vm/vcpuN" -> its reading at each sample
         self.trace = trace
         self.events: list[dict[str, Any]] = []
         self.hypercalls = 0
 
-    def register(self, host: Host, task: Task, category: str, probe: VcpuProbe | None = None) -> None:
-        """Declare a task's category (and, for a vCPU thread, how to read its steal)."""
+    def register(self, host: Host, task: Task, category: str, probe: StealProbe | None = None) -> None:
+        """Declare a task's category (and, for a vCPU thread, how to read its vCPU's steal)."""
         self.category[(host.name, task.tid)] = CATEGORIES.index(category)
         if probe is not None:
-            self.probes[(host.name, task.tid)] = probe
+            self.probes[probe.key] = probe
+
+    def grid(self, end_ns: int) -> list[int]:
+        """The sample times of a run that ends at `end_ns`: 0, sample, 2 sample, ..., end."""
+        return [*range(0, end_ns, self.sample_ns), end_ns]
+
+    def sample(self, now_ns: int) -> None:
+        """Read every vCPU's steal at `now_ns` (the event loop has run every event before it)."""
+        self.times.append(now_ns)
+        for key, probe in self.probes.items():
+            self.readings.setdefault(key, []).append(probe.read(now_ns))
 
     # --- SchedObserver ---------------------------------------------------------------------
 
@@ -87,30 +115,18 @@ class Recorder:
             e = min(end_ns, (b + 1) * size)
             row[b] += e - s
             s = e
-        probe = self.probes.get(key)
-        if probe is not None:
-            rec = probe.record()
-            probe.times.append(start_ns)
-            probe.truth_v.append(probe.truth())
-            probe.record_v.append(-1 if rec is None else rec)
-            g = probe.guest()
-            if g is not None:
-                probe.guest_t.append(end_ns)
-                probe.guest_v.append(g)
-        if self.trace:
+        if self.trace and end_ns > start_ns:  # an empty slice is no slice
             pid = self.pid[host.name]
-            args = {"cpu": cpu, "switched_in": switched_in}
-            self.events.append({"ph": "X", "cat": "sched", "name": f"cpu{cpu}", "pid": pid,
-                                "tid": task.tid, "ts": start_ns / 1000, "dur": (end_ns - start_ns) / 1000,
-                                "args": args})
+            ts, dur = trace_us(start_ns), trace_us(end_ns - start_ns)
+            self.events.append({"ph": "X", "cat": "sched", "name": f"cpu{cpu}", "pid": pid, "tid": task.tid,
+                                "ts": ts, "dur": dur, "args": {"cpu": cpu, "switched_in": switched_in}})
             self.events.append({"ph": "X", "cat": "sched", "name": task.name, "pid": pid,
-                                "tid": CPU_TRACK_BASE + cpu, "ts": start_ns / 1000,
-                                "dur": (end_ns - start_ns) / 1000, "args": {"tid": task.tid}})
+                                "tid": CPU_TRACK_BASE + cpu, "ts": ts, "dur": dur, "args": {"tid": task.tid}})
 
     def on_wake(self, host: Host, task: Task, at_ns: int, cpu: int) -> None:
         if self.trace:
             self.events.append({"ph": "i", "s": "t", "cat": "sched", "name": "wake",
-                                "pid": self.pid[host.name], "tid": task.tid, "ts": at_ns / 1000,
+                                "pid": self.pid[host.name], "tid": task.tid, "ts": trace_us(at_ns),
                                 "args": {"cpu": cpu}})
 
     # --- hypercalls ----------------------------------------------------------------------
@@ -121,32 +137,30 @@ class Recorder:
         if self.trace:
             fid = event.function_id
             self.events.append({"ph": "i", "s": "t", "cat": "hypercall", "name": hypercall_name(fid),
-                                "pid": self.pid[host.name], "tid": task.tid, "ts": at_ns / 1000,
+                                "pid": self.pid[host.name], "tid": task.tid, "ts": trace_us(at_ns),
                                 "args": {"fid": f"{fid:#010x}", "x0": f"{event.results[0]:#x}"}})
 
     # --- results -------------------------------------------------------------------------
 
-    def grid(self) -> np.ndarray:
-        """Sample times (ns): 0, sample, ..., duration."""
-        return np.append(np.arange(0, self.duration_ns, self.sample_ns, dtype=np.int64), self.duration_ns)
-
-    def sampled(self, probe: VcpuProbe) -> dict[str, np.ndarray]:
-        """The vCPU's three steal views on the grid (last value at or before each sample)."""
-        g = self.grid()
-        return {
-            "host_run_delay_ns": _step(probe.times, probe.truth_v, g),
-            "record_steal_ns": _step(probe.times, probe.record_v, g, missing=-1),
-            "guest_steal_ns": _step(probe.guest_t, probe.guest_v, g, missing=-1 if not probe.guest_v else 0,
-                                    before=probe.guest_before),
+    def series(self, key: str) -> dict[str, np.ndarray]:
+        """A vCPU's steal at every sample: `host` and `pv_time_st_calls`, then `STEAL_COLUMNS` as
+        int64 masked arrays (masked: a gap, see `StealReading.series_values`)."""
+        readings = self.readings[key]
+        assert len(readings) == len(self.times), f"{key} was registered after the first sample"
+        values = [r.series_values() for r in readings]
+        out: dict[str, np.ndarray] = {
+            "host": np.array([r.host for r in readings], dtype=object),
+            "pv_time_st_calls": np.array([r.pv_time_st_calls for r in readings], dtype=np.int64),
         }
+        for i, col in enumerate(STEAL_COLUMNS):
+            column = [v[i] for v in values]
+            out[col] = np.ma.masked_array([0 if v is None else v for v in column],
+                                          mask=[v is None for v in column], dtype=np.int64)
+        return out
 
 
-def _step(ts: list[int], vs: list[int], grid: np.ndarray, missing: int = 0, before: int = 0) -> np.ndarray:
-    """The last value at or before each grid time; `before` ahead of the first, `missing` if none."""
-    if not ts:
-        return np.full(len(grid), missing, dtype=np.int64)
-    t = np.asarray(ts, dtype=np.int64)
-    v = np.asarray(vs, dtype=np.int64)
-    idx = np.searchsorted(t, grid, side="right") - 1
-    out = np.where(idx >= 0, v[np.clip(idx, 0, None)], before)
-    return out.astype(np.int64)
+def trace_us(ns: int) -> int | float:
+    """Integer ns as the trace format's microseconds, exactly: an integer when whole, else the
+    float whose shortest repr (what JSON writes) is the 3-decimal value, for any time below 2**42 us
+    (51 days), where a double's spacing is under 1 ns."""
+    return ns // 1000 if ns % 1000 == 0 else ns / 1000

@@ -37,6 +37,11 @@ class VcpuRow:
     vcpu_loads: int
     proc_stat_total: int | None = None  # the sum of its /proc/stat cpu line, for a guest that prints it
     guest_note: str | None = None  # why there is no guest steal, when there is none
+    # The host's truth with each wait counted as it passes, up to the end or its VM's end: at
+    # least host_run_delay_ns, by a wait in progress or the waits after its last guest entry.
+    host_wait_ns: int = 0
+    pv_time_st_calls: int = 0  # successful PV_TIME_ST calls of its guest (each restarts the counts)
+    first_run_ns: int | None = None  # when its thread first ran (None: it has not run)
 
     @property
     def steal_pct(self) -> float | None:
@@ -176,8 +181,10 @@ class RunResult:
     vcpus: list[VcpuRow]
     tasks: list[TaskRow]
     vms: list[VmRow]
-    grid_ns: np.ndarray
-    series: dict[str, dict[str, np.ndarray]]  # "vm/vcpuN" -> column -> values on the grid
+    grid_ns: np.ndarray  # the sample times
+    # "vm/vcpuN" -> column -> its value at each sample time: "host" (str), "pv_time_st_calls", and
+    # the steal columns (recorder.STEAL_COLUMNS) as int64 masked arrays, masked where they have no value
+    series: dict[str, dict[str, np.ndarray]]
     occupancy: dict[tuple[str, int], np.ndarray]  # (host, cpu) -> (categories, bins) busy ns
     trace_events: list[dict[str, Any]]
     host_pids: dict[str, int]

@@ -12,32 +12,41 @@ from pvtime.sim.recorder import CATEGORIES
 from pvtime.sim.results import ClockRow, MigrationRow, MigrationStatus, RunResult, TaskRow, VcpuRow, VmRow
 from pvtime.sim.scenario import Scenario
 
-MS = 1_000_000
-
 Progress = Callable[[int, int], None]
 
 
 def run(scenario: Scenario, progress: Progress | None = None, *, core: EventCore | None = None,
-        max_segment_ns: int | None = None) -> RunResult:
+        max_segment_ns: int | None = None, stop_at_ns: int | None = None) -> RunResult:
     """Run `scenario` to its end; `progress(now_ns, duration_ns)` is called as virtual time advances.
 
     `core` replaces the default event loop (bench/bench_sim.py drives the same run with SimPy);
     `max_segment_ns` splits the execution of task bodies (an internal limit: results do not change).
+    `stop_at_ns` ends the run there instead, with the results a run reports at its end (the world,
+    the scheduler's end and the sample grid stay the scenario's): stopped at a sample time, the
+    run is an exact prefix of the whole one, which is how the tests check each sample of a series.
     """
     if core is None:
         core = EventLoop()
     world = build(scenario, core, max_segment_ns=max_segment_ns)
     duration = world.duration_ns
-    chunk = max(scenario.spec.sample_ms * MS, duration // 200)
-    t = 0
-    while t < duration:
-        t = min(duration, t + chunk)
+    end = duration if stop_at_ns is None else stop_at_ns
+    if not 0 <= end <= duration:
+        raise ValueError(f"stop_at_ns must be in 0..{duration} (the scenario's duration), got {stop_at_ns}")
+    recorder = world.recorder
+    # The event loop stops at every sample time, where the recorder reads each vCPU's steal: a
+    # segment never runs past the end of an `EventCore.run`, so what is read is the state at that
+    # instant, as a run stopped there would report it.
+    report_every = max(1, duration // 200)
+    reported = 0
+    for t in recorder.grid(end):
         core.run(t)
-        if progress is not None:
+        recorder.sample(t)
+        if progress is not None and (t - reported >= report_every or t == end):
+            reported = t
             progress(t, duration)
     for s in world.scheds.values():
         s.finish()
-    return collect(world)
+    return collect(world, end)
 
 
 __all__ = ["CATEGORIES", "ClockRow", "MigrationRow", "MigrationStatus", "RunResult", "TaskRow", "VcpuRow", "VmRow",
