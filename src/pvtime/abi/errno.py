@@ -6,6 +6,7 @@ E2BIG = 7
 EFAULT = 14
 EBUSY = 16
 EEXIST = 17
+ENODEV = 19
 EINVAL = 22
 
 NAMES: dict[int, str] = {
@@ -15,5 +16,6 @@ NAMES: dict[int, str] = {
     EFAULT: "EFAULT",
     EBUSY: "EBUSY",
     EEXIST: "EEXIST",
+    ENODEV: "ENODEV",
     EINVAL: "EINVAL",
 }

@@ -12,6 +12,9 @@ from pvtime.abi.widths import U64
 from pvtime.abi import sysregs
 
 # Capabilities.
+KVM_CAP_IRQCHIP = 0  # arm64: an in-kernel vGIC can be created
+KVM_CAP_DEVICE_CTRL = 89  # KVM_CREATE_DEVICE and the device attribute ioctls
+KVM_CAP_ARM_IRQ_LINE_LAYOUT_2 = 174  # KVM_IRQ_LINE's vcpu2_index field
 KVM_CAP_STEAL_TIME = 187
 KVM_CAP_NR_VCPUS = 9  # recommended vCPUs: min(host CPUs, KVM_MAX_VCPUS)
 KVM_CAP_MAX_VCPUS = 66
@@ -27,6 +30,10 @@ PAGE_SIZE = 4096
 # vCPU device attributes.
 KVM_ARM_VCPU_PMU_V3_CTRL = 0
 KVM_ARM_VCPU_TIMER_CTRL = 1
+KVM_ARM_VCPU_TIMER_IRQ_VTIMER = 0
+KVM_ARM_VCPU_TIMER_IRQ_PTIMER = 1
+KVM_ARM_VCPU_TIMER_IRQ_HVTIMER = 2
+KVM_ARM_VCPU_TIMER_IRQ_HPTIMER = 3
 KVM_ARM_VCPU_PVTIME_CTRL = 2
 KVM_ARM_VCPU_PVTIME_IPA = 0
 
@@ -36,6 +43,60 @@ KVM_ARM_VM_PVTIME_LPT_IPA = 0
 KVM_ARM_VM_PVTIME_LPT_FREQ = 1
 
 INVALID_GPA = U64  # what GET returns when no IPA is set
+
+# KVM_CREATE_DEVICE (struct kvm_create_device) and the vGIC device's attributes
+# (Documentation/virt/kvm/devices/arm-vgic.rst).
+KVM_CREATE_DEVICE_TEST = 1  # flags: only check that the type can be created
+KVM_DEV_TYPE_ARM_VGIC_V2 = 5
+KVM_DEV_TYPE_ARM_VGIC_V3 = 7
+KVM_DEV_TYPE_ARM_VGIC_ITS = 8
+KVM_DEV_ARM_VGIC_GRP_ADDR = 0
+KVM_DEV_ARM_VGIC_GRP_DIST_REGS = 1
+KVM_DEV_ARM_VGIC_GRP_CPU_REGS = 2
+KVM_DEV_ARM_VGIC_GRP_NR_IRQS = 3
+KVM_DEV_ARM_VGIC_GRP_CTRL = 4
+KVM_DEV_ARM_VGIC_CTRL_INIT = 0
+# GRP_DIST_REGS / GRP_CPU_REGS attr: | 63..40 reserved | 39..32 vcpu_index | 31..0 offset |
+KVM_DEV_ARM_VGIC_CPUID_SHIFT = 32
+KVM_DEV_ARM_VGIC_CPUID_MASK = 0xFF << KVM_DEV_ARM_VGIC_CPUID_SHIFT
+KVM_DEV_ARM_VGIC_OFFSET_MASK = 0xFFFF_FFFF
+KVM_VGIC_V2_ADDR_TYPE_DIST = 0
+KVM_VGIC_V2_ADDR_TYPE_CPU = 1
+KVM_VGIC_V3_ADDR_TYPE_DIST = 2
+KVM_VGIC_V3_ADDR_TYPE_REDIST = 3
+KVM_VGIC_V2_DIST_SIZE = 0x1000
+KVM_VGIC_V2_CPU_SIZE = 0x2000
+VGIC_ADDR_UNDEF = U64  # what GRP_ADDR reads before the address is set
+VGIC_V2_MAX_CPUS = 8  # a VM with a vGICv2 has at most 8 vCPUs (kvm->max_vcpus)
+
+
+def vgic_reg_attr(vcpu_index: int, offset: int) -> int:
+    """The attr of a GRP_DIST_REGS / GRP_CPU_REGS register: `offset` as vCPU `vcpu_index` sees it."""
+    return (vcpu_index << KVM_DEV_ARM_VGIC_CPUID_SHIFT) & KVM_DEV_ARM_VGIC_CPUID_MASK | offset & KVM_DEV_ARM_VGIC_OFFSET_MASK
+
+
+# KVM_IRQ_LINE's irq field on arm64: | 31..28 vcpu2_index | 27..24 irq_type | 23..16 vcpu_index | 15..0 irq_id |
+KVM_ARM_IRQ_VCPU2_SHIFT = 28
+KVM_ARM_IRQ_VCPU2_MASK = 0xF
+KVM_ARM_IRQ_TYPE_SHIFT = 24
+KVM_ARM_IRQ_TYPE_MASK = 0xF
+KVM_ARM_IRQ_VCPU_SHIFT = 16
+KVM_ARM_IRQ_VCPU_MASK = 0xFF
+KVM_ARM_IRQ_NUM_SHIFT = 0
+KVM_ARM_IRQ_NUM_MASK = 0xFFFF
+KVM_ARM_IRQ_TYPE_CPU = 0  # no in-kernel GIC: the vCPU's IRQ (irq_id 0) or FIQ (1) input
+KVM_ARM_IRQ_TYPE_SPI = 1  # in-kernel GIC: SPI irq_id (32..1019); vcpu_index ignored
+KVM_ARM_IRQ_TYPE_PPI = 2  # in-kernel GIC: PPI irq_id (16..31) of vcpu_index
+KVM_ARM_IRQ_CPU_IRQ = 0
+KVM_ARM_IRQ_CPU_FIQ = 1
+
+
+def kvm_arm_irq(irq_type: int, vcpu_index: int, irq_id: int) -> int:
+    """The irq field of struct kvm_irq_level for KVM_IRQ_LINE (vCPU indices above 255 use vcpu2_index)."""
+    return ((vcpu_index >> 8) & KVM_ARM_IRQ_VCPU2_MASK) << KVM_ARM_IRQ_VCPU2_SHIFT \
+        | (irq_type & KVM_ARM_IRQ_TYPE_MASK) << KVM_ARM_IRQ_TYPE_SHIFT \
+        | (vcpu_index & KVM_ARM_IRQ_VCPU_MASK) << KVM_ARM_IRQ_VCPU_SHIFT \
+        | (irq_id & KVM_ARM_IRQ_NUM_MASK) << KVM_ARM_IRQ_NUM_SHIFT
 
 # Register ids: KVM_REG_ARM64 | size | coprocessor | index.
 KVM_REG_ARM64 = 0x6000_0000_0000_0000

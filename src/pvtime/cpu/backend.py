@@ -91,8 +91,17 @@ class VcpuTraps(Protocol):
         """Store to guest RAM; False where no writable memslot backs the range."""
         ...
 
+    def mmio_read(self, gpa: int, size: int) -> bytes | None:
+        """A load from a device the hypervisor emulates itself (the vGIC); None when none is
+        there (then the access is an MMIO exit to the VMM)."""
+        ...
+
+    def mmio_write(self, gpa: int, data: bytes) -> bool:
+        """A store to a device the hypervisor emulates itself; False when none is there."""
+        ...
+
     def irq_pending(self) -> bool:
-        """Is an interrupt asserted for this vCPU now (the timers' level)?"""
+        """Is the vCPU's IRQ input asserted now (a timer's level, or the vGIC's signal)?"""
         ...
 
     def next_irq_ns(self) -> int | None:

@@ -70,6 +70,19 @@ class GuestView:
         if not self._traps.write_memory(addr, data):
             raise GuestFault(f"store of {len(data)} bytes to unmapped or read-only address {addr:#x}")
 
+    def mmio_read(self, addr: int, size: int) -> bytes:
+        """A load from a device the hypervisor emulates in the kernel (the vGIC's registers); a
+        device the VMM emulates needs an exit (`yield MmioRead`), so here it is a fault."""
+        data = self._traps.mmio_read(addr, size)
+        if data is None:
+            raise GuestFault(f"load of {size} bytes from {addr:#x}: no in-kernel device there")
+        return data
+
+    def mmio_write(self, addr: int, data: bytes) -> None:
+        """A store to a device the hypervisor emulates in the kernel; elsewhere a fault."""
+        if not self._traps.mmio_write(addr, data):
+            raise GuestFault(f"store of {len(data)} bytes to {addr:#x}: no in-kernel device there")
+
     def load64(self, addr: int) -> int:
         """One aligned, single-copy-atomic 64-bit little-endian load."""
         if addr % 8:

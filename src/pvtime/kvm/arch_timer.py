@@ -4,18 +4,34 @@ CNTPCT = host counter - poffset and CNTVCT = host counter - voffset (CNTVOFF): b
 per VM and independent of each other, as KVM keeps them since Linux 6.4 (the architecture's
 CNTPOFF_EL2 and CNTVOFF_EL2 both subtract from the physical count). A timer asserts its interrupt while ENABLE=1, IMASK=0 and
 its counter >= CVAL (level triggered, ISTATUS read-only).
+
+Without an in-kernel vGIC that line is the vCPU's IRQ input; with one, each timer drives a PPI
+of the vGIC, numbered by the vCPU attribute group KVM_ARM_VCPU_TIMER_CTRL (end of this module).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from pvtime.abi.errno import EBUSY, EINVAL, ENXIO
+from pvtime.abi.gic import NR_PRIVATE_IRQS, NR_SGIS
 from pvtime.abi.widths import U32, U64, sext32
 from pvtime.abi.sysregs import (
     CNTFRQ_EL0, CNTKCTL_EL1, CNTP_CTL_EL0, CNTP_CVAL_EL0, CNTP_TVAL_EL0, CNTPCT_EL0,
     CNTV_CTL_EL0, CNTV_CVAL_EL0, CNTV_TVAL_EL0, CNTVCT_EL0, CTL_ENABLE, CTL_IMASK, CTL_ISTATUS,
     SysReg,
 )
+from pvtime.abi.uapi import (
+    KVM_ARM_VCPU_TIMER_IRQ_HPTIMER, KVM_ARM_VCPU_TIMER_IRQ_HVTIMER, KVM_ARM_VCPU_TIMER_IRQ_PTIMER,
+    KVM_ARM_VCPU_TIMER_IRQ_VTIMER,
+)
+from pvtime.kvm.errors import KvmError
+from pvtime.kvm.uaccess import read_user
+
+if TYPE_CHECKING:
+    from pvtime.kvm.traps import Traps
+    from pvtime.kvm.vm import VmState
 
 
 
@@ -132,6 +148,19 @@ class ArchTimer:
         """Either timer's interrupt line is asserted."""
         return self.vtimer.asserted(self.cntvct(host_count)) or self.ptimer.asserted(self.cntpct(host_count))
 
+    def next_rise_host_count(self, host_count: int) -> int | None:
+        """The host counter value, after `host_count`, at which an armed, unmasked timer that is
+        not asserted now asserts: with a vGIC a timer drives a level-sensitive PPI, and only a
+        rising line can make a halted vCPU's interrupt pending."""
+        rises = []
+        for timer, offset in ((self.vtimer, self.counter.voffset), (self.ptimer, self.counter.poffset)):
+            if timer.ctl & CTL_ENABLE and not timer.ctl & CTL_IMASK \
+                    and not timer.asserted((host_count - offset) & U64):
+                at = (timer.cval + offset) & U64
+                if at > host_count:
+                    rises.append(at)
+        return min(rises) if rises else None
+
     def next_fire_host_count(self) -> int | None:
         """The host counter value at which an armed, unmasked timer next asserts."""
         fires = []
@@ -147,3 +176,76 @@ _TIMER_FIELDS: dict[SysReg, tuple[bool, str]] = {
     CNTV_CTL_EL0: (True, "ctl"), CNTV_CVAL_EL0: (True, "cval"), CNTV_TVAL_EL0: (True, "tval"),
     CNTP_CTL_EL0: (False, "ctl"), CNTP_CVAL_EL0: (False, "cval"), CNTP_TVAL_EL0: (False, "tval"),
 }
+
+
+# --- which PPI each timer raises: vCPU attribute group KVM_ARM_VCPU_TIMER_CTRL ---------------
+# (arch/arm64/kvm/arch_timer.c: kvm_arm_timer_{set,get,has}_attr, kvm_timer_enable)
+
+DEFAULT_TIMER_PPIS = {  # Documentation/virt/kvm/devices/vcpu.rst
+    KVM_ARM_VCPU_TIMER_IRQ_VTIMER: 27,
+    KVM_ARM_VCPU_TIMER_IRQ_PTIMER: 30,
+    KVM_ARM_VCPU_TIMER_IRQ_HVTIMER: 28,
+    KVM_ARM_VCPU_TIMER_IRQ_HPTIMER: 26,
+}
+
+
+@dataclass
+class TimerPpis:
+    """The VM's timer interrupt numbers (kvm->arch.timer_data.ppi): one setting for all vCPUs,
+    frozen at the first KVM_RUN that validates them (KVM_ARCH_FLAG_TIMER_PPIS_IMMUTABLE). The EL2
+    timers' numbers are kept for the API; pvtime vCPUs have no EL2, so they raise nothing."""
+
+    ppi: dict[int, int] = field(default_factory=lambda: dict(DEFAULT_TIMER_PPIS))
+    immutable: bool = False
+
+
+def set_attr(vm: VmState, attr: int, value: object) -> None:
+    """kvm_arm_timer_set_attr, checks in Linux's order: no in-kernel vGIC EINVAL, unreadable
+    EFAULT, not a PPI (16..31) EINVAL, a vCPU has run EBUSY, unknown attribute ENXIO. Setting it
+    on one vCPU sets it for all (the value is the VM's)."""
+    if vm.vgic is None:
+        raise KvmError(EINVAL, "KVM_ARM_VCPU_TIMER_CTRL: the VM has no in-kernel vGIC")
+    irq = _read_int(value)
+    if not NR_SGIS <= irq < NR_PRIVATE_IRQS:
+        raise KvmError(EINVAL, f"KVM_ARM_VCPU_TIMER_CTRL: interrupt {irq} is not a PPI (16..31)")
+    if vm.timer_ppis.immutable:
+        raise KvmError(EBUSY, "KVM_ARM_VCPU_TIMER_CTRL: a vCPU has run, the timer PPIs are fixed")
+    if attr not in DEFAULT_TIMER_PPIS:
+        raise KvmError(ENXIO, f"KVM_ARM_VCPU_TIMER_CTRL attribute {attr}: unknown")
+    vm.timer_ppis.ppi[attr] = irq
+
+
+def get_attr(vm: VmState, attr: int) -> int:
+    """kvm_arm_timer_get_attr: the timer's PPI (with or without a vGIC)."""
+    if attr not in DEFAULT_TIMER_PPIS:
+        raise KvmError(ENXIO, f"KVM_ARM_VCPU_TIMER_CTRL attribute {attr}: unknown")
+    return vm.timer_ppis.ppi[attr]
+
+
+def has_attr(attr: int) -> None:
+    """kvm_arm_timer_has_attr: the four timers' attributes exist."""
+    if attr not in DEFAULT_TIMER_PPIS:
+        raise KvmError(ENXIO, f"KVM_ARM_VCPU_TIMER_CTRL attribute {attr}: unknown")
+
+
+def timer_enable(vm: VmState, vcpu: Traps) -> None:
+    """kvm_timer_enable at a vCPU's first KVM_RUN: with a vGIC, the virtual and physical timers
+    must raise different PPIs (timer_irqs_are_valid; else the run fails with EINVAL); then the
+    PPIs are frozen for the VM and this vCPU's timers drive them."""
+    vgic = vm.vgic
+    if vgic is None:
+        return
+    vppi = vm.timer_ppis.ppi[KVM_ARM_VCPU_TIMER_IRQ_VTIMER]
+    pppi = vm.timer_ppis.ppi[KVM_ARM_VCPU_TIMER_IRQ_PTIMER]
+    if vppi == pppi:
+        raise KvmError(EINVAL, f"KVM_RUN: the virtual and physical timers both raise PPI {vppi}")
+    vm.timer_ppis.immutable = True
+    vgic.claim_timer_ppis(vcpu.index, vppi, pppi)
+
+
+def _read_int(value: object) -> int:
+    """The int at attr.addr: a Python int in the s32 range, or its 4 little-endian bytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and -(1 << 31) <= value < 0:
+        return value
+    raw = read_user(value, 4, "KVM_ARM_VCPU_TIMER_CTRL")
+    return sext32(raw)

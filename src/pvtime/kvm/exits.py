@@ -50,8 +50,9 @@ class InternalErrorExit:
 class HaltExit:
     """The vCPU is halted (WFI, or powered off): its thread blocks until `wake_at_ns`.
 
-    `wake_at_ns` is None when only another vCPU (PSCI CPU_ON) can wake it. Linux blocks the
-    thread inside KVM_RUN; here the thread's loop blocks and re-enters `run()`.
+    `wake_at_ns` is None when only an event can wake it: another vCPU's PSCI CPU_ON, or (with a
+    vGIC) an interrupt made pending for it, which wakes the thread (`Host.wake`). Linux blocks
+    the thread inside KVM_RUN; here the thread's loop blocks and re-enters `run()`.
     """
 
     reason: ClassVar[ExitReason] = ExitReason.HLT

@@ -2,7 +2,8 @@
 
 A `Vcpu` (the fd a VMM holds) owns one `Traps` and hands it to its CPU backend's `execute()`:
 the backend calls it for what the hardware would trap to EL2 (`pvtime.cpu.backend.VcpuTraps`:
-HVC/SMC, trapped MRS/MSR, guest RAM through the memslots, the timers' interrupt line). PSCI
+HVC/SMC, trapped MRS/MSR, guest RAM through the memslots, the in-kernel vGIC's registers, the
+IRQ input: the timers' line, or the vGIC's CPU interface when the VM has one). PSCI
 acts on vCPUs through it too (CPU_ON, CPU_OFF, CPU_SUSPEND, system events). kvm-internal: a VMM
 reaches a vCPU through its fd's ioctls only.
 """
@@ -19,6 +20,7 @@ from pvtime.cpu.backend import Conduit, CpuBackend, GuestFault, GuestRegion
 from pvtime.host.task import Task
 from pvtime.kvm import hypercalls, pvtime
 from pvtime.kvm.arch_timer import ArchTimer
+from pvtime.kvm.vgic import mmio
 
 if TYPE_CHECKING:
     from pvtime.kvm.vm import VmState
@@ -48,6 +50,7 @@ class Traps:
     def __init__(self, vm: VmState, vcpu_id: int, cpu: CpuBackend) -> None:
         self.vm = vm
         self.id = vcpu_id
+        self.index = len(vm.vcpus)  # its place in kvm->vcpus: the vGIC names vCPUs by it
         self.mpidr = reset_mpidr(vcpu_id)
         self.cpu = cpu
         self.steal = pvtime.StealState()
@@ -57,6 +60,9 @@ class Traps:
         self.system_event: int | None = None  # a KVM_EXIT_SYSTEM_EVENT the current run() returns
         self.in_wfi = False  # blocked in PSCI CPU_SUSPEND until an interrupt is pending
         self.blocked: Task | None = None  # the thread blocked in KVM_RUN (vcpu->wait), if any
+        self.running = False  # inside KVM_RUN (vcpu->mutex held: lock_all_vcpus fails)
+        self.has_run_once = False  # kvm_vcpu_first_run_init done
+        self.irq_lines = 0  # KVM_IRQ_LINE without a vGIC: bit 0 the IRQ input, bit 1 the FIQ input
 
     def __repr__(self) -> str:
         return f"Traps({self.vm.name}/{self.id})"
@@ -69,6 +75,8 @@ class Traps:
         self.cpu.reset()  # core registers (EL1h, DAIF masked) and EL1 system registers
         self.timer.cntkctl = 0  # kvm_reset_sys_regs: CNTKCTL_EL1 is reset_val 0
         self.timer.reset()  # kvm_timer_vcpu_reset
+        if self.vm.vgic is not None:  # ... which also clears the timer PPIs in the vGIC
+            self.vm.vgic.reset_timer_irqs(self.index)
 
     def power_off(self) -> None:
         """PSCI CPU_OFF: the vCPU stops until another vCPU turns it on."""
@@ -94,6 +102,14 @@ class Traps:
         """
         if not self.irq_pending():
             self.in_wfi = True
+
+    def set_irq_line(self, line: int, level: bool) -> None:
+        """vcpu_interrupt_line (KVM_IRQ_LINE without a vGIC): the VMM drives the vCPU's IRQ (0) or
+        FIQ (1) input; raising the IRQ wakes the vCPU's thread if it waits in KVM_RUN."""
+        before = self.irq_lines
+        self.irq_lines = before | 1 << line if level else before & ~(1 << line)
+        if self.irq_lines != before and self.blocked is not None and not self.powered_off and self.irq_pending():
+            self.vm.host.wake(self.blocked)
 
     def request_system_event(self, event_type: int) -> None:
         """Make the current run() return a KVM_EXIT_SYSTEM_EVENT."""
@@ -134,13 +150,44 @@ class Traps:
         return self.vm.memory.write(gpa, data)
 
     def irq_pending(self) -> bool:
-        """A timer interrupt is asserted now."""
-        return self.timer.irq_pending(self.vm.host.counter())
+        """The vCPU's IRQ input is asserted now: by the vGIC's CPU interface when the VM has one,
+        else by a timer or the VMM's KVM_IRQ_LINE."""
+        vgic = self.vm.vgic
+        if vgic is not None:
+            return vgic.irq_signaled(self.index)
+        return bool(self.irq_lines & 1) or self.timer.irq_pending(self.vm.host.counter())
 
     def next_irq_ns(self) -> int | None:
-        """When an armed timer next asserts, in host virtual time."""
-        count = self.timer.next_fire_host_count()
+        """When an armed timer next asserts (with a vGIC: next rises), in host virtual time."""
+        if self.vm.vgic is not None:
+            count = self.timer.next_rise_host_count(self.vm.host.counter())
+        else:
+            count = self.timer.next_fire_host_count()
         return None if count is None else self.vm.host.counter_to_ns(max(count, 0))
+
+    def mmio_read(self, gpa: int, size: int) -> bytes | None:
+        """A load from a device KVM emulates itself (kvm_io_bus_read: the vGIC's frames); None
+        when no in-kernel device is there, and the access exits to the VMM."""
+        vgic = self.vm.vgic
+        frame = None if vgic is None else vgic.frame_of(gpa, size)
+        if frame is None:
+            return None
+        assert vgic is not None
+        cpu_frame, offset = frame
+        read = mmio.cpu_read if cpu_frame else mmio.dist_read
+        return (read(vgic, self.index, offset, size) & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+
+    def mmio_write(self, gpa: int, data: bytes) -> bool:
+        """A store to a device KVM emulates itself (kvm_io_bus_write); False when none is there."""
+        vgic = self.vm.vgic
+        frame = None if vgic is None else vgic.frame_of(gpa, len(data))
+        if frame is None:
+            return False
+        assert vgic is not None
+        cpu_frame, offset = frame
+        write = mmio.cpu_write if cpu_frame else mmio.dist_write
+        write(vgic, self.index, offset, len(data), int.from_bytes(data, "little"))
+        return True
 
     def exit_requested(self) -> bool:
         """A trap wants to leave guest execution: a system event, CPU_OFF, or CPU_SUSPEND's wait."""

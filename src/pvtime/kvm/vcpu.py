@@ -14,7 +14,8 @@ from pvtime.abi import sysregs
 from pvtime.abi.errno import E2BIG, EINVAL, ENOENT, ENXIO
 from pvtime.abi.sysregs import SysReg
 from pvtime.abi.uapi import (
-    KVM_ARM_VCPU_PVTIME_CTRL, KVM_INTERNAL_ERROR_EMULATION, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_STOPPED,
+    KVM_ARM_VCPU_PVTIME_CTRL, KVM_ARM_VCPU_TIMER_CTRL, KVM_INTERNAL_ERROR_EMULATION, KVM_MP_STATE_RUNNABLE,
+    KVM_MP_STATE_STOPPED,
     KVM_REG_ARM_CORE, KVM_REG_ARM_COPROC_MASK, KVM_REG_ARM_STD_HYP_BMAP, KVM_REG_ARM_TIMER_CNT,
     KVM_REG_ARM_TIMER_CTL, KVM_REG_ARM_TIMER_CVAL, KVM_REG_ARM_PTIMER_CNT,
     KVM_REG_ARM_PTIMER_CTL, KVM_REG_ARM_PTIMER_CVAL, KVM_REG_SIZE_MASK, reg_size,
@@ -22,7 +23,7 @@ from pvtime.abi.uapi import (
 )
 from pvtime.cpu.backend import CpuBackend, Stop, StopKind
 from pvtime.host.task import Task
-from pvtime.kvm import hypercalls, pvtime
+from pvtime.kvm import arch_timer, hypercalls, pvtime
 from pvtime.kvm.errors import KvmError
 from pvtime.kvm.traps import Traps, VcpuStats
 from pvtime.kvm.uaccess import read_user
@@ -70,22 +71,31 @@ class Vcpu:
     # --- device attributes (KVM_{SET,GET,HAS}_DEVICE_ATTR on the vCPU fd) -------------------
 
     def set_device_attr(self, group: int, attr: int, value: object) -> None:
-        """KVM_SET_DEVICE_ATTR; `value` is the u64 at attr.addr (an int, or 8 little-endian bytes)."""
-        if group != KVM_ARM_VCPU_PVTIME_CTRL:
+        """KVM_SET_DEVICE_ATTR; `value` is what attr.addr points to (an int, or its little-endian
+        bytes): the u64 IPA of KVM_ARM_VCPU_PVTIME_CTRL, the int PPI of KVM_ARM_VCPU_TIMER_CTRL."""
+        if group == KVM_ARM_VCPU_PVTIME_CTRL:
+            pvtime.set_ipa(self._traps.steal, self._vm.pvtime_supported(), attr, value, self._vm.memory)
+        elif group == KVM_ARM_VCPU_TIMER_CTRL:
+            arch_timer.set_attr(self._vm, attr, value)
+        else:
             raise KvmError(ENXIO, f"vCPU attribute group {group}: unknown")
-        pvtime.set_ipa(self._traps.steal, self._vm.pvtime_supported(), attr, value, self._vm.memory)
 
     def get_device_attr(self, group: int, attr: int) -> int:
-        """KVM_GET_DEVICE_ATTR: the attribute's u64 value."""
-        if group != KVM_ARM_VCPU_PVTIME_CTRL:
-            raise KvmError(ENXIO, f"vCPU attribute group {group}: unknown")
-        return pvtime.get_ipa(self._traps.steal, self._vm.pvtime_supported(), attr)
+        """KVM_GET_DEVICE_ATTR: the attribute's value."""
+        if group == KVM_ARM_VCPU_PVTIME_CTRL:
+            return pvtime.get_ipa(self._traps.steal, self._vm.pvtime_supported(), attr)
+        if group == KVM_ARM_VCPU_TIMER_CTRL:
+            return arch_timer.get_attr(self._vm, attr)
+        raise KvmError(ENXIO, f"vCPU attribute group {group}: unknown")
 
     def has_device_attr(self, group: int, attr: int) -> None:
         """KVM_HAS_DEVICE_ATTR: returns if supported, raises ENXIO otherwise."""
-        if group != KVM_ARM_VCPU_PVTIME_CTRL:
+        if group == KVM_ARM_VCPU_PVTIME_CTRL:
+            pvtime.has_ipa(self._vm.pvtime_supported(), attr)
+        elif group == KVM_ARM_VCPU_TIMER_CTRL:
+            arch_timer.has_attr(attr)
+        else:
             raise KvmError(ENXIO, f"vCPU attribute group {group}: unknown")
-        pvtime.has_ipa(self._vm.pvtime_supported(), attr)
 
     # --- ONE_REG ---------------------------------------------------------------------------
 
@@ -221,10 +231,24 @@ class Vcpu:
             raise KvmError(EINVAL, f"{self}: {err}") from None
 
     def run(self) -> Exit:
-        """KVM_RUN: load the vCPU on the calling task, enter the guest, return the next exit."""
-        vm = self._vm
-        vm.note_first_run()  # HAS_RAN_ONCE is set before immediate_exit is looked at
+        """KVM_RUN: load the vCPU on the calling task, enter the guest, return the next exit.
+
+        Guest accesses to the in-kernel vGIC are handled here and never exit. The first run of
+        each vCPU fails with EINVAL or ENXIO when the vGIC or the timer PPIs are misconfigured."""
         traps = self._traps
+        traps.running = True
+        try:
+            return self._run()
+        finally:
+            traps.running = False
+
+    def _run(self) -> Exit:
+        vm = self._vm
+        traps = self._traps
+        if not traps.has_run_once:
+            self._first_run_init()
+        vm.note_first_run()  # HAS_RAN_ONCE is set before immediate_exit is looked at
+        traps.has_run_once = True
         if self.immediate_exit:  # -EINTR before guest entry: no task's run_delay is read
             traps.cpu.complete_pending()
             return IntrExit()
@@ -245,14 +269,37 @@ class Vcpu:
                 return HaltExit(None)
             if traps.in_wfi:
                 if not traps.irq_pending():  # kvm_vcpu_check_block
+                    traps.blocked = task  # an interrupt (the vGIC's kick) wakes it
                     return HaltExit(traps.next_irq_ns())
                 traps.in_wfi = False
             stop = traps.cpu.execute(traps, slice_)
+            if stop.kind is StopKind.MMIO and self._in_kernel_mmio(stop):
+                continue
             if not (stop.kind is StopKind.EXIT and traps.in_wfi and traps.system_event is None):
                 ex = self._exit_for(stop)
-                if traps.powered_off and isinstance(ex, HaltExit):
-                    traps.blocked = task  # CPU_OFF: the thread waits in KVM_RUN until CPU_ON
+                if isinstance(ex, HaltExit):
+                    traps.blocked = task  # the thread waits in KVM_RUN: CPU_ON or an interrupt wakes it
                 return ex
+
+    def _first_run_init(self) -> None:
+        """kvm_vcpu_first_run_init: map the vGIC (kvm_vgic_map_resources), then connect this
+        vCPU's timers to it (kvm_timer_enable)."""
+        vm = self._vm
+        if vm.vgic is not None:
+            vm.vgic.map_resources()
+        arch_timer.timer_enable(vm, self._traps)
+
+    def _in_kernel_mmio(self, stop: Stop) -> bool:
+        """io_mem_abort: an access an in-kernel device (kvm_io_bus) serves completes here, the
+        data of a load going back to the vCPU; False when the VMM must handle it."""
+        traps = self._traps
+        if stop.mmio_write:
+            return traps.mmio_write(stop.mmio_addr, stop.mmio_data)
+        data = traps.mmio_read(stop.mmio_addr, stop.mmio_len)
+        if data is None:
+            return False
+        traps.cpu.complete_mmio(data)
+        return True
 
     def _vcpu_load(self, task: Task) -> None:
         """kvm_arch_vcpu_load + KVM_REQ_RECORD_STEAL: update the record before guest entry."""

@@ -5,34 +5,39 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from pvtime.abi.errno import EEXIST, EINVAL, ENXIO
+from pvtime.abi.errno import EBUSY, EEXIST, EINVAL, ENXIO
 from pvtime.abi.uapi import (
-    KVM_ARM_VM_PVTIME_LPT_CTRL, KVM_CAP_MAX_VCPUS, KVM_CAP_NR_VCPUS, KVM_CAP_STEAL_TIME, KVM_MAX_VCPUS,
+    KVM_ARM_VM_PVTIME_LPT_CTRL, KVM_CAP_ARM_IRQ_LINE_LAYOUT_2, KVM_CAP_DEVICE_CTRL, KVM_CAP_IRQCHIP,
+    KVM_CAP_MAX_VCPUS, KVM_CAP_NR_VCPUS, KVM_CAP_STEAL_TIME, KVM_MAX_VCPUS,
     KVM_REG_ARM_STD_HYP_BMAP_SUPPORTED,
 )
 from pvtime.cpu import CpuKind, create_cpu
 from pvtime.cpu.backend import CpuBackend, CpuFactory
 from pvtime.host.host import Host
-from pvtime.kvm.arch_timer import VmCounter
-from pvtime.kvm import lpt
+from pvtime.kvm.arch_timer import TimerPpis, VmCounter
+from pvtime.kvm import irq_line, lpt
 from pvtime.kvm.errors import KvmError
 from pvtime.kvm.memory import GuestMemory
 from pvtime.kvm.quirks import Quirk
 from pvtime.kvm.trace import HypercallObserver, HypercallTracepoint
 from pvtime.kvm.vcpu import Vcpu
+from pvtime.kvm.vgic import Vgic, VgicV2Device, device
 
 if TYPE_CHECKING:
     from pvtime.kvm.traps import Traps
 
+# Always 1 on arm64 with an in-kernel GIC (kvm_vm_ioctl_check_extension).
+_ARCH_CAPS = frozenset({KVM_CAP_IRQCHIP, KVM_CAP_DEVICE_CTRL, KVM_CAP_ARM_IRQ_LINE_LAYOUT_2})
 
 
-def vcpu_limits(cap: int, host_cpus: int) -> int:
-    """KVM_CAP_NR_VCPUS (min(host CPUs, KVM_MAX_VCPUS)) and KVM_CAP_MAX_VCPUS; 0 for other caps."""
+def vcpu_limits(cap: int, host_cpus: int, max_vcpus: int = KVM_MAX_VCPUS) -> int:
+    """KVM_CAP_NR_VCPUS (min(host CPUs, KVM_MAX_VCPUS)), KVM_CAP_MAX_VCPUS (the VM's limit: 8
+    once it has a vGICv2), the capabilities arm64 always has (1); 0 for other caps."""
     if cap == KVM_CAP_NR_VCPUS:
         return min(host_cpus, KVM_MAX_VCPUS)
     if cap == KVM_CAP_MAX_VCPUS:
-        return KVM_MAX_VCPUS
-    return 0
+        return max_vcpus
+    return int(cap in _ARCH_CAPS)
 
 
 class VmState:
@@ -50,6 +55,9 @@ class VmState:
         self.has_run = False
         self.hypercall_trace = HypercallTracepoint()
         self.lpt = lpt.LptState()
+        self.vgic: Vgic | None = None  # the in-kernel interrupt controller, once created
+        self.max_vcpus = KVM_MAX_VCPUS  # kvm->max_vcpus
+        self.timer_ppis = TimerPpis()
 
     def pvtime_supported(self) -> bool:
         """kvm_arm_pvtime_supported: the host keeps scheduler statistics and the VM is not protected."""
@@ -108,9 +116,14 @@ class Vm:
         """KVM_CREATE_VCPU; the vCPU executes guest code on the engine the VM's CPU factory makes."""
         if not 0 <= vcpu_id < KVM_MAX_VCPUS:
             raise KvmError(EINVAL, f"vCPU id {vcpu_id}: must be in 0..{KVM_MAX_VCPUS - 1}")
+        if len(self._vcpus) >= self._state.max_vcpus:
+            raise KvmError(EINVAL, f"vCPU {vcpu_id}: the VM has {len(self._vcpus)} vCPUs, its limit "
+                                   f"(a vGICv2 serves {self._state.max_vcpus}; GICv3 is not modelled yet)")
+        vgic = self._state.vgic
+        if vgic is not None and vgic.initialized:  # kvm_arch_vcpu_precreate
+            raise KvmError(EBUSY, f"vCPU {vcpu_id}: the VM's vGIC is already initialised")
         if any(v.id == vcpu_id for v in self._vcpus):
             raise KvmError(EEXIST, f"vCPU {vcpu_id} already exists")
-        # Linux refuses a late vCPU only once an in-kernel vGIC is initialised; pvtime has none.
         vcpu = Vcpu(self._state, vcpu_id, self._cpu(vcpu_id))
         self._vcpus.append(vcpu)
         return vcpu
@@ -119,7 +132,19 @@ class Vm:
         """KVM_CHECK_EXTENSION on the VM fd."""
         if cap == KVM_CAP_STEAL_TIME:
             return int(self._state.pvtime_supported())
-        return vcpu_limits(cap, self._state.host.ncpus)
+        return vcpu_limits(cap, self._state.host.ncpus, self._state.max_vcpus)
+
+    def create_device(self, device_type: int, flags: int = 0) -> VgicV2Device | None:
+        """KVM_CREATE_DEVICE: the device fd of an in-kernel vGICv2 (KVM_DEV_TYPE_ARM_VGIC_V2, the
+        only type pvtime models: GICv3 is ENODEV). With KVM_CREATE_DEVICE_TEST in `flags`, only
+        checks the type and returns None. EEXIST for a second vGIC, EBUSY once a vCPU has run,
+        E2BIG when the VM has more than the 8 vCPUs a GICv2 serves (which is then its limit)."""
+        return device.create(self._state, device_type, flags)
+
+    def irq_line(self, irq: int, level: int) -> None:
+        """KVM_IRQ_LINE: drive an interrupt input (`pvtime.kvm.irq_line`); make `irq` with
+        `pvtime.abi.uapi.kvm_arm_irq(type, vcpu_index, irq_id)`, `level` 0 (low) or not."""
+        irq_line.irq_line(self._state, irq, level)
 
     def enable_quirks(self, quirks: Quirk) -> None:
         """Reproduce the named Linux defects in this VM (see `Quirk`)."""
