@@ -40,3 +40,18 @@ def test_one_reg_ids_with_bits_outside_the_core_offset_are_refused():
 def test_complete_mmio_with_no_read_exit_pending_is_einval():
     vcpu = make_env(1).vcpu(0)
     assert _errno(vcpu.complete_mmio, b"\0\0\0\0") == EINVAL
+
+
+def test_mpidr_is_a_one_reg_register_that_a_vcpu_reset_restores():
+    # arch/arm64/kvm/sys_regs.c: MPIDR_EL1 is in sys_reg_descs with reset_mpidr and no set_user,
+    # so KVM_GET_REG_LIST lists it, userspace may write any value, and kvm_reset_vcpu resets it.
+    from pvtime.abi.uapi import KVM_REG_ARM_MPIDR_EL1
+    from tests.conftest import make_env
+
+    env = make_env(18)
+    vcpu = env.vcpu(17)
+    assert vcpu.get_one_reg(KVM_REG_ARM_MPIDR_EL1) == (1 << 31) | (1 << 8) | 1  # Aff1 = 1, Aff0 = 1
+    vcpu.set_one_reg(KVM_REG_ARM_MPIDR_EL1, 0x8000_0205)
+    assert vcpu.get_one_reg(KVM_REG_ARM_MPIDR_EL1) == 0x8000_0205
+    vcpu.init()
+    assert vcpu.get_one_reg(KVM_REG_ARM_MPIDR_EL1) == (1 << 31) | (1 << 8) | 1

@@ -197,6 +197,7 @@ KVM_REG_ARM_PTIMER_CTL = sysreg(3, 3, 14, 2, 1)
 KVM_REG_ARM_PTIMER_CVAL = sysreg(3, 3, 14, 2, 2)
 KVM_REG_ARM_PTIMER_CNT = sysreg(3, 3, 14, 0, 1)
 KVM_REG_ARM_CNTKCTL_EL1 = sysreg(3, 0, 14, 1, 0)  # EL0 counter access and the event stream
+KVM_REG_ARM_MPIDR_EL1 = sysreg(3, 0, 0, 0, 5)  # the vCPU's affinity: reset_mpidr, then as the VMM sets it
 
 # The EL1 system registers a guest kernel holds (KVM's sys_reg_descs with user access), by
 # their KVM_REG_ARM64_SYSREG ids, sorted as KVM_GET_REG_LIST sorts them.

@@ -73,6 +73,7 @@ class Traps:
         """kvm_reset_vcpu (KVM_ARM_VCPU_INIT, PSCI CPU_ON): registers, then the timers."""
         self.in_wfi = False
         self.cpu.reset()  # core registers (EL1h, DAIF masked) and EL1 system registers
+        self.mpidr = reset_mpidr(self.id)  # kvm_reset_sys_regs runs reset_mpidr (of vcpu_id) too
         self.timer.cntkctl = 0  # kvm_reset_sys_regs: CNTKCTL_EL1 is reset_val 0
         self.timer.reset()  # kvm_timer_vcpu_reset
         if self.vm.vgic is not None:  # ... which also clears the timer PPIs in the vGIC

@@ -19,7 +19,7 @@ from pvtime.abi.uapi import (
     KVM_REG_ARM_CORE, KVM_REG_ARM_COPROC_MASK, KVM_REG_ARM_STD_HYP_BMAP, KVM_REG_ARM_TIMER_CNT,
     KVM_REG_ARM_TIMER_CTL, KVM_REG_ARM_TIMER_CVAL, KVM_REG_ARM_PTIMER_CNT,
     KVM_REG_ARM_PTIMER_CTL, KVM_REG_ARM_PTIMER_CVAL, KVM_REG_SIZE_MASK, reg_size,
-    KVM_REG_ARM_CNTKCTL_EL1, KVM_REGS_U32, CORE_REG_IDS, EL1_SYSREG_IDS, KVM_REG_ARM64, REG_PSTATE, core_reg_size,
+    KVM_REG_ARM_CNTKCTL_EL1, KVM_REG_ARM_MPIDR_EL1, KVM_REGS_U32, CORE_REG_IDS, EL1_SYSREG_IDS, KVM_REG_ARM64, REG_PSTATE, core_reg_size,
 )
 from pvtime.cpu.backend import CpuBackend, Stop, StopKind
 from pvtime.host.task import Task
@@ -117,6 +117,10 @@ class Vcpu:
                 raise KvmError(EINVAL, f"core register {reg_id:#x}: {err}") from None
         elif reg_id in _TIMER_REGS:
             self._set_timer_reg(reg_id, val)
+        elif reg_id == KVM_REG_ARM_MPIDR_EL1:
+            # sys_regs.c: MPIDR_EL1 has no set_user of its own, so any value is stored; PSCI and
+            # the vGIC then find the vCPU by it (kvm_mpidr_to_vcpu).
+            self._traps.mpidr = val
         elif reg_id in EL1_SYSREG_IDS:
             try:
                 cpu.sys_regs[reg_id] = val
@@ -137,6 +141,8 @@ class Vcpu:
                 raise KvmError(ENOENT, f"core register {reg_id:#x}: unknown") from None
         if reg_id in _TIMER_REGS:
             return self._traps.read_sysreg(_TIMER_REGS[reg_id])
+        if reg_id == KVM_REG_ARM_MPIDR_EL1:
+            return self._traps.mpidr
         if reg_id in EL1_SYSREG_IDS:
             return self._traps.cpu.sys_regs[reg_id]
         raise KvmError(ENOENT, f"register {reg_id:#x}: unknown")
@@ -171,7 +177,8 @@ class Vcpu:
                 raise KvmError(EINVAL, f"register {reg_id:#x}: size {size} bytes, the register has {want}")
             return size
         known = (base == KVM_REG_ARM_STD_HYP_BMAP & ~KVM_REG_SIZE_MASK
-                 or base in _TIMER_BASES or base in _EL1_BASES)
+                 or base in _TIMER_BASES or base in _EL1_BASES
+                 or base == KVM_REG_ARM_MPIDR_EL1 & ~KVM_REG_SIZE_MASK)
         if known and size != 8:
             raise KvmError(ENOENT, f"register {reg_id:#x}: size {size} bytes, the register has 8")
         return size

@@ -1,8 +1,10 @@
-"""`pvtime guest run`: one AArch64 ELF guest on the unicorn backend, on a host with M CPUs.
+"""`pvtime guest run` and `pvtime linux run`: one AArch64 guest on the unicorn backend, on a host
+with M CPUs.
 
 The VMM builds a QEMU-virt machine (RAM at 0x40000000, PL011 at 0x09000000, PV-time records at
-0x090a0000), loads the image, starts vCPU 0 at its entry and leaves the others powered off for
-PSCI CPU_ON. Each vCPU is a host task of the fair scheduler (`pvtime.host.scheduler`); with fewer
+0x090a0000), loads the ELF image -- or a Linux kernel, its initramfs and a device tree, on a
+machine with a vGIC --, starts vCPU 0 at its entry and leaves the others powered off for PSCI
+CPU_ON. Each vCPU is a host task of the fair scheduler (`pvtime.host.scheduler`); with fewer
 host CPUs than vCPUs they wait on run queues, which is the steal the guest sees. Virtual time
 only: the same image and options give the same console output and counters.
 """
@@ -20,6 +22,7 @@ from pvtime.host.task import Slice
 from pvtime.cpu import CpuKind
 from pvtime.kvm import HypercallEvent, InternalErrorExit, Kvm, Vm
 from pvtime.vmm import MachineConfig, StopReason, VcpuThread, build_machine, start_vcpu_threads
+from pvtime.vmm.linux_boot import LinuxBoot
 
 MS = 1_000_000
 
@@ -114,16 +117,18 @@ def _observe_pv_time_st(vm: Vm, threads: dict[int, VcpuThread], reports: dict[in
     vm.subscribe_hypercalls(trace)
 
 
-def run_guest(image: bytes | Path | str, options: GuestRunOptions, *,
+def run_guest(guest: bytes | Path | str | LinuxBoot, options: GuestRunOptions, *,
               console: Callable[[bytes], None] | None = None) -> GuestRunResult:
-    """Run `image` until it exits, the VM stops, or the time limit; ElfError/ValueError on bad input."""
+    """Run `guest` (an ELF image, or a Linux boot) until it exits, the VM stops, or the time limit;
+    ElfError/ImageError/ValueError on bad input."""
     options.validate()
+    linux, image = (guest, None) if isinstance(guest, LinuxBoot) else (None, guest)
     host = Host(options.counter_hz, ncpus=options.host_cpus, name="host")
-    machine = build_machine(Kvm(host), MachineConfig("guest", vcpus=options.vcpus, memory_mib=options.memory_mib,
-                                                     cpu=CpuKind.UNICORN,
-                                                     instructions_per_sec=options.instructions_per_sec,
-                                                     lpt_pv_hz=options.lpt_pv_hz),
-                            image=image, console=console)
+    config = MachineConfig("linux" if linux else "guest", vcpus=options.vcpus, memory_mib=options.memory_mib,
+                           cpu=CpuKind.UNICORN, instructions_per_sec=options.instructions_per_sec,
+                           lpt_pv_hz=options.lpt_pv_hz, vgic=linux is not None)
+    config.validate()
+    machine = build_machine(Kvm(host), config, image=image, linux=linux, console=console)
     core = EventLoop()
     sched = Scheduler(host, core, end_ns=options.time_limit_ns)
     reports = {vcpu.id: VcpuReport(vcpu.id) for vcpu in machine.vcpus}

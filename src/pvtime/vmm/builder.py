@@ -15,6 +15,7 @@ from pathlib import Path
 from pvtime.guest.machine import ModelProgram
 from pvtime.host import Host, Scheduler, TaskBody
 from pvtime.kvm import Kvm
+from pvtime.vmm.linux_boot import LinuxBoot
 from pvtime.vmm.machine import Machine, MachineConfig, VcpuThread
 
 # Wraps a vCPU thread in the body the scheduler runs (an observer of its slices); default: the thread.
@@ -41,21 +42,26 @@ class Placement:
 
 
 def build_machine(kvm: Kvm, config: MachineConfig, *, image: bytes | Path | str | None = None,
-                  program: ModelProgram | None = None,
+                  program: ModelProgram | None = None, linux: LinuxBoot | None = None,
                   console: Callable[[bytes], None] | None = None) -> Machine:
-    """A machine of `config` on `kvm`, running the ELF `image` or the model `program`.
+    """A machine of `config` on `kvm`, running the ELF `image`, the model `program` or a Linux kernel.
 
-    An ELF guest starts with vCPU 0 at its entry; the others stay powered off until PSCI CPU_ON.
-    `console` also gets the guest's console output as it comes.
+    An ELF or Linux guest starts with vCPU 0 at its entry; the others stay powered off until PSCI
+    CPU_ON. A Linux guest needs the machine to have a vGIC (`config.vgic`). `console` also gets the
+    guest's console output as it comes.
     """
-    if image is not None and program is not None:
-        raise ValueError(f"{config.name}: a guest is an image or a model program, not both")
+    if sum(g is not None for g in (image, program, linux)) > 1:
+        raise ValueError(f"{config.name}: a guest is one of an ELF image, a model program or a Linux kernel")
+    if linux is not None and not config.vgic:
+        raise ValueError(f"{config.name}: Linux needs an interrupt controller: configure the machine with a vGIC")
     machine = Machine(kvm, config)
     machine.console_sink = console
     if program is not None:
         machine.load_model_guest(program)
     elif image is not None:
         machine.load_elf(image)
+    elif linux is not None:
+        machine.load_linux(linux)
     return machine
 
 

@@ -103,6 +103,6 @@ def unassigned_access(vcpu: Vcpu, ex: MmioExit, read_guest: Callable[[int, int],
                              f"{what} {ex.phys_addr:#x}: no RAM and no device there")
 
 
-def uart_for(layout: Layout, emit: Callable[[bytes], None]) -> Pl011:
-    """The machine's UART at its layout address."""
-    return Pl011(layout.uart_base, layout.uart_size, emit)
+def uart_for(layout: Layout, emit: Callable[[bytes], None], irq: Callable[[bool], None] | None = None) -> Pl011:
+    """The machine's UART at its layout address; `irq` gets its interrupt level (None: not wired)."""
+    return Pl011(layout.uart_base, layout.uart_size, emit, irq)

@@ -33,6 +33,17 @@ def packaged_image(name: str) -> Path:
     return Path(str(resources.files("pvtime") / "images" / f"{name}.elf"))
 
 
+LINUX_FILES = ("Image.gz", "initramfs.cpio.gz", "manifest.json")
+
+
+def linux_image(name: str) -> Path:
+    """A file of the packaged Linux guest (`src/pvtime/images/linux/`: the kernel Image.gz, the
+    initramfs, their manifest); ValueError for an unknown name."""
+    if name not in LINUX_FILES:
+        raise ValueError(f"no packaged Linux file {name!r} (packaged: {', '.join(LINUX_FILES)})")
+    return Path(str(resources.files("pvtime") / "images" / "linux" / name))
+
+
 @dataclass(frozen=True)
 class MinikernelConfig:
     """The run parameters of the minikernel, in counter-time milliseconds."""

@@ -11,20 +11,28 @@ from pathlib import Path
 from pvtime.abi.records import LPT_RECORD_SIZE, STEAL_TIME_OFFSET, LptRecord
 from pvtime.abi.uapi import (
     INVALID_GPA, KVM_ARM_VCPU_PVTIME_CTRL, KVM_ARM_VCPU_PVTIME_IPA, KVM_ARM_VM_PVTIME_LPT_CTRL,
-    KVM_ARM_VM_PVTIME_LPT_FREQ, KVM_ARM_VM_PVTIME_LPT_IPA, KVM_CAP_STEAL_TIME,
+    KVM_ARM_VM_PVTIME_LPT_FREQ, KVM_ARM_VM_PVTIME_LPT_IPA, KVM_CAP_STEAL_TIME, KVM_ARM_IRQ_TYPE_SPI,
+    KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_IRQ_PTIMER, KVM_ARM_VCPU_TIMER_IRQ_VTIMER,
+    KVM_DEV_ARM_VGIC_CTRL_INIT, KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_DEV_TYPE_ARM_VGIC_V2,
+    KVM_VGIC_V2_ADDR_TYPE_CPU, KVM_VGIC_V2_ADDR_TYPE_DIST, VGIC_V2_MAX_CPUS, kvm_arm_irq,
 )
 from pvtime.cpu import CpuBackend, CpuFactory, CpuKind, create_cpu
 from pvtime.cpu.model import ModelCpu
 from pvtime.guest.machine import ModelProgram
 from pvtime.host.task import Slice, Step, Task, TaskState
 from pvtime.kvm import (
-    HaltExit, InternalErrorExit, IntrExit, Kvm, KvmError, MmioExit, Quirk, SystemEventExit, Vcpu, Vm,
+    HaltExit, InternalErrorExit, IntrExit, Kvm, KvmError, MmioExit, Quirk, SystemEventExit, Vcpu, VgicV2Device,
+    Vm,
 )
 from pvtime.abi.uapi import REG_PC, reg_x
 from pvtime.kvm import SemihostingExit
 from pvtime.vmm import devices, semihosting
 from pvtime.vmm.elf import LoadedImage, load_elf
-from pvtime.vmm.layout import QEMU_VIRT, Layout
+from pvtime.vmm import linux_boot
+from pvtime.vmm.arm64_image import BootLayout
+from pvtime.vmm.devicetree import SPI_BASE, TimerPpis
+from pvtime.vmm.layout import QEMU_VIRT, QEMU_VIRT_GIC, Layout
+from pvtime.vmm.linux_boot import LinuxBoot
 from pvtime.vmm.stop import StopReason
 
 MiB = 1024 * 1024
@@ -49,6 +57,7 @@ class MachineConfig:
     cpu: CpuKind = CpuKind.MODEL  # the vCPU backend: Python model guests, or AArch64 code (unicorn)
     instructions_per_sec: int | None = None  # unicorn: guest instructions per virtual second
     lpt_pv_hz: int | None = None  # Live Physical Time at this PV frequency (None: not configured)
+    vgic: bool = False  # an in-kernel GICv2 (KVM's vGIC), as Linux guests need; else a line-level timer
 
     def validate(self) -> None:
         """Raise ValueError naming the bad field."""
@@ -61,6 +70,9 @@ class MachineConfig:
             raise ValueError(f"{self.name}: memory_mib must be >= 1, got {self.memory_mib}")
         if self.lpt_pv_hz is not None and not 1 <= self.lpt_pv_hz <= 0xFFFF_FFFF:
             raise ValueError(f"{self.name}: lpt_pv_hz must be in 1..2^32-1 Hz, got {self.lpt_pv_hz}")
+        if self.vgic and self.vcpus > VGIC_V2_MAX_CPUS:
+            raise ValueError(f"{self.name}: a GICv2 serves at most {VGIC_V2_MAX_CPUS} vCPUs, got {self.vcpus} "
+                             "(pvtime does not model a GICv3)")
 
 
 class Machine:
@@ -86,6 +98,7 @@ class Machine:
         self.vm.set_user_memory_region(self.RAM_SLOT, layout.ram_base, len(self.ram), self.ram)
         self.pvtime_mem: memoryview | None = None
         self.vcpus: list[Vcpu] = [self.vm.create_vcpu(i) for i in range(config.vcpus)]
+        self.gic: VgicV2Device | None = self._create_vgic() if config.vgic else None
         if config.pvtime:
             self._configure_pvtime()
         if config.lpt_pv_hz is not None:
@@ -93,12 +106,26 @@ class Machine:
         self.console = bytearray()
         self.console_sink: Callable[[bytes], None] | None = None  # also gets console output as it comes
         self.exit_status: int | None = None  # the guest's semihosting exit status, once it exits
-        self.uart = devices.uart_for(layout, self._emit)
+        self.uart = devices.uart_for(layout, self._emit, None if self.gic is None else self._uart_irq)
         self.stopped: StopReason | None = None  # why the VM stopped, once it has
         self.paused = False  # vCPU threads block until resume() (migration's stop-and-copy)
         self.started = False  # a vCPU thread has entered KVM_RUN
         self.model_program: ModelProgram | None = None
         self.errors: list[InternalErrorExit] = []
+
+    def _create_vgic(self) -> VgicV2Device:
+        """KVM's in-kernel GICv2 at QEMU virt's addresses, initialised once the vCPUs exist (as QEMU's
+        kvm_arm_gicv2 does: create, place the distributor and CPU interface, then CTRL_INIT)."""
+        gic = self.vm.create_device(KVM_DEV_TYPE_ARM_VGIC_V2)
+        assert gic is not None  # None only for KVM_CREATE_DEVICE_TEST
+        gic.set_device_attr(KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_VGIC_V2_ADDR_TYPE_DIST, QEMU_VIRT_GIC.dist_base)
+        gic.set_device_attr(KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_VGIC_V2_ADDR_TYPE_CPU, QEMU_VIRT_GIC.cpu_base)
+        gic.set_device_attr(KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_DEV_ARM_VGIC_CTRL_INIT)
+        return gic
+
+    def _uart_irq(self, level: bool) -> None:
+        """The UART's interrupt output, wired to its SPI (KVM_IRQ_LINE)."""
+        self.vm.irq_line(kvm_arm_irq(KVM_ARM_IRQ_TYPE_SPI, 0, SPI_BASE + QEMU_VIRT_GIC.uart_spi), int(level))
 
     def _configure_pvtime(self) -> None:
         """Reserve the records' granule(s) and give each vCPU its IPA, as QEMU's kvm-steal-time."""
@@ -161,6 +188,15 @@ class Machine:
             vcpu.init(power_off=vcpu.id != 0)
         self.vcpus[0].set_one_reg(REG_PC, loaded.entry)
         return loaded
+
+    def load_linux(self, boot: LinuxBoot) -> BootLayout:
+        """Boot a Linux kernel: the Image, its initramfs and a device tree describing this machine
+        (a GIC node only with a vGIC) in RAM; vCPU 0 at the kernel's entry, the others off for PSCI."""
+        vcpu0 = self.vcpus[0]
+        timers = TimerPpis(vtimer=vcpu0.get_device_attr(KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_IRQ_VTIMER),
+                           ptimer=vcpu0.get_device_attr(KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_IRQ_PTIMER))
+        return linux_boot.load_linux(self.ram, self.config.layout, self.vcpus, boot,
+                                     gic=QEMU_VIRT_GIC if self.gic is not None else None, timers=timers)
 
     def regions(self) -> list[tuple[int, int, memoryview]]:
         """(slot, guest address, buffer) of every memory region the VMM owns for this VM."""
