@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pvtime.abi.gic import (
-    GICC_ABPR, GICC_APR0, GICC_BPR, GICC_CTLR, GICC_CTLR_ENABLE_GRP0, GICC_EOIR, GICC_IAR, GICC_PMR,
-    GICD_CTLR, GICD_ICACTIVER, GICD_ICENABLER, GICD_ICFGR, GICD_ICPENDR, GICD_IGROUPR, GICD_IIDR,
-    GICD_IPRIORITYR, GICD_ISACTIVER, GICD_ISENABLER, GICD_ISPENDR, GICD_ITARGETSR, GICD_SGIR,
+    GICC_APR0, GICC_BPR, GICC_CTLR, GICC_CTLR_ENABLE_GRP0, GICC_EOIR, GICC_IAR, GICC_PMR,
+    GICD_CTLR, GICD_ICACTIVER, GICD_ICENABLER, GICD_ICFGR, GICD_ICPENDR, GICD_IGROUPR, GICD_IPRIORITYR, GICD_ISACTIVER, GICD_ISENABLER, GICD_ISPENDR, GICD_ITARGETSR, GICD_SGIR,
     GICD_SPENDSGIR,
 )
 from pvtime.abi.smccc import PSCI_CPU_OFF, PSCI_CPU_SUSPEND
@@ -23,7 +22,7 @@ from pvtime.abi.uapi import (
 )
 from pvtime.guest.machine import Compute, WaitForInterrupt
 from pvtime.kvm import HaltExit, IntrExit
-from pvtime.kvm.vgic import VgicV2Device
+from pvtime.vmm.gic_state import restore, save
 from tests.kvm.test_vgic_env import CPUIF, DIST, Gic, make_vm
 
 DIST_REGS, CPU_REGS = KVM_DEV_ARM_VGIC_GRP_DIST_REGS, KVM_DEV_ARM_VGIC_GRP_CPU_REGS
@@ -227,62 +226,6 @@ def test_vcpu_reset_clears_the_timer_ppis():
 
 # --- save and restore through the register groups ---------------------------------------------
 
-def words(base: int, bits_per_irq: int, first: int, end: int) -> list[int]:
-    return [base + (i * bits_per_irq) // 8 for i in range(first, end, 32 // bits_per_irq)]
-
-
-def private_words() -> list[int]:
-    return (words(GICD_IGROUPR, 1, 0, 32) + words(GICD_ISENABLER, 1, 0, 32) + words(GICD_ISPENDR, 1, 0, 32)
-            + words(GICD_ISACTIVER, 1, 0, 32) + words(GICD_IPRIORITYR, 8, 0, 32) + words(GICD_ICFGR, 2, 0, 32)
-            + [GICD_SPENDSGIR + 4 * i for i in range(4)])
-
-
-def shared_words(nr_irqs: int) -> list[int]:
-    return (words(GICD_IGROUPR, 1, 32, nr_irqs) + words(GICD_ISENABLER, 1, 32, nr_irqs)
-            + words(GICD_ISPENDR, 1, 32, nr_irqs) + words(GICD_ISACTIVER, 1, 32, nr_irqs)
-            + words(GICD_IPRIORITYR, 8, 32, nr_irqs) + words(GICD_ITARGETSR, 8, 32, nr_irqs)
-            + words(GICD_ICFGR, 2, 32, nr_irqs))
-
-
-CPU_WORDS = [GICC_CTLR, GICC_PMR, GICC_BPR, GICC_ABPR, GICC_APR0]
-
-
-def save(gic: VgicV2Device, vcpu_ids: list[int], nr_irqs: int) -> dict[tuple[int, int, int], int]:
-    """Every register of the vGIC's state: (group, vCPU id, offset) -> value."""
-    state = {(DIST_REGS, 0, off): gic.get_device_attr(DIST_REGS, vgic_reg_attr(0, off))
-             for off in [GICD_CTLR, GICD_IIDR, *shared_words(nr_irqs)]}
-    for vid in vcpu_ids:
-        state |= {(DIST_REGS, vid, off): gic.get_device_attr(DIST_REGS, vgic_reg_attr(vid, off)) for off in private_words()}
-        state |= {(CPU_REGS, vid, off): gic.get_device_attr(CPU_REGS, vgic_reg_attr(vid, off)) for off in CPU_WORDS}
-    return state
-
-
-def restore(gic: VgicV2Device, state: dict[tuple[int, int, int], int]) -> None:
-    """Put the state back as a VMM does: GICD_IIDR first (it unlocks the groups), configuration,
-    then enable, pending and active state each cleared before being set (the SGIs' pending state
-    through GICD_SPENDSGIR, which keeps their sources), then the CPU interfaces."""
-    def put(group: int, vid: int, off: int, value: int) -> None:
-        gic.set_device_attr(group, vgic_reg_attr(vid, off), value)
-
-    order = [GICD_IIDR, GICD_CTLR, GICD_ICFGR, GICD_ITARGETSR, GICD_IPRIORITYR, GICD_IGROUPR,
-             GICD_ISENABLER, GICD_ISPENDR, GICD_SPENDSGIR, GICD_ISACTIVER]
-    spans = {GICD_ICFGR: 0x100, GICD_ITARGETSR: 0x400, GICD_IPRIORITYR: 0x400, GICD_IGROUPR: 0x80,
-             GICD_ISENABLER: 0x80, GICD_ISPENDR: 0x80, GICD_SPENDSGIR: 0x10, GICD_ISACTIVER: 0x80}
-    dist = sorted(((off, vid, value) for (group, vid, off), value in state.items() if group == DIST_REGS))
-    for base in order:
-        for off, vid, value in dist:
-            if not base <= off < base + spans.get(base, 4):
-                continue
-            if base in (GICD_ISENABLER, GICD_ISPENDR, GICD_ISACTIVER):
-                put(DIST_REGS, vid, off + 0x80, 0xFFFF_FFFF)  # the IC* twin clears first
-            if base == GICD_ISPENDR and off == GICD_ISPENDR:
-                value &= ~0xFFFF  # SGIs: restored with their sources below
-            put(DIST_REGS, vid, off, value)
-    for (group, vid, off), value in state.items():
-        if group == CPU_REGS:
-            put(CPU_REGS, vid, off, value)
-
-
 def test_state_saved_through_the_register_groups_restores_into_another_vm():
     """vgic_v2_dist_uaccess / vgic_v2_cpuif_uaccess: enabled, pending (SPIs, a PPI, an SGI with
     its source), active (with the CPU interface's active priority), priorities, targets,
@@ -300,7 +243,7 @@ def test_state_saved_through_the_register_groups_restores_into_another_vm():
     a.guest(0, lambda g: g.dist(GICD_SGIR, 0b10 << 16 | 3))
     gic_a = a.gic
     assert gic_a is not None
-    state = save(gic_a, [0, 1], 256)
+    state = save(gic_a, [0, 1])
     assert state[(DIST_REGS, 0, GICD_ISACTIVER + 4)] == 1 << 9 and state[(CPU_REGS, 1, GICC_APR0)] == 1 << 8
     assert state[(DIST_REGS, 1, GICD_SPENDSGIR)] == 1 << 24  # SGI 3 from vCPU 0
 
@@ -308,7 +251,7 @@ def test_state_saved_through_the_register_groups_restores_into_another_vm():
     gic_b = b.gic
     assert gic_b is not None
     restore(gic_b, state)
-    assert save(gic_b, [0, 1], 256) == state
+    assert save(gic_b, [0, 1]) == state
 
     def next_steps(g: Gic) -> list[int]:
         sgi = g.cpu(GICC_IAR)  # SGI 3 (priority 0) preempts the running 41 (0x40)
