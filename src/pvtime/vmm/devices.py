@@ -9,6 +9,7 @@ and its own copy of guest RAM.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from pvtime.abi.uapi import KVM_INTERNAL_ERROR_EMULATION, REG_PC
 from pvtime.cpu.disasm import disassemble
@@ -72,6 +73,21 @@ class Pl011:
             self._update()
             return None
         return self._read(offset).to_bytes(8, "little")[:ex.len]
+
+    def save_state(self) -> dict[str, Any]:
+        """The registers a migration carries (JSON-friendly)."""
+        return {"raw": self.raw, "mask": self.mask, "regs": {f"{off:#x}": v for off, v in sorted(self.regs.items())}}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Put saved registers back, then drive the interrupt line as they say; ValueError names a
+        register this UART does not have."""
+        for key, value in state["regs"].items():
+            off = int(key, 16)
+            if off not in self.regs:
+                raise ValueError(f"PL011 register {key}: not one the UART keeps")
+            self.regs[off] = int(value)
+        self.raw, self.mask = int(state["raw"]) & PL011_INT_MASK, int(state["mask"]) & PL011_INT_MASK
+        self._update()
 
     def _read(self, offset: int) -> int:
         if offset == PL011_FR:

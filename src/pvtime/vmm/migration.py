@@ -78,6 +78,7 @@ from pvtime.cpu import CpuBackend, CpuFactory, CpuKind
 from pvtime.guest.clockwatch import ClockWatch
 from pvtime.guest.machine import ModelProgram
 from pvtime.kvm import Kvm, KvmError, Quirk
+from pvtime.vmm import gic_state
 from pvtime.vmm.layout import Layout
 from pvtime.vmm.machine import Machine, MachineConfig, guest_memory
 from pvtime.vmm.migration_check import Fields, check_meta, check_state
@@ -154,7 +155,8 @@ def _config_json(config: MachineConfig) -> dict[str, Any]:
     return {"name": config.name, "vcpus": config.vcpus, "memory_mib": config.memory_mib,
             "pvtime": config.pvtime, "quirks": config.quirks.value, "lpt_pv_hz": config.lpt_pv_hz,
             "layout": dataclasses.asdict(config.layout), "cpu": config.cpu.value,
-            "instructions_per_sec": config.instructions_per_sec}
+            "instructions_per_sec": config.instructions_per_sec,
+            **({"vgic": True} if config.vgic else {})}  # absent: no vGIC (streams without one are unchanged)
 
 
 def dirty_pages(bitmap: bytes) -> list[int]:
@@ -296,7 +298,7 @@ class Sender:
             regs = {f"{r:#x}": vcpu.get_one_reg(r) for r in vcpu.get_reg_list()}
             vcpus.append({"id": vcpu.id, "powered_off": vcpu.get_mp_state() == KVM_MP_STATE_STOPPED,
                           "steal_ipa": None if ipa == INVALID_GPA else ipa, "regs": regs})
-        return {
+        state: dict[str, Any] = {
             "saved_at_ns": now_ns,
             "native_hz": m.kvm.host.counter_hz,
             "std_hyp_bmap": m.vcpus[0].get_one_reg(KVM_REG_ARM_STD_HYP_BMAP),
@@ -304,6 +306,10 @@ class Sender:
             "vcpus": vcpus,
             "guest": self._guest(),
         }
+        if m.gic is not None:  # the interrupt controller, and the device whose interrupt it carries
+            state["vgic"] = gic_state.to_json(gic_state.save(m.gic, list(range(len(m.vcpus)))))
+            state["uart"] = m.uart.save_state()
+        return state
 
     def _guest(self) -> dict[str, Any]:
         m = self.machine
@@ -451,7 +457,8 @@ def _config_from_json(c: dict[str, Any], name: str | None = None) -> MachineConf
     ips = c.get("instructions_per_sec")
     return MachineConfig(name or c["name"], vcpus=int(c["vcpus"]), memory_mib=int(c["memory_mib"]),
                          pvtime=False, quirks=Quirk(int(c["quirks"])), layout=Layout(**c["layout"]),
-                         cpu=CpuKind(c.get("cpu", CpuKind.MODEL.value)), instructions_per_sec=None if ips is None else int(ips))
+                         cpu=CpuKind(c.get("cpu", CpuKind.MODEL.value)), instructions_per_sec=None if ips is None else int(ips),
+                         vgic=bool(c.get("vgic", False)))
 
 
 def restore_state(kvm: Kvm, meta: dict[str, Any], memory: dict[int, memoryview], state: dict[str, Any], *,
@@ -576,6 +583,11 @@ def _fill(machine: Machine, meta: dict[str, Any], memory: dict[int, memoryview],
                 vcpu.set_one_reg(reg, (regs[reg] + extra) & U64)
             for reg in TIMER_REGS:
                 vcpu.set_one_reg(reg, regs[reg])
+    if ("vgic" in state) != (machine.gic is not None):
+        raise MigrationError("the stream's vGIC state and its config.vgic disagree: mismatched stream")
+    if machine.gic is not None:
+        gic_state.restore(machine.gic, gic_state.from_json(state["vgic"]))
+        machine.uart.load_state(state["uart"])
 
 
 def save(machine: Machine, *, now_ns: int, handover: ModelHandover | None = None,

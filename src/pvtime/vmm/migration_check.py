@@ -18,6 +18,7 @@ from pvtime.abi.widths import U32, U64
 from pvtime.cpu import CpuKind
 from pvtime.kvm import Quirk
 from pvtime.abi.uapi import KVM_MAX_VCPUS  # what KVM_CAP_MAX_VCPUS reports
+from pvtime.abi.uapi import KVM_DEV_ARM_VGIC_GRP_CPU_REGS, KVM_DEV_ARM_VGIC_GRP_DIST_REGS, VGIC_V2_MAX_CPUS
 from pvtime.vmm.layout import GRANULE, Layout
 from pvtime.vmm.machine import MiB, Machine
 from pvtime.vmm.migration_stream import MigrationError
@@ -103,6 +104,8 @@ def check_meta(meta: dict[str, Any]) -> list[tuple[int, int, int]]:
         raise f.error("config.quirks", f"{quirks:#x} names unknown quirks") from None
     f.integer(config, "lpt_pv_hz", "config.lpt_pv_hz", 1, U32, optional=True)
     f.integer(config, "instructions_per_sec", "config.instructions_per_sec", 1, U64, optional=True)
+    if "vgic" in config and f.flag(config, "vgic", "config.vgic") and config["vcpus"] > VGIC_V2_MAX_CPUS:
+        raise f.error("config.vcpus", f"{config['vcpus']} vCPUs with a GICv2, which serves {VGIC_V2_MAX_CPUS}")
     layout = f.obj(config, "layout", "config.layout")
     if set(layout) != _LAYOUT_FIELDS:
         raise f.error("config.layout", f"fields {sorted(layout)}, expected {sorted(_LAYOUT_FIELDS)}")
@@ -175,3 +178,19 @@ def check_state(part: object, state: dict[str, Any], nvcpus: int, required_regs:
         for reg in required_regs:
             if reg not in listed:
                 raise f.error(f"{path}.regs", f"register {reg:#x} missing")
+    if "vgic" in state:
+        for i, row in enumerate(f.array(state, "vgic", "vgic")):
+            path = f"vgic[{i}]"
+            if not isinstance(row, list) or len(row) != 4:
+                raise f.error(path, "expected [group, vCPU, offset, value]")
+            f.integer(row, 0, f"{path}[0]", KVM_DEV_ARM_VGIC_GRP_DIST_REGS, KVM_DEV_ARM_VGIC_GRP_CPU_REGS)
+            f.integer(row, 1, f"{path}[1]", 0, nvcpus - 1)
+            f.integer(row, 2, f"{path}[2]", 0, 0xFFFF)
+            f.integer(row, 3, f"{path}[3]", 0, U32)
+    if "uart" in state:
+        uart = f.obj(state, "uart", "uart")
+        for key in ("raw", "mask"):
+            f.integer(uart, key, f"uart.{key}", 0, 0x7FF)
+        regs = f.obj(uart, "regs", "uart.regs")
+        for key in regs:
+            f.integer(regs, key, f"uart.regs.{key}", 0, 0xFFFF)
