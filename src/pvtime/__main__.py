@@ -1,0 +1,5 @@
+"""`python -m pvtime`: the `pvtime` command."""
+
+from pvtime.cli import main
+
+main(prog_name="pvtime")
