@@ -2,4 +2,4 @@
 
 from pvtime.cli import main
 
-main()
+main(prog_name="pvtime")

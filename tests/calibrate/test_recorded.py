@@ -123,12 +123,12 @@ def test_cli_compares_a_recording_and_writes_json(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("args, code, message", [
-    (["--from-json", "/nonexistent/recording.json"], 1, "No such file"),
+    (["--from-json", "/nonexistent/recording.json"], 125, "No such file"),
     (["--from-json", str(RECORDING), "--runs", "2"], 2, "fixed by the recording"),
     (["--from-json", str(RECORDING), "--workload", "nope"], 2, "not in the recording"),
     (["--workload", "nope"], 2, "unknown workload"),
     (["--hz", "99"], 2, "'99' is not one of"),
-    (["--from-json", str(RECORDING), "--policy", "cfs", "--preempt", "lazy"], 1, "lazy"),
+    (["--from-json", str(RECORDING), "--policy", "cfs", "--preempt", "lazy"], 125, "lazy"),
     (["--from-json", str(RECORDING), "--json", "/nonexistent/dir/out.json"], 2, "no such folder"),
 ])
 def test_cli_says_what_is_wrong(args: list[str], code: int, message: str) -> None:

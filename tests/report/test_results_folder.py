@@ -17,7 +17,7 @@ from pvtime.sim import scenario
 from pvtime.sim.runner import run
 
 EXPECTED = {"series.csv", "series.parquet", "occupancy.csv", "occupancy.parquet", "steal.png",
-            "occupancy.png", "trace.json", "summary.json", "console-mini.txt"}
+            "occupancy.png", "trace.json", "summary.json", "console-mini.txt", ".pvtime-results"}
 
 
 def short_default(seed: int = 1, duration_ms: int = 300) -> scenario.Scenario:
@@ -111,7 +111,7 @@ def test_cli_run_and_scenarios(tmp_path: Path) -> None:
     out = tmp_path / "res"
     res = runner.invoke(main, ["run", "--duration", "100", "--no-progress", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert "web/0" in res.output and {p.name for p in out.iterdir()} == EXPECTED
+    assert "web/0" in res.output and {p.name for p in out.iterdir()} == EXPECTED | {"provenance.json"}
     res = runner.invoke(main, ["scenarios"])
     assert res.exit_code == 0 and "default" in res.output
     bad = tmp_path / "bad.toml"

@@ -39,7 +39,7 @@ def test_a_4096_cpu_host_is_estimated_and_refused_without_yes(tmp_path: Path) ->
     start = time.monotonic()
     res = CliRunner().invoke(main, ["run", str(path), "--no-progress", "--out", str(out)])
     assert time.monotonic() - start < 10
-    assert res.exit_code == 1
+    assert res.exit_code == 125
     assert "huge: estimated 69.4 minutes of wall-clock time (4096 host CPUs, 30 ms simulated)" in res.output
     assert "pass --yes to run it" in res.output
     assert not out.exists()
@@ -49,7 +49,7 @@ def test_yes_runs_a_run_over_the_limit(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(cost, "CONFIRM_ABOVE_S", 0.0)
     args = ["run", "--duration", "20", "--no-progress", "--out", str(tmp_path / "res")]
     refused = CliRunner().invoke(main, args)
-    assert refused.exit_code == 1 and "pass --yes" in refused.output
+    assert refused.exit_code == 125 and "pass --yes" in refused.output
     res = CliRunner().invoke(main, [*args, "--yes"])
     assert res.exit_code == 0, res.output
     assert "default: estimated" in res.output and (tmp_path / "res" / "summary.json").is_file()

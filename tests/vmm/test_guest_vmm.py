@@ -183,7 +183,7 @@ def test_cli_guest_run_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
     bad = tmp_path / "bad.elf"
     bad.write_bytes(b"not an elf")
     result = runner.invoke(main, ["guest", "run", str(bad)])
-    assert result.exit_code == 1 and "not an ELF file" in result.output
+    assert result.exit_code == 125 and "not an ELF file" in result.output  # pvtime cannot load it
     spin = tmp_path / "spin.elf"
     spin.write_bytes(make_elf(SPIN))
     result = runner.invoke(main, ["guest", "run", str(spin), "--time-limit", "0.002"])
@@ -191,7 +191,7 @@ def test_cli_guest_run_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
     fault = tmp_path / "fault.elf"
     fault.write_bytes(make_elf(FAULT))
     result = runner.invoke(main, ["guest", "run", str(fault)])
-    assert result.exit_code == 125
+    assert result.exit_code == 126  # the VM stopped without an exit status
     assert "pc=0x40080004 (ldr w0, [x1, #0x10])" in result.stderr and "no RAM and no device" in result.stderr
 
 

@@ -1,4 +1,5 @@
-"""The results folder: series as CSV and Parquet, figures, the Perfetto trace, summary.json."""
+"""The results folder: series as CSV and Parquet, figures, the Perfetto trace, summary.json, and
+(outside the byte-identity promise) provenance.json."""
 
 from __future__ import annotations
 
@@ -11,9 +12,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pvtime.report import outdir
 from pvtime.report.figures import occupancy_figure, steal_figure
+from pvtime.report.provenance import FILE as PROVENANCE_FILE
 from pvtime.sim.recorder import CATEGORIES, CPU_TRACK_BASE, STEAL_COLUMNS, trace_us
 from pvtime.sim.results import RunResult
+from pvtime.sim.scenario import MigrationRoute, migration_routes
+
+# The version of the results files' shape (summary.json's keys, the series' columns...): raised when
+# a change would mislead a reader of the old shape. summary.json carries it as `schema_version`.
+SCHEMA_VERSION = 1
 
 # docs/results.md says what each column means.
 SERIES_COLUMNS = ("time_ns", "host", "vm", "vcpu", "pv_time_st_calls", *STEAL_COLUMNS)
@@ -21,9 +29,11 @@ OCCUPANCY_COLUMNS = ("time_ns", "host", "cpu", "vcpu_ns", "vmm_ns", "noise_ns", 
 _STRING_COLUMNS = {"host", "vm"}
 
 
-def write_results(result: RunResult, out: Path) -> list[Path]:
-    """Write every output file into `out` (created if needed); return their paths."""
-    out.mkdir(parents=True, exist_ok=True)
+def write_results(result: RunResult, out: Path, *, force: bool = False,
+                  provenance: dict[str, Any] | None = None) -> list[Path]:
+    """Write every output file into `out`, a results folder replaced whole (`report.outdir`: a
+    folder of something else raises OutFolderError); return their paths."""
+    outdir.claim(out, force=force)
     written = []
     series = series_columns(result)
     occupancy = occupancy_columns(result)
@@ -39,6 +49,9 @@ def write_results(result: RunResult, out: Path) -> list[Path]:
     for vm in result.vms:
         if vm.guest != "model" or vm.console:
             written.append(_write_text(out / console_file(vm.name), vm.console))
+    if provenance is not None:
+        written.append(_write_json(out / PROVENANCE_FILE, provenance, indent=2))
+    outdir.seal(out, [p.name for p in written])
     return written
 
 
@@ -119,7 +132,9 @@ def trace_document(result: RunResult) -> dict[str, Any]:
 def summary(result: RunResult) -> dict[str, Any]:
     """Machine-readable summary: per vCPU, per task, per VM, and the simulator's counters."""
     spec = result.spec
+    routes = {r.index: r for r in migration_routes(spec)}
     return {
+        "schema_version": SCHEMA_VERSION,
         "scenario": spec.name,
         "source": result.source,
         "seed": spec.seed,
@@ -147,9 +162,17 @@ def summary(result: RunResult) -> dict[str, Any]:
                  "stopped_ns": v.stopped_ns, "exit_status": v.exit_status, "proc_stat": v.proc_stat,
                  "console": v.console} for v in result.vms],
         "stats": result.stats,
-        "migrations": [m.to_dict() for m in result.migrations],
+        "migrations": [{**m.to_dict(), **_route(routes.get(i))} for i, m in enumerate(result.migrations)],
         "clocks": {vm: c.to_dict() for vm, c in result.clocks.items()},
     }
+
+
+def _route(route: MigrationRoute | None) -> dict[str, Any]:
+    """A migration's counter frequencies, and the flag of a VM without LPT moved across them."""
+    if route is None:
+        return {}
+    return {"counter_hz": [route.from_hz, route.to_hz],
+            "frequency_change_without_lpt": route.frequency_change_without_lpt}
 
 
 def _write_text(path: Path, text: str) -> Path:

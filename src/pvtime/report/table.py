@@ -1,40 +1,69 @@
-"""The per-vCPU summary table: host run_delay, the steal the guest saw, /proc/stat steal %, and
-the differences."""
+"""The tables `pvtime run` prints: per vCPU, host run_delay, the steal the guest saw, /proc/stat
+steal and the differences (all in ms); per migration, its route and downtime, and each migrated
+VM's guest clock over the whole run."""
 
 from __future__ import annotations
 
+from itertools import groupby
+
 from rich.table import Table
 
-from pvtime.sim.results import RunResult
+from pvtime.sim.results import RunResult, VcpuRow
+from pvtime.sim.scenario import migration_routes
 
 
 def _ms(ns: int | None) -> str:
     return "-" if ns is None else f"{ns / 1e6:.1f}"
 
 
+def _diff_ms(ns: int | None) -> str:
+    """A difference in ms: "0" when exact, else signed, to the µs (summary.json has the ns)."""
+    if ns is None:
+        return "-"
+    return "0" if ns == 0 else f"{ns / 1e6:+.3f}"
+
+
+def _hz(hz: int) -> str:
+    for unit, scale in (("GHz", 10**9), ("MHz", 10**6), ("kHz", 10**3)):
+        if hz >= scale:
+            return f"{hz / scale:g} {unit}"
+    return f"{hz} Hz"
+
+
 def summary_table(result: RunResult) -> Table:
     """One row per vCPU."""
     spec = result.spec
-    table = Table(title=f"{spec.name}: steal per vCPU after {spec.duration_ms} ms (seed {spec.seed})")
-    table.caption = ("host run_delay: the vCPU thread's wait since the guest's PV_TIME_ST (truth); guest "
-                     "clock: the stolen-time record; /proc/stat: the guest's accounted steal (ticks; an ELF "
-                     "guest's as it printed it); times in ms")
-    table.caption += "\nhost scheduler: " + "; ".join(
-        f"{h.name} {h.sched.policy}, HZ={h.sched.hz}, preempt={h.sched.preempt}" for h in spec.host)
-    for col in ("vCPU", "pv", "host run_delay", "guest clock", "/proc/stat", "steal %",
-                "clock−host ns", "stat−host"):
+    table = Table(title=f"{spec.name}: steal per vCPU after {spec.duration_ms} ms (seed {spec.seed})",
+                  caption_justify="left")
+    table.caption = "\n".join((
+        "host run_delay: the vCPU thread's wait since the guest's PV_TIME_ST (the truth)",
+        "guest clock: what the stolen-time record says (pv: the VM has PV stolen time)",
+        "/proc/stat: the steal the guest accounted, USER_HZ ticks shown in ms (an ELF guest's as it printed it)",
+        "steal %: /proc/stat steal over the vCPU's elapsed time since its first run, as top shows it (an ELF "
+        "guest's: over the total of its /proc/stat line)",
+        "clock−host, stat−host: the guest's figure minus the truth (0: exact)",
+        "host scheduler: " + "; ".join(
+            f"{h.name} {h.sched.policy}, HZ={h.sched.hz}, preempt={h.sched.preempt}" for h in spec.host)))
+    for col in ("vCPU", "pv", "host run_delay ms", "guest clock ms", "/proc/stat ms", "steal %", "clock−host ms",
+                "stat−host ms"):
         table.add_column(col, justify="right")
     notes: dict[str, list[str]] = {}
+    idle = [row for row in result.vcpus if never_ran(row)]
     for row in result.vcpus:
+        name = f"{row.vm}/{row.vcpu}"
+        if never_ran(row):  # no guest ran on it: nothing was stolen from it, nothing seen (the note says so)
+            table.add_row(name, "on" if row.pvtime else "off", *["-"] * 6, style="dim")
+            continue
         if row.guest_note is not None:
-            notes.setdefault(row.guest_note, []).append(f"{row.vm}/{row.vcpu}")
+            notes.setdefault(row.guest_note, []).append(name)
         pct = row.steal_pct
-        diff = row.record_minus_host_ns
-        lag = row.proc_stat_minus_host_ns
         table.add_row(
-            f"{row.vm}/{row.vcpu}", "on" if row.pvtime else "off", _ms(row.host_run_delay_ns),
+            name, "on" if row.pvtime else "off", _ms(row.host_run_delay_ns),
             _ms(row.record_steal_ns), _ms(row.guest_steal_ns), "-" if pct is None else f"{pct:.1f}",
-            "-" if diff is None else str(diff), "-" if lag is None else f"{lag / 1e6:.1f}")
+            _diff_ms(row.record_minus_host_ns), _diff_ms(row.proc_stat_minus_host_ns))
+    if idle:
+        table.caption += (f"\n{len(idle)} vCPU{'s' if len(idle) > 1 else ''} never ran (no host CPU time before the "
+                          f"end of the run: no guest ran there to steal from): {vcpu_ranges(idle)}")
     for note, who in notes.items():  # why a guest's own steal is "-"
         table.caption += f"\n{', '.join(who)} /proc/stat -: {note}"
     for vm in result.vms:
@@ -44,23 +73,54 @@ def summary_table(result: RunResult) -> Table:
     return table
 
 
+def never_ran(row: VcpuRow) -> bool:
+    """The vCPU's thread never had a host CPU (overcommit, or a secondary vCPU never turned on)."""
+    return row.timeslices == 0
+
+
+def vcpu_ranges(rows: list[VcpuRow]) -> str:
+    """vCPUs as a reader takes them in: `big/3..5, big/9, web/1`."""
+    parts: list[str] = []
+    for vm, group in groupby(rows, key=lambda r: r.vm):
+        ids = [r.vcpu for r in group]
+        runs = groupby(enumerate(ids), key=lambda p: p[1] - p[0])
+        for _, run in runs:
+            seq = [v for _, v in run]
+            parts.append(f"{vm}/{seq[0]}" if len(seq) == 1 else f"{vm}/{seq[0]}..{seq[-1]}")
+    return ", ".join(parts)
+
+
 def migration_table(result: RunResult) -> Table:
-    """One row per migration, and each migrated VM's guest clock against ideal (virtual) time."""
-    table = Table(title="live migrations: downtime, and the guest clock against ideal time")
-    table.caption = ("clock error: the guest clock (PV counter with LPT) minus virtual time at its "
-                     "ticks, over the whole run; late: tick interrupt after its deadline (steal)")
-    for col in ("VM", "route", "at ms", "status", "rounds", "MiB", "down ms", "clock err ns",
-                "late ms", "early"):
+    """One row per migration; each migrated VM's guest clock over the whole run in the caption."""
+    routes = {r.index: r for r in migration_routes(result.spec)}
+    table = Table(title="live migrations", caption_justify="left")
+    for col in ("VM", "route", "counter", "at ms", "status", "rounds", "MiB", "down ms"):
         table.add_column(col, justify="right")
-    for m in result.migrations:
-        c = result.clocks.get(m.vm)
+    flagged: list[str] = []
+    for i, m in enumerate(result.migrations):
         down = m.downtime_ns
-        err_min = None if c is None else c.error_min_ns
-        err = "-" if c is None or err_min is None else f"{err_min}..{c.error_max_ns}"
-        late = None if c is None else c.lateness_max_ns
-        table.add_row(m.vm, f"{m.from_host or '?'}>{m.to}", str(m.at_ms),
+        route = routes.get(i)
+        counter = "-" if route is None else (
+            _hz(route.from_hz) if route.from_hz == route.to_hz else f"{_hz(route.from_hz)}>{_hz(route.to_hz)}")
+        if route is not None and route.frequency_change_without_lpt:
+            counter += " (!)"
+            flagged.append(f"{m.vm} at {m.at_ms} ms")  # allowed by the scenario: refused otherwise
+        table.add_row(m.vm, f"{m.from_host or '?'}>{m.to}", counter, str(m.at_ms),
                       m.status.value if not m.error else f"error: {m.error}",
                       "-" if m.rounds is None else str(m.rounds), f"{(m.bytes or 0) / 2**20:.2f}",
-                      "-" if down is None else f"{down / 1e6:.3f}", err,
-                      "-" if late is None else f"{late / 1e6:.1f}", "-" if c is None else str(c.timer_early))
+                      "-" if down is None else f"{down / 1e6:.3f}")
+    lines = ["down: from the source's last guest instruction to the restore",
+             "counter: the two hosts' counter frequencies (a VM with LPT keeps its PV frequency across them)"]
+    if flagged:
+        lines.append(f"(!) {', '.join(flagged)}: a VM without LPT moved to another counter frequency "
+                     "(allow_frequency_change = true): its clock runs at the wrong rate from then on")
+    for vm in dict.fromkeys(m.vm for m in result.migrations):
+        c = result.clocks.get(vm)
+        if c is None or c.error_min_ns is None:
+            continue
+        late = c.lateness_max_ns
+        lines.append(f"{vm}'s guest clock over the whole run ({c.clocksource or 'counter'}), at its ticks: "
+                     f"{c.error_min_ns}..{c.error_max_ns} ns from ideal time; tick interrupts up to {_ms(late)} ms "
+                     f"late (steal), {c.timer_early} early")
+    table.caption = "\n".join(lines)
     return table

@@ -18,8 +18,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from pvtime.sim.scenario_schema import (
-    ElfGuestSpec, GuestSpec, HostSpec, MigrationSpec, ModelGuestSpec, NoiseSpec, SchedSpec, ScenarioSpec,
-    VmmThreadSpec, VmSpec,
+    SCENARIO_FORMAT, ElfGuestSpec, GuestSpec, HostSpec, MigrationSpec, ModelGuestSpec, NoiseSpec, SchedSpec,
+    ScenarioSpec, VmmThreadSpec, VmSpec,
 )
 from pvtime.sim.toml_lines import dotted, key_lines, last_line, line_of
 from pvtime.vmm.elf import ElfError, elf_layout
@@ -27,9 +27,10 @@ from pvtime.vmm.images import has_minikernel_config, packaged_image, patch_minik
 from pvtime.vmm.layout import QEMU_VIRT
 
 __all__ = [
-    "ElfGuestSpec", "GuestSpec", "HostSpec", "Issue", "MigrationSpec", "ModelGuestSpec", "NoiseSpec", "SchedSpec",
-    "Scenario", "ScenarioError", "ScenarioSpec", "VmSpec", "VmmThreadSpec", "elf_image", "elf_image_path",
-    "embedded_names", "embedded_text", "load", "packaged_image", "parse",
+    "SCENARIO_FORMAT", "ElfGuestSpec", "GuestSpec", "HostSpec", "Issue", "MigrationRoute", "MigrationSpec",
+    "ModelGuestSpec", "NoiseSpec", "SchedSpec", "Scenario", "ScenarioError", "ScenarioSpec", "VmSpec",
+    "VmmThreadSpec", "elf_image", "elf_image_path", "embedded_names", "embedded_text", "late_migrations", "load",
+    "migration_routes", "packaged_image", "parse",
 ]
 
 
@@ -61,6 +62,7 @@ class Scenario:
 
     spec: ScenarioSpec
     source: str  # file path, or "embedded:<name>"
+    text: str = ""  # the TOML text it was read from
 
 
 def embedded_names() -> list[str]:
@@ -94,15 +96,28 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError([_syntax_issue(source, str(exc), text)]) from None
     lines = key_lines(text)
+    newer = _newer_format(source, lines, data)
+    if newer is not None:  # its other errors would be of a format this pvtime does not know
+        raise ScenarioError([newer])
+    root = _root_line(text)
     try:
         spec = ScenarioSpec.model_validate(data)
     except ValidationError as exc:
-        raise ScenarioError([_issue(source, lines, err["loc"], err["msg"], data)
+        raise ScenarioError([_issue(source, lines, err["loc"], err["msg"], root)
                              for err in exc.errors()]) from None
-    issues = [_issue(source, lines, loc, msg, data) for loc, msg in _cross_checks(spec, source)]
+    issues = [_issue(source, lines, loc, msg, root) for loc, msg in _cross_checks(spec, source)]
     if issues:
         raise ScenarioError(issues)
-    return Scenario(spec, source)
+    return Scenario(spec, source, text)
+
+
+def _newer_format(source: str, lines: dict[Any, int], data: dict[str, Any]) -> Issue | None:
+    fmt = data.get("format")
+    if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > SCENARIO_FORMAT:
+        return Issue(source, line_of(lines, ("format",)), "format",
+                     f"written for scenario format {fmt}, newer than this pvtime reads (format {SCENARIO_FORMAT} "
+                     "and older): upgrade pvtime")
+    return None
 
 
 def _syntax_issue(source: str, message: str, text: str) -> Issue:
@@ -111,11 +126,23 @@ def _syntax_issue(source: str, message: str, text: str) -> Issue:
     return Issue(source, line, "", f"TOML syntax: {message}")
 
 
-def _issue(source: str, lines: dict[Any, int], loc: tuple[Any, ...], msg: str, data: Any) -> Issue:
+def _issue(source: str, lines: dict[Any, int], loc: tuple[Any, ...], msg: str, root: int) -> Issue:
     loc = _without_tags(tuple(loc))
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
-    return Issue(source, line_of(lines, loc), dotted(loc), msg)
+    line = line_of(lines, loc)
+    # A top-level key the file lacks (`name`, `host`, ...) has no line of its own: it belongs
+    # to the top-level table, which the error points at.
+    return Issue(source, root if line is None else line, dotted(loc), msg)
+
+
+def _root_line(text: str) -> int:
+    """Where the top-level table starts: its first line with content (1 for an empty file)."""
+    for no, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            return no
+    return 1
 
 
 def _without_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -185,6 +212,9 @@ def _cross_checks(spec: ScenarioSpec, source: str) -> list[tuple[tuple[Any, ...]
                         out.append(((kind, i, key, j), f"host CPU {c} does not exist on {host.name} "
                                     f"(CPUs 0..{host.cpus - 1})"))
     vm_names = {v.name: v for v in spec.vm}
+    for i in late_migrations(spec):
+        out.append((("migration", i, "at_ms"), f"{spec.migration[i].at_ms} ms is not before the end of the run "
+                    f"(duration_ms = {spec.duration_ms}): the migration would never happen"))
     for i, mig in enumerate(spec.migration):
         if mig.vm not in vm_names:
             out.append((("migration", i, "vm"), f"unknown vm {mig.vm!r}"))
@@ -196,6 +226,8 @@ def _cross_checks(spec: ScenarioSpec, source: str) -> list[tuple[tuple[Any, ...]
                 bad = [c for c in (getattr(v, key) or []) if c >= hosts[mig.to].cpus]
                 if bad:
                     out.append((("migration", i, "to"), f"vm {v.name}'s {key} {bad} do not exist on {mig.to}"))
+    out += [(("migration", r.index, "to"), _refusal(r)) for r in migration_routes(spec)
+            if r.frequency_change_without_lpt and not spec.migration[r.index].allow_frequency_change]
     for i, vm in enumerate(spec.vm):
         if vm.pin is not None and vm.cpus is not None:
             out.append((("vm", i, "pin"), "give pin or cpus, not both"))
@@ -205,6 +237,60 @@ def _cross_checks(spec: ScenarioSpec, source: str) -> list[tuple[tuple[Any, ...]
         if isinstance(g, ElfGuestSpec):
             out += [(("vm", i, "guest", *loc), msg) for loc, msg in _elf_checks(g, vm, source)]
     return out
+
+
+def late_migrations(spec: ScenarioSpec) -> list[int]:
+    """The indexes of the [[migration]]s whose time is not before the end of the run."""
+    return [i for i, m in enumerate(spec.migration) if m.at_ms >= spec.duration_ms]
+
+
+@dataclass(frozen=True)
+class MigrationRoute:
+    """Where [[migration]] `index` takes its VM: from the host it is on by then (each earlier
+    migration of the VM done), and the two hosts' counter frequencies."""
+
+    index: int
+    vm: str
+    from_host: str
+    to_host: str
+    from_hz: int
+    to_hz: int
+    lpt: bool  # the VM has Live Physical Time
+
+    @property
+    def frequency_change_without_lpt(self) -> bool:
+        """The guest's counter changes rate under it: nothing rescales a counter without LPT."""
+        return not self.lpt and self.from_hz != self.to_hz
+
+
+def migration_routes(spec: ScenarioSpec) -> list[MigrationRoute]:
+    """The route of each [[migration]], in file order (those naming an unknown VM or host left out)."""
+    hz = {h.name: h.counter_hz for h in spec.host}
+    vms = {v.name: v for v in spec.vm}
+    where = {v.name: v.host for v in spec.vm}
+    routes: dict[int, MigrationRoute] = {}
+    for i in sorted(range(len(spec.migration)), key=lambda k: spec.migration[k].at_ms):
+        m = spec.migration[i]
+        src = where.get(m.vm)
+        if src not in hz or m.to not in hz:
+            continue
+        assert src is not None
+        routes[i] = MigrationRoute(i, m.vm, src, m.to, hz[src], hz[m.to], vms[m.vm].lpt_pv_hz is not None)
+        where[m.vm] = m.to
+    return [routes[i] for i in sorted(routes)]
+
+
+def _refusal(route: MigrationRoute) -> str:
+    # The LPT RFC's cover letter (KVM: arm64: Add pvtime LPT support, 2020) names it: a guest that
+    # does not use LPT sees its counter jump, and run at the new rate, on a host of another native
+    # frequency, so such a guest is not migrated across frequencies; cloud-hypervisor likewise
+    # refuses to restore a VM on a host whose CNTFRQ differs.
+    ratio = route.to_hz / route.from_hz
+    return (f"vm {route.vm} has no Live Physical Time (lpt_pv_hz) and {route.from_host} counts at "
+            f"{route.from_hz:,} Hz, {route.to_host} at {route.to_hz:,} Hz: after this live migration its clock "
+            f"would run {ratio:.4g}x as fast as real time. Give the VM lpt_pv_hz, migrate it to a host of "
+            f"{route.from_hz:,} Hz, or set allow_frequency_change = true on this migration to run it anyway "
+            "(flagged in the results)")
 
 
 # Each policy's own tunables: setting one on a host of the other policy is an error.

@@ -16,6 +16,10 @@ from pvtime.cpu import CpuKind
 from pvtime.host.sched_config import CfsTunables, EevdfTunables, SchedConfig
 from pvtime.vmm.images import PACKAGE_IMAGES
 
+# The scenario format this pvtime reads (a file's optional top-level `format = N` names the one it
+# was written for). Raise it when a file of the new format would be misread by an older pvtime.
+SCENARIO_FORMAT = 1
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -143,6 +147,9 @@ class MigrationSpec(_Strict):
     bandwidth_mbit: int = Field(10_000, gt=0)
     setup_us: int = Field(1000, ge=0)  # fixed switch-over cost, part of the downtime
     max_rounds: int = Field(5, ge=1, le=100)
+    # A VM without LPT moved to a host of another counter frequency: its counter then runs at the
+    # wrong rate (refused unless set, and flagged in the results).
+    allow_frequency_change: bool = False
 
 
 class NoiseSpec(_Strict):
@@ -171,6 +178,7 @@ class NoiseSpec(_Strict):
 class ScenarioSpec(_Strict):
     """A whole scenario."""
 
+    format: int = Field(SCENARIO_FORMAT, ge=1)  # the scenario format the file was written for
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     duration_ms: int = Field(gt=0, le=3_600_000)

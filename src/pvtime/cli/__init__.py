@@ -1,21 +1,71 @@
-"""The `pvtime` command."""
+"""The `pvtime` command.
+
+Exit statuses and the --json answer: `pvtime.cli.exits`; the option types (integers written as
+25e6 or 25_000_000, HOST:PORT, guest images): `pvtime.cli.params`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from pvtime.cli.exits import (
+    EPILOG, EXIT_OK, EXIT_TIME_LIMIT, EXIT_VM_FAILED, Answer, ToolError, fail_json,
+)
+from pvtime.cli.params import GuestImage, HostPort, Integer
+
 if TYPE_CHECKING:
     from pvtime.calibrate.workloads import Workload
 
+U32 = 0xFFFF_FFFF
 
-@click.group()
-@click.version_option(package_name="pvtime")
+
+def _internal_error() -> ToolError:
+    """A bug: its traceback on stderr, and a tool error (125), never a status a guest could give."""
+    traceback.print_exc()
+    return ToolError("internal error (the traceback above): please report it")
+
+
+class _Pvtime(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception:
+            raise _internal_error() from None
+
+
+@contextmanager
+def _answering(as_json: bool) -> Iterator[None]:
+    """With --json, an error is the JSON answer on stdout too (exit_code and error)."""
+    try:
+        yield
+    except click.ClickException as err:
+        if as_json:
+            fail_json(err)
+        raise
+    except (click.exceptions.Exit, click.Abort, SystemExit, KeyboardInterrupt):
+        raise
+    except Exception:
+        bug = _internal_error()
+        if as_json:
+            fail_json(bug)
+        raise bug from None
+
+
+@click.group(cls=_Pvtime, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pvtime", help="print pvtime's version and exit")
 def main() -> None:
     """Arm paravirtualized time: stolen time and Live Physical Time, host to guest."""
 
@@ -23,88 +73,174 @@ def main() -> None:
 @main.command()
 @click.argument("scenario", required=False)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="results folder  [default: ./results/<scenario name>/]")
-@click.option("--seed", type=int, default=None, help="override the scenario's seed")
-@click.option("--duration", "duration_ms", type=click.IntRange(1), default=None,
+              help="results folder  [default: ./results/<scenario name>/]; an earlier results folder there is "
+                   "replaced whole, any other non-empty folder is refused")
+@click.option("--force", is_flag=True,
+              help="replace a results folder even when it also holds files pvtime did not write (deleting "
+                   "them); a folder that is not a pvtime results folder is never cleared")
+@click.option("--seed", type=Integer(), default=None, help="override the scenario's seed")
+@click.option("--duration", "duration_ms", type=Integer(1), default=None,
               help="override the scenario's duration (virtual ms)")
 @click.option("--no-progress", is_flag=True, help="do not show the progress bar")
+@click.option("--quiet", "-q", is_flag=True, help="print nothing but errors (no progress, tables or notes)")
+@click.option("--json", "as_json", is_flag=True,
+              help="print the answer as JSON on stdout instead of the tables: exit_code, error, the results "
+                   "folder and the summary (summary.json)")
 @click.option("--yes", is_flag=True, help="run even if the estimated cost is over a minute")
-def run(scenario: str | None, out: Path | None, seed: int | None, duration_ms: int | None,
-        no_progress: bool, yes: bool) -> None:
+def run(scenario: str | None, out: Path | None, force: bool, seed: int | None, duration_ms: int | None,
+        no_progress: bool, quiet: bool, as_json: bool, yes: bool) -> None:
     """Run SCENARIO (a TOML file or an embedded name; default: the embedded `default`).
 
-    A run estimated at over a minute (`pvtime.sim.cost`: vCPUs x simulated time, and the
-    host CPUs' occupancy figure) prints the estimate and needs --yes.
+    Writes the results folder (tables, series, figures, trace, summary.json, and provenance.json:
+    versions, the scenario as run, the command line, wall time). A run estimated at over a minute
+    (`pvtime.sim.cost`: vCPUs x simulated time, and the host CPUs' occupancy figure) prints the
+    estimate and needs --yes. Exits 0 once the results are written: each guest's exit status is
+    in the table and summary.json.
     """
-    from pvtime.report import migration_table, summary_table, write_results
+    with _answering(as_json):
+        _run(scenario, out, force, seed, duration_ms, no_progress or quiet or as_json, quiet, as_json, yes)
+
+
+def _run(name: str | None, out: Path | None, force: bool, seed: int | None, duration_ms: int | None,
+         no_progress: bool, quiet: bool, as_json: bool, yes: bool) -> None:
+    import time
+
+    with _no_library_warnings():  # importing matplotlib may announce that it builds its font cache
+        from pvtime.report import migration_table, summary_table, write_results
+        from pvtime.report.files import summary
+    from pvtime.report.outdir import OutFolderError, check
+    from pvtime.report.provenance import now_utc, provenance
     from pvtime.sim import scenario as scenarios
     from pvtime.sim.cost import CONFIRM_ABOVE_S, estimate_seconds
     from pvtime.sim.runner import run as run_scenario
 
+    started, t0 = now_utc(), time.perf_counter()
     console = Console()
     if not console.is_terminal:  # a pipe or file gets rich's 80 columns, too narrow for the tables
         console = Console(width=120)
+    err = Console(stderr=True)
+
+    def note(text: str) -> None:
+        if not quiet:
+            click.echo(text, err=True)
+
     try:
-        sc = scenarios.load(scenario)
+        sc = scenarios.load(name)
     except scenarios.ScenarioError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise ToolError(str(exc)) from None
     overrides = {k: v for k, v in (("seed", seed), ("duration_ms", duration_ms)) if v is not None}
     if overrides:
-        sc = scenarios.Scenario(sc.spec.model_copy(update=overrides), sc.source)
+        sc = dataclasses.replace(sc, spec=sc.spec.model_copy(update=overrides))
+        for i in scenarios.late_migrations(sc.spec):
+            m = sc.spec.migration[i]
+            note(f"pvtime: --duration {sc.spec.duration_ms} ends the run before migration[{i}] ({m.vm} to {m.to} "
+                 f"at {m.at_ms} ms): it will not happen")
+    folder = out if out is not None else Path("results") / sc.spec.name
+    try:
+        check(folder, force=force)  # before minutes of running, not after
+    except OutFolderError as exc:
+        raise ToolError(str(exc)) from None
     cost_s = estimate_seconds(sc.spec)
     if cost_s > CONFIRM_ABOVE_S:
-        click.echo(f"pvtime: {sc.spec.name}: estimated {cost_s / 60:.1f} minutes of wall-clock time "
-                   f"({sum(h.cpus for h in sc.spec.host)} host CPUs, {sc.spec.duration_ms} ms simulated)", err=True)
+        estimate = (f"{sc.spec.name}: estimated {cost_s / 60:.1f} minutes of wall-clock time "
+                    f"({sum(h.cpus for h in sc.spec.host)} host CPUs, {sc.spec.duration_ms} ms simulated)")
         if not yes:
-            raise click.ClickException(f"a run estimated at over {CONFIRM_ABOVE_S:g} s: pass --yes to run it")
+            raise ToolError(f"{estimate}: over {CONFIRM_ABOVE_S:g} s, pass --yes to run it")
+        note(f"pvtime: {estimate}")
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
-                  TextColumn("{task.fields[virtual]}"), TimeElapsedColumn(), console=console,
-                  disable=no_progress, transient=True) as bar:
+                  TextColumn("{task.fields[virtual]}"), TimeElapsedColumn(), console=err,
+                  disable=no_progress or not err.is_terminal, transient=True) as bar:
         job = bar.add_task(f"{sc.spec.name}", total=sc.spec.duration_ms, virtual="")
 
         def progress(now_ns: int, total_ns: int) -> None:
             bar.update(job, completed=now_ns / 1e6, virtual=f"{now_ns / 1e9:.2f}/{total_ns / 1e9:.2f} s virtual")
 
         result = run_scenario(sc, progress)
-    console.print(summary_table(result))
-    if result.migrations:
-        console.print(migration_table(result))
-    for vm in result.vms:
-        if vm.stopped is not None:
-            at = "" if vm.stopped_ns is None else f" at {vm.stopped_ns / 1e6:.1f} ms"
-            # A guest that exits with status 0 (semihosting) has finished its job: not a failure.
-            style = "green" if vm.exit_status == 0 else "red"
-            console.print(f"[{style}]{vm.name} stopped{at}:[/{style}] {vm.stopped}", markup=True, highlight=False)
-    folder = out if out is not None else Path("results") / sc.spec.name
-    paths = write_results(result, folder)
-    console.print(f"results in {folder}/: " + ", ".join(p.name for p in paths), highlight=False)
+    if not (quiet or as_json):
+        console.print(summary_table(result))
+        if result.migrations:
+            console.print(migration_table(result))
+        for vm in result.vms:
+            if vm.stopped is not None:
+                at = "" if vm.stopped_ns is None else f" at {vm.stopped_ns / 1e6:.1f} ms"
+                # A guest that exits with status 0 (semihosting) has finished its job: not a failure.
+                style = "green" if vm.exit_status == 0 else "red"
+                console.print(f"[{style}]{vm.name} stopped{at}:[/{style}] {vm.stopped}", markup=True, highlight=False)
+    prov = provenance(sc, argv=sys.orig_argv, started=started, wall_s=time.perf_counter() - t0, overrides=overrides)
+    try:
+        with _no_library_warnings():
+            paths = write_results(result, folder, force=force, provenance=prov)
+    except OutFolderError as exc:
+        raise ToolError(str(exc)) from None
+    except OSError as exc:
+        raise ToolError(f"{folder}: cannot write the results: {exc.strerror or exc}") from None
+    if as_json:
+        click.echo(Answer(EXIT_OK, data={"results": str(folder), "files": [p.name for p in paths],
+                                         "summary": summary(result)}).to_json())
+    elif not quiet:
+        console.print(f"results in {folder}/: " + ", ".join(p.name for p in paths), highlight=False)
+
+
+@contextmanager
+def _no_library_warnings() -> Iterator[None]:
+    """Figures are for people, who look at them: matplotlib's layout warnings and log lines are not
+    for the terminal."""
+    import logging
+    import warnings
+
+    logger = logging.getLogger("matplotlib")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 @main.command("scenarios")
-def scenarios_cmd() -> None:
+@click.option("--json", "as_json", is_flag=True, help="print the list as JSON on stdout")
+def scenarios_cmd(as_json: bool) -> None:
     """List the embedded scenarios."""
+    import json
+
     from pvtime.sim import scenario as scenarios
 
+    specs = [scenarios.load(name).spec for name in scenarios.embedded_names()]
+    if as_json:
+        click.echo(json.dumps([{"name": s.name, "duration_ms": s.duration_ms, "description": s.description,
+                                "hosts": [{"name": h.name, "cpus": h.cpus} for h in s.host],
+                                "vms": len(s.vm), "vcpus": sum(v.vcpus for v in s.vm)} for s in specs]))
+        return
     table = Table(title="embedded scenarios (pvtime run NAME)")
     for col in ("name", "duration", "hosts", "VMs / vCPUs", "description"):
         table.add_column(col)
-    for name in scenarios.embedded_names():
-        spec = scenarios.load(name).spec
-        table.add_row(name, f"{spec.duration_ms} ms", ", ".join(f"{h.name} ({h.cpus} CPUs)" for h in spec.host),
+    for spec in specs:
+        table.add_row(spec.name, f"{spec.duration_ms} ms", ", ".join(f"{h.name} ({h.cpus} CPUs)" for h in spec.host),
                       f"{len(spec.vm)} / {sum(v.vcpus for v in spec.vm)}", spec.description)
     Console().print(table)
 
 
 @main.command("lpt")
-@click.option("--native", "native_hz", type=click.IntRange(1, 0xFFFF_FFFF), required=True,
-              help="the host counter frequency (Hz)")
-@click.option("--pv", "pv_hz", type=click.IntRange(1, 0xFFFF_FFFF), required=True,
-              help="the PV frequency the guest sees (Hz)")
-def lpt_cmd(native_hz: int, pv_hz: int) -> None:
+@click.option("--native", "native_hz", type=Integer(1, U32), required=True,
+              help="the host counter frequency (Hz), e.g. 25e6")
+@click.option("--pv", "pv_hz", type=Integer(1, U32), required=True,
+              help="the PV frequency the guest sees (Hz), e.g. 1e9")
+@click.option("--json", "as_json", is_flag=True, help="print the record and bounds as JSON on stdout")
+def lpt_cmd(native_hz: int, pv_hz: int, as_json: bool) -> None:
     """The LPT record for a host of --native Hz presenting --pv Hz: fields, error bounds, overflow."""
+    import json
+
     from pvtime.fixedpoint import describe
 
-    d = describe(native_hz, pv_hz)
+    try:
+        d = describe(native_hz, pv_hz)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
+    if as_json:
+        click.echo(json.dumps(d, sort_keys=True))
+        return
     table = Table(title=f"LPT: native {native_hz:,} Hz -> PV {pv_hz:,} Hz")
     table.add_column("")
     table.add_column("value", justify="right")
@@ -124,13 +260,15 @@ def lpt_cmd(native_hz: int, pv_hz: int) -> None:
 
 @main.group("migrate")
 def migrate_group() -> None:
-    """Migrate a VM between two pvtime processes over a loopback socket."""
+    """Migrate a VM between two pvtime processes over a socket."""
 
 
 @migrate_group.command("listen")
-@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="0: any free port")
-@click.option("--native", "native_hz", type=click.IntRange(1, 0xFFFF_FFFF), default=1_000_000_000, show_default=True)
-@click.option("--run-ms", type=click.IntRange(0), default=10, show_default=True,
+@click.option("--port", type=Integer(0, 65535), default=0, show_default=True,
+              help="the TCP port on 127.0.0.1 (0: any free port, announced on stderr)")
+@click.option("--native", "native_hz", type=Integer(1, U32), default=1_000_000_000, show_default=True,
+              help="this (destination) host's counter frequency (Hz)")
+@click.option("--run-ms", type=Integer(0), default=10, show_default=True,
               help="virtual ms to run the VM after the restore")
 # The time-outs' defaults are migration_net's ACCEPT_TIMEOUT_S and TIMEOUT_S (a test keeps them equal;
 # importing pvtime.vmm here would slow every command's start).
@@ -149,55 +287,50 @@ def migrate_listen(port: int, native_hz: int, run_ms: int, accept_timeout: float
                            announce=lambda p: click.echo(f"listening on 127.0.0.1:{p}", err=True),
                            accept_timeout=accept_timeout, timeout=read_timeout)
     except MigrationError as err:
-        raise click.ClickException(f"migration refused: {err}") from None
+        raise ToolError(f"migration refused: {err}") from None
     except OSError as err:  # the port is taken, or the like: before any stream
-        raise click.ClickException(f"cannot listen on 127.0.0.1:{port}: {err.strerror or err}") from None
+        raise ToolError(f"cannot listen on 127.0.0.1:{port}: {err.strerror or err}") from None
     click.echo(json.dumps(result, sort_keys=True))
 
 
 @migrate_group.command("send")
-@click.option("--to", "to", required=True, help="HOST:PORT of a `pvtime migrate listen`")
-@click.option("--native", "native_hz", type=click.IntRange(1, 0xFFFF_FFFF), default=25_000_000, show_default=True)
-@click.option("--pv", "pv_hz", type=click.IntRange(0, 0xFFFF_FFFF), default=1_000_000_000, show_default=True,
+@click.option("--to", "to", type=HostPort(), required=True,
+              help="HOST:PORT of a `pvtime migrate listen` ([::1]:PORT for an IPv6 address)")
+@click.option("--native", "native_hz", type=Integer(1, U32), default=25_000_000, show_default=True,
+              help="this (source) host's counter frequency (Hz)")
+@click.option("--pv", "pv_hz", type=Integer(0, U32), default=1_000_000_000, show_default=True,
               help="LPT frequency (0: no LPT)")
-@click.option("--run-ms", type=click.IntRange(0), default=10, show_default=True,
+@click.option("--run-ms", type=Integer(0), default=10, show_default=True,
               help="virtual ms to run the VM before migrating it")
-@click.option("--image", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--image", type=GuestImage(), default=None,
               help="migrate this AArch64 ELF (a path, or a packaged image name such as minikernel) "
                    "instead of the clock-watching model VM")
-@click.option("--vcpus", type=click.IntRange(1, 64), default=1, show_default=True, help="vCPUs of the --image VM")
-def migrate_send(to: str, native_hz: int, pv_hz: int, run_ms: int, image: Path | None, vcpus: int) -> None:
+@click.option("--vcpus", type=Integer(1, 64), default=1, show_default=True, help="vCPUs of the --image VM")
+def migrate_send(to: tuple[str, int], native_hz: int, pv_hz: int, run_ms: int, image: Path | None,
+                 vcpus: int) -> None:
     """Run a VM (a small clock-watching one, or --image), migrate it to --to, print a JSON summary."""
     import json
 
     from pvtime.sim.migration import MigrationError, send_vm
     from pvtime.vmm.elf import ElfError
-    from pvtime.vmm.images import packaged_image
 
-    host, _, port = to.rpartition(":")
-    if not host or not port.isdigit():
-        raise click.BadParameter(f"{to!r} is not HOST:PORT", param_hint="--to")
-    data = None
-    if image is not None:
-        path = image if image.exists() else None
-        if path is None:
-            try:
-                path = packaged_image(str(image))
-            except (KeyError, ValueError, FileNotFoundError):
-                raise click.BadParameter(f"{image}: no such file or packaged image", param_hint="--image") from None
-        data = path.read_bytes()
+    host, port = to
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        result = send_vm((host, int(port)), native_hz=native_hz, pv_hz=pv_hz or None, run_ms=run_ms,
+        data = None if image is None else image.read_bytes()
+        result = send_vm((host, port), native_hz=native_hz, pv_hz=pv_hz or None, run_ms=run_ms,
                          image=data, vcpus=vcpus)
     except ElfError as err:
-        raise click.ClickException(str(err)) from None
+        raise ToolError(str(err)) from None
     except MigrationError as err:
-        raise click.ClickException(f"not migrated: {err}") from None
-    except OSError as err:
-        raise click.ClickException(f"cannot reach {to}: {err}") from None
+        raise ToolError(f"not migrated: {err}") from None
+    except UnicodeError:  # the IDNA codec refuses the host name before any socket call
+        raise ToolError(f"cannot reach {where}: {host!r} is not a host name") from None
+    except OSError as err:  # refused, unreachable, unknown host, reset, timed out: before or after connecting
+        raise ToolError(f"cannot reach {where}: {err.strerror or err}") from None
     click.echo(json.dumps(result, sort_keys=True))
     if not result["accepted"]:
-        raise click.ClickException(f"the destination refused the VM: {result['message']} (the VM kept running)")
+        raise ToolError(f"the destination refused the VM: {result['message']} (the VM kept running)")
 
 
 @main.group("guest")
@@ -206,31 +339,41 @@ def guest_group() -> None:
 
 
 @guest_group.command("run")
-@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--vcpus", type=click.IntRange(1, 64), default=1, show_default=True)
-@click.option("--host-cpus", type=click.IntRange(1, 256), default=1, show_default=True,
+@click.argument("image", type=GuestImage())
+@click.option("--vcpus", type=Integer(1, 64), default=1, show_default=True, help="the VM's vCPUs")
+@click.option("--host-cpus", type=Integer(1, 256), default=1, show_default=True,
               help="host CPUs; fewer than --vcpus makes the vCPU threads wait (steal)")
-@click.option("--memory", "memory_mib", type=click.IntRange(1, 4096), default=64, show_default=True,
+@click.option("--memory", "memory_mib", type=Integer(1, 4096), default=64, show_default=True,
               help="guest RAM in MiB, at 0x40000000")
-@click.option("--counter-hz", type=click.IntRange(1, 0xFFFF_FFFF), default=62_500_000, show_default=True,
+@click.option("--counter-hz", type=Integer(1, U32), default=62_500_000, show_default=True,
               help="generic-timer frequency (CNTFRQ_EL0)")
 @click.option("--time-limit", "time_limit_s", type=click.FloatRange(min=0, min_open=True), default=10.0,
-              show_default=True, help="virtual seconds before the run is abandoned (exit 124)")
-@click.option("--mips", type=click.IntRange(1, 100_000), default=1000, show_default=True,
+              show_default=True, help=f"virtual seconds before the run is abandoned (exit {EXIT_TIME_LIMIT})")
+@click.option("--mips", type=Integer(1, 100_000), default=1000, show_default=True,
               help="guest speed: millions of instructions per virtual second")
-@click.option("--lpt-pv-hz", type=click.IntRange(1, 0xFFFF_FFFF), default=None,
+@click.option("--lpt-pv-hz", type=Integer(1, U32), default=None,
               help="configure Live Physical Time: the PV counter frequency the guest sees")
 @click.option("--stats", is_flag=True, help="print per-vCPU instructions and steal to stderr at the end")
+@click.option("--json", "as_json", is_flag=True,
+              help="print the answer as JSON on stdout (exit_code, guest_exit_status, error, stopped, the "
+                   "console, per-vCPU figures) instead of the console")
 def guest_run(image: Path, vcpus: int, host_cpus: int, memory_mib: int, counter_hz: int,
-              time_limit_s: float, mips: int, lpt_pv_hz: int | None, stats: bool) -> None:
-    """Run IMAGE (a freestanding AArch64 ELF for QEMU virt) with its console on stdout.
+              time_limit_s: float, mips: int, lpt_pv_hz: int | None, stats: bool, as_json: bool) -> None:
+    """Run IMAGE (a freestanding AArch64 ELF for QEMU virt, or a packaged image name such as
+    minikernel) with its console on stdout.
 
     vCPU 0 starts at the ELF entry (EL1h, MMU off); the others wait for PSCI CPU_ON. The exit
-    status is the guest's semihosting exit status; 124 when --time-limit passes first; 125 when
-    the VM fails (a guest fault, or it stopped without a status: the reason goes to stderr).
+    status is the guest's semihosting exit status; 124 when --time-limit passes first; 126 when
+    the VM stops without a status (a guest fault: the reason goes to stderr); 125 when pvtime
+    cannot run it (an image it cannot load).
     """
-    import sys
+    with _answering(as_json):
+        _guest_run(image, vcpus, host_cpus, memory_mib, counter_hz, time_limit_s, mips, lpt_pv_hz, stats,
+                   as_json)
 
+
+def _guest_run(image: Path, vcpus: int, host_cpus: int, memory_mib: int, counter_hz: int,
+               time_limit_s: float, mips: int, lpt_pv_hz: int | None, stats: bool, as_json: bool) -> None:
     from pvtime.sim.guest_run import GuestRunOptions, run_guest
     from pvtime.vmm.elf import ElfError
 
@@ -244,23 +387,34 @@ def guest_run(image: Path, vcpus: int, host_cpus: int, memory_mib: int, counter_
                               time_limit_ns=int(time_limit_s * 1e9), instructions_per_sec=mips * 1_000_000,
                               lpt_pv_hz=lpt_pv_hz)
     try:
-        result = run_guest(image, options, console=console)
+        result = run_guest(image, options, console=None if as_json else console)
     except (ElfError, ValueError) as err:
-        raise click.ClickException(str(err)) from None
+        raise ToolError(str(err)) from None
+    except OSError as err:
+        raise ToolError(f"{image}: cannot read the image: {err.strerror or err}") from None
     if stats:
         for v in result.vcpus:
             click.echo(f"vcpu{v.vcpu}: {v.instructions} instructions, run_delay {v.run_delay_ns} ns, "
                        f"record steal {v.record_steal_ns} ns", err=True)
     if result.exit_status is not None:
-        sys.exit(result.exit_status)
-    if result.stopped is None:
+        code = result.exit_status  # 0..255: the VMM keeps its low byte, as QEMU's semihosting does
+    elif result.stopped is None:
         click.echo(f"pvtime: {image}: time limit of {time_limit_s:g} virtual s reached", err=True)
-        sys.exit(124)
-    if result.stopped.is_power_off:
+        code = EXIT_TIME_LIMIT
+    elif result.stopped.is_power_off:
         click.echo(f"pvtime: {image}: the guest powered off (PSCI SYSTEM_OFF) without an exit status", err=True)
-        sys.exit(0)
-    click.echo(f"pvtime: {image}: VM stopped: {result.stopped}", err=True)
-    sys.exit(125)
+        code = EXIT_OK
+    else:
+        click.echo(f"pvtime: {image}: VM stopped: {result.stopped}", err=True)
+        code = EXIT_VM_FAILED
+    if as_json:
+        click.echo(Answer(code, guest_exit_status=result.exit_status, data={
+            "image": str(image), "stopped": None if result.stopped is None else str(result.stopped),
+            "time_limit_reached": result.stopped is None, "virtual_ns": result.virtual_ns,
+            "console": result.console.decode("utf-8", "replace"),
+            "vcpus": [{"vcpu": v.vcpu, "instructions": v.instructions, "run_delay_ns": v.run_delay_ns,
+                       "record_steal_ns": v.record_steal_ns} for v in result.vcpus]}).to_json())
+    sys.exit(code)
 
 
 @main.group("linux")
@@ -273,20 +427,20 @@ LINUX_CONSOLE_ARGS = "console=ttyAMA0"
 
 @linux_group.command("run")
 @click.option("--kernel", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="an arm64 Image (raw or gzipped); default: the packaged Linux 6.1 kernel")
+              help="an arm64 Image (raw or gzipped)  [default: the packaged Linux 6.1 kernel]")
 @click.option("--initrd", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="a newc cpio initramfs (gzipped or not); default: the packaged one, whose /init keeps "
-                   "every CPU busy for pvtime.busy_ms and prints /proc/stat before and after")
+              help="a newc cpio initramfs, gzipped or not  [default: the packaged one, whose /init keeps every "
+                   "CPU busy for pvtime.busy_ms and prints /proc/stat before and after]")
 @click.option("--append", "append", default="", help=f"kernel command line, after {LINUX_CONSOLE_ARGS!r}")
-@click.option("--vcpus", type=click.IntRange(1, 8), default=1, show_default=True,
-              help="vCPUs (a GICv2 serves at most 8)")
-@click.option("--host-cpus", type=click.IntRange(1, 256), default=1, show_default=True,
+@click.option("--vcpus", type=Integer(1, 8), default=1, show_default=True,
+              help="the VM's vCPUs (a GICv2 serves at most 8)")
+@click.option("--host-cpus", type=Integer(1, 256), default=1, show_default=True,
               help="host CPUs; fewer than --vcpus makes the vCPU threads wait (steal)")
-@click.option("--memory", "memory_mib", type=click.IntRange(16, 4096), default=128, show_default=True,
+@click.option("--memory", "memory_mib", type=Integer(16, 4096), default=128, show_default=True,
               help="guest RAM in MiB, at 0x40000000")
 @click.option("--time-limit", "time_limit_s", type=click.FloatRange(min=0, min_open=True), default=30.0,
               show_default=True, help="virtual seconds before the run is abandoned (exit 124)")
-@click.option("--mips", type=click.IntRange(1, 100_000), default=1000, show_default=True,
+@click.option("--mips", type=Integer(1, 100_000), default=1000, show_default=True,
               help="guest speed: millions of instructions per virtual second")
 @click.option("--stats", is_flag=True,
               help="print per vCPU the host's truth (run_delay since PV_TIME_ST) and the record to stderr")
@@ -295,11 +449,9 @@ def linux_run(kernel: Path | None, initrd: Path | None, append: str, vcpus: int,
     """Boot Linux with its console on stdout; exit 0 when it powers off (PSCI SYSTEM_OFF).
 
     The machine is QEMU virt's layout with a vGICv2, PSCI over HVC and PV time; the VMM passes a
-    device tree in x0 as the arm64 boot protocol says. 124 when --time-limit passes first; 125
-    when the VM fails (the reason goes to stderr).
+    device tree in x0 as the arm64 boot protocol says. 124 when --time-limit passes first; 126
+    when the VM stops otherwise (the reason goes to stderr); 125 when pvtime cannot boot it.
     """
-    import sys
-
     from pvtime.sim.guest_run import GuestRunOptions, run_guest
     from pvtime.vmm.arm64_image import ImageError
     from pvtime.vmm.images import linux_image
@@ -312,28 +464,27 @@ def linux_run(kernel: Path | None, initrd: Path | None, append: str, vcpus: int,
         out.flush()
 
     try:
-        boot = LinuxBoot.from_files(kernel or linux_image("Image.gz"),
-                                    initrd or linux_image("initramfs.cpio.gz"),
+        boot = LinuxBoot.from_files(kernel or linux_image("Image.gz"), initrd or linux_image("initramfs.cpio.gz"),
                                     f"{LINUX_CONSOLE_ARGS} {append}".strip())
         options = GuestRunOptions(vcpus=vcpus, host_cpus=host_cpus, memory_mib=memory_mib,
                                   time_limit_ns=int(time_limit_s * 1e9), instructions_per_sec=mips * 1_000_000)
         result = run_guest(boot, options, console=console)
     except (ImageError, ValueError) as err:
-        raise click.ClickException(str(err)) from None
+        raise ToolError(str(err)) from None
     if stats:
         for v in result.vcpus:
             truth = "-" if v.host_steal_ns is None else f"{v.host_steal_ns} ns"
             click.echo(f"vcpu{v.vcpu}: {v.instructions} instructions, host run_delay since PV_TIME_ST {truth}, "
                        f"record steal {v.record_steal_ns} ns", err=True)
     if result.stopped is not None and result.stopped.is_power_off:
-        sys.exit(0)
+        sys.exit(EXIT_OK)
     if result.stopped is None:
         click.echo(f"pvtime: time limit of {time_limit_s:g} virtual s reached", err=True)
-        sys.exit(124)
+        sys.exit(EXIT_TIME_LIMIT)
     click.echo(f"pvtime: VM stopped: {result.stopped}", err=True)
-    for err in result.errors:
-        click.echo(f"pvtime: {err}", err=True)
-    sys.exit(125)
+    for error in result.errors:
+        click.echo(f"pvtime: {error}", err=True)
+    sys.exit(EXIT_VM_FAILED)
 
 
 def _calibrate_workloads(names: tuple[str, ...] = ()) -> tuple[Workload, ...]:
@@ -351,7 +502,7 @@ def _sched_choices(name: str) -> list[str]:
 
 
 @main.command("calibrate")
-@click.option("--runs", type=click.IntRange(1), default=None,
+@click.option("--runs", type=Integer(1), default=None,
               help="repetitions of each workload on the kernel, interleaved  [default: 5]")
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None,
               help="measurement window of each run  [default: 3]")
@@ -365,7 +516,7 @@ def _sched_choices(name: str) -> list[str]:
 @click.option("--preempt", type=click.Choice(_sched_choices("PREEMPT_MODES")), default=None,
               help="simulate this preemption mode  [default: the kernel's]")
 @click.option("--release", default=None, help="the kernel release to report (and choose the policy by)")
-@click.option("--cpus", "host_cpus", type=click.IntRange(1, 256), default=None,
+@click.option("--cpus", "host_cpus", type=Integer(1, 256), default=None,
               help="CPUs of the simulated host  [default: this machine's, or the recorded one's]")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="also write the kernel measurement and the comparison here (JSON)")
@@ -415,15 +566,11 @@ def calibrate_cmd(runs: int | None, seconds: float | None, workloads: tuple[str,
         except KeyError as exc:
             raise click.BadParameter(str(exc.args[0]), param_hint="--workload") from None
         except (cal.RecordingError, cal.KernelReadError, cal.RealRunError, ValueError) as exc:
-            raise click.ClickException(str(exc)) from None
+            raise ToolError(str(exc)) from None
     out.print(cal.render(result))
     if json_path is not None:
         try:
             json_path.write_text(json.dumps(result.to_dict(), indent=1) + "\n")
         except OSError as exc:
-            raise click.ClickException(f"{json_path}: {exc.strerror or exc}") from None
+            raise ToolError(f"{json_path}: {exc.strerror or exc}") from None
         err.print(f"written {json_path}", highlight=False)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,5 @@
+"""`python -m pvtime.cli`: the `pvtime` command."""
+
+from pvtime.cli import main
+
+main(prog_name="pvtime")
