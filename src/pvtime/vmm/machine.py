@@ -22,7 +22,9 @@ from pvtime.kvm import (
 )
 from pvtime.abi.uapi import REG_PC, reg_x
 from pvtime.kvm import SemihostingExit
+from pvtime.kvm.traps import reset_mpidr
 from pvtime.vmm import devices, semihosting
+from pvtime.vmm.devicetree import DeviceTreeSpec, virt_device_tree
 from pvtime.vmm.elf import LoadedImage, load_elf
 from pvtime.vmm.layout import QEMU_VIRT, Layout
 from pvtime.vmm.stop import StopReason
@@ -154,13 +156,29 @@ class Machine:
         if self.console_sink is not None:
             self.console_sink(data)
 
-    def load_elf(self, image: bytes | Path | str) -> LoadedImage:
-        """Place an AArch64 ELF in RAM; vCPU 0 starts at its entry, the others powered off (PSCI)."""
-        loaded = load_elf(image, self.ram, self.config.layout.ram_base)
+    def load_elf(self, image: bytes | Path | str, *, bootargs: str = "") -> LoadedImage:
+        """Place an AArch64 ELF in RAM, and the device tree at the start of RAM when it fits below
+        the image (where QEMU puts it for a bare-metal ELF: hw/arm/boot.c, arm_setup_direct_kernel_boot);
+        vCPU 0 starts at the ELF's entry with x0 = 0, the others powered off (PSCI). `bootargs` is
+        /chosen/bootargs."""
+        layout = self.config.layout
+        loaded = load_elf(image, self.ram, layout.ram_base)
         for vcpu in self.vcpus:
             vcpu.init(power_off=vcpu.id != 0)
+        dtb = self._device_tree(bootargs)
+        if layout.ram_base + len(dtb) <= min(s.gpa for s in loaded.segments):
+            self.ram[:len(dtb)] = dtb
         self.vcpus[0].set_one_reg(REG_PC, loaded.entry)
         return loaded
+
+    def _device_tree(self, bootargs: str = "") -> bytes:
+        """The DTB describing this machine: its RAM and vCPUs, PSCI over HVC, the timer, the PL011,
+        and no interrupt controller (the VM has no vGIC: the timer interrupt is line-level)."""
+        # KVM's reset_mpidr packing: what KVM_GET_ONE_REG(MPIDR_EL1) reads, which QEMU and kvmtool
+        # build their cpu nodes from (pvtime's vCPUs do not serve that register yet).
+        mpidrs = tuple(reset_mpidr(vcpu.id) for vcpu in self.vcpus)
+        return virt_device_tree(DeviceTreeSpec(mpidrs=mpidrs, ram_size=len(self.ram), layout=self.config.layout,
+                                               gic=None, bootargs=bootargs))
 
     def regions(self) -> list[tuple[int, int, memoryview]]:
         """(slot, guest address, buffer) of every memory region the VMM owns for this VM."""
