@@ -59,17 +59,16 @@
  *       evnti cpuN guest <e> programmed <e> cntkctl 0x<x>
  *   (`lpt` lines only under LPT; `before`/`after` are kernel clocksource reads around the EL0 task.)
  *
- * Exit status: 0 success; 10 SMCCC 1.1 not available (PSCI < 1.0, PSCI_FEATURES(SMCCC_VERSION)
- * not supported, or SMCCC_VERSION < 1.1); 11 ARCH_FEATURES(PV_TIME_FEATURES) != 0;
- * 12 PV_TIME_FEATURES(PV_TIME_ST) != 0; 13 PV_TIME_ST answered -1 on a vCPU; 14 a record has
- * revision or attributes != 0; 15 a vCPU could not be brought up; 16 a vCPU did not finish;
- * 17 the EL0 task did not come back; 70 unexpected exception (runtime).
+ * Without PV time (a probe step fails) the kernel runs on with a steal clock that reads 0, as
+ * Linux does, saying `minikernel: stolen time not available: <why> (got <value>); steal reads 0`.
+ * Every SMCCC and PSCI call goes through the device tree's conduit (rt_smccc).
+ *
+ * Exit status: 0 success; 13 PV_TIME_ST answered -1 on a vCPU; 14 a record has revision or
+ * attributes != 0; 15 a vCPU could not be brought up; 16 a vCPU did not finish; 17 the EL0 task
+ * did not come back; 70 unexpected exception (runtime).
  */
 #include "rt.h"
 
-#define EXIT_NO_SMCCC_1_1 10
-#define EXIT_NO_PV_TIME_FEATURES 11
-#define EXIT_NO_PV_TIME_ST_FEATURE 12
 #define EXIT_PV_TIME_ST_FAILED 13
 #define EXIT_BAD_RECORD 14
 #define EXIT_BRINGUP_FAILED 15
@@ -146,6 +145,9 @@ struct pcpu {
 } __attribute__((aligned(64)));
 
 static struct pcpu pcpus[RT_MAX_CPUS];
+
+/* Stolen time is offered (probe); otherwise steal reads 0 on every vCPU. */
+static int steal_clock;
 
 /* Shared start signal and schedule (written by vCPU 0 before `go`). */
 static volatile u64 go;
@@ -413,7 +415,7 @@ static int smccc_1_1(void)
 		return 0;
 	if (rt_psci_features(SMCCC_VERSION) == PSCI_RET_NOT_SUPPORTED)
 		return 0;
-	return (s32)rt_hvc(SMCCC_VERSION, 0, 0, 0).a0 >= (s32)SMCCC_VERSION_1_1;
+	return (s32)rt_smccc(SMCCC_VERSION, 0, 0, 0).a0 >= (s32)SMCCC_VERSION_1_1;
 }
 
 /* LptClock.probe: 1 when the PV counter is in use. */
@@ -421,11 +423,11 @@ static int lpt_probe(void)
 {
 	if (!smccc_1_1())
 		return 0;
-	if (rt_hvc(SMCCC_ARCH_FEATURES, SMCCC_PV_TIME_FEATURES, 0, 0).a0 != SMCCC_RET_SUCCESS)
+	if (rt_smccc(SMCCC_ARCH_FEATURES, SMCCC_PV_TIME_FEATURES, 0, 0).a0 != SMCCC_RET_SUCCESS)
 		return 0;
-	if (rt_hvc(SMCCC_PV_TIME_FEATURES, SMCCC_PV_TIME_LPT, 0, 0).a0 != SMCCC_RET_SUCCESS)
+	if (rt_smccc(SMCCC_PV_TIME_FEATURES, SMCCC_PV_TIME_LPT, 0, 0).a0 != SMCCC_RET_SUCCESS)
 		return 0;
-	u64 ipa = rt_hvc(SMCCC_PV_TIME_LPT, 0, 0, 0).a0;
+	u64 ipa = rt_smccc(SMCCC_PV_TIME_LPT, 0, 0, 0).a0;
 	if ((s64)ipa < 0)
 		return 0;
 	lpt_rec = (const volatile struct lpt_record *)(uptr)ipa;
@@ -452,7 +454,7 @@ static void clock_init(void)
 
 static int stolen_time_cpu_online(struct pcpu *pc)
 {
-	struct rt_smccc_res res = rt_hvc(SMCCC_PV_TIME_ST, 0, 0, 0);
+	struct rt_smccc_res res = rt_smccc(SMCCC_PV_TIME_ST, 0, 0, 0);
 	if (res.a0 == SMCCC_RET_NOT_SUPPORTED)
 		return EXIT_PV_TIME_ST_FAILED;
 	u64 ipa = res.a0;
@@ -605,7 +607,7 @@ void secondary_main(u64 ctx)
 	(void)ctx;
 	struct pcpu *pc = &pcpus[rt_cpu_id()];
 	clock_cpu_init(pc);
-	rt_store_release_u64(&pc->online, (u64)stolen_time_cpu_online(pc));
+	rt_store_release_u64(&pc->online, steal_clock ? (u64)stolen_time_cpu_online(pc) : ONLINE_OK);
 	run(pc);
 	/* returning powers this vCPU off */
 }
@@ -714,34 +716,35 @@ static int el0_counter_test(struct pcpu *pc)
 /* ------------------------------------------------------------------------------------------ */
 /* vCPU 0                                                                                       */
 
-static int fail(int status, const char *why, u64 value)
+/* PV time is absent: the kernel runs on without a steal clock, as Linux does. */
+static int absent(const char *why, u64 value)
 {
-	rt_printf("minikernel: probe failed: %s (got 0x%lx)\n", why, value);
-	return status;
+	rt_printf("minikernel: stolen time not available: %s (got 0x%lx); steal reads 0\n", why,
+		  value);
+	return 0;
 }
 
+/* has_pv_steal_clock: 1 when stolen time may be used. */
 static int probe(void)
 {
 	u32 psci = rt_psci_version();
 	if ((psci >> 16) < 1 || psci == 0xffffffffu)
-		return fail(EXIT_NO_SMCCC_1_1, "PSCI_VERSION < 1.0, SMCCC_VERSION not discoverable",
-			    psci);
+		return absent("PSCI_VERSION < 1.0, SMCCC_VERSION not discoverable", psci);
 	s32 feat = rt_psci_features(SMCCC_VERSION);
 	if (feat == PSCI_RET_NOT_SUPPORTED)
-		return fail(EXIT_NO_SMCCC_1_1, "PSCI_FEATURES(SMCCC_VERSION) not supported",
-			    (u64)(s64)feat);
-	s32 ver = (s32)rt_hvc(SMCCC_VERSION, 0, 0, 0).a0;
+		return absent("PSCI_FEATURES(SMCCC_VERSION) not supported", (u64)(s64)feat);
+	s32 ver = (s32)rt_smccc(SMCCC_VERSION, 0, 0, 0).a0;
 	if (ver < (s32)SMCCC_VERSION_1_1)
-		return fail(EXIT_NO_SMCCC_1_1, "SMCCC_VERSION < 1.1", (u64)(s64)ver);
-	u64 r = rt_hvc(SMCCC_ARCH_FEATURES, SMCCC_PV_TIME_FEATURES, 0, 0).a0;
+		return absent("SMCCC_VERSION < 1.1", (u64)(s64)ver);
+	u64 r = rt_smccc(SMCCC_ARCH_FEATURES, SMCCC_PV_TIME_FEATURES, 0, 0).a0;
 	if (r != SMCCC_RET_SUCCESS)
-		return fail(EXIT_NO_PV_TIME_FEATURES, "ARCH_FEATURES(PV_TIME_FEATURES) != 0", r);
-	r = rt_hvc(SMCCC_PV_TIME_FEATURES, SMCCC_PV_TIME_ST, 0, 0).a0;
+		return absent("ARCH_FEATURES(PV_TIME_FEATURES) != 0", r);
+	r = rt_smccc(SMCCC_PV_TIME_FEATURES, SMCCC_PV_TIME_ST, 0, 0).a0;
 	if (r != SMCCC_RET_SUCCESS)
-		return fail(EXIT_NO_PV_TIME_ST_FEATURE, "PV_TIME_FEATURES(PV_TIME_ST) != 0", r);
+		return absent("PV_TIME_FEATURES(PV_TIME_ST) != 0", r);
 	rt_printf("minikernel: stolen time supported (PSCI %u.%u, SMCCC 0x%x)\n", psci >> 16,
 		  psci & 0xffff, (unsigned)ver);
-	return 0;
+	return 1;
 }
 
 static const char *online_error(u64 status)
@@ -765,13 +768,11 @@ static void print_stat_line(const char *name, const u64 *ns)
 int main(void)
 {
 	clock_init(); /* the boot CPU picks the clocksource first, as the Python guest does */
-	int status = probe();
-	if (status)
-		return status;
+	steal_clock = probe();
 
 	struct pcpu *pc0 = &pcpus[0];
 	clock_cpu_init(pc0);
-	u64 online = (u64)stolen_time_cpu_online(pc0);
+	u64 online = steal_clock ? (u64)stolen_time_cpu_online(pc0) : ONLINE_OK;
 	if (online != ONLINE_OK) {
 		rt_printf("minikernel: cpu0 online failed: %s\n", online_error(online));
 		return (int)online;
@@ -840,7 +841,7 @@ int main(void)
 			  cpu, pcpus[cpu].ticks, pcpus[cpu].spurious_irqs,
 			  pcpus[cpu].last_steal_clock);
 
-	status = el0_counter_test(pc0);
+	int status = el0_counter_test(pc0);
 	if (status)
 		return status;
 	rt_printf("clocksource %s freq %lu\n", lpt ? "pv_lpt_counter" : "arch_sys_counter", clock_freq);

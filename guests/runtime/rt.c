@@ -1,4 +1,5 @@
 /* pvtime guest runtime: console, semihosting, PSCI, timer, exceptions, locks (see rt.h). */
+#include "gic.h"
 #include "rt.h"
 
 /* Per-vCPU stacks; not cleared (link.ld puts .stacks outside .bss). */
@@ -44,34 +45,52 @@ usize strlen(const char *s)
 /* ------------------------------------------------------------------------------------------ */
 /* Semihosting and power                                                                        */
 
+/* Per vCPU: 1 while an instruction that may UNDEF runs, 2 once the vector caught one. */
+static volatile u64 undef_state[RT_MAX_CPUS];
+#define UNDEF_ARMED 1
+#define UNDEF_CAUGHT 2
+
+void rt_undef_arm(void) { undef_state[rt_cpu_id()] = UNDEF_ARMED; }
+
+int rt_undef_disarm(void)
+{
+	unsigned cpu = rt_cpu_id();
+	u64 state = undef_state[cpu];
+	undef_state[cpu] = 0;
+	return state == UNDEF_CAUGHT;
+}
+
 void rt_exit(int status)
 {
 	/* AArch64 semihosting: x1 points to {reason, subcode}. */
 	volatile u64 block[2];
 	block[0] = SEMIHOST_ADP_STOPPED_APPLICATION_EXIT;
 	block[1] = (u64)(s64)status;
+	rt_undef_arm(); /* HLT UNDEFs where no debugger or hypervisor serves semihosting */
 	rt_semihost(SEMIHOST_SYS_EXIT_EXTENDED, (u64)(uptr)block);
-	/* No semihosting: power off instead (the status is lost). */
+	rt_undef_disarm();
+	/* No semihosting: say the status, and power off. */
+	rt_printf_unlocked("EXIT: %d\n", status);
 	rt_psci_system_off();
 }
 
 void rt_psci_cpu_off(void)
 {
-	rt_hvc(PSCI_CPU_OFF, 0, 0, 0);
+	rt_smccc(PSCI_CPU_OFF, 0, 0, 0);
 	for (;;)
 		__asm__ volatile("msr daifset, #0xf\n\twfi" ::: "memory");
 }
 
 void rt_psci_system_off(void)
 {
-	rt_hvc(PSCI_SYSTEM_OFF, 0, 0, 0);
+	rt_smccc(PSCI_SYSTEM_OFF, 0, 0, 0);
 	for (;;)
 		__asm__ volatile("msr daifset, #0xf\n\twfi" ::: "memory");
 }
 
 void rt_psci_system_reset(void)
 {
-	rt_hvc(PSCI_SYSTEM_RESET, 0, 0, 0);
+	rt_smccc(PSCI_SYSTEM_RESET, 0, 0, 0);
 	for (;;)
 		__asm__ volatile("msr daifset, #0xf\n\twfi" ::: "memory");
 }
@@ -93,12 +112,42 @@ unsigned rt_probe_cpus(void)
 
 static struct rt_lock console_lock;
 
+/* PL011 (Arm DDI 0183): UARTDR, and UARTFR.TXFF while the transmit FIFO is full. */
+#define PL011_DR 0x00
+#define PL011_FR 0x18
+#define PL011_FR_TXFF (1u << 5)
+/* 16550: THR (register 0) and LSR.THRE (register 5), registers 1 << reg-shift bytes apart. */
+#define NS16550_THR 0
+#define NS16550_LSR 5
+#define NS16550_LSR_THRE (1u << 5)
+
+static u32 ns16550_read(unsigned reg)
+{
+	uptr addr = (uptr)rt_plat.uart_base + (reg << rt_plat.uart_shift);
+	return rt_plat.uart_width == 4 ? *(volatile u32 *)addr : *(volatile u8 *)addr;
+}
+
+static void ns16550_write(unsigned reg, u8 v)
+{
+	uptr addr = (uptr)rt_plat.uart_base + (reg << rt_plat.uart_shift);
+	if (rt_plat.uart_width == 4)
+		*(volatile u32 *)addr = v;
+	else
+		*(volatile u8 *)addr = v;
+}
+
 void rt_putc(char c)
 {
-	volatile u32 *uart = (volatile u32 *)RT_UART_BASE;
-	while (uart[RT_UART_FR / 4] & RT_UART_FR_TXFF)
+	if (rt_plat.uart == RT_UART_NS16550) {
+		while (!(ns16550_read(NS16550_LSR) & NS16550_LSR_THRE))
+			;
+		ns16550_write(NS16550_THR, (u8)c);
+		return;
+	}
+	volatile u32 *uart = (volatile u32 *)(uptr)rt_plat.uart_base;
+	while (uart[PL011_FR / 4] & PL011_FR_TXFF)
 		;
-	uart[RT_UART_DR / 4] = (u8)c;
+	uart[PL011_DR / 4] = (u8)c;
 }
 
 void rt_puts(const char *s)
@@ -325,19 +374,63 @@ void rt_set_sync_handler(rt_sync_handler_fn fn)
 
 /* Saved SP_EL1 of each vCPU's rt_el0_call (start.S). */
 u64 rt_el0_saved_sp[RT_MAX_CPUS];
+/* Per vCPU: the IAR value + 1 of the GIC interrupt being handled (0: none). */
+static volatile u64 irq_active[RT_MAX_CPUS];
 
-static const char *const vec_kind[4] = {"synchronous", "IRQ", "FIQ", "SError"};
-static const char *const vec_from[4] = {"EL1h", "EL1t", "lower EL (AArch64)",
-					"lower EL (AArch32)"};
+/* Names by character arrays, not pointer tables: the image runs wherever it is loaded. */
+static const char vec_kind[4][12] = {"synchronous", "IRQ", "FIQ", "SError"};
+static const char vec_from[4][20] = {"EL1h", "EL1t", "lower EL (AArch64)", "lower EL (AArch32)"};
+
+/* An interrupt through the GIC: acknowledge, the handler for the virtual timer, end it. */
+static int gic_irq(struct rt_frame *f)
+{
+	unsigned cpu = rt_cpu_id();
+	u32 iar = rt_gic_ack();
+	u32 intid = rt_gic_intid(iar);
+	if (intid >= RT_GIC_SPECIAL_FIRST)
+		return 1; /* nothing pending any more */
+	if (intid != rt_plat.vtimer_intid || !irq_handler) {
+		rt_gic_eoi(iar);
+		return 0;
+	}
+	irq_active[cpu] = (u64)iar + 1;
+	irq_handler(f);
+	irq_active[cpu] = 0;
+	rt_gic_eoi(iar);
+	return 1;
+}
+
+__attribute__((noreturn)) void rt_el0_resume(u64 value); /* start.S */
+
+void rt_el0_exit(u64 value)
+{
+	unsigned cpu = rt_cpu_id();
+	u64 active = irq_active[cpu];
+	if (active) { /* the handler of this interrupt never returns: end it here */
+		irq_active[cpu] = 0;
+		rt_gic_eoi((u32)(active - 1));
+	}
+	rt_el0_resume(value);
+}
 
 void rt_exception(u64 kind, struct rt_frame *f);
 void rt_exception(u64 kind, struct rt_frame *f)
 {
-	if ((kind == RT_VEC_IRQ || kind == RT_VEC_IRQ + 8) && irq_handler) {
-		irq_handler(f);
-		return;
+	if (kind == RT_VEC_IRQ || kind == RT_VEC_IRQ + 8) {
+		if (rt_plat.gic != RT_GIC_NONE) {
+			if (gic_irq(f))
+				return;
+		} else if (irq_handler) {
+			irq_handler(f);
+			return;
+		}
 	}
 	u64 esr = rt_read_sysreg(esr_el1);
+	if (kind == RT_VEC_SYNC && RT_ESR_EC(esr) == 0 && undef_state[rt_cpu_id()] == UNDEF_ARMED) {
+		undef_state[rt_cpu_id()] = UNDEF_CAUGHT; /* an UNDEF the caller expected */
+		f->elr += 4;
+		return;
+	}
 	if ((kind & 3) == RT_VEC_SYNC && kind < 12 && sync_handler && sync_handler(kind, esr, f))
 		return;
 	u64 far = rt_read_sysreg(far_el1);
@@ -353,12 +446,21 @@ void rt_exception(u64 kind, struct rt_frame *f)
 /* ------------------------------------------------------------------------------------------ */
 /* Entry from start.S                                                                           */
 
-void rt_primary_start(void);
-void rt_primary_start(void) { rt_exit(main()); }
+void rt_platform_init(u64 x0, u64 image_start); /* platform.c */
+
+/* vCPU 0: x0 as the loader left it (the device tree of an Image boot), where the image runs. */
+void rt_primary_start(u64 x0, u64 image_start);
+void rt_primary_start(u64 x0, u64 image_start)
+{
+	rt_platform_init(x0, image_start);
+	rt_gic_init();
+	rt_exit(main());
+}
 
 void rt_secondary_start(u64 ctx);
 void rt_secondary_start(u64 ctx)
 {
+	rt_gic_cpu_init();
 	secondary_main(ctx);
 	rt_psci_cpu_off();
 }

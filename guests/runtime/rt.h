@@ -1,9 +1,11 @@
 /*
  * pvtime guest runtime: the small bare-metal layer the AArch64 guest programs are built on.
  *
- * Machine contract (see guests/README.md): QEMU "virt"-like, RAM at 0x40000000, PL011 at
- * 0x09000000, PSCI and SMCCC over HVC, Arm semihosting with HLT #0xF000, the generic timer's
- * virtual timer delivered as a plain IRQ (no GIC).
+ * Machine contract (see guests/README.md): the platform is read from the device tree (x0 when
+ * booted as an arm64 Image, else the start of QEMU virt's RAM, else QEMU virt's defaults): the
+ * memory, the PSCI conduit (HVC or SMC), the GIC (v2 or v3; none: pvtime's line-level virtual
+ * timer interrupt), the timer PPIs and the console (PL011 or 16550). Exit through Arm
+ * semihosting where it exists, else `EXIT: <status>` and PSCI SYSTEM_OFF.
  *
  * The MMU stays off, so every data access is Device-nGnRnE: the code is built with
  * -mstrict-align and -mgeneral-regs-only, and cross-CPU coordination uses only plain aligned
@@ -34,12 +36,49 @@ typedef unsigned __int128 u128; /* products and the 128-by-64 division below */
 #define WRITE_ONCE(x, v) (*(volatile __typeof__(x) *)&(x) = (v))
 
 /* ------------------------------------------------------------------------------------------ */
-/* Machine addresses                                                                            */
+/* The platform, as the device tree describes it (platform.c)                                   */
 
-#define RT_UART_BASE 0x09000000UL
-#define RT_UART_DR 0x00
-#define RT_UART_FR 0x18
-#define RT_UART_FR_TXFF (1u << 5)
+#define RT_MAX_MEM_RANGES 8
+#define RT_MAX_RSV_RANGES 16
+#define RT_MAX_GICR_REGIONS 4
+#define RT_BOOTARGS_MAX 256
+
+enum rt_gic_kind { RT_GIC_NONE, RT_GIC_V2, RT_GIC_V3 };
+enum rt_uart_kind { RT_UART_PL011, RT_UART_NS16550 };
+enum rt_dtb_source { RT_DTB_NONE, RT_DTB_X0, RT_DTB_RAM_START };
+
+struct rt_range {
+	u64 base, size;
+};
+
+struct rt_platform {
+	u64 dtb;        /* the device tree's address; 0: none found, QEMU virt defaults */
+	u32 dtb_source; /* enum rt_dtb_source */
+	u32 nmem, nrsv;
+	struct rt_range mem[RT_MAX_MEM_RANGES]; /* memory nodes (default: QEMU virt's RAM window) */
+	struct rt_range rsv[RT_MAX_RSV_RANGES]; /* /reserved-memory children and /memreserve/ */
+	u32 psci_smc;   /* the PSCI node's method: 1 smc, 0 hvc (also the SMCCC conduit) */
+	u32 gic;        /* enum rt_gic_kind; RT_GIC_NONE: the timer is a plain IRQ (pvtime) */
+	u64 gicd;       /* distributor */
+	u64 gicc;       /* GICv2 CPU interface */
+	u32 ngicr;      /* GICv3 redistributor regions */
+	struct rt_range gicr[RT_MAX_GICR_REGIONS];
+	u32 vtimer_intid; /* the virtual timer's interrupt (a PPI: 16 + the DT's number) */
+	u32 uart;       /* enum rt_uart_kind */
+	u64 uart_base;
+	u32 uart_shift, uart_width; /* 16550: reg-shift, reg-io-width (1 or 4 bytes) */
+	u32 ncpus;      /* cpu nodes in the tree (0: none; count with AFFINITY_INFO) */
+	u64 cpu_mpidr[RT_MAX_CPUS]; /* their MPIDR affinity, the boot CPU first, then DT order */
+	char bootargs[RT_BOOTARGS_MAX]; /* /chosen/bootargs (truncated), NUL-terminated */
+};
+
+/* Filled by vCPU 0 before main() runs (read-only afterwards). */
+extern struct rt_platform rt_plat;
+
+/* Is `word` one of the whitespace-separated words of /chosen/bootargs? */
+int rt_bootarg(const char *word);
+/* Where the device tree came from: "x0", "start of RAM" or "none (QEMU virt defaults)". */
+const char *rt_dtb_source_name(void);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Program interface: provided by each program.                                                 */
@@ -147,8 +186,20 @@ static inline struct rt_smccc_res rt_smc_imm1(u64 fid, u64 a1, u64 a2, u64 a3)
 {
 	return RT_SMCCC_CALL("smc #1", fid, a1, a2, a3);
 }
+/* An SMCCC call through the platform's conduit (the PSCI node's method), as Linux makes them. */
+static inline struct rt_smccc_res rt_smccc(u64 fid, u64 a1, u64 a2, u64 a3)
+{
+	return rt_plat.psci_smc ? rt_smc(fid, a1, a2, a3) : rt_hvc(fid, a1, a2, a3);
+}
 
-typedef struct rt_smccc_res (*rt_conduit_fn)(u64 fid, u64 a1, u64 a2, u64 a3);
+/*
+ * Instructions that may be UNDEFINED here (an HVC or SMC with nothing behind it, semihosting's
+ * HLT): between rt_undef_arm() and rt_undef_disarm() an UNDEF exception on this vCPU is caught
+ * by the runtime's vector, which skips the instruction (its registers are left as they were);
+ * rt_undef_disarm() returns 1 if that happened.
+ */
+void rt_undef_arm(void);
+int rt_undef_disarm(void);
 
 /* SMCCC function ids and return codes (REFERENCE section 1). */
 #define SMCCC_VERSION 0x80000000u
@@ -163,7 +214,7 @@ typedef struct rt_smccc_res (*rt_conduit_fn)(u64 fid, u64 a1, u64 a2, u64 a3);
 #define SMCCC_RET_INVALID_PARAMETER ((u64)-3)
 
 /* ------------------------------------------------------------------------------------------ */
-/* PSCI (over HVC)                                                                              */
+/* PSCI (through the conduit the device tree names)                                             */
 
 #define PSCI_VERSION 0x84000000u
 #define PSCI_CPU_OFF 0x84000002u
@@ -188,15 +239,15 @@ typedef struct rt_smccc_res (*rt_conduit_fn)(u64 fid, u64 a1, u64 a2, u64 a3);
 #define PSCI_AFFINITY_OFF 1
 #define PSCI_AFFINITY_ON_PENDING 2
 
-static inline u32 rt_psci_version(void) { return (u32)rt_hvc(PSCI_VERSION, 0, 0, 0).a0; }
-static inline s32 rt_psci_features(u32 fid) { return (s32)rt_hvc(PSCI_FEATURES, fid, 0, 0).a0; }
+static inline u32 rt_psci_version(void) { return (u32)rt_smccc(PSCI_VERSION, 0, 0, 0).a0; }
+static inline s32 rt_psci_features(u32 fid) { return (s32)rt_smccc(PSCI_FEATURES, fid, 0, 0).a0; }
 static inline s64 rt_psci_cpu_on(u64 target_mpidr, void *entry, u64 ctx)
 {
-	return (s64)rt_hvc(PSCI_CPU_ON, target_mpidr, (u64)(uptr)entry, ctx).a0;
+	return (s64)rt_smccc(PSCI_CPU_ON, target_mpidr, (u64)(uptr)entry, ctx).a0;
 }
 static inline s64 rt_psci_affinity_info(u64 target_mpidr, u32 level)
 {
-	return (s64)rt_hvc(PSCI_AFFINITY_INFO, target_mpidr, level, 0).a0;
+	return (s64)rt_smccc(PSCI_AFFINITY_INFO, target_mpidr, level, 0).a0;
 }
 __attribute__((noreturn)) void rt_psci_cpu_off(void);
 __attribute__((noreturn)) void rt_psci_system_off(void);
@@ -227,7 +278,9 @@ static inline u64 rt_semihost(u64 op, u64 param)
 	return x0;
 }
 
-/* Exit the whole machine with `status` (SYS_EXIT_EXTENDED, ApplicationExit, subcode = status). */
+/* Exit the whole machine with `status`: semihosting SYS_EXIT_EXTENDED (ApplicationExit, subcode =
+ * status); where semihosting is absent (HLT UNDEFs) or returns, print `EXIT: <status>` and power
+ * off with PSCI SYSTEM_OFF. */
 __attribute__((noreturn)) void rt_exit(int status);
 
 /* Exit status used by the runtime when a CPU takes an unexpected exception. */
@@ -236,9 +289,10 @@ __attribute__((noreturn)) void rt_exit(int status);
 /* ------------------------------------------------------------------------------------------ */
 /* Console                                                                                      */
 
+/* The console is the device tree's stdout-path (else its first PL011 or 16550 UART). */
 void rt_putc(char c);
 void rt_puts(const char *s); /* no newline added */
-/* printf over the PL011: %d %i %u %x %X %p %s %c %%, length l/ll/z, flags '0' '-', width. The
+/* printf over the console: %d %i %u %x %X %p %s %c %%, length l/ll/z, flags '0' '-', width. The
  * whole line is emitted under the console lock so lines from different CPUs do not mix. */
 __attribute__((format(printf, 1, 2))) int rt_printf(const char *fmt, ...);
 /* The same without the lock (the fatal-exception path). */
@@ -320,8 +374,11 @@ struct rt_frame {
 	u64 spsr;
 };
 
-/* Called on an IRQ taken from EL1h (VBAR_EL1 + 0x280) or from EL0 (+ 0x480), with IRQs masked.
- * NULL: fatal. `frame->spsr` tells which (M[3:0] == 0: from EL0). */
+/* Called on the virtual timer's interrupt taken from EL1h (VBAR_EL1 + 0x280) or from EL0
+ * (+ 0x480), with IRQs masked. NULL: fatal. `frame->spsr` tells which (M[3:0] == 0: from EL0).
+ * With a GIC the runtime acknowledges the interrupt before and ends it (EOI) after the handler;
+ * without one the handler is the whole story (pvtime's line-level timer). The handler must
+ * deassert the timer (a later CVAL, or disable it). */
 typedef void (*rt_irq_handler_fn)(struct rt_frame *frame);
 void rt_set_irq_handler(rt_irq_handler_fn fn);
 
@@ -351,7 +408,7 @@ void rt_set_sync_handler(rt_sync_handler_fn fn);
  */
 u64 rt_el0_call(void (*fn)(u64), u64 arg, void *sp_el0);
 /* From an exception handler (EL1h, any depth): abandon the exception and the EL0 code, and make
- * this vCPU's rt_el0_call return `value`. */
+ * this vCPU's rt_el0_call return `value` (an interrupt being handled is ended first). */
 __attribute__((noreturn)) void rt_el0_exit(u64 value);
 
 /* ------------------------------------------------------------------------------------------ */

@@ -1,11 +1,18 @@
 /*
  * Start-up and exception vectors.
  *
- * vCPU 0 enters at _start (EL1h, MMU off, DAIF masked, x0 = 0); the other vCPUs enter at
- * rt_secondary_entry through PSCI CPU_ON (x0 = context id). Each vCPU takes the stack
- * rt_stacks[index] (its vCPU index, decoded from MPIDR_EL1 as rt_mpidr_to_cpu does) and points
- * VBAR_EL1 at rt_vectors; vCPU 0 alone clears .bss (before it starts any other vCPU) and calls
- * rt_primary_start, the others call rt_secondary_start(context id).
+ * The image begins with an arm64 Image header (Linux's Documentation/arch/arm64/booting.rst),
+ * so one build boots both as an ELF (entry _start, the header's first word: a branch) and as a
+ * raw Image. The code is position-independent (every address is PC-relative: adrp/add, adr,
+ * branches; guests/build.py checks it by linking twice), so an Image runs wherever the loader
+ * puts it: 2 MiB-aligned base + text_offset (0), e.g. at 0x80000000 under kvmtool and Firecracker.
+ *
+ * vCPU 0 enters at _start (EL1h, MMU off, DAIF masked; x0 = the device tree for an Image, 0 for
+ * an ELF under QEMU or pvtime); the other vCPUs enter at rt_secondary_entry through PSCI CPU_ON
+ * (x0 = context id). Each vCPU takes the stack rt_stacks[index] (its vCPU index, decoded from
+ * MPIDR_EL1 as rt_mpidr_to_cpu does) and points VBAR_EL1 at rt_vectors; vCPU 0 alone clears .bss
+ * (before it starts any other vCPU) and calls rt_primary_start(x0 at entry, image start), the
+ * others call rt_secondary_start(context id).
  */
 #include "rt_config.h"
 
@@ -26,10 +33,23 @@
 	orr	\xd, \xd, \tmp, lsl #4
 	.endm
 
+/* Image header flags: little-endian (bit 0 clear), 4 KiB pages (bits 2:1 = 1), and the
+ * 2 MiB-aligned base may be anywhere in physical memory (bit 3). */
+#define RT_IMAGE_FLAGS ((1 << 1) | (1 << 3))
+
 	.section .text.boot, "ax"
 	.global _start
 	.type _start, %function
 _start:
+	b	rt_image_entry		/* code0 */
+	.long	0			/* code1 */
+	.quad	0			/* text_offset */
+	.quad	__image_size		/* image_size: from here to the end of .bss and the stacks */
+	.quad	RT_IMAGE_FLAGS		/* flags */
+	.quad	0, 0, 0			/* res2, res3, res4 */
+	.ascii	"ARM\x64"		/* magic */
+	.long	0			/* res5 (no PE header) */
+rt_image_entry:
 	msr	daifset, #0xf
 	mov	x19, x0
 	mov	x20, #1
@@ -75,6 +95,9 @@ rt_common_entry:
 	str	xzr, [x2], #8
 	b	1b
 3:	dsb	sy
+	mov	x0, x19
+	adrp	x1, __image_start
+	add	x1, x1, :lo12:__image_start
 	bl	rt_primary_start
 	b	rt_park
 2:	mov	x0, x19
@@ -90,7 +113,8 @@ rt_park:
 /* EL0 calls (rt.h): rt_el0_call(fn, arg, sp_el0) saves the callee-saved registers, LR and DAIF
  * on the EL1 stack, records SP_EL1 in rt_el0_saved_sp[vCPU index] and ERETs to fn(arg) at EL0t
  * with DAIF clear. An exception taken from EL0 pushes its frame below that save area; its
- * handler calls rt_el0_exit(value), which drops everything below the save area and returns from
+ * handler calls rt_el0_exit(value) (rt.c), which ends an interrupt in progress and calls
+ * rt_el0_resume(value): that drops everything below the save area and returns from
  * rt_el0_call with `value`.                                                                   */
 
 	.section .text, "ax"
@@ -119,9 +143,9 @@ rt_el0_call:
 	eret
 	.size rt_el0_call, . - rt_el0_call
 
-	.global rt_el0_exit
-	.type rt_el0_exit, %function
-rt_el0_exit:
+	.global rt_el0_resume
+	.type rt_el0_resume, %function
+rt_el0_resume:
 	RT_CPU_INDEX x9, x10, rt_park
 	adrp	x10, rt_el0_saved_sp
 	add	x10, x10, :lo12:rt_el0_saved_sp
@@ -137,7 +161,7 @@ rt_el0_exit:
 	add	sp, sp, #112
 	msr	daif, x9
 	ret
-	.size rt_el0_exit, . - rt_el0_exit
+	.size rt_el0_resume, . - rt_el0_resume
 
 /* ---------------------------------------------------------------------------------------- */
 /* Vector table: every entry saves a struct rt_frame and calls rt_exception(kind, frame).   */

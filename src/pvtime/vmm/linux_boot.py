@@ -6,18 +6,15 @@ registers set through KVM_SET_ONE_REG. The rules of placement are `arm64_image`'
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pvtime.abi import sysregs
-from pvtime.abi.uapi import REG_PC, reg_x, sysreg
+from pvtime.abi.uapi import REG_PC, reg_x
 from pvtime.kvm import Vcpu
 from pvtime.vmm.arm64_image import Arm64Image, BootLayout, ImageError, plan
-from pvtime.vmm.devicetree import DeviceTreeSpec, TimerPpis, virt_device_tree
-from pvtime.vmm.layout import GicV2Layout, Layout
-
-KVM_REG_MPIDR = sysreg(*sysregs.MPIDR_EL1)
-
+from pvtime.vmm.devicetree import DeviceTreeSpec, virt_device_tree
 
 @dataclass(frozen=True)
 class LinuxBoot:
@@ -38,27 +35,22 @@ class LinuxBoot:
         return cls(read(kernel, "kernel"), None if initrd is None else read(initrd, "initramfs"), bootargs)
 
 
-def load_linux(ram: memoryview, layout: Layout, vcpus: list[Vcpu], boot: LinuxBoot, *,
-               gic: GicV2Layout | None, timers: TimerPpis | None = None) -> BootLayout:
-    """Place `boot` in `ram` (guest RAM at `layout.ram_base`) and reset the vCPUs: vCPU 0 at the
-    kernel's entry with x0 = the device tree, the others powered off for PSCI CPU_ON.
-
-    The cpu nodes carry each vCPU's MPIDR read with KVM_GET_ONE_REG, as QEMU builds them.
+def load_linux(ram: memoryview, vcpus: list[Vcpu], boot: LinuxBoot,
+               device_tree: Callable[[str, tuple[int, int] | None], DeviceTreeSpec]) -> BootLayout:
+    """Place `boot` in `ram` and reset the vCPUs: vCPU 0 at the kernel's entry with x0 = the device
+    tree, the others powered off for PSCI CPU_ON. `device_tree(bootargs, initrd)` says what the
+    machine's tree describes (the VMM reads it through the KVM API once the vCPUs are reset).
     """
     image = Arm64Image.parse(boot.kernel)
     for vcpu in vcpus:
         vcpu.init(power_off=vcpu.id != 0)
     initrd = boot.initrd or b""
-    mpidrs = tuple(vcpu.get_one_reg(KVM_REG_MPIDR) for vcpu in vcpus)
-
-    def tree(initrd_range: tuple[int, int] | None) -> bytes:
-        return virt_device_tree(DeviceTreeSpec(mpidrs=mpidrs, ram_size=len(ram), layout=layout, gic=gic,
-                                               timers=timers or TimerPpis(), bootargs=boot.bootargs,
-                                               initrd=initrd_range))
-
+    spec = device_tree(boot.bootargs, None)
+    layout = spec.layout
     # The tree's size does not depend on where the initramfs goes (its addresses are fixed-width).
-    where = plan(image, layout.ram_base, len(ram), initrd_size=len(initrd), dtb_size=len(tree((0, 0))))
-    dtb = tree(where.initrd if boot.initrd is not None else None)
+    probe = virt_device_tree(dataclasses.replace(spec, initrd=(0, 0)))
+    where = plan(image, layout.ram_base, len(ram), initrd_size=len(initrd), dtb_size=len(probe))
+    dtb = virt_device_tree(dataclasses.replace(spec, initrd=where.initrd if boot.initrd is not None else None))
     base = layout.ram_base
     ram[where.kernel - base:where.kernel - base + len(image.data)] = image.data
     if where.initrd is not None:

@@ -14,7 +14,7 @@ from pvtime.abi.uapi import (
     KVM_ARM_VM_PVTIME_LPT_FREQ, KVM_ARM_VM_PVTIME_LPT_IPA, KVM_CAP_STEAL_TIME, KVM_ARM_IRQ_TYPE_SPI,
     KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_IRQ_PTIMER, KVM_ARM_VCPU_TIMER_IRQ_VTIMER,
     KVM_DEV_ARM_VGIC_CTRL_INIT, KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_DEV_TYPE_ARM_VGIC_V2,
-    KVM_VGIC_V2_ADDR_TYPE_CPU, KVM_VGIC_V2_ADDR_TYPE_DIST, VGIC_V2_MAX_CPUS, kvm_arm_irq,
+    KVM_VGIC_V2_ADDR_TYPE_CPU, KVM_VGIC_V2_ADDR_TYPE_DIST, VGIC_V2_MAX_CPUS, KVM_REG_ARM_MPIDR_EL1, kvm_arm_irq,
 )
 from pvtime.cpu import CpuBackend, CpuFactory, CpuKind, create_cpu
 from pvtime.cpu.model import ModelCpu
@@ -30,7 +30,7 @@ from pvtime.vmm import devices, semihosting
 from pvtime.vmm.elf import LoadedImage, load_elf
 from pvtime.vmm import linux_boot
 from pvtime.vmm.arm64_image import BootLayout
-from pvtime.vmm.devicetree import SPI_BASE, TimerPpis
+from pvtime.vmm.devicetree import SPI_BASE, DeviceTreeSpec, TimerPpis, virt_device_tree
 from pvtime.vmm.layout import QEMU_VIRT, QEMU_VIRT_GIC, Layout
 from pvtime.vmm.linux_boot import LinuxBoot
 from pvtime.vmm.stop import StopReason
@@ -181,22 +181,38 @@ class Machine:
         if self.console_sink is not None:
             self.console_sink(data)
 
-    def load_elf(self, image: bytes | Path | str) -> LoadedImage:
-        """Place an AArch64 ELF in RAM; vCPU 0 starts at its entry, the others powered off (PSCI)."""
-        loaded = load_elf(image, self.ram, self.config.layout.ram_base)
+    def load_elf(self, image: bytes | Path | str, *, bootargs: str = "") -> LoadedImage:
+        """Place an AArch64 ELF in RAM, and the device tree at the start of RAM when it fits below
+        the image (where QEMU puts it for a bare-metal ELF: hw/arm/boot.c, arm_setup_direct_kernel_boot);
+        vCPU 0 starts at the ELF's entry with x0 = 0, the others powered off (PSCI). `bootargs` is
+        /chosen/bootargs."""
+        layout = self.config.layout
+        loaded = load_elf(image, self.ram, layout.ram_base)
         for vcpu in self.vcpus:
             vcpu.init(power_off=vcpu.id != 0)
+        dtb = virt_device_tree(self.device_tree(bootargs))
+        if layout.ram_base + len(dtb) <= min(s.gpa for s in loaded.segments):
+            self.ram[:len(dtb)] = dtb
         self.vcpus[0].set_one_reg(REG_PC, loaded.entry)
         return loaded
 
-    def load_linux(self, boot: LinuxBoot) -> BootLayout:
-        """Boot a Linux kernel: the Image, its initramfs and a device tree describing this machine
-        (a GIC node only with a vGIC) in RAM; vCPU 0 at the kernel's entry, the others off for PSCI."""
+    def device_tree(self, bootargs: str = "", initrd: tuple[int, int] | None = None) -> DeviceTreeSpec:
+        """What the machine's device tree describes: its RAM, its vCPUs by the MPIDR each reads
+        through KVM_GET_ONE_REG (as QEMU and kvmtool build their cpu nodes), PSCI over HVC, the
+        timer PPIs the vCPU timer attributes name, the PL011, and the GIC only with a vGIC (else
+        the timer interrupt is line-level)."""
         vcpu0 = self.vcpus[0]
         timers = TimerPpis(vtimer=vcpu0.get_device_attr(KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_IRQ_VTIMER),
                            ptimer=vcpu0.get_device_attr(KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_IRQ_PTIMER))
-        return linux_boot.load_linux(self.ram, self.config.layout, self.vcpus, boot,
-                                     gic=QEMU_VIRT_GIC if self.gic is not None else None, timers=timers)
+        mpidrs = tuple(vcpu.get_one_reg(KVM_REG_ARM_MPIDR_EL1) for vcpu in self.vcpus)
+        return DeviceTreeSpec(mpidrs=mpidrs, ram_size=len(self.ram), layout=self.config.layout,
+                              gic=QEMU_VIRT_GIC if self.gic is not None else None, timers=timers,
+                              bootargs=bootargs, initrd=initrd)
+
+    def load_linux(self, boot: LinuxBoot) -> BootLayout:
+        """Boot a Linux kernel: the Image, its initramfs and this machine's device tree in RAM;
+        vCPU 0 at the kernel's entry with x0 = the tree, the others off for PSCI."""
+        return linux_boot.load_linux(self.ram, self.vcpus, boot, self.device_tree)
 
     def regions(self) -> list[tuple[int, int, memoryview]]:
         """(slot, guest address, buffer) of every memory region the VMM owns for this VM."""
