@@ -13,7 +13,8 @@ from pvtime.sim.migration import LinkSpec, MigrationDriver
 from pvtime.sim.observe import Carried, HypercallObserver, VcpuBody, VcpuProbe, VmState
 from pvtime.sim.recorder import Recorder, StealProbe
 from pvtime.sim.scenario import (
-    ElfGuestSpec, MigrationSpec, ModelGuestSpec, Scenario, VmSpec, elf_image, elf_image_path,
+    ElfGuestSpec, LinuxGuestSpec, MigrationSpec, ModelGuestSpec, Scenario, VmSpec, elf_image, elf_image_path,
+    linux_boot,
 )
 from pvtime.vmm import Machine, MachineConfig, Placement, VcpuThread, build_machine, start_vcpu_threads
 
@@ -113,6 +114,11 @@ def build_vm(world: World, index: int, vs: VmSpec) -> SimVm:
         config.instructions_per_sec = guest.instructions_per_sec
         state.image = guest.image if guest.image is not None else str(elf_image_path(guest, scenario.source))
         machine = build_machine(world.kvms[host.name], config, image=elf_image(guest, scenario.source))
+    elif isinstance(guest, LinuxGuestSpec):
+        config.instructions_per_sec = guest.instructions_per_sec
+        config.vgic = True
+        state.image = "linux" if guest.kernel is None else guest.kernel
+        machine = build_machine(world.kvms[host.name], config, linux=linux_boot(guest, scenario.source))
     else:
         assert isinstance(guest, ModelGuestSpec)
         workload = Workload(busy_ns=(guest.busy_us[0] * US, guest.busy_us[1] * US),

@@ -47,7 +47,7 @@ def collect(world: World, end_ns: int) -> RunResult:
             series[probe.key] = recorder.series(probe.key)
     tasks = [TaskRow(h.name, t.name, t.tid, world.kinds.get((h.name, t.tid), "noise"), *t.schedstat())
              for h in hosts for t in h.tasks]
-    vm_rows = [VmRow(vm.host.name, vm.spec.name, "model" if vm.kernel is not None else f"elf:{vm.state.image}",
+    vm_rows = [VmRow(vm.host.name, vm.spec.name, "model" if vm.kernel is not None else f"{vm.spec.guest.kind}:{vm.state.image}",
                      vm.machine.stopped,
                      vm.kernel.proc_stat() if vm.kernel is not None
                      else "\n".join(vm.state.console_stat(vm.machine).lines),

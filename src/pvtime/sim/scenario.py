@@ -18,19 +18,26 @@ from typing import Any
 from pydantic import ValidationError
 
 from pvtime.sim.scenario_schema import (
-    SCENARIO_FORMAT, ElfGuestSpec, GuestSpec, HostSpec, MigrationSpec, ModelGuestSpec, NoiseSpec, SchedSpec,
+    SCENARIO_FORMAT, ElfGuestSpec, GuestSpec, HostSpec, LinuxGuestSpec, MigrationSpec, ModelGuestSpec, NoiseSpec,
+    SchedSpec,
     ScenarioSpec, VmmThreadSpec, VmSpec,
 )
 from pvtime.sim.toml_lines import dotted, key_lines, last_line, line_of
 from pvtime.vmm.elf import ElfError, elf_layout
-from pvtime.vmm.images import has_minikernel_config, packaged_image, patch_minikernel
+from pvtime.abi.uapi import VGIC_V2_MAX_CPUS
+from pvtime.vmm.arm64_image import Arm64Image, ImageError, plan
+from pvtime.vmm.images import has_minikernel_config, linux_image, packaged_image, patch_minikernel
+from pvtime.vmm.linux_boot import LinuxBoot
 from pvtime.vmm.layout import QEMU_VIRT
 
+DTB_ROOM = 64 * 1024  # what a device tree is given when checking a Linux VM's RAM (it needs ~2 KiB)
+
 __all__ = [
-    "SCENARIO_FORMAT", "ElfGuestSpec", "GuestSpec", "HostSpec", "Issue", "MigrationRoute", "MigrationSpec",
+    "SCENARIO_FORMAT", "ElfGuestSpec", "GuestSpec", "HostSpec", "Issue", "LinuxGuestSpec", "MigrationRoute",
+    "MigrationSpec",
     "ModelGuestSpec", "NoiseSpec", "SchedSpec", "Scenario", "ScenarioError", "ScenarioSpec", "VmSpec",
     "VmmThreadSpec", "elf_image", "elf_image_path", "embedded_names", "embedded_text", "late_migrations", "load",
-    "migration_routes", "packaged_image", "parse",
+    "linux_boot", "migration_routes", "packaged_image", "parse",
 ]
 
 
@@ -149,7 +156,7 @@ def _without_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     """Drop the discriminator tag pydantic inserts in a tagged union's path (guest.model.x)."""
     out: list[Any] = []
     for i, part in enumerate(loc):
-        if i > 0 and loc[i - 1] == "guest" and part in ("model", "elf"):
+        if i > 0 and loc[i - 1] == "guest" and part in ("model", "elf", "linux"):
             continue
         out.append(part)
     return tuple(out)
@@ -161,10 +168,24 @@ def elf_image_path(guest: ElfGuestSpec, source: str) -> Path:
     if guest.image is not None:
         return packaged_image(guest.image)
     assert guest.path is not None
-    path = Path(guest.path).expanduser()
-    if path.is_absolute() or source.startswith("embedded:") or source.startswith("<"):
-        return path
-    return Path(source).parent / path
+    return scenario_path(guest.path, source)
+
+
+def scenario_path(path: str, source: str) -> Path:
+    """A file a scenario names: relative to the scenario file (to the working directory for an
+    embedded scenario, which has no folder)."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or source.startswith("embedded:") or source.startswith("<"):
+        return p
+    return Path(source).parent / p
+
+
+def linux_boot(guest: LinuxGuestSpec, source: str) -> LinuxBoot:
+    """The kernel, initramfs and command line a Linux VM boots (ImageError naming a file that
+    cannot be read)."""
+    kernel = scenario_path(guest.kernel, source) if guest.kernel is not None else linux_image("Image.gz")
+    initrd = scenario_path(guest.initrd, source) if guest.initrd is not None else linux_image("initramfs.cpio.gz")
+    return LinuxBoot.from_files(kernel, initrd, guest.bootargs())
 
 
 def elf_image(guest: ElfGuestSpec, source: str) -> bytes:
@@ -236,6 +257,8 @@ def _cross_checks(spec: ScenarioSpec, source: str) -> list[tuple[tuple[Any, ...]
         g = vm.guest
         if isinstance(g, ElfGuestSpec):
             out += [(("vm", i, "guest", *loc), msg) for loc, msg in _elf_checks(g, vm, source)]
+        if isinstance(g, LinuxGuestSpec):
+            out += [(("vm", i, *loc), msg) for loc, msg in _linux_checks(g, vm, source)]
     return out
 
 
@@ -309,6 +332,28 @@ def _sched_checks(sched: SchedSpec) -> list[tuple[tuple[Any, ...], str]]:
     if sched.policy == "cfs" and sched.preempt == "lazy":
         out.append((("preempt",), "lazy preemption came with Linux 6.13; CFS is Linux <= 6.5"))
     return out
+
+
+def _linux_checks(g: LinuxGuestSpec, vm: VmSpec, source: str) -> list[tuple[tuple[Any, ...], str]]:
+    """A GICv2 serves 8 vCPUs; the kernel and initramfs can be read, the kernel is an arm64
+    Image, and both fit the VM's RAM with a device tree."""
+    if vm.vcpus > VGIC_V2_MAX_CPUS:
+        return [(("vcpus",), f"a Linux guest runs on a GICv2, which serves at most {VGIC_V2_MAX_CPUS} vCPUs")]
+    kernel = ("guest", "kernel") if g.kernel is not None else ("guest", "kind")
+    try:
+        boot = linux_boot(g, source)
+    except ImageError as err:
+        return [(("guest", "initrd") if str(err).startswith("initramfs") else kernel, str(err))]
+    try:
+        image = Arm64Image.parse(boot.kernel)
+    except ImageError as err:
+        return [(kernel, str(err))]
+    try:
+        plan(image, QEMU_VIRT.ram_base, vm.memory_mib << 20, initrd_size=len(boot.initrd or b""),
+             dtb_size=DTB_ROOM)
+    except ImageError as err:
+        return [(("memory_mib",), str(err))]
+    return []
 
 
 def _elf_checks(g: ElfGuestSpec, vm: VmSpec, source: str) -> list[tuple[tuple[Any, ...], str]]:

@@ -112,7 +112,28 @@ class ElfGuestSpec(_Strict):
         return {k: v for k in ("duration_ms", "busy_ms", "idle_ms") if (v := getattr(self, k)) is not None}
 
 
-GuestSpec = Annotated[ModelGuestSpec | ElfGuestSpec, Field(discriminator="kind")]
+class LinuxGuestSpec(_Strict):
+    """A Linux arm64 kernel on the unicorn CPU backend, on a machine with a vGICv2 (so at most 8
+    vCPUs): the packaged Linux 6.1 kernel and initramfs, or your own files (paths relative to the
+    scenario file). The packaged /init keeps every CPU busy for `busy_ms`, prints /proc/stat before
+    and after, and powers off; the table shows the steal of the last /proc/stat it printed.
+    """
+
+    kind: Literal["linux"]
+    cpu: ClassVar[CpuKind] = CpuKind.UNICORN
+    kernel: str | None = None  # an arm64 Image, raw or gzipped (default: the packaged one)
+    initrd: str | None = None  # a newc cpio, gzipped or not (default: the packaged one)
+    append: str = ""  # kernel command line, after console=ttyAMA0
+    busy_ms: int | None = Field(None, gt=0, le=3_600_000)  # the packaged /init's pvtime.busy_ms
+    instructions_per_sec: int = Field(1_000_000_000, ge=1_000, le=100_000_000_000)
+
+    def bootargs(self) -> str:
+        """The kernel command line the VMM passes."""
+        busy = f"pvtime.busy_ms={self.busy_ms}" if self.busy_ms is not None else ""
+        return " ".join(a for a in ("console=ttyAMA0", busy, self.append) if a)
+
+
+GuestSpec = Annotated[ModelGuestSpec | ElfGuestSpec | LinuxGuestSpec, Field(discriminator="kind")]
 
 
 class VmmThreadSpec(_Strict):

@@ -110,8 +110,8 @@ def patch_minikernel(data: bytes, *, duration_ms: int | None = None, busy_ms: in
 
 # --- what the guests print -----------------------------------------------------------------------
 
-_CPU_LINE = re.compile(r"^cpu(\d+) +(\d+(?: +\d+)*) *$", re.M)
-_AGG_LINE = re.compile(r"^cpu +\d+(?: +\d+)* *$", re.M)
+_CPU_LINE = re.compile(r"^cpu(\d+) +(\d+(?: +\d+)*) *\r?$", re.M)  # a tty ends lines with \r\n
+_AGG_LINE = re.compile(r"^cpu +\d+(?: +\d+)* *\r?$", re.M)
 _STEAL_NS_LINE = re.compile(r"^steal_ns cpu(\d+) (\d+) *$", re.M)
 PROC_STAT_STEAL = 7  # index of steal in a /proc/stat cpu line (user nice system idle iowait irq softirq steal ...)
 
