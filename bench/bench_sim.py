@@ -57,8 +57,7 @@ QUICK_CASES = [(4, 500), (64, 100)]
 class SimpyCore:
     """The host's EventCore on a simpy.Environment (same ordering: time, priority, insertion).
 
-    `next_after` reports the public events (kept in a heap of their own, as the own loop does)
-    and the end of the current run.
+    `next_after` reports the public events (kept in a heap of their own, as the own loop does).
     """
 
     def __init__(self) -> None:
@@ -71,7 +70,6 @@ class SimpyCore:
         self._next_after = heap_next_after
         self._public: list[tuple[int, int]] = []
         self._seq = 0
-        self._until = 0
         self.processed = 0
 
     @property
@@ -95,17 +93,13 @@ class SimpyCore:
             heapq.heappush(self._public, (time_ns, self._seq))
 
     def run(self, until_ns: int) -> None:
-        self._until = until_ns
         if until_ns > self.env.now:
             self.env.run(until=until_ns)
 
     def next_after(self, time_ns: int) -> int | None:
         while self._public and self._public[0][0] < self.now:
             heapq.heappop(self._public)
-        best = self._next_after(self._public, time_ns)
-        if self._until > time_ns and (best is None or self._until < best):
-            return self._until
-        return best
+        return self._next_after(self._public, time_ns)
 
 
 def _core(name: str) -> Any:

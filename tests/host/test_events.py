@@ -19,3 +19,18 @@ def test_order_and_until() -> None:
     assert loop.now == 20 and loop.pending() == 1
     with pytest.raises(ValueError, match="past"):
         loop.at(19, PRIO_CPU, lambda: None)
+
+
+def test_the_end_of_a_run_is_no_event() -> None:
+    # A scheduler bounds its segments by next_after: where a caller stops the loop must not be
+    # a bound (it would be a decision point that depends on how the run is observed).
+    loop = EventLoop()
+    seen: list[int | None] = []
+    loop.at(2, PRIO_CPU, lambda: seen.append(loop.next_after(2)))
+    loop.at(7, PRIO_CPU, lambda: None, private=True)  # a CPU's own business: not reported
+    loop.at(10, PRIO_WAKE, lambda: None)
+    loop.run(5)
+    assert seen == [10]
+    assert loop.next_after(5) == 10
+    loop.run(11)
+    assert loop.next_after(11) is None

@@ -37,13 +37,13 @@ class EventCore(Protocol):
         ...
 
     def run(self, until_ns: int) -> None:
-        """Process every event before `until_ns`; afterwards `now` is `until_ns`."""
+        """Process every event before `until_ns`; afterwards `now` is `until_ns`. Where a run
+        stops is the caller's business, not the simulation's: nothing else depends on it."""
         ...
 
     def next_after(self, time_ns: int) -> int | None:
-        """The earliest time later than `time_ns` at which something public happens: a pending
-        event not posted as private, or the end of the current `run` (time stops there: nothing
-        may be simulated past it)."""
+        """The earliest time later than `time_ns` at which a pending event not posted as private
+        happens (None: none is pending)."""
         ...
 
 
@@ -55,7 +55,6 @@ class EventLoop:
         self._seq = 0
         self._heap: list[tuple[int, int, int, Callable[[], None]]] = []
         self._public: list[tuple[int, int]] = []  # (time, seq) of the events not posted private
-        self._until = 0  # where the current run() stops
         self.processed = 0  # events run so far (for benchmarks and progress)
 
     @property
@@ -76,7 +75,6 @@ class EventLoop:
         """Run every event before `until_ns`, in order; then stand at `until_ns`."""
         heap = self._heap
         pop = heapq.heappop
-        self._until = until_ns
         n = 0
         while heap and heap[0][0] < until_ns:
             time_ns, _, _, fn = pop(heap)
@@ -87,15 +85,12 @@ class EventLoop:
         self._now = max(self._now, until_ns)
 
     def next_after(self, time_ns: int) -> int | None:
-        """The earliest pending event time later than `time_ns` (events at `time_ns` skipped),
-        or the end of the current run if that comes first."""
+        """The earliest pending public event time later than `time_ns` (events at `time_ns`
+        skipped)."""
         public = self._public
         while public and public[0][0] < self._now:  # processed: events run in time order
             heapq.heappop(public)
-        best = heap_next_after(public, time_ns)
-        if self._until > time_ns and (best is None or self._until < best):
-            return self._until
-        return best
+        return heap_next_after(public, time_ns)
 
     def pending(self) -> int:
         """Events not yet processed."""

@@ -13,12 +13,13 @@ How time advances. A task's body executes synchronously, ahead of the event loop
 ticks of all CPUs are aligned), a timed wake-up of a task that went to sleep on that CPU (its
 timer fires there, so the wake-up lands there or on an idle CPU), the end of a polling task's
 slice, any public event on the core (a VMM action, a migration step, a task starting later:
-these bound every CPU), the end of the current `EventCore.run`, and the end of the run. Events of
-one instant are processed in order -- wake-ups, CPU clocks (ticks, segment ends), then each
-CPU's scheduling decision followed by its task's execution -- so a decision sees the wake-ups and
-ticks of its instant. A body
-that wakes another task (PSCI CPU_ON) ends its segment at that instant, so the wake-up is
-processed at its exact time and lands on the waker's CPU, an idle one, or the task's previous CPU.
+these bound every CPU), and the end of the run (`end_ns`). Where a caller stops the event loop
+(`EventCore.run` in steps, for a progress display or a sample) bounds nothing: it would be a
+decision point Linux does not have. Events of one instant are processed in order -- wake-ups,
+CPU clocks (ticks, segment ends), then each CPU's scheduling decision followed by its task's
+execution -- so a decision sees the wake-ups and ticks of its instant. A body that wakes another
+task (PSCI CPU_ON) ends its segment at that instant, so the wake-up is processed at its exact time
+and lands on the waker's CPU, an idle one, or the task's previous CPU.
 
 In that last case the previous CPU may be busy with a segment already simulated past the
 wake-up: guest code executed cannot be undone. The wake-up is still queued at its exact time

@@ -10,7 +10,7 @@ from pvtime.host import CpuHog, EventCore, Host, PeriodicBurst, Scheduler, Task,
 from pvtime.host.events import PRIO_WAKE
 from pvtime.kvm import Kvm
 from pvtime.sim.migration import LinkSpec, MigrationDriver
-from pvtime.sim.observe import Carried, HypercallObserver, VcpuBody, VcpuProbe, VmState
+from pvtime.sim.observe import HypercallObserver, VcpuBody, VcpuProbe, VmState
 from pvtime.sim.recorder import Recorder, StealProbe
 from pvtime.sim.scenario import (
     ElfGuestSpec, LinuxGuestSpec, MigrationSpec, ModelGuestSpec, Scenario, VmSpec, elf_image, elf_image_path,
@@ -68,18 +68,22 @@ class World:
         self.scheds[host.name].add(task, body, nice=nice, cpus=cpus)
         return task
 
-    def register(self, host: Host, task: Task, kind: str, probe: StealProbe | None = None) -> None:
-        self.recorder.register(host, task, kind, probe)
+    def register(self, host: Host, task: Task, kind: str, probe: StealProbe | None = None, *,
+                 at_ns: int | None = None) -> None:
+        self.recorder.register(host, task, kind, probe, at_ns=at_ns)
         self.kinds[(host.name, task.tid)] = kind
 
 
-def build(scenario: Scenario, core: EventCore, *, max_segment_ns: int | None = None) -> World:
-    """The hosts, VMs, noise and planned migrations of `scenario`, on the event core `core`."""
+def build(scenario: Scenario, core: EventCore, *, max_segment_ns: int | None = None,
+          end_ns: int | None = None) -> World:
+    """The hosts, VMs, noise and planned migrations of `scenario`, on the event core `core`; the
+    schedulers end at `end_ns` (default: the scenario's end)."""
     spec = scenario.spec
     duration = spec.duration_ms * MS
     hosts = [Host(h.counter_hz, ncpus=h.cpus, schedstats=h.schedstats, name=h.name) for h in spec.host]
     recorder = Recorder(hosts, duration, spec.sample_ms * MS, trace=spec.trace)
-    scheds = {host.name: Scheduler(host, core, hs.sched.config(), end_ns=duration, observer=recorder,
+    end = duration if end_ns is None else end_ns
+    scheds = {host.name: Scheduler(host, core, hs.sched.config(), end_ns=end, observer=recorder,
                                    max_segment_ns=max_segment_ns)
               for hs, host in zip(spec.host, hosts)}
     world = World(scenario, core, duration, hosts, scheds, {h.name: Kvm(h) for h in hosts}, recorder)
@@ -137,22 +141,24 @@ def build_vm(world: World, index: int, vs: VmSpec) -> SimVm:
 
 
 def start_vm_threads(world: World, vm: SimVm, *, start_ns: int | None = None,
-                     carried: dict[int, Carried] | None = None) -> list[VcpuThread]:
-    """Start `vm.machine`'s vCPU threads on `vm.host`, each observed by a steal probe; `carried`
-    is each vCPU's steal on the hosts it was migrated from."""
+                     migrated: tuple[dict[int, VcpuProbe], int] | None = None) -> list[VcpuThread]:
+    """Start `vm.machine`'s vCPU threads on `vm.host`, each observed by a steal probe; `migrated`
+    is the vCPUs' probes on the host the VM left, and when it switched over."""
     vs, host, state = vm.spec, vm.host, vm.state
     probes: dict[int, VcpuProbe] = {}
+    left, at = migrated if migrated is not None else ({}, None)
 
     def observed(thread: VcpuThread) -> VcpuBody:
-        probe = VcpuProbe(vs, thread, vm.kernel, state, host.name, (carried or {}).get(thread.vcpu.id, Carried()))
-        probes[thread.vcpu.id] = probe
-        return VcpuBody(thread, probe, state)
+        cpu = thread.vcpu.id
+        previous = None if at is None or cpu not in left else (left[cpu], at)
+        probe = probes[cpu] = VcpuProbe(vs, thread, vm.kernel, state, host.name, previous)
+        return VcpuBody(thread, probe, state, world.recorder.sample_ns)
 
     threads = start_vcpu_threads(vm.machine, host, world.scheds[host.name], start_ns=start_ns,
                                  placement=Placement(vs.nice, vs.cpus, vs.pin), body=observed)
     for thread in threads:
         assert thread.task is not None
-        world.register(host, thread.task, "vcpu", probes[thread.vcpu.id])
+        world.register(host, thread.task, "vcpu", probes[thread.vcpu.id], at_ns=at)
     state.probes = probes
     vm.machine.vm.subscribe_hypercalls(HypercallObserver(world.recorder, host, threads, probes))
     return threads
@@ -167,11 +173,11 @@ def plan_migration(world: World, ms: MigrationSpec) -> PlannedMigration:
     def start(machine: Machine, now: int) -> list[VcpuThread]:
         # The record travels in guest RAM, so the truth does too: each vCPU's steal on the
         # source (stopped now), plus what its new thread waits.
-        before = {cpu: probe.carried_over(now) for cpu, probe in vm.state.probes.items()}
+        left = dict(vm.state.probes)
         vm.state.console_before += bytes(vm.machine.console)
         vm.host, vm.machine = world.host(ms.to), machine
         vm.state.machine = machine
-        vm.threads = start_vm_threads(world, vm, carried=before)
+        vm.threads = start_vm_threads(world, vm, migrated=(left, now))
         return vm.threads
 
     def begin() -> None:

@@ -18,6 +18,7 @@ def collect(world: World, end_ns: int) -> RunResult:
     spec, recorder, hosts = world.scenario.spec, world.recorder, world.hosts
     rows: list[VcpuRow] = []
     series: dict[str, dict[str, np.ndarray]] = {}
+    times = recorder.grid(end_ns)
     for vm in world.vms:
         end = end_ns if vm.state.stopped_ns is None else min(end_ns, vm.state.stopped_ns)
         stat = vm.state.console_stat(vm.machine) if vm.kernel is None else None
@@ -44,7 +45,7 @@ def collect(world: World, end_ns: int) -> RunResult:
                 max(0, end - first_t), task.run_time_ns, task.timeslices, thread.vcpu.stats.loads,
                 total, note, host_wait_ns=reading.wait_ns, pv_time_st_calls=reading.pv_time_st_calls,
                 first_run_ns=first))
-            series[probe.key] = recorder.series(probe.key)
+            series[probe.key] = recorder.series(probe.key, times)
     tasks = [TaskRow(h.name, t.name, t.tid, world.kinds.get((h.name, t.tid), "noise"), *t.schedstat())
              for h in hosts for t in h.tasks]
     vm_rows = [VmRow(vm.host.name, vm.spec.name, "model" if vm.kernel is not None else f"{vm.spec.guest.kind}:{vm.state.image}",
@@ -65,7 +66,7 @@ def collect(world: World, end_ns: int) -> RunResult:
     }
     pids = {h.name: recorder.pid[h.name] for h in hosts}
     names = {(recorder.pid[h.name], t.tid): t.name for h in hosts for t in h.tasks}
-    grid = np.array(recorder.times, dtype=np.int64)
+    grid = np.array(times, dtype=np.int64)
     result = RunResult(spec, world.scenario.source, end_ns, rows, tasks, vm_rows, grid, series,
                        occupancy, recorder.events, pids, names, {h.name: h.ncpus for h in hosts}, stats)
     result.migrations = [_migration_row(m) for m in world.migrations]

@@ -113,9 +113,9 @@ class MigrationDriver:
 WATCH_LOG_OFFSET = 0x1000  # where the resident clock-watch guest keeps its log, from RAM base
 
 
-def _solo(host: Host) -> tuple[EventLoop, Scheduler]:
+def _solo(host: Host, end_ns: int = 1 << 62) -> tuple[EventLoop, Scheduler]:
     core = EventLoop()
-    return core, Scheduler(host, core)
+    return core, Scheduler(host, core, end_ns=end_ns)
 
 
 def watch_summary(machine: Machine) -> dict[str, object]:
@@ -166,9 +166,11 @@ def send_vm(address: tuple[str, int], *, native_hz: int, pv_hz: int | None, run_
         machine = build_machine(Kvm(host), MachineConfig(name, vcpus=vcpus, memory_mib=64, lpt_pv_hz=pv_hz,
                                                          cpu=CpuKind.UNICORN), image=image)
     threads = start_vcpu_threads(machine, host, sched)
-    core.run(run_ms * MS)
-    machine.pause()
-    at = max([core.now] + [t.last_ns for t in threads])
+    paused = run_ms * MS
+    # The VMM pauses the VM at run_ms: an event on the core, so no guest code runs past it.
+    core.at(paused, PRIO_WAKE, machine.pause)
+    core.run(paused + 1)
+    at = max([paused] + [t.last_ns for t in threads])
     sender = Sender(machine, f"{name}@{host.name}")
     part = sender.final(at)
     before = summary(machine)
@@ -194,7 +196,7 @@ def listen_vm(port: int, *, native_hz: int, run_ms: int, announce: Callable[[int
     sender connects within `accept_timeout` seconds, or when a read waits more than `timeout`.
     """
     host = Host(native_hz, name="dest")
-    core, sched = _solo(host)
+    core, sched = _solo(host, end_ns=run_ms * MS)
     kvm = Kvm(host)
     with socket.create_server(("127.0.0.1", port)) as server:
         announce(server.getsockname()[1])

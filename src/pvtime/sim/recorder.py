@@ -56,19 +56,19 @@ class StealReading:
 
 
 class StealProbe(Protocol):
-    """How to read one vCPU's steal (`sim.observe.VcpuProbe`); the latest probe registered under a
-    key is the vCPU's current one (a migration registers its new thread's)."""
+    """How to read one vCPU's steal (`sim.observe.VcpuProbe`) while its VM runs on one host; a
+    migration registers the probe of the vCPU's new thread under the same key."""
 
     key: str  # "vm/vcpuN"
 
     def read(self, now_ns: int) -> StealReading:
-        """The vCPU's steal at `now_ns` (the event loop has run every event before it)."""
+        """The vCPU's steal at `now_ns`, as a run stopped then reports it (read once the run is over)."""
         ...
 
 
 class Recorder:
-    """A `SchedObserver` that bins CPU time, samples each vCPU's steal at every sample time, and
-    keeps trace events."""
+    """A `SchedObserver` that bins CPU time, keeps each vCPU's steal probes (read at every sample
+    time once the run is over), and keeps trace events."""
 
     def __init__(self, hosts: list[Host], duration_ns: int, sample_ns: int, *, trace: bool) -> None:
         self.duration_ns = duration_ns
@@ -77,28 +77,30 @@ class Recorder:
         self.pid = {h.name: i + 1 for i, h in enumerate(hosts)}
         self.busy = {h.name: np.zeros((h.ncpus, len(CATEGORIES), self.nbins), dtype=np.int64) for h in hosts}
         self.category: dict[tuple[str, int], int] = {}
-        self.probes: dict[str, StealProbe] = {}  # "vm/vcpuN" -> its current probe
-        self.times: list[int] = []  # the sample times so far
-        self.readings: dict[str, list[StealReading]] = {}  # "vm/vcpuN" -> its reading at each sample
+        # "vm/vcpuN" -> its probes in the order they were registered, each with when (None: before the run)
+        self.probes: dict[str, list[tuple[int | None, StealProbe]]] = {}
         self.trace = trace
         self.events: list[dict[str, Any]] = []
         self.hypercalls = 0
 
-    def register(self, host: Host, task: Task, category: str, probe: StealProbe | None = None) -> None:
-        """Declare a task's category (and, for a vCPU thread, how to read its vCPU's steal)."""
+    def register(self, host: Host, task: Task, category: str, probe: StealProbe | None = None, *,
+                 at_ns: int | None = None) -> None:
+        """Declare a task's category (and, for a vCPU thread, how to read its vCPU's steal from
+        just after `at_ns` on: a migration's switch-over; None: from the start)."""
         self.category[(host.name, task.tid)] = CATEGORIES.index(category)
         if probe is not None:
-            self.probes[probe.key] = probe
+            self.probes.setdefault(probe.key, []).append((at_ns, probe))
 
     def grid(self, end_ns: int) -> list[int]:
         """The sample times of a run that ends at `end_ns`: 0, sample, 2 sample, ..., end."""
         return [*range(0, end_ns, self.sample_ns), end_ns]
 
-    def sample(self, now_ns: int) -> None:
-        """Read every vCPU's steal at `now_ns` (the event loop has run every event before it)."""
-        self.times.append(now_ns)
-        for key, probe in self.probes.items():
-            self.readings.setdefault(key, []).append(probe.read(now_ns))
+    def probe_at(self, key: str, t_ns: int) -> StealProbe:
+        """The probe that reads vCPU `key` at `t_ns` (the last one registered before it)."""
+        current = [probe for at, probe in self.probes[key] if at is None or at < t_ns]
+        if not current:
+            raise ValueError(f"{key} has no steal probe before {t_ns} ns")
+        return current[-1]
 
     # --- SchedObserver ---------------------------------------------------------------------
 
@@ -142,11 +144,10 @@ class Recorder:
 
     # --- results -------------------------------------------------------------------------
 
-    def series(self, key: str) -> dict[str, np.ndarray]:
-        """A vCPU's steal at every sample: `host` and `pv_time_st_calls`, then `STEAL_COLUMNS` as
+    def series(self, key: str, times: list[int]) -> dict[str, np.ndarray]:
+        """A vCPU's steal at each of `times`: `host` and `pv_time_st_calls`, then `STEAL_COLUMNS` as
         int64 masked arrays (masked: a gap, see `StealReading.series_values`)."""
-        readings = self.readings[key]
-        assert len(readings) == len(self.times), f"{key} was registered after the first sample"
+        readings = [self.probe_at(key, t).read(t) for t in times]
         values = [r.series_values() for r in readings]
         out: dict[str, np.ndarray] = {
             "host": np.array([r.host for r in readings], dtype=object),
