@@ -1,5 +1,7 @@
-"""Unicorn backend rates: hypercall and counter-read round trips from guest code, and guest
-instructions per second between traps as a ratio to bare unicorn on the same code (goal >= 0.8).
+"""Unicorn backend rates: hypercall and counter-read round trips from guest code, guest
+instructions per second between traps as a ratio to bare unicorn on the same code (goal >= 0.8),
+and guest instructions per second in code full of MRS the hypervisor does not trap (as Linux's
+`current` and per-CPU accesses are), with the native system-register filter and its Python twin.
 
 Run: ``python bench/bench_unicorn.py [--insns N] [--calls N] [--repeat R]``. Prints figures only.
 """
@@ -16,8 +18,7 @@ from unicorn import UC_ARCH_ARM64, UC_MODE_ARM, UC_PROT_ALL, Uc
 from unicorn import arm64_const as A
 
 from pvtime.abi.uapi import REG_PC, reg_x
-from pvtime.cpu import create_cpu
-from pvtime.cpu.unicorn import SYSREG_ACCESS_INSNS
+from pvtime.cpu.unicorn import SYSREG_ACCESS_INSNS, UnicornCpu
 from pvtime.host import Host
 from pvtime.kvm import HaltExit, Kvm
 
@@ -34,6 +35,14 @@ HVC_LOOP = bytes.fromhex("0000b0d2020000d4290500f1a1ffff547f2003d5")
 MRS_LOOP = bytes.fromhex("41e03bd5290500f1c1ffff547f2003d5")
 
 
+def untrapped_mrs_loop(every: int) -> bytes:
+    """1: mrs x1, tpidr_el1; add x2, x2, x1; (every - 4) x add x3, x3, x2; subs x0, x0, #1;
+    b.ne 1b; wfi -- one MRS the hypervisor does not trap in every `every` instructions."""
+    words = [0xD538D081, 0x8B010042, *[0x8B020063] * (every - 4), 0xF1000400,
+             0x5400_0001 | ((-(every - 1)) & 0x7FFFF) << 5, 0xD503207F]
+    return b"".join(w.to_bytes(4, "little") for w in words)
+
+
 def bare_unicorn(code: bytes, iterations: int) -> float:
     """Seconds for plain unicorn (no hooks) to run `code` with x0 = iterations, to its WFI."""
     uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
@@ -47,10 +56,11 @@ def bare_unicorn(code: bytes, iterations: int) -> float:
     return time.perf_counter() - start
 
 
-def under_hypervisor(code: bytes, counter_reg: int, iterations: int) -> tuple[float, int]:
-    """Seconds for one KVM_RUN of a unicorn vCPU to run `code` to its WFI; and the hypercalls made."""
+def under_hypervisor(code: bytes, counter_reg: int, iterations: int, native: bool | None = None) -> tuple[float, int]:
+    """Seconds for one KVM_RUN of a unicorn vCPU to run `code` to its WFI; and the hypercalls made.
+    `native`: the vCPU's hooks, as UnicornCpu takes it."""
     host = Host()
-    vm = Kvm(host).create_vm("bench", cpu=partial(create_cpu, "unicorn"))
+    vm = Kvm(host).create_vm("bench", cpu=partial(UnicornCpu, native=native))
     ram = bytearray(1 << 20)
     ram[:len(code)] = code
     vm.set_user_memory_region(0, RAM, len(ram), ram)
@@ -93,6 +103,21 @@ def main() -> None:
             ours = min(ours, under_hypervisor(code, 0, iters)[0])
         print(f"  {label}: bare unicorn {insns / bare / 1e6:7.1f} MIPS, unicorn vCPU under kvm "
               f"{insns / ours / 1e6:7.1f} MIPS, ratio {bare / ours:.2f} (goal >= 0.8)")
+
+    print("guest instructions with untrapped MRS (TPIDR_EL1) among them; the Python filter is what "
+          "PVTIME_NATIVE=0 runs:")
+    for every in (4, 32):
+        code = untrapped_mrs_loop(every)
+        iters = args.insns // every // 10
+        fast = slow = bare = float("inf")
+        for _ in range(args.repeat):
+            bare = min(bare, bare_unicorn(code, iters))
+            fast = min(fast, under_hypervisor(code, 0, iters)[0])
+            slow = min(slow, under_hypervisor(code, 0, max(iters // 50, 1), native=False)[0] * 50)
+        insns = iters * every
+        print(f"  one MRS in {every:2} instructions: bare unicorn {insns / bare / 1e6:7.1f} MIPS, vCPU with the "
+              f"native filter {insns / fast / 1e6:7.1f} MIPS, with the Python filter {insns / slow / 1e6:6.1f} "
+              f"MIPS (native/Python {slow / fast:.0f}x)")
 
     hvc = best(lambda: under_hypervisor(HVC_LOOP, 9, args.calls)[0], args.repeat)
     print(f"hypercall round trips from guest code (HVC SMCCC_VERSION): {args.calls / hvc / 1e3:8.1f} k/s "

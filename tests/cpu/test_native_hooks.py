@@ -3,9 +3,10 @@
 - the shared objects shipped in src/pvtime/native are exactly what native/ builds to, wherever
   the checkout is;
 - the block hook counts and stops as its docstring says, on both host architectures (each shared
-  object is run in unicorn, so CI on one architecture checks the other's too);
-- PVTIME_NATIVE=0 selects the Python twin, and it gives identical results: the unicorn tests pass
-  with it, and a minikernel run is byte for byte the same.
+  object is run in unicorn, so CI on one architecture checks the other's too; the system-register
+  filter's are in test_sysreg_filter.py);
+- PVTIME_NATIVE=0 selects the Python twins, and they give identical results: the unicorn tests
+  pass with them, and a minikernel run is byte for byte the same.
 
 After editing anything under native/, run `python native/build.py` and commit the shared objects
 with the sources.
@@ -137,15 +138,15 @@ def test_block_hook_counts_each_block_and_stops_the_engine_at_the_limit(arch: st
 def test_the_python_hook_runs_with_PVTIME_NATIVE_0_or_where_no_shared_object_fits(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(NATIVE_ENV, raising=False)
-    assert UnicornCpu(0).native_counter == (native_hook() is not None)
-    assert not UnicornCpu(0, native_counter=False).native_counter
+    assert UnicornCpu(0).native == (native_hook() is not None)
+    assert not UnicornCpu(0, native=False).native
     monkeypatch.setenv(NATIVE_ENV, "0")
-    assert not UnicornCpu(0).native_counter
+    assert not UnicornCpu(0).native
     monkeypatch.delenv(NATIVE_ENV)
     monkeypatch.setattr(platform, "machine", lambda: "riscv64")
-    assert not UnicornCpu(0).native_counter
+    assert not UnicornCpu(0).native
     with pytest.raises(RuntimeError, match="not available"):
-        UnicornCpu(0, native_counter=True)
+        UnicornCpu(0, native=True)
 
 
 def _run(args: list[str], native: str) -> subprocess.CompletedProcess[str]:
@@ -155,7 +156,9 @@ def _run(args: list[str], native: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_unicorn_tests_pass_with_the_python_hook() -> None:
-    result = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/cpu/test_unicorn.py"], native="0")
+    files = ["tests/cpu/test_unicorn.py", *(str(p.relative_to(REPO)) for p in sorted(
+        (REPO / "tests" / "cpu").glob("test_unicorn_*.py"))), "tests/cpu/test_sysreg_filter.py"]
+    result = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", *files], native="0")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 

@@ -414,7 +414,7 @@ def test_python_block_counter_gives_the_same_virtual_time_as_the_native_one() ->
     """)
     results = []
     for native in (None, False):
-        rig = Rig(program, cpu=lambda i, native=native: UnicornCpu(i, native_counter=native))
+        rig = Rig(program, cpu=lambda i, native=native: UnicornCpu(i, native=native))
         assert isinstance(rig.run(), HaltExit)
         results.append((rig.host.clock_ns, rig.cpus[0].instructions, rig.vcpus[0].get_one_reg(reg_x(3))))
     assert results[0] == results[1]

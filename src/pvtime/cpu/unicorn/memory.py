@@ -7,6 +7,16 @@ syndrome (`mmio_decode`), and an internal error otherwise. During an MMIO exit t
 at the access; the next run writes a read's data (given with `complete_mmio`) to the destination
 register and moves the PC past it (kvm_handle_mmio_return).
 
+Addresses: the engine hands the hooks guest-physical data addresses, but the PC is virtual once
+the guest turns its MMU on. So an instruction is read where the vCPU would fetch it (`fetch`:
+translated by the engine's MMU, as the vCPU is now), never at the PC taken as a physical address.
+
+Translation caches: each engine caches translations (its TLB) and translated code of its own,
+and sees only its own stores. A TLBI or IC on one vCPU must reach the others, as broadcast
+maintenance does on hardware: `invalidate_others` marks every other engine mapping the same RAM,
+and each drops its TLB or its translated code before it next runs (`sync`). The vCPUs run one at
+a time, so none runs in between.
+
 Dirty logging (KVM_MEM_LOG_DIRTY_PAGES) is KVM's stage-2 write protection: a logging slot is
 mapped read-only in the engine; the first store to a page stops the engine at the store, the page
 is marked dirty and made writable, and the store is retried. Reading the log (KVM_GET_DIRTY_LOG)
@@ -16,18 +26,31 @@ changes the slot's `log_generation`, and the next run protects it again.
 from __future__ import annotations
 
 import ctypes
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from unicorn import (
     UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_PROT, UC_MEM_WRITE_UNMAPPED, UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE, Uc,
 )
+from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TB_FLUSH, UC_CTL_TLB_FLUSH
+from unicorn.unicorn_py3.unicorn import uclib
 
 from pvtime.abi.uapi import PAGE_SIZE
+from pvtime.abi.widths import U64
 from pvtime.cpu.backend import GuestRegion, Stop, StopKind
 from pvtime.cpu.disasm import disassemble
 from pvtime.cpu.mmio_decode import MmioAccess, decode
 from pvtime.cpu.unicorn.registers import Registers
+
+
+# uc_vmem_translate (unicorn >= 2.1.2; the Python binding does not wrap it): VA -> PA through the
+# engine's MMU as the vCPU is now, for an access of the given kind; 0 on success.
+_vmem_translate = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
+                                   ctypes.POINTER(ctypes.c_uint64))(("uc_vmem_translate", uclib))
+
+# Every engine's memory, for `invalidate_others` (weak: an engine goes with its vCPU).
+_engines: weakref.WeakSet[GuestMemory] = weakref.WeakSet()
 
 
 @dataclass
@@ -54,19 +77,33 @@ class GuestMemory:
         # by `log_write` once the engine has stopped.
         self.wp_fault: tuple[GuestRegion, int, int] | None = None
         self._mmio: _PendingMmio | None = None
+        self._uch = uc._uch  # noqa: SLF001 - the engine handle, for the C API
+        self._pa = ctypes.c_uint64()
+        # The buffers this engine maps (by identity), and what it must drop before it runs next.
+        self._shared: frozenset[int] = frozenset()
+        self._stale_tlb = False
+        self._stale_code = False
+        _engines.add(self)
 
-    def read_word(self, addr: int) -> int | None:
-        """The 32-bit instruction word at a guest address, or None where nothing is mapped."""
-        for gpa, size, buf in self._ram:
-            off = addr - gpa
+    def read_word(self, gpa: int) -> int | None:
+        """The 32-bit word at a guest-physical address, or None where no RAM is mapped."""
+        for base, size, buf in self._ram:
+            off = gpa - base
             if 0 <= off <= size - 4:
                 return int.from_bytes(buf[off:off + 4], "little")
         return None
 
+    def fetch(self, va: int) -> int | None:
+        """The instruction word the vCPU fetches at virtual address `va` now (through its MMU when
+        it is on), or None where it cannot (no translation, or no RAM behind it)."""
+        if _vmem_translate(self._uch, va & U64, UC_PROT_EXEC, ctypes.byref(self._pa)):
+            return None
+        return self.read_word(self._pa.value)
+
     def fault_stop(self, pc: int, reason: str, word: int | None = None) -> Stop:
         """The stop of a vCPU that cannot go on at `pc`, naming the instruction there."""
         if word is None:
-            word = self.read_word(pc)
+            word = self.fetch(pc)
         text = disassemble(word, pc) if word is not None else "(no memory at the PC)"
         return Stop(StopKind.FAULT, pc=pc, instruction=text, reason=reason)
 
@@ -79,6 +116,12 @@ class GuestMemory:
         if wanted != self._mapped:
             self._map(slots, wanted)
         self._protect_logged(slots)
+        if self._stale_tlb:
+            self._uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+            self._stale_tlb = False
+        if self._stale_code:
+            self._uc.ctl(UC_CTL_TB_FLUSH, UC_CTL_IO_WRITE)
+            self._stale_code = False
 
     def _map(self, slots: list[GuestRegion], wanted: list[tuple[int, int, bool, int]]) -> None:
         uc = self._uc
@@ -93,6 +136,26 @@ class GuestMemory:
             self._ram.append((slot.guest_phys_addr, slot.memory_size, slot.buffer))
             self._mapped.append(key)
         self._wp = {}
+        self._shared = frozenset(key[3] for key in wanted)
+
+    # --- translation caches shared by the vCPUs --------------------------------------------------
+
+    @property
+    def buffers(self) -> frozenset[int]:
+        """The guest RAM this engine maps: its buffers, by identity."""
+        return self._shared
+
+    def invalidate(self, *, tlb: bool, code: bool) -> None:
+        """Drop the cached translations (`tlb`) or the translated code (`code`) before the next run."""
+        self._stale_tlb |= tlb
+        self._stale_code |= code
+
+    def invalidate_others(self, *, tlb: bool, code: bool) -> None:
+        """This vCPU ran a TLBI (`tlb`) or an IC (`code`): every other engine that maps the same RAM
+        drops its cached translations, or its translated code, before it runs next."""
+        for other in list(_engines):
+            if other is not self and other.buffers & self._shared:
+                other.invalidate(tlb=tlb, code=code)
 
     # --- dirty logging -------------------------------------------------------------------------
 
@@ -128,7 +191,7 @@ class GuestMemory:
     def access_fault(self, access: int, address: int, size: int, value: int, pc: int) -> Stop | None:
         """An access the engine refused (`UC_HOOK_MEM_*_UNMAPPED`, `UC_HOOK_MEM_WRITE_PROT`) by
         the instruction at `pc`: the MMIO exit or fault it is, or None for a store to a logging
-        slot (in `wp_fault`, for `log_write`)."""
+        slot (in `wp_fault`, for `log_write`). `address` is guest-physical, `pc` virtual."""
         if access == UC_MEM_WRITE_PROT:
             for slot in self._logged:
                 if slot.guest_phys_addr <= address < slot.guest_phys_addr + slot.memory_size:
@@ -137,7 +200,7 @@ class GuestMemory:
         if access == UC_MEM_FETCH_UNMAPPED:
             return Stop(StopKind.FAULT, pc=address, instruction="(no memory at the PC)",
                         reason=f"instruction fetch from {address:#x}, which no memslot backs")
-        word = self.read_word(pc)
+        word = self.fetch(pc)
         mmio = decode(word) if word is not None else None
         is_write = access in (UC_MEM_WRITE_UNMAPPED, UC_MEM_WRITE_PROT)
         if mmio is None or mmio.is_write != is_write:

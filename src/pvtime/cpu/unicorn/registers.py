@@ -2,9 +2,9 @@
 
 `Registers` reads and writes one engine's register file: the core registers by ONE_REG id
 (struct kvm_regs), PSTATE with the stack pointers banked as the architecture banks them, and the
-fast paths the traps need (PC, PSTATE, x0..x3 through unicorn's C API: the binding's generic path
-costs about 3 us per register). `CoreRegs` and `SysRegs` are the mappings `Vcpu`'s ONE_REG calls
-use.
+fast paths the traps need (PC, PSTATE, x0..x3, an exception entry's writes, through unicorn's C
+API: the binding's generic path costs about 3 us per register). `CoreRegs` and `SysRegs` are the
+mappings `Vcpu`'s ONE_REG calls use.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pvtime.abi.uapi import (
     REG_SPSR_EL1, reg_v, reg_x,
 )
 from pvtime.abi.widths import U32, U64
+from pvtime.cpu.unicorn.native import CpReg
 
 if TYPE_CHECKING:
     from pvtime.cpu.unicorn.run import UnicornCpu
@@ -42,14 +43,30 @@ U128 = (1 << 128) - 1
 # AArch64 (unicorn starts with SCR_EL3 = 0, where HVC is UNDEFINED).
 _SCR_EL3 = (1, 1, 3, 6, 0)
 _SCR_NS_HCE_RW = (1 << 0) | (1 << 8) | (1 << 10)
+# HCR_EL2 (op0=3, op1=4, CRn=1, CRm=1, op2=0): RW, EL1 is AArch64, as KVM sets it for an AArch64
+# vCPU. unicorn starts with 0 (EL1 AArch32): an ERET to EL1 is then an illegal return, and the
+# EL1&0 MMU walks the wrong table format.
+_HCR_EL2 = (1, 1, 3, 4, 0)
+_HCR_RW = 1 << 31
 _SPSR_EL1 = (4, 0, 3, 0, 0)  # (CRn, CRm, op0, op1, op2): unicorn has no plain id for it
 
 
+# An exception entry's writes, in this order: the syndrome registers, the new PSTATE, the stack
+# pointers banked for it, the PC; SPSR_EL1 last, as a CP_REG write, which also rebuilds the EL
+# state QEMU translates code for (see `set_pstate`).
+_ENTRY_REGS = (A.UC_ARM64_REG_ESR_EL1, A.UC_ARM64_REG_FAR_EL1, A.UC_ARM64_REG_ELR_EL1, A.UC_ARM64_REG_PSTATE,
+               A.UC_ARM64_REG_SP_EL0, A.UC_ARM64_REG_SP_EL1, A.UC_ARM64_REG_SP, A.UC_ARM64_REG_PC,
+               A.UC_ARM64_REG_CP_REG)
+_BANK_REGS = (A.UC_ARM64_REG_SP, A.UC_ARM64_REG_SP_EL0, A.UC_ARM64_REG_SP_EL1)
+
+
 class Registers:
-    """One engine's register file: set up for a KVM guest (HVC enabled), reset, read and written."""
+    """One engine's register file: set up for a KVM guest (HVC enabled, EL1 AArch64), reset, read
+    and written."""
 
     def __init__(self, uc: Uc) -> None:
         uc.reg_write(A.UC_ARM64_REG_CP_REG, (*_SCR_EL3, _SCR_NS_HCE_RW))
+        uc.reg_write(A.UC_ARM64_REG_CP_REG, (*_HCR_EL2, _HCR_RW))
         self.uc = uc
         self._uch = uc._uch  # noqa: SLF001 - the engine handle, for the C API
         self._reset_context = uc.context_save()
@@ -57,6 +74,13 @@ class Registers:
         self._args = (ctypes.c_uint64 * 4)()
         self._arg_ids = (ctypes.c_int32 * 4)(*X_REGS[:4])
         self._arg_ptrs = (ctypes.c_void_p * 4)(*[ctypes.addressof(self._args) + 8 * i for i in range(4)])
+        self._banks = (ctypes.c_uint64 * 3)()
+        self._bank_ids = (ctypes.c_int32 * 3)(*_BANK_REGS)
+        self._bank_ptrs = (ctypes.c_void_p * 3)(*[ctypes.addressof(self._banks) + 8 * i for i in range(3)])
+        self._spsr = CpReg(*_SPSR_EL1)
+        self._entry = (ctypes.c_uint64 * (len(_ENTRY_REGS) - 1))()
+        self._entry_ids = (ctypes.c_int32 * len(_ENTRY_REGS))()
+        self._entry_ptrs = (ctypes.c_void_p * len(_ENTRY_REGS))()
 
     def reset(self) -> None:
         """The vCPU-init state: all registers zero, EL1h, MMU off, DAIF masked, PC 0."""
@@ -94,6 +118,29 @@ class Registers:
 
     def write_x(self, n: int, value: int) -> None:
         self.uc.reg_write(X_REGS[n], value)
+
+    def enter_el1h(self, vector: int, elr: int, spsr: int, pstate: int, esr: int | None, far: int | None) -> None:
+        """An exception entry's register writes, in two C calls: ESR_EL1 and FAR_EL1 (when given),
+        ELR_EL1, PSTATE (an EL1h one) with SP_EL1 now the live stack pointer, PC = `vector`,
+        SPSR_EL1."""
+        uclib.uc_reg_read_batch(self._uch, self._bank_ids, self._bank_ptrs, 3)
+        live, sp_el0, sp_el1 = self._banks
+        if self.pstate() & 1 == 0:  # the live SP was SP_EL0 (EL0, EL1t); the banked copy may be stale
+            sp_el0 = live
+        else:
+            sp_el1 = live
+        values = (esr, far, elr, pstate, sp_el0, sp_el1, sp_el1, vector)
+        n = 0
+        for reg, value in zip(_ENTRY_REGS, values, strict=False):
+            if value is not None:
+                self._entry_ids[n] = reg
+                self._entry[n] = value & U64
+                self._entry_ptrs[n] = ctypes.addressof(self._entry) + 8 * n
+                n += 1
+        self._spsr.val = spsr & U64
+        self._entry_ids[n] = A.UC_ARM64_REG_CP_REG
+        self._entry_ptrs[n] = ctypes.addressof(self._spsr)
+        uclib.uc_reg_write_batch(self._uch, self._entry_ids, self._entry_ptrs, n + 1)
 
     # --- PSTATE and the banked stack pointers ---------------------------------------------------
 

@@ -2,14 +2,20 @@
 
 Each `execute()` runs the engine in steps bounded by the budget: the slice deadline or the next
 timer event, whichever is first, so interrupts arrive on time and the same run gives the same
-result. Between steps the loop takes an asserted, unmasked interrupt (`exceptions`), serves what
-stopped the engine (`traps`, `memory`), and halts at a WFI with no interrupt asserted.
+result. The budget is the only way the engine is stopped from outside a hook: never
+`emu_start`'s timeout, whose stop comes from another thread at any point and corrupted guest
+state. Between steps the loop takes an asserted, unmasked interrupt or a synchronous exception
+(`exceptions`), serves what stopped the engine (`traps`, `memory`), and halts at a WFI with no
+interrupt asserted.
 
 While the line is asserted but masked, the engine runs one translation block at a time: QEMU ends
 a block after every write to DAIF (`msr daifclr`, `msr daif`), so the interrupt is taken right
 after the instruction that unmasks it, as the architecture requires. A guest that keeps IRQs
 masked with the line asserted for more than `POLL_BLOCKS` blocks is then polled every
-`POLL_INSNS` instructions instead (an unmask inside such a burst is seen at its end).
+`POLL_INSNS` instructions instead (an unmask inside such a burst is seen at its end). A WFI starts
+the one-block steps afresh: an idle loop (`wfi` with IRQs masked, which an asserted line
+completes, then unmask, then mask again) must have its unmask seen, or it never takes the
+interrupt that woke it.
 
 Guest instructions advance virtual time at `instructions_per_sec`, counted per translation block
 by the native `BlockCounter`. The engine stops after the block that reaches a deadline: the time of
@@ -74,6 +80,10 @@ class Budget:
         self.account()
         self.clock = None
 
+    def woke(self) -> None:
+        """A WFI completed: step one block at a time again while the line is masked."""
+        self._polls = 0
+
     def expired(self) -> bool:
         """Has the slice reached its deadline?"""
         return self.clock is not None and self.clock.now_ns >= self.clock.deadline_ns
@@ -127,7 +137,7 @@ class UnicornCpu:
     """Executes one vCPU's AArch64 code in its own unicorn engine, resumable across slices."""
 
     def __init__(self, index: int, *, instructions_per_sec: int = DEFAULT_INSTRUCTIONS_PER_SEC,
-                 native_counter: bool | None = None) -> None:
+                 native: bool | None = None) -> None:
         if instructions_per_sec <= 0:
             raise ValueError(f"instructions_per_sec must be positive, got {instructions_per_sec}")
         self.index = index
@@ -136,8 +146,8 @@ class UnicornCpu:
         self._uc = uc
         self._regs = Registers(uc)
         self._memory = GuestMemory(uc)
-        self._budget = Budget(BlockCounter(uc, native=native_counter), self._regs, instructions_per_sec)
-        self._hooks = TrapHooks(uc, self._regs, self._memory, self._budget)
+        self._budget = Budget(BlockCounter(uc, native=native), self._regs, instructions_per_sec)
+        self._hooks = TrapHooks(uc, self._regs, self._memory, self._budget, native=native)
         self.core_regs: MutableMapping[int, int] = CoreRegs(self)
         self.sys_regs: MutableMapping[int, int] = SysRegs(uc)
         self._fault: Stop | None = None  # the fault that stopped this vCPU for good
@@ -155,9 +165,10 @@ class UnicornCpu:
         return self._budget.instructions
 
     @property
-    def native_counter(self) -> bool:
-        """Is the block counter the native one (else its Python twin)?"""
-        return self._budget.counter.native
+    def native(self) -> bool:
+        """Are the hooks (block counter, system-register filters) the native ones (else their
+        Python twins)?"""
+        return self._budget.counter.native and self._hooks.native
 
     # --- state -------------------------------------------------------------------------------
 
@@ -167,7 +178,7 @@ class UnicornCpu:
         self._memory.abandon_mmio()
         self._fault = None
         self._halted = False
-        self._hooks.el0_trap = None
+        self._hooks.exception = None
 
     def read_core(self, reg_id: int) -> int:
         """ONE_REG read of a core register by KVM id."""
@@ -205,6 +216,7 @@ class UnicornCpu:
         finally:
             self._budget.end()
             self._hooks.traps = None
+            self._hooks.publish_maintenance()
 
     def _run(self, traps: VcpuTraps, clock: Clock) -> Stop:
         uc, regs, memory, hooks, budget = self._uc, self._regs, self._memory, self._hooks, self._budget
@@ -236,9 +248,9 @@ class UnicornCpu:
             if memory.wp_fault is not None:
                 memory.log_write()  # the store is retried when the engine resumes at its PC
                 continue
-            if hooks.el0_trap is not None:
-                esr, hooks.el0_trap = hooks.el0_trap, None
-                self._fault = take_exception(regs, memory, SYNC, "EL0 counter read trapped (CNTKCTL_EL1)", esr)
+            if hooks.exception is not None:
+                exc, hooks.exception = hooks.exception, None
+                self._fault = take_exception(regs, memory, SYNC, exc.cause, exc.esr, exc.far, exc.at)
                 if self._fault is not None:
                     return self._fault
                 continue
@@ -254,8 +266,9 @@ class UnicornCpu:
             if budget.counter.stopped:
                 continue  # the budget ran out: deadline, timer event, or an IRQ to take
             pc = uc.reg_read(A.UC_ARM64_REG_PC)
-            if memory.read_word(pc - 4) == WFI:
+            if memory.fetch(pc - 4) == WFI:
                 self._halted = True
+                budget.woke()
                 continue
             self._fault = memory.fault_stop(pc, "the engine stopped for no known reason")
             return self._fault

@@ -1,30 +1,37 @@
 """What the engine hands to the hypervisor while it runs: the hooks unicorn calls.
 
 - HVC and SMC go to the SMCCC dispatch (`VcpuTraps.hypercall`), with x0..x3.
-- MRS/MSR of the generic-timer registers and MPIDR_EL1 are served by the hypervisor
-  (`UC_HOOK_INSN`); every other system register is the engine's own. Each trapped access costs the
-  guest `SYSREG_ACCESS_INSNS` instruction times. An EL0 read of CNTVCT_EL0, CNTPCT_EL0 or
+- MRS/MSR of the generic-timer registers and MPIDR_EL1 are served by the hypervisor; every other
+  system register is the engine's own. A native filter (`native.SysregFilter`) hands the
+  hypervisor only those, so the guest's other MRS/MSR cost no Python call. The timer's CTL and
+  CVAL must stay trapped for writes too: the engine does not keep them. Each trapped access costs
+  the guest `SYSREG_ACCESS_INSNS` instruction times. An EL0 read of CNTVCT_EL0, CNTPCT_EL0 or
   CNTFRQ_EL0 that CNTKCTL_EL1 (as the hypervisor holds it) does not enable -- EL0VCTEN, EL0PCTEN,
-  either for CNTFRQ -- traps to EL1 as the architecture says: a synchronous exception with
-  ESR_EL1.EC = 0x18 and the MRS's ISS, ELR_EL1 = the MRS (`exceptions`), taken once the engine
-  has stopped (`el0_trap`).
+  either for CNTFRQ -- is left to the engine, whose own CNTKCTL_EL1 stays 0: it raises the
+  architectural trap to EL1 (ESR_EL1.EC = 0x18 with the MRS's ISS), delivered as below.
+- TLBI and IC instructions are executed by the engine and counted (another native filter): the
+  run loop then makes the other vCPUs' engines drop their translations (`memory`).
 - `HLT #0xF000` (Arm semihosting) stops with `StopKind.SEMIHOSTING`, for the VMM to serve.
 - An access the engine refuses is an MMIO exit, a dirty-log fault or a fault (`memory`).
-- An undefined instruction or an exception the guest would have to take itself (SVC, BRK, aborts)
-  stops the vCPU with `StopKind.FAULT`, naming the PC and the disassembled instruction.
+- An exception the guest takes itself -- SVC, BRK, an undefined instruction, an instruction or
+  data abort from its MMU, a trapped system-register access -- is delivered to EL1 with the
+  syndrome and fault address QEMU computed (`syndrome`, `exceptions`), once the engine has
+  stopped (`exception`). One the guest cannot take stops the vCPU with `StopKind.FAULT`, naming
+  the PC and the disassembled instruction.
 
-A hook records why the engine must stop in `stop` (or `el0_trap`, or `memory.wp_fault`) and
+A hook records why the engine must stop in `stop` (or `exception`, or `memory.wp_fault`) and
 stops it; the run loop acts on it once `emu_start` has returned.
 """
 
 from __future__ import annotations
 
 import ctypes
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from unicorn import (
-    UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_MEM_FETCH_UNMAPPED, UC_HOOK_MEM_READ_UNMAPPED, UC_HOOK_MEM_WRITE_PROT,
-    UC_HOOK_MEM_WRITE_UNMAPPED, Uc, UcError,
+    UC_HOOK_INTR, UC_HOOK_MEM_FETCH_UNMAPPED, UC_HOOK_MEM_READ_UNMAPPED, UC_HOOK_MEM_WRITE_PROT,
+    UC_HOOK_MEM_WRITE_UNMAPPED, Uc,
 )
 from unicorn import arm64_const as A
 from unicorn.unicorn_py3.unicorn import uclib
@@ -33,9 +40,11 @@ from pvtime.abi import sysregs
 from pvtime.abi.sysregs import SysReg
 from pvtime.abi.widths import U32, U64
 from pvtime.cpu.backend import Conduit, GuestFault, Stop, StopKind, VcpuTraps
-from pvtime.cpu.unicorn.exceptions import sysreg_encoding, sysreg_trap_syndrome
+from pvtime.cpu.unicorn.exceptions import EC_FP_ACCESS, esr_ec
 from pvtime.cpu.unicorn.memory import GuestMemory
+from pvtime.cpu.unicorn.native import CpReg, SysregFilter
 from pvtime.cpu.unicorn.registers import X_REGS, Registers
+from pvtime.cpu.unicorn.syndrome import ExceptionRecords
 
 if TYPE_CHECKING:
     from pvtime.cpu.unicorn.run import Budget
@@ -50,11 +59,12 @@ HLT_SEMIHOSTING = 0xD45E_0000
 # unicorn's exception numbers (QEMU EXCP_*), as UC_HOOK_INTR reports them.
 _EXCP_UDEF, _EXCP_SWI, _EXCP_PREFETCH_ABORT, _EXCP_DATA_ABORT, _EXCP_BKPT = 1, 2, 3, 4, 7
 _EXCP_HVC, _EXCP_SMC = 11, 13
-_EXCP_NAMES = {
-    _EXCP_UDEF: "undefined instruction", _EXCP_SWI: "SVC (a synchronous exception the guest must take)",
-    _EXCP_PREFETCH_ABORT: "prefetch abort", _EXCP_DATA_ABORT: "data abort (alignment or permission)",
-    _EXCP_BKPT: "BRK breakpoint (a synchronous exception the guest must take)",
+# The exceptions the guest takes itself, by what they are called in a diagnostic.
+_GUEST_EXCEPTIONS = {
+    _EXCP_UDEF: "undefined instruction", _EXCP_SWI: "SVC", _EXCP_PREFETCH_ABORT: "instruction abort",
+    _EXCP_DATA_ABORT: "data abort", _EXCP_BKPT: "BRK",
 }
+_ABORTS = (_EXCP_PREFETCH_ABORT, _EXCP_DATA_ABORT)  # these set FAR_EL1
 
 # System registers the hypervisor serves; the engine keeps all others (SCTLR, VBAR, ELR...).
 _TRAPPED: dict[tuple[int, int, int, int, int], SysReg] = {tuple(r): r for r in (  # type: ignore[misc]
@@ -64,66 +74,85 @@ _TRAPPED: dict[tuple[int, int, int, int, int], SysReg] = {tuple(r): r for r in (
 )}
 _REG_IDS = frozenset(X_REGS)
 
-
-class _CpReg(ctypes.Structure):
-    """uc_arm64_cp_reg, as the MRS/MSR hook receives it."""
-
-    _fields_ = [("crn", ctypes.c_uint32), ("crm", ctypes.c_uint32), ("op0", ctypes.c_uint32),
-                ("op1", ctypes.c_uint32), ("op2", ctypes.c_uint32), ("val", ctypes.c_uint64)]
+# Cache and TLB maintenance the other vCPUs must hear of (SYS instructions, op0 = 1): every TLBI
+# (CRn = 8), and IC IALLUIS, IC IALLU, IC IVAU. Over-invalidating a cache is always allowed.
+TLBI_INSNS = tuple((1, op1, 8, crm, op2) for op1 in range(8) for crm in range(16) for op2 in range(8))
+IC_INSNS = ((1, 0, 7, 1, 0), (1, 0, 7, 5, 0), (1, 3, 7, 5, 1))
 
 
-_SYS_CFUNC = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32, ctypes.POINTER(_CpReg),
-                              ctypes.c_void_p)
+@dataclass(frozen=True)
+class SyncException:
+    """A synchronous exception for the guest to take, once the engine has stopped."""
+
+    esr: int
+    far: int | None  # for aborts
+    cause: str  # what it is, for a diagnostic
+    at: int  # the instruction that raised it
 
 
 class TrapHooks:
     """The hooks of one engine, serving its traps through `traps` (the hypervisor, while it runs)."""
 
-    def __init__(self, uc: Uc, regs: Registers, memory: GuestMemory, budget: Budget) -> None:
+    def __init__(self, uc: Uc, regs: Registers, memory: GuestMemory, budget: Budget, *,
+                 native: bool | None = None) -> None:
         self._uc = uc
         self._regs = regs
         self._memory = memory
         self._budget = budget
         self.traps: VcpuTraps | None = None
         self.stop: Stop | None = None  # why the engine stopped, for the run loop
-        self.el0_trap: int | None = None  # ESR of an EL0 counter read to deliver to EL1
+        self.exception: SyncException | None = None  # for the guest to take, by the run loop
         self.error: BaseException | None = None  # raised by a hook, re-raised by the run loop
         self._value = ctypes.c_uint64()
+        self._records = ExceptionRecords(uc)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED
                     | UC_HOOK_MEM_WRITE_PROT, self._on_memory)
-        # The counter is read in guests' polling loops: the MRS/MSR hook bypasses the binding's
-        # generic wrapper (3x cheaper per trap) and writes registers through the C API.
-        self._sys_cbs = [_SYS_CFUNC(self._on_mrs), _SYS_CFUNC(self._on_msr)]
-        for cb, insn in zip(self._sys_cbs, (A.UC_ARM64_INS_MRS, A.UC_ARM64_INS_MSR), strict=True):
-            handle = ctypes.c_size_t()
-            err = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), UC_HOOK_INSN, cb, None,  # noqa: SLF001
-                                    ctypes.c_uint64(1), ctypes.c_uint64(0), ctypes.c_int(insn))
-            if err:
-                raise UcError(err)
+        # The counter is read in guests' polling loops: the MRS/MSR hooks are ctypes callbacks
+        # (3x cheaper per trap than the binding's generic wrapper) that write registers through
+        # the C API; the native filters call them for the trapped registers only.
+        self._sysreg_filters = [SysregFilter(uc, insn, [_TRAPPED], hook, native=native) for insn, hook in
+                                ((A.UC_ARM64_INS_MRS, self._on_mrs), (A.UC_ARM64_INS_MSR, self._on_msr))]
+        self._maintenance = SysregFilter(uc, A.UC_ARM64_INS_SYS, [TLBI_INSNS, IC_INSNS], native=native)
+        self._published = (0, 0)  # TLBI and IC counts already told to the other vCPUs
+        self.native = self._maintenance.native
+
+    def publish_maintenance(self) -> None:
+        """Tell the other vCPUs' engines of the TLBI and IC instructions this one ran since the
+        last call: they drop their translations or translated code before they run next."""
+        hits = (self._maintenance.hits(1), self._maintenance.hits(2))
+        if hits != self._published:
+            tlb, code = (now != before for now, before in zip(hits, self._published, strict=True))
+            self._memory.invalidate_others(tlb=tlb, code=code)
+            self._published = hits
 
     def _on_interrupt(self, uc: Uc, intno: int, user: object) -> None:
         if intno in (_EXCP_HVC, _EXCP_SMC):
             self._hypercall(uc, Conduit.HVC if intno == _EXCP_HVC else Conduit.SMC)
             return
-        pc = uc.reg_read(A.UC_ARM64_REG_PC)
-        if intno == _EXCP_SWI:
-            pc -= 4  # the PC is already past an SVC
-        word = self._memory.read_word(pc)
-        if intno == _EXCP_UDEF and word is not None and word & 0xFFF0_0000 == 0xD530_0000:  # MRS
-            sysreg = _TRAPPED.get(sysreg_encoding(word))
-            if sysreg is not None and self._el0_counter_trapped(sysreg):
-                # The engine's own access check refused it (its CNTKCTL_EL1 stays 0: the hypervisor
-                # serves that register): take the architectural trap to EL1 (after emu_start).
-                self.el0_trap = sysreg_trap_syndrome(word)
-                uc.emu_stop()
-                return
-        if intno == _EXCP_UDEF and word == HLT_SEMIHOSTING:
+        pc = self._regs.pc()
+        if intno == _EXCP_UDEF and self._memory.fetch(pc) == HLT_SEMIHOSTING:
             self.stop = Stop(StopKind.SEMIHOSTING, pc=pc, semihost_op=uc.reg_read(A.UC_ARM64_REG_X0) & U32,
                              semihost_param=uc.reg_read(A.UC_ARM64_REG_X1) & U64)
+            uc.emu_stop()
+            return
+        cause = _GUEST_EXCEPTIONS.get(intno)
+        record = self._records.read() if cause is not None else None
+        at = pc - 4 if intno == _EXCP_SWI else pc  # the PC is already past an SVC
+        if cause is None:
+            self.stop = self._memory.fault_stop(pc, f"exception {intno} the guest cannot take")
+        elif record is None:
+            self.stop = self._memory.fault_stop(at, f"{cause}: this unicorn does not expose the exception's "
+                                                    f"syndrome (pvtime.cpu.unicorn.syndrome), so the guest "
+                                                    f"cannot take it")
+        elif record.target_el != 1:
+            self.stop = self._memory.fault_stop(at, f"{cause} to EL{record.target_el} (ESR {record.esr:#x}), "
+                                                    f"which the guest cannot take")
         else:
-            reason = _EXCP_NAMES.get(intno, f"exception {intno} the guest cannot take")
-            self.stop = self._memory.fault_stop(pc, reason, word)
+            esr = record.esr
+            if esr_ec(esr) == EC_FP_ACCESS:
+                esr &= ~0xF_FFFF
+            self.exception = SyncException(esr, record.far if intno in _ABORTS else None, cause, at)
         uc.emu_stop()
 
     def _hypercall(self, uc: Uc, conduit: Conduit) -> None:
@@ -132,7 +161,7 @@ class TrapHooks:
         self._budget.account()
         imm = 0
         if conduit is Conduit.SMC:  # KVM ignores the HVC immediate; an SMC's matters
-            imm = ((self._memory.read_word(regs.pc() - 4) or 0) >> 5) & 0xFFFF
+            imm = ((self._memory.fetch(regs.pc() - 4) or 0) >> 5) & 0xFFFF
         args = regs.read_args()
         try:
             traps.hypercall(args, conduit, imm)
@@ -167,14 +196,12 @@ class TrapHooks:
         assert self.traps is not None
         return not self.traps.read_sysreg(sysregs.CNTKCTL_EL1) & enable
 
-    def _on_mrs(self, handle: int, reg: int, cp: ctypes._Pointer, user: int) -> int:  # type: ignore[type-arg, unused-ignore]
+    def _on_mrs(self, handle: int, reg: int, cp: ctypes._Pointer[CpReg], user: int | None) -> int:
         c = cp.contents
-        sysreg = _TRAPPED.get((c.op0, c.op1, c.crn, c.crm, c.op2))
-        if sysreg is None:
-            return 0  # the engine's own register
+        sysreg = _TRAPPED[(c.op0, c.op1, c.crn, c.crm, c.op2)]
         try:
             if self._el0_counter_trapped(sysreg):
-                return 0  # the engine raises UNDEF at the MRS: _on_interrupt turns it into the trap
+                return 0  # the engine's own check (its CNTKCTL_EL1 is 0) traps it to EL1
             self._budget.charge(SYSREG_ACCESS_INSNS)
             self._budget.account()  # the counter must include the instructions executed so far
             assert self.traps is not None
@@ -187,11 +214,9 @@ class TrapHooks:
             self._hook_failed(err)
         return 1
 
-    def _on_msr(self, handle: int, reg: int, cp: ctypes._Pointer, user: int) -> int:  # type: ignore[type-arg, unused-ignore]
+    def _on_msr(self, handle: int, reg: int, cp: ctypes._Pointer[CpReg], user: int | None) -> int:
         c = cp.contents
-        sysreg = _TRAPPED.get((c.op0, c.op1, c.crn, c.crm, c.op2))
-        if sysreg is None:
-            return 0
+        sysreg = _TRAPPED[(c.op0, c.op1, c.crn, c.crm, c.op2)]
         try:
             self._budget.charge(SYSREG_ACCESS_INSNS)
             self._budget.account()
