@@ -71,6 +71,7 @@ class Registers:
         self._uch = uc._uch  # noqa: SLF001 - the engine handle, for the C API
         self._reset_context = uc.context_save()
         self._scratch = ctypes.c_uint64()
+        self._scratch32 = ctypes.c_uint32()
         self._args = (ctypes.c_uint64 * 4)()
         self._arg_ids = (ctypes.c_int32 * 4)(*X_REGS[:4])
         self._arg_ptrs = (ctypes.c_void_p * 4)(*[ctypes.addressof(self._args) + 8 * i for i in range(4)])
@@ -103,8 +104,10 @@ class Registers:
 
     def pstate(self) -> int:
         """The current PSTATE (NZCV, DAIF, mode)."""
-        uclib.uc_reg_read(self._uch, A.UC_ARM64_REG_PSTATE, ctypes.byref(self._scratch))
-        return self._scratch.value
+        # unicorn stores PSTATE as 32 bits: read it into a 32-bit cell, or the upper half of a
+        # reused 64-bit one (last holding the PC) would come back with it.
+        uclib.uc_reg_read(self._uch, A.UC_ARM64_REG_PSTATE, ctypes.byref(self._scratch32))
+        return self._scratch32.value
 
     def read_args(self) -> list[int]:
         """x0..x3 (an SMCCC call's arguments) in one call."""
