@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 from dataclasses import dataclass, field
 
@@ -58,6 +59,27 @@ class Memslot:
 
 
 
+def _user_buffer(slot: int, userspace: object, memory_size: int) -> memoryview:
+    """The VMM's memory behind userspace_addr, as bytes: EINVAL when it is not writable,
+    contiguous memory of at least `memory_size` bytes (access_ok fails)."""
+    if userspace is None:
+        raise KvmError(EINVAL, f"memslot {slot}: no userspace buffer")
+    try:
+        view = memoryview(userspace).cast("B")  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # not a buffer, not contiguous, or released
+        raise KvmError(EINVAL, f"memslot {slot}: {type(userspace).__name__} is not contiguous memory the "
+                               "VMM owns") from None
+    if view.readonly or len(view) < memory_size:
+        raise KvmError(EINVAL, f"memslot {slot}: the buffer must be writable and at least "
+                               f"{memory_size:#x} bytes")
+    return view
+
+
+def _address(view: memoryview) -> int:
+    """userspace_addr: where a (writable, non-empty) buffer starts in the VMM's memory."""
+    return ctypes.addressof(ctypes.c_char.from_buffer(view))
+
+
 class GuestMemory:
     """The VM's memslots, and host-side reads and writes of guest RAM through them."""
 
@@ -85,23 +107,23 @@ class GuestMemory:
             del self.slots[slot]
             self._last = None
             return
-        if userspace is None:
-            raise KvmError(EINVAL, f"memslot {slot}: no userspace buffer")
-        view = memoryview(userspace).cast("B")
-        if view.readonly or len(view) < memory_size:
-            raise KvmError(EINVAL, f"memslot {slot}: the buffer must be writable and at least "
-                                   f"{memory_size:#x} bytes")
+        view = _user_buffer(slot, userspace, memory_size)
         if old is not None:
-            if old.memory_size != memory_size or old.buffer.obj is not view.obj:
+            if old.memory_size != memory_size or _address(old.buffer) != _address(view):
                 raise KvmError(EINVAL, f"memslot {slot}: only flags or the address may change")
             if (old.flags ^ flags) & KVM_MEM_READONLY:
                 raise KvmError(EINVAL, f"memslot {slot}: KVM_MEM_READONLY cannot be toggled")
+            if old.guest_phys_addr == guest_phys_addr and old.flags == flags:
+                return  # nothing to change: the slot and its dirty log stay as they are
         for other in self.slots.values():
             if other.slot != slot and guest_phys_addr < other.end and other.guest_phys_addr < guest_phys_addr + memory_size:
                 raise KvmError(EEXIST, f"memslot {slot}: overlaps memslot {other.slot}")
         if guest_phys_addr + memory_size > 1 << self.ipa_bits:  # kvm_arch_prepare_memory_region
             raise KvmError(EFAULT, f"memslot {slot}: ends past the VM's {self.ipa_bits}-bit IPA space")
-        self.slots[slot] = Memslot(slot, guest_phys_addr, memory_size, flags, view[:memory_size])
+        new = Memslot(slot, guest_phys_addr, memory_size, flags, view[:memory_size])
+        if old is not None and old.flags & flags & KVM_MEM_LOG_DIRTY_PAGES:
+            new.dirty_pages = old.dirty_pages  # kvm_prepare_memory_region keeps the old dirty bitmap
+        self.slots[slot] = new
         self._last = None
 
     def find(self, gpa: int, size: int = 1) -> Memslot | None:

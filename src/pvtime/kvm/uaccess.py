@@ -13,7 +13,10 @@ from pvtime.kvm.errors import KvmError
 def read_user(value: object, size: int, what: str) -> int:
     """The u`8*size` at the user address: EFAULT, naming `what`, when it cannot be read."""
     if isinstance(value, (bytes, bytearray, memoryview)):
-        data = memoryview(value).tobytes()  # the bytes at the address, whatever the view's item size
+        try:
+            data = memoryview(value).tobytes()  # the bytes at the address, whatever the view's item size
+        except ValueError:  # a released view: nothing is mapped at that address any more
+            raise KvmError(EFAULT, f"{what}: the buffer holding the value has been released") from None
         if len(data) < size:
             raise KvmError(EFAULT, f"{what}: value is {len(data)} bytes, a u{8 * size} needs {size}")
         return int.from_bytes(data[:size], "little")
