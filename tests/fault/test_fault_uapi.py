@@ -33,6 +33,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pvtime.abi.widths import U32, U64
 from pvtime.abi.errno import E2BIG, EBUSY, EEXIST, EFAULT, EINVAL, ENOENT, ENXIO
 from pvtime.abi.records import LPT_RECORD_SIZE, STEAL_TIME_OFFSET
 from pvtime.abi.sysregs import CTL_ISTATUS
@@ -68,11 +69,10 @@ CTL_REGS = frozenset({KVM_REG_ARM_TIMER_CTL, KVM_REG_ARM_PTIMER_CTL})
 COUNTER_REGS = frozenset({KVM_REG_ARM_TIMER_CNT, KVM_REG_ARM_PTIMER_CNT})  # per VM, not per vCPU
 VM_WIDE_REGS = COUNTER_REGS | {KVM_REG_ARM_STD_HYP_BMAP}
 
-# Departures the sequences found in files this test does not own, each with its strict-xfail
-# regression test below; the sequences tolerate them so they can go on finding others.
-# Finding U1: KVM_REG_ARM_TIMER_CTL / PTIMER_CTL keep only ENABLE and IMASK of an accepted value
-# (Linux's arch_timer_set_user stores every bit but ISTATUS), and CNTKCTL_EL1 only its low 32 bits.
-MASKED_ON_SET = {KVM_REG_ARM_TIMER_CTL: 0b011, KVM_REG_ARM_PTIMER_CTL: 0b011, KVM_REG_ARM_CNTKCTL_EL1: 0xFFFF_FFFF}
+# What KVM keeps of a value userspace sets (arch/arm64/kvm/arch_timer.c kvm_arm_timer_set_reg): a
+# timer's cnt_ctl is a u32. (Finding U1, fixed: pvtime kept only ENABLE and IMASK, and CNTKCTL_EL1
+# only its low 32 bits.)
+KEPT_ON_SET = {KVM_REG_ARM_TIMER_CTL: U32, KVM_REG_ARM_PTIMER_CTL: U32}
 
 
 # --- arguments: what a VMM may pass ----------------------------------------------------------------
@@ -555,7 +555,7 @@ def do_set_reg(world: World, vcpu: Vcpu, reg_id: int, spec: tuple[Any, ...]) -> 
         return before
     if reg_id == KVM_REG_ARM_STD_HYP_BMAP:
         world.bitmap = val
-    expected = val & MASKED_ON_SET.get(reg_id, -1)  # finding U1, tolerated here
+    expected = val & KEPT_ON_SET.get(reg_id, -1)
     if reg_id in CTL_REGS:
         expected &= ~CTL_ISTATUS
     after = before
@@ -936,23 +936,12 @@ def test_a_released_view_passed_by_address_is_efault():
     assert err.value.errno == EFAULT
 
 
-@pytest.mark.xfail(strict=True, reason="finding U1: TIMER_CTL/PTIMER_CTL keep only ENABLE|IMASK of an accepted "
-                                       "value and CNTKCTL_EL1 its low 32 bits (kvm/vcpu.py, kvm/arch_timer.py)")
-@pytest.mark.parametrize("reg,value", [(KVM_REG_ARM_TIMER_CTL, 0x9), (KVM_REG_ARM_PTIMER_CTL, 1 << 40),
+@pytest.mark.parametrize("reg,value", [(KVM_REG_ARM_TIMER_CTL, 0x9), (KVM_REG_ARM_PTIMER_CTL, 1 << 40 | 0x8),
                                        (KVM_REG_ARM_CNTKCTL_EL1, 1 << 40)])
-def test_an_accepted_timer_register_reads_back_unchanged(reg, value):
-    """sys_regs.c: arch_timer_set_user stores the whole value but ISTATUS (read-only); a value a
-    register cannot hold would be EINVAL, never masked silently (as set_core_reg answers)."""
+def test_an_accepted_timer_register_reads_back_as_kvm_keeps_it(reg, value):
+    """Finding U1. arch_timer.c kvm_arm_timer_set_reg stores a CTL but its ISTATUS in the u32
+    cnt_ctl (read_timer_ctl adds ISTATUS back once expired); CNTKCTL_EL1 is a plain sys_reg to
+    userspace (sys_regs.c reg_from_user), all 64 bits."""
     vcpu = _model_world().vcpus[0]
-    try:
-        vcpu.set_one_reg(reg, value)
-    except KvmError as err:
-        assert err.errno == EINVAL
-        return
-    assert vcpu.get_one_reg(reg) & ~CTL_ISTATUS == value
-
-
-def test_the_sequences_tolerate_only_the_named_findings():
-    """The masks in MASKED_ON_SET are findings, not Linux's behaviour: each has its xfail above."""
-    assert set(MASKED_ON_SET) == {KVM_REG_ARM_TIMER_CTL, KVM_REG_ARM_PTIMER_CTL, KVM_REG_ARM_CNTKCTL_EL1}
-
+    vcpu.set_one_reg(reg, value)
+    assert vcpu.get_one_reg(reg) & ~CTL_ISTATUS == value & KEPT_ON_SET.get(reg, U64) & ~CTL_ISTATUS

@@ -127,6 +127,29 @@ class ArchTimer:
             return timer.read_ctl(count)
         return timer.cval if field == "cval" else timer.read_tval(count)
 
+    def get_user(self, reg: SysReg, host_count: int, freq: int) -> int | None:
+        """KVM_GET_ONE_REG of a timer register (kvm_arm_timer_get_reg): a CTL with every bit
+        userspace stored, and ISTATUS once the timer has expired whether or not it is enabled
+        (read_timer_ctl sets it "regardless of ENABLE bit"); the others as the guest reads them."""
+        found = self._timer(reg, host_count)
+        if found is not None and found[2] == "ctl":
+            timer, count, _ = found
+            return timer.ctl | (CTL_ISTATUS if count >= timer.cval else 0)
+        return self.read(reg, host_count, freq)
+
+    def set_user(self, reg: SysReg, value: int, host_count: int) -> None:
+        """KVM_SET_ONE_REG of a timer register (kvm_arm_timer_set_reg): a CTL keeps all of its 32
+        bits but ISTATUS (cnt_ctl is a u32), CNTKCTL_EL1 -- a plain system register to userspace
+        -- the whole 64-bit value; the guest's own writes keep only the bits it has."""
+        if reg == CNTKCTL_EL1:
+            self.cntkctl = value & U64
+            return
+        found = self._timer(reg, host_count)
+        if found is not None and found[2] == "ctl":
+            found[0].ctl = value & U32 & ~CTL_ISTATUS
+        else:
+            self.write(reg, value, host_count)
+
     def write(self, reg: SysReg, value: int, host_count: int) -> bool:
         """Serve an MSR of a timer register; False if `reg` is not a writable timer register."""
         if reg == CNTKCTL_EL1:

@@ -140,7 +140,10 @@ class Vcpu:
             except KeyError:
                 raise KvmError(ENOENT, f"core register {reg_id:#x}: unknown") from None
         if reg_id in _TIMER_REGS:
-            return self._traps.read_sysreg(_TIMER_REGS[reg_id])
+            vm = self._vm
+            value = self._traps.timer.get_user(_TIMER_REGS[reg_id], vm.host.counter(), vm.guest_counter_hz())
+            assert value is not None  # every id in _TIMER_REGS is a timer register
+            return value
         if reg_id == KVM_REG_ARM_MPIDR_EL1:
             return self._traps.mpidr
         if reg_id in EL1_SYSREG_IDS:
@@ -193,7 +196,7 @@ class Vcpu:
             vm.counter.poffset = (vm.host.counter() - val) & U64
             vm.counter.p_anchor = (val, vm.host.counter())
         else:
-            self._traps.timer.write(_TIMER_REGS[reg_id], val, vm.host.counter())
+            self._traps.timer.set_user(_TIMER_REGS[reg_id], val, vm.host.counter())
 
     # --- power state ---------------------------------------------------------------------
 
