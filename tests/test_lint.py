@@ -1,5 +1,5 @@
 """The code checks CI runs with the tests: ruff (pyflakes, bugbear, pyupgrade, private-member
-access) over src, tests and bench, and mypy over src (configured in pyproject.toml)."""
+access) over src, tests, bench and examples, and mypy over src (configured in pyproject.toml)."""
 
 import shutil
 import subprocess
@@ -14,7 +14,7 @@ def _tool(name: str) -> str:
 
 
 def test_ruff_is_clean() -> None:
-    result = subprocess.run([_tool("ruff"), "check", "--no-cache", "src", "tests", "bench"], cwd=ROOT,
+    result = subprocess.run([_tool("ruff"), "check", "--no-cache", "src", "tests", "bench", "examples"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
 

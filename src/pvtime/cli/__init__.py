@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from pvtime.cli.exits import (
-    EPILOG, EXIT_OK, EXIT_TIME_LIMIT, EXIT_VM_FAILED, Answer, ToolError, fail_json,
+    EPILOG, EXIT_DIFFERENT, EXIT_OK, EXIT_TIME_LIMIT, EXIT_VM_FAILED, Answer, ToolError, fail_json,
 )
 from pvtime.cli.params import GuestImage, HostPort, Integer
 
@@ -93,7 +93,7 @@ def run(scenario: str | None, out: Path | None, force: bool, seed: int | None, d
 
     Writes the results folder (tables, series, figures, trace, summary.json, and provenance.json:
     versions, the scenario as run, the command line, wall time). A run estimated at over a minute
-    (`pvtime.sim.cost`: vCPUs x simulated time, and the host CPUs' occupancy figure) prints the
+    (`pvtime.sim.cost`: vCPUs x simulated time, and host CPUs x sample intervals) prints the
     estimate and needs --yes. Exits 0 once the results are written: each guest's exit status is
     in the table and summary.json.
     """
@@ -213,13 +213,102 @@ def scenarios_cmd(as_json: bool) -> None:
                                 "hosts": [{"name": h.name, "cpus": h.cpus} for h in s.host],
                                 "vms": len(s.vm), "vcpus": sum(v.vcpus for v in s.vm)} for s in specs]))
         return
-    table = Table(title="embedded scenarios (pvtime run NAME)")
+    table = Table(title="embedded scenarios (pvtime run NAME)", caption_justify="left",
+                  caption="pvtime scenario show NAME: the file, with what to look for in its results")
     for col in ("name", "duration", "hosts", "VMs / vCPUs", "description"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "name")
     for spec in specs:
         table.add_row(spec.name, f"{spec.duration_ms} ms", ", ".join(f"{h.name} ({h.cpus} CPUs)" for h in spec.host),
                       f"{len(spec.vm)} / {sum(v.vcpus for v in spec.vm)}", spec.description)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # a pipe or file gets rich's 80 columns, too narrow for the table
+        console = Console(width=120)
+    console.print(table)
+
+
+@main.group("scenario")
+def scenario_group() -> None:
+    """The scenario file format: its JSON Schema, its reference page, the embedded files.
+
+    (`pvtime scenarios` lists the embedded scenarios.)
+    """
+
+
+@scenario_group.command("schema")
+def scenario_schema_cmd() -> None:
+    """Print the scenario file's JSON Schema (draft 2020-12) on stdout."""
+    from pvtime.report.scenario_docs import scenario_json_schema_text
+
+    click.echo(scenario_json_schema_text(), nl=False)
+
+
+@scenario_group.command("docs")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="write the Markdown to this file (the repository's docs/scenarios.md)  [default: stdout]")
+def scenario_docs_cmd(out: Path | None) -> None:
+    """Print the scenario file's reference (Markdown): every table and field with its type,
+    default, range and description, generated from the schema."""
+    from pvtime.report.scenario_docs import scenario_markdown
+
+    text = scenario_markdown()
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        with out.open("w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+    except OSError as exc:
+        raise ToolError(f"{out}: {exc.strerror or exc}") from None
+
+
+@scenario_group.command("show")
+@click.argument("name")
+def scenario_show_cmd(name: str) -> None:
+    """Print the embedded scenario NAME's file (to start your own from: `> mine.toml`)."""
+    from pvtime.sim import scenario as scenarios
+
+    if name not in scenarios.embedded_names():
+        raise ToolError(f"{name}: not an embedded scenario (embedded: {', '.join(scenarios.embedded_names())})")
+    click.echo(scenarios.embedded_text(name), nl=False)
+
+
+@main.command("compare")
+@click.argument("run_a", type=click.Path(path_type=Path))
+@click.argument("run_b", type=click.Path(path_type=Path))
+@click.option("--tolerance", "relative", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="relative tolerance, a fraction of RUN_A's value (0.05: 5 %)")
+@click.option("--tolerance-ns", "absolute_ns", type=Integer(0), default=0, show_default=True,
+              help="absolute tolerance in ns (e.g. 1e6: a millisecond)")
+@click.option("--json", "as_json", is_flag=True,
+              help="print the comparison as JSON on stdout instead of the table: exit_code, error, both runs, "
+                   "and per vCPU each view's values, difference and verdict")
+def compare_cmd(run_a: Path, run_b: Path, relative: float, absolute_ns: int, as_json: bool) -> None:
+    """Compare two results folders (`pvtime run --out`), RUN_A the reference: per vCPU, the host's
+    truth, the stolen-time record and the guest's steal of both runs, with B - A in ms and
+    relative to A.
+
+    A difference is beyond the tolerance when |B - A| exceeds both --tolerance x |A| and
+    --tolerance-ns (by default any difference is); a value one run has and the other lacks, or a
+    vCPU in one run only, always is. Exits 0 when no difference is beyond it, 1 when one is, 125
+    when a folder is not a results folder or the two are of different results schemas
+    (summary.json's schema_version).
+    """
+    with _answering(as_json):
+        from pvtime.report.compare import ResultsError, Tolerance, compare, comparison_table, load_results
+
+        try:
+            result = compare(load_results(run_a), load_results(run_b), Tolerance(relative, absolute_ns))
+        except ResultsError as exc:
+            raise ToolError(str(exc)) from None
+        code = EXIT_DIFFERENT if result.exceeding else EXIT_OK
+        if as_json:
+            click.echo(Answer(code, data=result.to_dict()).to_json())
+        else:
+            console = Console()
+            if not console.is_terminal:  # a pipe or file gets rich's 80 columns, too narrow for the table
+                console = Console(width=160)
+            console.print(comparison_table(result))
+    sys.exit(code)
 
 
 @main.command("lpt")

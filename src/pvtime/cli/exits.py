@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 EXIT_OK = 0
+EXIT_DIFFERENT = 1  # `pvtime compare`: a difference beyond the tolerance (as diff(1) answers)
 EXIT_USAGE = 2  # click.UsageError's: an unknown option, a value out of range, a missing argument
 EXIT_TIME_LIMIT = 124  # `pvtime guest run`: the time limit came first (as timeout(1) answers)
 EXIT_TOOL_ERROR = 125  # pvtime could not do what it was asked (as `docker run` answers for itself)
@@ -24,12 +25,13 @@ EXIT_VM_FAILED = 126  # `pvtime guest run`: the VM stopped without an exit statu
 EPILOG = f"""\b
 Exit status:
   {EXIT_OK:>3}  done (pvtime run: the results are written, whatever the guests' statuses)
+  {EXIT_DIFFERENT:>3}  compare: a difference beyond the tolerance
   {EXIT_USAGE:>3}  usage error: an unknown option, a missing or bad value
   {EXIT_TIME_LIMIT:>3}  guest run: the time limit came before the guest exited
   {EXIT_TOOL_ERROR:>3}  pvtime failed: a scenario or image it cannot load, a folder it may not write, a network failure
   {EXIT_VM_FAILED:>3}  guest run: the VM stopped without an exit status (a guest fault)
     N  guest run: the guest's own semihosting exit status
---json (run, guest run, lpt, scenarios) prints the answer on stdout, with exit_code,
+--json (run, guest run, compare, lpt, scenarios) prints the answer on stdout, with exit_code,
 guest_exit_status and error in it, which tells a guest's 125 from pvtime's (a usage
 error is only on stderr). Integers may be written 25000000, 25_000_000 or 25e6.
 Every command takes -h / --help."""

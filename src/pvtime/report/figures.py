@@ -1,10 +1,15 @@
 """PNG figures (matplotlib, Agg): steal over time per vCPU, and host CPU occupancy.
 
-The PNGs carry no date or software metadata, so identical runs give identical bytes.
+Both stay readable from 2 to hundreds of vCPUs and host CPUs: a line per vCPU (a panel per host
+CPU) while there are few, past that a line per VM and a heatmap with a row per vCPU (per host
+CPU). Lines are steps (a value holds until the next sample); legends sit outside the plot, in
+the scenario's order. The PNGs carry no date or software metadata, so identical runs give
+identical bytes.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -13,60 +18,282 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.colors import Colormap  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from pvtime.sim.recorder import CATEGORIES  # noqa: E402
 from pvtime.sim.results import RunResult  # noqa: E402
 
 _METADATA = {"Software": None}
+_DPI = 100
 _COLORS = {"vcpu": "#1f77b4", "vmm": "#2ca02c", "noise": "#d62728"}
+_WIDTH_IN = 12.0
+_LEGEND_FONT = 7
 
-
-# How the steal figure draws each view of a vCPU's steal (the colour is the vCPU).
+# How the steal figure draws each view of a vCPU's steal (the colour is the vCPU, or its VM).
 _STEAL_VIEWS: tuple[tuple[str, Literal["-", "--", ":"], str], ...] = (
-    ("host_wait_ns", "-", "host truth: each wait counted as it passes"),
-    ("record_steal_ns", "--", "stolen-time record: steps at each vCPU load, as the guest reads it"),
-    ("guest_steal_ns", ":", "guest /proc/stat steal: steps at its ticks"),
+    ("host_wait_ns", "-", "host truth: each wait counted\nas it passes"),
+    ("record_steal_ns", "--", "stolen-time record: steps at each\nvCPU load, as the guest reads it"),
+    ("guest_steal_ns", ":", "guest /proc/stat steal: steps\nat its ticks"),
 )
-_RATE_WINDOW_NS = 100_000_000  # per-sample rates swing with every timeslice: windows of ~100 ms
-_LEGEND_VCPUS = 20  # the most vCPUs the legend names one by one
+_RATE_WINDOW_NS = 100_000_000  # per-sample rates swing with every timeslice: windows of ~100 ms...
+_MIN_WINDOWS = 20  # ...unless the run is too short to give this many
+_LINES_UP_TO = 10  # vCPUs drawn a line each (a colour each); past that, a line per VM and a heatmap
+_GROUPS_UP_TO = 10  # VMs drawn a line each in the heatmap figure; past that, one line for all vCPUs
+_PANELS_UP_TO = 16  # host CPUs drawn a panel each; past that, a panel per host and a heatmap
+_LABELLED_ROWS_UP_TO = 40  # heatmap row groups (VMs, hosts) named on the axis
+_NO_VALUE = "0.82"  # the heatmaps' grey for "no value"
 
 
 def steal_figure(result: RunResult, path: Path) -> None:
-    """Top: cumulative steal per vCPU, each view a step line (gaps where a view has no value).
-    Bottom: the host truth's steal rate over windows of ~100 ms (at most 100 %)."""
+    """Write `steal_plot` as a PNG."""
+    _save(steal_plot(result), path)
+
+
+def occupancy_figure(result: RunResult, path: Path) -> None:
+    """Write `occupancy_plot` as a PNG."""
+    _save(occupancy_plot(result), path)
+
+
+def steal_plot(result: RunResult) -> Figure:
+    """Cumulative steal per vCPU (each view a step line) and the host truth's steal rate over
+    windows of ~100 ms (at most 100 %): a line per vCPU, or past `_LINES_UP_TO` vCPUs a line per
+    VM (the mean of its vCPUs, with the range of the host truth as a band) and a heatmap with a
+    row per vCPU. The caller closes the figure (`matplotlib.pyplot.close`)."""
+    rates = steal_rates(result)
+    if len(result.vcpus) <= _LINES_UP_TO:
+        return _steal_lines(result, rates)
+    return _steal_heatmap(result, rates)
+
+
+@dataclass(frozen=True)
+class StealRates:
+    """The host truth's steal rate per vCPU (rows, scenario order) over windows (columns); NaN
+    where there is no value (the vCPU has not run yet, or PV_TIME_ST restarted its count)."""
+
+    edges_ns: np.ndarray  # window boundaries (columns + 1)
+    pct: np.ndarray  # (vCPUs, windows)
+
+    @property
+    def window_label(self) -> str:
+        widths = np.diff(self.edges_ns)
+        w = int(widths[0]) if len(widths) else 0
+        return f"{w / 1e6:g} ms"
+
+
+def steal_rates(result: RunResult) -> StealRates:
+    """The host truth's steal rate of each vCPU over windows of ~100 ms (of the sample interval
+    in a run too short for `_MIN_WINDOWS` such windows)."""
+    grid = result.grid_ns
+    samples = len(grid) - 1  # intervals
+    per_window = max(1, min(_RATE_WINDOW_NS // (result.spec.sample_ms * 1_000_000), samples // _MIN_WINDOWS))
+    idx = np.append(np.arange(0, samples, per_window), samples) if samples else np.array([0])
+    pct = np.full((len(result.vcpus), max(len(idx) - 1, 0)), np.nan)
+    for r, row in enumerate(result.vcpus):
+        cols = result.series[f"{row.vm}/vcpu{row.vcpu}"]
+        truth = np.ma.filled(np.ma.masked_array(cols["host_wait_ns"], dtype=float), np.nan)[idx]
+        ran = ~np.isnan(truth)
+        start = np.where(ran[:-1], truth[:-1], 0.0)  # counts start at 0 when the vCPU first runs
+        rate = 100.0 * (truth[1:] - start) / np.maximum(np.diff(grid[idx]), 1)
+        calls = cols["pv_time_st_calls"][idx]
+        rate[(np.diff(calls) != 0) & ran[:-1]] = np.nan  # PV_TIME_ST restarted a running count
+        pct[r] = rate  # NaN where the vCPU had not run by the window's end
+    return StealRates(grid[idx].astype(np.int64), pct)
+
+
+def _steal_lines(result: RunResult, rates: StealRates) -> Figure:
     t_s = result.grid_ns / 1e9
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 7), sharex=True)
-    k = max(1, _RATE_WINDOW_NS // (result.spec.sample_ms * 1_000_000))
-    idx = np.append(np.arange(0, len(result.grid_ns) - 1, k), len(result.grid_ns) - 1)
-    vcpu_handles = []
-    keys = [f"{row.vm}/vcpu{row.vcpu}" for row in result.vcpus]  # the scenario's order
-    for i, key in enumerate(keys):
-        cols = result.series[key]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(_WIDTH_IN, 7), sharex=True)
+    handles = []
+    for i, row in enumerate(result.vcpus):
+        cols = result.series[f"{row.vm}/vcpu{row.vcpu}"]
         color = f"C{i % 10}"
         for col, style, _ in _STEAL_VIEWS:
             top.step(t_s, _ms(cols[col]), where="post", color=color, linestyle=style, linewidth=1.2)
-        vcpu_handles.append(Line2D([], [], color=color, label=key.replace("/vcpu", "/")))
-        truth = _ms(cols["host_wait_ns"])[idx]
-        not_run = np.isnan(truth)
-        truth[not_run] = 0.0  # nothing is counted before the vCPU first runs
-        calls = cols["pv_time_st_calls"][idx]
-        rate = 100.0 * 1e6 * np.diff(truth) / np.maximum(np.diff(result.grid_ns[idx]), 1)
-        rate[(np.diff(calls) != 0) & ~not_run[:-1]] = np.nan  # PV_TIME_ST restarted a running count
-        bottom.step(t_s[idx], np.append(rate, rate[-1:]), where="post", color=color)
-    style_handles = [Line2D([], [], color="black", linestyle=style, label=label) for _, style, label in _STEAL_VIEWS]
-    if len(vcpu_handles) > _LEGEND_VCPUS:  # a colour per vCPU, too many to name
-        vcpu_handles = [Line2D([], [], color="grey", label=f"{len(keys)} vCPUs, a colour each (10 colours, repeated)")]
+        handles.append(Line2D([], [], color=color, label=f"{row.vm}/{row.vcpu}"))
+        _stairs(bottom, rates.pct[i], rates.edges_ns / 1e9, color=color)
     top.set_ylabel("cumulative steal (ms)")
     top.set_title(f"{result.spec.name}: steal per vCPU")
-    top.legend(handles=style_handles + vcpu_handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-               borderaxespad=0)
-    bottom.set_ylabel("host truth: steal, % of each ~100 ms")
+    top.legend(handles=_view_handles() + handles, fontsize=_LEGEND_FONT, loc="upper left",
+               bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    bottom.set_ylabel(f"host truth: steal, % of each {rates.window_label}")
     bottom.set_xlabel("virtual time (s)")
     bottom.set_ylim(0, 105)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata=_METADATA)
-    plt.close(fig)
+    bottom.set_xlim(0, result.duration_ns / 1e9)
+    _margins(fig, hspace=0.08)
+    return fig
+
+
+def _steal_heatmap(result: RunResult, rates: StealRates) -> Figure:
+    rows = result.vcpus
+    vms = list(dict.fromkeys(r.vm for r in rows))
+    heat_in = _heat_height(len(rows))
+    fig = plt.figure(figsize=(_WIDTH_IN, 3.6 + heat_in + 0.9))
+    gs = fig.add_gridspec(2, 2, height_ratios=[3.6, heat_in], width_ratios=[60, 1], wspace=0.02)
+    top = fig.add_subplot(gs[0, 0])
+    bottom = fig.add_subplot(gs[1, 0], sharex=top)
+    cax = fig.add_subplot(gs[1, 1])
+    t_s = result.grid_ns / 1e9
+    groups = [(vm, [i for i, r in enumerate(rows) if r.vm == vm]) for vm in vms]
+    if len(groups) > _GROUPS_UP_TO:
+        groups = [(f"all {len(rows)} vCPUs", list(range(len(rows))))]
+    handles = []
+    for g, (label, members) in enumerate(groups):
+        color = f"C{g % 10}"
+        for col, style, _ in _STEAL_VIEWS:
+            stack = np.ma.stack([result.series[f"{rows[i].vm}/vcpu{rows[i].vcpu}"][col] for i in members])
+            top.step(t_s, _ms(stack.mean(axis=0)), where="post", color=color, linestyle=style, linewidth=1.2)
+            if col == "host_wait_ns":
+                top.fill_between(t_s, _ms(stack.min(axis=0)), _ms(stack.max(axis=0)), step="post", color=color,
+                                 alpha=0.15, linewidth=0)
+        n = len(members)
+        handles.append(Patch(facecolor=color, edgecolor=color, alpha=0.6,
+                             label=f"{label} ({n} vCPU{'s' if n > 1 else ''})" if len(groups) > 1 or n != len(rows)
+                             else label))
+    top.set_ylabel("cumulative steal per vCPU (ms)")
+    top.set_title(f"{result.spec.name}: steal of {len(rows)} vCPUs" + (f" in {len(vms)} VMs" if len(vms) > 1 else ""))
+    note = Line2D([], [], color="none", label="line: the mean over the vCPUs\nthat have run; band: the host\n"
+                                              "truth's lowest to highest")
+    top.legend(handles=_view_handles() + [note] + handles, fontsize=_LEGEND_FONT, loc="upper left",
+               bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    plt.setp(top.get_xticklabels(), visible=False)
+    mesh = bottom.pcolormesh(rates.edges_ns / 1e9, np.arange(len(rows) + 1), np.ma.masked_invalid(rates.pct),
+                             cmap=_heat_cmap(), vmin=0, vmax=100, shading="flat")
+    left_in = _row_groups(bottom, [(vm, sum(1 for r in rows if r.vm == vm)) for vm in vms], "vCPU")
+    bottom.set_xlabel("virtual time (s)")
+    bottom.set_xlim(0, result.duration_ns / 1e9)
+    bar = fig.colorbar(mesh, cax=cax)
+    bar.set_label(f"host truth: steal, % of each {rates.window_label}\ngrey: no value (not run yet,\n"
+                  "or PV_TIME_ST restarted the count)", fontsize=8)
+    _margins(fig, hspace=0.08, left_in=left_in)
+    return fig
+
+
+def occupancy_plot(result: RunResult) -> Figure:
+    """The share of each sample interval each host CPU spent on vCPUs, VMM threads and noise:
+    stacked steps in a panel per CPU, or past `_PANELS_UP_TO` CPUs a panel per host (the mean of
+    its CPUs) and a heatmap of each CPU's busy share. The caller closes the figure."""
+    keys = list(result.occupancy)  # the scenario's hosts in order, each CPU in order
+    if len(keys) <= _PANELS_UP_TO:
+        return _occupancy_panels(result, keys)
+    return _occupancy_heatmap(result, keys)
+
+
+def _bins(result: RunResult, nbins: int) -> tuple[np.ndarray, np.ndarray]:
+    """The sample intervals' edges (s) and widths (ns); the last one ends at the end of the run."""
+    sample = int(result.spec.sample_ms * 1_000_000)
+    starts = np.arange(nbins, dtype=np.int64) * sample
+    edges = np.append(starts, min(nbins * sample, result.duration_ns)) if nbins else np.array([0])
+    return edges / 1e9, np.maximum(np.diff(edges), 1)
+
+
+def _stacked(ax: Axes, busy: np.ndarray, edges_s: np.ndarray, width: np.ndarray) -> None:
+    """Stacked step areas: each category's share (%) of each interval on top of the ones before."""
+    base = np.zeros(busy.shape[1])
+    for c, cat in enumerate(CATEGORIES):
+        top = base + 100.0 * busy[c] / width
+        # fill_between's steps, not stairs(): a StepPatch's data limits cost a Python loop per step
+        ax.fill_between(edges_s, np.append(top, top[-1:]), np.append(base, base[-1:]), step="post",
+                        color=_COLORS[cat], linewidth=0)
+        base = top
+    ax.set_ylim(0, 100)
+    ax.set_xlim(edges_s[0], edges_s[-1])
+
+
+def _category_handles() -> list[Patch]:
+    return [Patch(color=_COLORS[cat], label=cat) for cat in CATEGORIES] + [
+        Patch(facecolor="white", edgecolor="0.6", label="idle")]
+
+
+def _occupancy_panels(result: RunResult, keys: list[tuple[str, int]]) -> Figure:
+    fig, axes = plt.subplots(len(keys), 1, figsize=(_WIDTH_IN, 1.2 * len(keys) + 1.1), sharex=True, squeeze=False)
+    edges_s, width = _bins(result, next(iter(result.occupancy.values())).shape[1])
+    for ax, key in zip(axes[:, 0], keys):
+        _stacked(ax, result.occupancy[key], edges_s, width)
+        ax.set_ylabel(f"{key[0]}\ncpu{key[1]} %", fontsize=8)
+    axes[0, 0].set_title(f"{result.spec.name}: host CPU occupancy (share of each {result.spec.sample_ms} ms)")
+    axes[0, 0].legend(handles=_category_handles(), fontsize=_LEGEND_FONT, loc="upper left",
+                      bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    axes[-1, 0].set_xlabel("virtual time (s)")
+    _margins(fig, hspace=0.25, right_in=1.0)
+    return fig
+
+
+def _occupancy_heatmap(result: RunResult, keys: list[tuple[str, int]]) -> Figure:
+    hosts = list(dict.fromkeys(h for h, _ in keys))
+    heat_in = _heat_height(len(keys))
+    panel_in = 1.3
+    ratios = [panel_in] * len(hosts) + [heat_in]
+    fig = plt.figure(figsize=(_WIDTH_IN, sum(ratios) + 0.35 * len(hosts) + 1.0))
+    gs = fig.add_gridspec(len(ratios), 2, height_ratios=ratios, width_ratios=[60, 1], wspace=0.02)
+    heat = fig.add_subplot(gs[-1, 0])
+    edges_s, width = _bins(result, next(iter(result.occupancy.values())).shape[1])
+    for h, host in enumerate(hosts):
+        ax = fig.add_subplot(gs[h, 0], sharex=heat)
+        cpus = [result.occupancy[k] for k in keys if k[0] == host]
+        _stacked(ax, np.mean(cpus, axis=0), edges_s, width)
+        ax.set_ylabel(f"{host}\n{len(cpus)} CPUs, %", fontsize=8)
+        plt.setp(ax.get_xticklabels(), visible=False)
+        if h == 0:
+            ax.set_title(f"{result.spec.name}: host CPU occupancy (share of each {result.spec.sample_ms} ms; "
+                         "per host: the mean of its CPUs)")
+            ax.legend(handles=_category_handles(), fontsize=_LEGEND_FONT, loc="upper left",
+                      bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    busy = np.array([100.0 * result.occupancy[k].sum(axis=0) / width for k in keys])
+    mesh = heat.pcolormesh(edges_s, np.arange(len(keys) + 1), busy, cmap=_heat_cmap(), vmin=0, vmax=100,
+                           shading="flat")
+    left_in = _row_groups(heat, [(host, sum(1 for k in keys if k[0] == host)) for host in hosts], "CPU")
+    heat.set_xlabel("virtual time (s)")
+    bar = fig.colorbar(mesh, cax=fig.add_subplot(gs[-1, 1]))
+    bar.set_label(f"busy, % of each {result.spec.sample_ms} ms\n(vCPUs, VMM threads, noise)", fontsize=8)
+    _margins(fig, hspace=0.25, left_in=left_in, right_in=1.4)
+    return fig
+
+
+def _margins(fig: Figure, *, hspace: float, left_in: float = 0.85, right_in: float = 2.4) -> None:
+    """Room for the labels on the left, the legend (and colour bar) on the right: fixed in inches,
+    cheaper than tight_layout, which draws the figure once more to measure it."""
+    w, h = fig.get_size_inches()
+    fig.subplots_adjust(left=left_in / w, right=1 - right_in / w, top=1 - 0.45 / h, bottom=0.55 / h, hspace=hspace)
+
+
+def _row_groups(ax: Axes, groups: list[tuple[str, int]], unit: str) -> float:
+    """Rows top to bottom in the scenario's order, consecutive rows of a group (a VM's vCPUs, a
+    host's CPUs) named at their middle and ruled off from the next group; return the left margin
+    (inches) the names need."""
+    total = sum(n for _, n in groups)
+    ax.set_ylim(total, 0)
+    if len(groups) > _LABELLED_ROWS_UP_TO:
+        ax.set_ylabel(f"{unit}s, in the scenario's order")
+        return 0.85
+    starts = np.cumsum([0] + [n for _, n in groups])
+    names = [f"{name} ({n})" if n > 1 else name for name, n in groups]
+    ax.set_yticks([(a + b) / 2 for a, b in zip(starts, starts[1:])], names, fontsize=7)
+    for y in starts[1:-1]:
+        ax.axhline(y, color="white", linewidth=0.8)
+    ax.set_ylabel(f"one row per {unit}, grouped")
+    return 0.45 + 0.06 * max(len(n) for n in names)  # 7-point text: about 0.06 inch a character
+
+
+def _heat_height(rows: int) -> float:
+    """A heatmap's height (inches): about a pixel per row or more, within reason."""
+    return float(np.clip(1.0 + rows * 0.012, 2.5, 9.0))
+
+
+def _heat_cmap() -> Colormap:
+    return plt.get_cmap("viridis").with_extremes(bad=_NO_VALUE)
+
+
+def _view_handles() -> list[Line2D]:
+    return [Line2D([], [], color="black", linestyle=style, label=label) for _, style, label in _STEAL_VIEWS]
+
+
+def _stairs(ax: Axes, values: np.ndarray, edges: np.ndarray, *, color: str) -> None:
+    """A step line of per-window values (gaps where NaN)."""
+    ax.stairs(values, edges, color=color, linewidth=1.2, baseline=None)
 
 
 def _ms(column: np.ndarray) -> np.ndarray:
@@ -74,28 +301,6 @@ def _ms(column: np.ndarray) -> np.ndarray:
     return np.ma.filled(np.ma.masked_array(column, dtype=float), np.nan) / 1e6
 
 
-def occupancy_figure(result: RunResult, path: Path) -> None:
-    """One panel per host CPU: the share of each interval spent on vCPUs, VMM threads and noise."""
-    keys = sorted(result.occupancy)
-    fig, axes = plt.subplots(len(keys), 1, figsize=(10, 1.4 * len(keys) + 1), sharex=True, squeeze=False)
-    sample = int(result.spec.sample_ms * 1_000_000)
-    for ax, key in zip(axes[:, 0], keys):
-        busy = result.occupancy[key]
-        nbins = busy.shape[1]
-        starts = np.arange(nbins) * sample
-        width = np.minimum(sample, result.duration_ns - starts)
-        t_s = starts / 1e9
-        bottom = np.zeros(nbins)
-        for c, cat in enumerate(CATEGORIES):
-            share = 100.0 * busy[c] / width
-            ax.bar(t_s, share, width=width / 1e9, bottom=bottom, align="edge", color=_COLORS[cat],
-                   label=cat, linewidth=0)
-            bottom += share
-        ax.set_ylim(0, 100)
-        ax.set_ylabel(f"{key[0]}\ncpu{key[1]} %", fontsize=8)
-    axes[0, 0].set_title(f"{result.spec.name}: host CPU occupancy")
-    axes[0, 0].legend(fontsize=7, loc="upper right", ncol=3)
-    axes[-1, 0].set_xlabel("virtual time (s)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata=_METADATA)
+def _save(fig: Figure, path: Path) -> None:
+    fig.savefig(path, dpi=_DPI, metadata=_METADATA)
     plt.close(fig)

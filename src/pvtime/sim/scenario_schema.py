@@ -29,13 +29,20 @@ class SchedSpec(_Strict):
     """A host's scheduler: Linux's fair policy, HZ, preemption model, and that policy's tunables
     (before Linux's CPU-count scaling). Unset tunables take Linux's defaults."""
 
-    policy: Literal["eevdf", "cfs"] = "eevdf"
-    hz: Literal[100, 250, 300, 1000] = 250
-    preempt: Literal["none", "voluntary", "full", "lazy"] = "voluntary"
-    base_slice_us: int | None = Field(None, gt=0)  # eevdf: sysctl_sched_base_slice
-    latency_us: int | None = Field(None, gt=0)  # cfs: sysctl_sched_latency
-    min_granularity_us: int | None = Field(None, gt=0)  # cfs
-    wakeup_granularity_us: int | None = Field(None, gt=0)  # cfs
+    policy: Literal["eevdf", "cfs"] = Field(
+        "eevdf", description="the fair scheduling policy: eevdf as in Linux >= 6.6, cfs as in Linux <= 6.5")
+    hz: Literal[100, 250, 300, 1000] = Field(250, description="CONFIG_HZ: the host's scheduler tick rate (Hz)")
+    preempt: Literal["none", "voluntary", "full", "lazy"] = Field(
+        "voluntary", description="the preemption model (lazy: Linux >= 6.13, no IPI for a remote wake-up "
+                                 "preemption; not with cfs)")
+    base_slice_us: int | None = Field(
+        None, gt=0, description="eevdf only: sysctl_sched_base_slice (µs)  [unset: Linux's 700 µs]")
+    latency_us: int | None = Field(
+        None, gt=0, description="cfs only: sysctl_sched_latency (µs)  [unset: Linux's 6000 µs]")
+    min_granularity_us: int | None = Field(
+        None, gt=0, description="cfs only: sysctl_sched_min_granularity (µs)  [unset: Linux's 750 µs]")
+    wakeup_granularity_us: int | None = Field(
+        None, gt=0, description="cfs only: sysctl_sched_wakeup_granularity (µs)  [unset: Linux's 1000 µs]")
 
     def config(self) -> SchedConfig:
         """The host scheduler's configuration."""
@@ -52,23 +59,33 @@ class SchedSpec(_Strict):
 class HostSpec(_Strict):
     """A physical machine."""
 
-    name: str = Field(min_length=1)
-    cpus: int = Field(ge=1, le=4096)
-    counter_hz: int = Field(25_000_000, ge=1, le=U32)
-    schedstats: bool = True
-    sched: SchedSpec = SchedSpec()
+    name: str = Field(min_length=1, description="the host's name, unique among hosts (VMs, noise and migrations "
+                                                "name it)")
+    cpus: int = Field(ge=1, le=4096, description="physical CPUs, numbered from 0")
+    counter_hz: int = Field(25_000_000, ge=1, le=U32,
+                            description="the generic timer's frequency (CNTFRQ_EL0, Hz); Armv8.6 and later fix it at "
+                                        "1 GHz")
+    schedstats: bool = Field(True, description="CONFIG_SCHEDSTATS (sched_info_on()): without it KVM does not offer "
+                                               "PV stolen time, as Linux does")
+    sched: SchedSpec = Field(SchedSpec(), description="the host's scheduler (the table `[host.sched]`)")
 
 
 class ModelGuestSpec(_Strict):
-    """The Python model Linux guest: a 250 Hz tick and busy/idle periods per vCPU."""
+    """The Python model of a Linux arm64 guest: a tick at `hz`, and on each vCPU busy periods
+    (CPU work) and idle periods (WFI) of random lengths drawn from the scenario's seed."""
 
-    kind: Literal["model"]
     cpu: ClassVar[CpuKind] = CpuKind.MODEL  # the vCPUs the VMM gives it
-    busy_us: tuple[int, int] = (2000, 12000)
-    idle_us: tuple[int, int] = (0, 0)
-    hz: int = Field(250, ge=1, le=10000)
-    steal_acc: bool = True
-    nohz_idle: bool = True  # arm64 Linux's NO_HZ_IDLE; false: a periodic tick through idle
+    kind: Literal["model"] = Field(description="\"model\": the Python model of the Linux arm64 guest")
+    busy_us: tuple[int, int] = Field((2000, 12000), description="[low, high]: each vCPU works a random length of "
+                                                                "CPU time in this range (µs, uniform), then idles")
+    idle_us: tuple[int, int] = Field((0, 0), description="[low, high]: the idle (WFI) period after each busy one "
+                                                         "(µs, uniform); [0, 0]: never idle")
+    hz: int = Field(250, ge=1, le=10000, description="the guest kernel's CONFIG_HZ: its tick, at which it accounts "
+                                                      "steal in /proc/stat")
+    steal_acc: bool = Field(True, description="the run-queue clock leaves out steal (CONFIG_PARAVIRT_TIME_ACCOUNTING); "
+                                              "false: the guest booted with no-steal-acc")
+    nohz_idle: bool = Field(True, description="arm64 Linux's NO_HZ_IDLE: the tick stops while a vCPU idles; false: "
+                                              "a periodic tick through idle")
 
     @model_validator(mode="after")
     def _ranges(self) -> ModelGuestSpec:
@@ -89,16 +106,26 @@ class ElfGuestSpec(_Strict):
     image's own values stay. `path` is relative to the scenario file.
     """
 
-    kind: Literal["elf"]
     cpu: ClassVar[CpuKind] = CpuKind.UNICORN  # the vCPUs the VMM gives it
-    image: Literal["conformance", "minikernel"] | None = None
-    path: str | None = None
-    duration_ms: int | None = Field(None, gt=0, le=3_600_000)
-    busy_ms: int | None = Field(None, gt=0, le=3_600_000)
-    idle_ms: int | None = Field(None, ge=0, le=3_600_000)
-    # The guest's speed. Its arithmetic is in counter time, so this changes how many instructions
-    # a busy period takes (and the wall time of a run), not the steal it sees.
-    instructions_per_sec: int = Field(1_000_000_000, ge=1_000, le=100_000_000_000)
+    kind: Literal["elf"] = Field(description="\"elf\": AArch64 machine code on the unicorn CPU")
+    image: Literal["conformance", "minikernel"] | None = Field(
+        None, description="a packaged image (guests/*.c, built into the package); give this or path")
+    path: str | None = Field(None, description="an ELF file for QEMU virt, relative to the scenario file; give this "
+                                               "or image")
+    duration_ms: int | None = Field(None, gt=0, le=3_600_000,
+                                    description="minikernel_config: how long the guest's workload runs (counter-time "
+                                                "ms) before it prints /proc/stat and exits  [unset: the image's]")
+    busy_ms: int | None = Field(None, gt=0, le=3_600_000,
+                                description="minikernel_config: each busy period (counter-time ms)  [unset: the "
+                                            "image's]")
+    idle_ms: int | None = Field(None, ge=0, le=3_600_000,
+                                description="minikernel_config: each idle (WFI) period (counter-time ms)  [unset: "
+                                            "the image's]")
+    # The guest's arithmetic is in counter time, so the speed changes how many instructions a busy
+    # period takes (and the wall time of a run), not the steal it sees.
+    instructions_per_sec: int = Field(1_000_000_000, ge=1_000, le=100_000_000_000,
+                                      description="the guest's speed; it sets how many instructions a busy period "
+                                                  "executes (and the run's wall time), not the steal it sees")
 
     @model_validator(mode="after")
     def _one_source(self) -> ElfGuestSpec:
@@ -139,53 +166,65 @@ GuestSpec = Annotated[ModelGuestSpec | ElfGuestSpec | LinuxGuestSpec, Field(disc
 class VmmThreadSpec(_Strict):
     """The VMM's own thread of a VM (device emulation, I/O): a periodic burst of CPU work."""
 
-    period_us: int = Field(gt=0)
-    burst_us: int = Field(gt=0)
+    period_us: int = Field(gt=0, description="released every this many µs")
+    burst_us: int = Field(gt=0, description="CPU time it needs each period (µs); a burst kept waiting ends late, "
+                                            "not shorter")
 
 
 class VmSpec(_Strict):
     """A virtual machine on one host."""
 
-    name: str = Field(min_length=1)
-    host: str
-    vcpus: int = Field(1, ge=1, le=512)
-    memory_mib: int = Field(64, ge=1, le=65536)
-    pvtime: bool = True
-    nice: int = Field(0, ge=-20, le=19)
-    cpus: list[int] | None = None  # affinity of every vCPU thread
-    pin: list[int] | None = None  # vCPU i's thread pinned to host CPU pin[i]
-    guest: GuestSpec
-    vmm_thread: VmmThreadSpec | None = None
-    lpt_pv_hz: int | None = Field(None, ge=1, le=U32)  # Live Physical Time at this PV frequency
+    name: str = Field(min_length=1, description="the VM's name, unique among VMs and noise")
+    host: str = Field(description="the host it starts on")
+    vcpus: int = Field(1, ge=1, le=512, description="its vCPUs, each a host thread")
+    memory_mib: int = Field(64, ge=1, le=65536, description="guest RAM (MiB), at 0x40000000 as on QEMU virt")
+    pvtime: bool = Field(True, description="the VMM configures PV stolen time (KVM_ARM_VCPU_PVTIME_CTRL); false: "
+                                           "the guest cannot see its steal")
+    nice: int = Field(0, ge=-20, le=19, description="the nice value of its vCPU and VMM threads")
+    cpus: list[int] | None = Field(None, description="the host CPUs every vCPU thread may run on  [unset: all]; "
+                                                     "not with pin")
+    pin: list[int] | None = Field(None, description="vCPU i's thread pinned to host CPU pin[i], one per vCPU; not "
+                                                    "with cpus")
+    guest: GuestSpec = Field(description="what runs in it (the table `vm.guest`, by kind)")
+    vmm_thread: VmmThreadSpec | None = Field(None, description="the VMM's own thread (the table `vm.vmm_thread`)  "
+                                                               "[unset: none]")
+    lpt_pv_hz: int | None = Field(None, ge=1, le=U32,
+                                  description="Live Physical Time: the PV counter frequency the guest sees (Hz), kept "
+                                              "across migrations  [unset: no LPT]")
 
 
 class MigrationSpec(_Strict):
     """A live migration of a VM to another host at a virtual time (pre-copy, then stop-and-copy)."""
 
-    vm: str
-    to: str
-    at_ms: int = Field(ge=0)
-    bandwidth_mbit: int = Field(10_000, gt=0)
-    setup_us: int = Field(1000, ge=0)  # fixed switch-over cost, part of the downtime
-    max_rounds: int = Field(5, ge=1, le=100)
+    vm: str = Field(description="the VM to migrate")
+    to: str = Field(description="the destination host")
+    at_ms: int = Field(ge=0, description="when the migration begins (virtual ms, before duration_ms)")
+    bandwidth_mbit: int = Field(10_000, gt=0, description="the link's bandwidth (Mbit/s)")
+    setup_us: int = Field(1000, ge=0, description="fixed switch-over cost (µs), part of the downtime")
+    max_rounds: int = Field(5, ge=1, le=100, description="pre-copy rounds at most before the stop-and-copy")
     # A VM without LPT moved to a host of another counter frequency: its counter then runs at the
     # wrong rate (refused unless set, and flagged in the results).
-    allow_frequency_change: bool = False
+    allow_frequency_change: bool = Field(
+        False, description="let a VM without LPT move to a host of another counter frequency: its clock then runs "
+                           "at the wrong rate (refused otherwise; flagged in the results)")
 
 
 class NoiseSpec(_Strict):
     """Host tasks that compete with the vCPUs: CPU hogs (with a duty cycle) or periodic bursts."""
 
-    name: str = Field(min_length=1)
-    host: str
-    kind: Literal["hog", "burst"] = "hog"
-    count: int = Field(1, ge=1, le=4096)
-    nice: int = Field(0, ge=-20, le=19)
-    cpus: list[int] | None = None
-    duty: float = Field(1.0, gt=0.0, le=1.0)  # hog: busy share of each period
-    period_us: int = Field(10_000, gt=0)
-    burst_us: int | None = Field(None, gt=0)  # burst: CPU time needed each period
-    phase_us: int = Field(0, ge=0)
+    name: str = Field(min_length=1, description="the tasks' name (NAME.0, NAME.1, ... when count > 1), unique "
+                                                "among VMs and noise")
+    host: str = Field(description="the host they run on")
+    kind: Literal["hog", "burst"] = Field("hog", description="hog: spins for duty of each period; burst: needs "
+                                                             "burst_us of CPU time each period")
+    count: int = Field(1, ge=1, le=4096, description="how many such tasks")
+    nice: int = Field(0, ge=-20, le=19, description="their nice value")
+    cpus: list[int] | None = Field(None, description="the host CPUs they may run on  [unset: all]")
+    duty: float = Field(1.0, gt=0.0, le=1.0, description="hog: the busy share of each period (1: always runnable)")
+    period_us: int = Field(10_000, gt=0, description="the period (µs)")
+    burst_us: int | None = Field(None, gt=0, description="burst: the CPU time needed each period (µs, at most "
+                                                         "period_us); a burst kept waiting ends late")
+    phase_us: int = Field(0, ge=0, description="where the first period starts (µs)")
 
     @model_validator(mode="after")
     def _burst(self) -> NoiseSpec:
@@ -199,14 +238,17 @@ class NoiseSpec(_Strict):
 class ScenarioSpec(_Strict):
     """A whole scenario."""
 
-    format: int = Field(SCENARIO_FORMAT, ge=1)  # the scenario format the file was written for
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    description: str = ""
-    duration_ms: int = Field(gt=0, le=3_600_000)
-    seed: int = 0
-    sample_ms: int = Field(10, gt=0)
-    trace: bool = True  # write the Perfetto trace (large for big scenarios)
-    host: list[HostSpec] = Field(min_length=1)
-    vm: list[VmSpec] = []
-    noise: list[NoiseSpec] = []
-    migration: list[MigrationSpec] = []
+    format: int = Field(SCENARIO_FORMAT, ge=1, description="the scenario format the file was written for (a "
+                                                          "newer one than this pvtime reads is refused)")
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
+                      description="the scenario's name: the default results folder is results/NAME/")
+    description: str = Field("", description="one line on what it shows (pvtime scenarios lists it)")
+    duration_ms: int = Field(gt=0, le=3_600_000, description="virtual time to run (ms)")
+    seed: int = Field(0, description="seeds the guests' random workloads: the same seed gives byte-identical "
+                                     "results")
+    sample_ms: int = Field(10, gt=0, description="the series' sample interval, and the occupancy's (virtual ms)")
+    trace: bool = Field(True, description="write the Perfetto trace, trace.json (large for big scenarios)")
+    host: list[HostSpec] = Field(min_length=1, description="the physical machines (tables `[[host]]`)")
+    vm: list[VmSpec] = Field([], description="the virtual machines (tables `[[vm]]`)")
+    noise: list[NoiseSpec] = Field([], description="host tasks competing with the vCPUs (tables `[[noise]]`)")
+    migration: list[MigrationSpec] = Field([], description="live migrations (tables `[[migration]]`)")
