@@ -58,7 +58,8 @@ def test_the_docs_have_a_row_for_every_field_with_its_type_default_and_range() -
     assert row("`[[noise]]`", "cpus") == ["array of integers", "unset", ""]
     assert row("`[host.sched]`", "policy")[:2] == ['`"eevdf"` or `"cfs"`', '`"eevdf"`']
     assert row('`[vm.guest]` (kind = "model")', "busy_us")[:2] == ["[integer, integer]", "`[2000, 12000]`"]
-    assert row("`[[vm]]`", "guest")[0] == "table, by `kind`: [model](#vm-guest-model), [elf](#vm-guest-elf)"
+    assert row("`[[vm]]`", "guest")[0] == ("table, by `kind`: [model](#vm-guest-model), [elf](#vm-guest-elf), "
+                                           "[linux](#vm-guest-linux)")
     assert row("top level", "host")[1:] == ["required", "at least 1"]
 
 

@@ -146,13 +146,19 @@ class LinuxGuestSpec(_Strict):
     and after, and powers off; the table shows the steal of the last /proc/stat it printed.
     """
 
-    kind: Literal["linux"]
-    cpu: ClassVar[CpuKind] = CpuKind.UNICORN
-    kernel: str | None = None  # an arm64 Image, raw or gzipped (default: the packaged one)
-    initrd: str | None = None  # a newc cpio, gzipped or not (default: the packaged one)
-    append: str = ""  # kernel command line, after console=ttyAMA0
-    busy_ms: int | None = Field(None, gt=0, le=3_600_000)  # the packaged /init's pvtime.busy_ms
-    instructions_per_sec: int = Field(1_000_000_000, ge=1_000, le=100_000_000_000)
+    cpu: ClassVar[CpuKind] = CpuKind.UNICORN  # the vCPUs the VMM gives it
+    kind: Literal["linux"] = Field(description="\"linux\": a Linux arm64 kernel on the unicorn CPU, with a vGICv2")
+    kernel: str | None = Field(None, description="an arm64 Image, raw or gzipped, relative to the scenario file  "
+                                                 "[unset: the packaged Linux 6.1 kernel]")
+    initrd: str | None = Field(None, description="a newc cpio initramfs, gzipped or not, relative to the scenario "
+                                                 "file  [unset: the packaged one]")
+    append: str = Field("", description="kernel command line, after console=ttyAMA0 (and pvtime.busy_ms)")
+    busy_ms: int | None = Field(None, gt=0, le=3_600_000,
+                                description="the packaged /init's busy phase: every CPU runs a CPU-bound process "
+                                            "this long (pvtime.busy_ms)  [unset: its default, 2000]")
+    instructions_per_sec: int = Field(1_000_000_000, ge=1_000, le=100_000_000_000,
+                                      description="the guest's speed: instructions per virtual second (the "
+                                                  "counter follows them)")
 
     def bootargs(self) -> str:
         """The kernel command line the VMM passes."""
