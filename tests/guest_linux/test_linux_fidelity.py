@@ -15,6 +15,7 @@ from functools import cache
 from pvtime.sim import scenario
 from pvtime.sim.results import MigrationStatus, RunResult
 from pvtime.sim.runner import run
+from tests.guest_linux.shipped import manifest
 
 MS = 1_000_000
 USER_HZ_NS = 10 * MS
@@ -55,8 +56,9 @@ def four_on_one() -> RunResult:
     return run(scenario.parse(linux_scenario(4, busy_ms=BUSY_MS, duration_ms=1500), "linux.toml"))
 
 
-def test_linux_says_it_uses_stolen_time_and_powers_off() -> None:
+def test_the_shipped_kernel_boots_says_it_uses_stolen_time_and_powers_off() -> None:
     vm = four_on_one().vms[0]
+    assert manifest()["kernel"]["banner"] in vm.console  # the packaged build, as recorded
     assert "arm-pv: using stolen time PV" in vm.console
     assert "reboot: Power down" in vm.console and vm.stopped is not None and vm.stopped.is_power_off
 
