@@ -100,7 +100,13 @@ class Registers:
         return self._scratch.value
 
     def set_pc(self, value: int) -> None:
-        self.uc.reg_write(A.UC_ARM64_REG_PC, value)
+        self._set64(A.UC_ARM64_REG_PC, value)
+
+    def _set64(self, reg: int, value: int) -> None:
+        """Write a 64-bit register through the C API (what the binding's reg_write does, without
+        its per-call dispatch)."""
+        self._scratch.value = value & U64
+        uclib.uc_reg_write(self._uch, reg, ctypes.byref(self._scratch))
 
     def pstate(self) -> int:
         """The current PSTATE (NZCV, DAIF, mode)."""
@@ -120,7 +126,7 @@ class Registers:
         uclib.uc_reg_write_batch(self._uch, self._arg_ids, self._arg_ptrs, 4)
 
     def write_x(self, n: int, value: int) -> None:
-        self.uc.reg_write(X_REGS[n], value)
+        self._set64(X_REGS[n], value)
 
     def enter_el1h(self, vector: int, elr: int, spsr: int, pstate: int, esr: int | None, far: int | None) -> None:
         """An exception entry's register writes, in two C calls: ESR_EL1 and FAR_EL1 (when given),

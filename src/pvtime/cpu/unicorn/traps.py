@@ -29,10 +29,7 @@ import ctypes
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from unicorn import (
-    UC_HOOK_INTR, UC_HOOK_MEM_FETCH_UNMAPPED, UC_HOOK_MEM_READ_UNMAPPED, UC_HOOK_MEM_WRITE_PROT,
-    UC_HOOK_MEM_WRITE_UNMAPPED, Uc,
-)
+from unicorn import UC_HOOK_INTR, Uc
 from unicorn import arm64_const as A
 from unicorn.unicorn_py3.unicorn import uclib
 
@@ -106,8 +103,7 @@ class TrapHooks:
         self._value = ctypes.c_uint64()
         self._records = ExceptionRecords(uc)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
-        uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED
-                    | UC_HOOK_MEM_WRITE_PROT, self._on_memory)
+        memory.hook_faults(self._on_memory)
         # The counter is read in guests' polling loops: the MRS/MSR hooks are ctypes callbacks
         # (3x cheaper per trap than the binding's generic wrapper) that write registers through
         # the C API; the native filters call them for the trapped registers only.
