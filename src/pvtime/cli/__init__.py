@@ -6,7 +6,6 @@ Exit statuses and the --json answer: `pvtime.cli.exits`; the option types (integ
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import traceback
 from collections.abc import Iterator
@@ -22,10 +21,13 @@ from rich.table import Table
 from pvtime.cli.exits import (
     EPILOG, EXIT_DIFFERENT, EXIT_OK, EXIT_TIME_LIMIT, EXIT_VM_FAILED, Answer, ToolError, fail_json,
 )
-from pvtime.cli.params import GuestImage, HostPort, Integer
+from pvtime.cli.params import GuestImage, HostPort, Integer, Seeds, Setting
+from pvtime.cli.runfolder import no_library_warnings as _no_library_warnings
+from pvtime.cli.runfolder import write_run
 
 if TYPE_CHECKING:
     from pvtime.calibrate.workloads import Workload
+    from pvtime.sim.overrides import Override
 
 U32 = 0xFFFF_FFFF
 
@@ -78,9 +80,14 @@ def main() -> None:
 @click.option("--force", is_flag=True,
               help="replace a results folder even when it also holds files pvtime did not write (deleting "
                    "them); a folder that is not a pvtime results folder is never cleared")
-@click.option("--seed", type=Integer(), default=None, help="override the scenario's seed")
+@click.option("--seed", type=Integer(), default=None, help="override the scenario's seed (as --set seed=N)")
 @click.option("--duration", "duration_ms", type=Integer(1), default=None,
-              help="override the scenario's duration (virtual ms)")
+              help="override the scenario's duration (virtual ms); a migration after the new end does not "
+                   "happen (a note says so)")
+@click.option("--set", "settings", type=Setting(), multiple=True, metavar="PATH=VALUE",
+              help="set a scenario field (repeatable): vm.web.vcpus=4, host.host0.sched.policy=cfs, "
+                   "noise.neighbour.duty=0.8, migration.0.at_ms=500; an array's element by its name or index; "
+                   "the value is TOML or a bare word; checked as the file is, errors name the --set")
 @click.option("--no-progress", is_flag=True, help="do not show the progress bar")
 @click.option("--quiet", "-q", is_flag=True, help="print nothing but errors (no progress, tables or notes)")
 @click.option("--json", "as_json", is_flag=True,
@@ -88,7 +95,7 @@ def main() -> None:
                    "folder and the summary (summary.json)")
 @click.option("--yes", is_flag=True, help="run even if the estimated cost is over a minute")
 def run(scenario: str | None, out: Path | None, force: bool, seed: int | None, duration_ms: int | None,
-        no_progress: bool, quiet: bool, as_json: bool, yes: bool) -> None:
+        settings: tuple[Override, ...], no_progress: bool, quiet: bool, as_json: bool, yes: bool) -> None:
     """Run SCENARIO (a TOML file or an embedded name; default: the embedded `default`).
 
     Writes the results folder (tables, series, figures, trace, summary.json, and provenance.json:
@@ -98,18 +105,29 @@ def run(scenario: str | None, out: Path | None, force: bool, seed: int | None, d
     in the table and summary.json.
     """
     with _answering(as_json):
-        _run(scenario, out, force, seed, duration_ms, no_progress or quiet or as_json, quiet, as_json, yes)
+        overrides = _run_overrides(seed, duration_ms, settings)
+        _run(scenario, out, force, overrides, no_progress or quiet or as_json, quiet, as_json, yes)
 
 
-def _run(name: str | None, out: Path | None, force: bool, seed: int | None, duration_ms: int | None,
+def _run_overrides(seed: int | None, duration_ms: int | None, settings: tuple[Override, ...]) -> list[Override]:
+    """`pvtime run`'s overrides in the order they apply: --seed, --duration, then each --set."""
+    from pvtime.sim.overrides import Override
+
+    given = [Override.of(path, v, f"{option} {v}")
+             for path, option, v in (("seed", "--seed", seed), ("duration_ms", "--duration", duration_ms))
+             if v is not None]
+    return given + list(settings)
+
+
+def _run(name: str | None, out: Path | None, force: bool, overrides: list[Override],
          no_progress: bool, quiet: bool, as_json: bool, yes: bool) -> None:
     import time
 
     with _no_library_warnings():  # importing matplotlib may announce that it builds its font cache
-        from pvtime.report import migration_table, summary_table, write_results
+        from pvtime.report import migration_table, summary_table
         from pvtime.report.files import summary
     from pvtime.report.outdir import OutFolderError, check
-    from pvtime.report.provenance import now_utc, provenance
+    from pvtime.report.provenance import now_utc
     from pvtime.sim import scenario as scenarios
     from pvtime.sim.cost import CONFIRM_ABOVE_S, estimate_seconds
     from pvtime.sim.runner import run as run_scenario
@@ -125,16 +143,14 @@ def _run(name: str | None, out: Path | None, force: bool, seed: int | None, dura
             click.echo(text, err=True)
 
     try:
-        sc = scenarios.load(name)
+        sc = scenarios.load(name, overrides)
     except scenarios.ScenarioError as exc:
         raise ToolError(str(exc)) from None
-    overrides = {k: v for k, v in (("seed", seed), ("duration_ms", duration_ms)) if v is not None}
-    if overrides:
-        sc = dataclasses.replace(sc, spec=sc.spec.model_copy(update=overrides))
-        for i in scenarios.late_migrations(sc.spec):
-            m = sc.spec.migration[i]
-            note(f"pvtime: --duration {sc.spec.duration_ms} ends the run before migration[{i}] ({m.vm} to {m.to} "
-                 f"at {m.at_ms} ms): it will not happen")
+    end = next((o.origin for o in overrides if o.parts == ("duration_ms",)), None)
+    for i in [] if end is None else scenarios.late_migrations(sc.spec):
+        m = sc.spec.migration[i]
+        note(f"pvtime: {end} ends the run before migration[{i}] ({m.vm} to {m.to} "
+             f"at {m.at_ms} ms): it will not happen")
     folder = out if out is not None else Path("results") / sc.spec.name
     try:
         check(folder, force=force)  # before minutes of running, not after
@@ -166,10 +182,9 @@ def _run(name: str | None, out: Path | None, force: bool, seed: int | None, dura
                 # A guest that exits with status 0 (semihosting) has finished its job: not a failure.
                 style = "green" if vm.exit_status == 0 else "red"
                 console.print(f"[{style}]{vm.name} stopped{at}:[/{style}] {vm.stopped}", markup=True, highlight=False)
-    prov = provenance(sc, argv=sys.orig_argv, started=started, wall_s=time.perf_counter() - t0, overrides=overrides)
     try:
-        with _no_library_warnings():
-            paths = write_results(result, folder, force=force, provenance=prov)
+        paths = write_run(result, sc, folder, force=force, argv=sys.orig_argv, started=started,
+                          wall_s=time.perf_counter() - t0)
     except OutFolderError as exc:
         raise ToolError(str(exc)) from None
     except OSError as exc:
@@ -181,22 +196,52 @@ def _run(name: str | None, out: Path | None, force: bool, seed: int | None, dura
         console.print(f"results in {folder}/: " + ", ".join(p.name for p in paths), highlight=False)
 
 
-@contextmanager
-def _no_library_warnings() -> Iterator[None]:
-    """Figures are for people, who look at them: matplotlib's layout warnings and log lines are not
-    for the terminal."""
-    import logging
-    import warnings
+@main.command("sweep")
+@click.argument("scenario", required=False)
+@click.option("--seeds", type=Seeds(), required=True,
+              help="the seeds, e.g. 1-32, 1,5,9 or 1-4,10: each setting runs once with each seed")
+@click.option("--set", "axes", type=Setting(many=True), multiple=True, metavar="PATH=V1,V2,...",
+              help="sweep a scenario field over these values (repeatable: every combination runs), as pvtime "
+                   "run's --set: vm.web.vcpus=2,4,8, host.host0.sched.policy=eevdf,cfs; commas inside [...], "
+                   "{...} or quotes belong to one value")
+@click.option("--workers", type=Integer(1, 4096), default=None,
+              help="worker processes of the local cluster (one thread each)  [default: this machine's CPUs]")
+@click.option("--scheduler", metavar="ADDRESS", default=None,
+              help="run on an existing dask cluster, by its scheduler's address (tcp://HOST:8786) instead of a "
+                   "local one; its workers need this pvtime installed")
+@click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="wall-clock seconds to wait for the --scheduler to answer")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="results folder  [default: ./results/<scenario name>-sweep/]; an earlier results folder there "
+                   "is replaced whole, any other non-empty folder is refused")
+@click.option("--force", is_flag=True,
+              help="replace a results folder even when it also holds files pvtime did not write (deleting them)")
+@click.option("--no-progress", is_flag=True, help="do not show the progress bar")
+@click.option("--quiet", "-q", is_flag=True, help="print nothing but errors (no progress, table or notes)")
+@click.option("--json", "as_json", is_flag=True,
+              help="print the answer as JSON on stdout instead of the table: exit_code, error, the results "
+                   "folder, the failed runs and the aggregate")
+@click.option("--yes", is_flag=True, help="run even if a run's estimated cost is over a minute")
+def sweep_cmd(scenario: str | None, seeds: tuple[int, ...], axes: tuple[tuple[Override, ...], ...],
+              workers: int | None, scheduler: str | None, connect_timeout: float, out: Path | None, force: bool,
+              no_progress: bool, quiet: bool, as_json: bool, yes: bool) -> None:
+    """Run SCENARIO (a TOML file or an embedded name; default: `default`) once per seed and
+    combination of --set values, each as `pvtime run SCENARIO --seed K --set ...` would, on
+    dask.distributed: a local cluster of worker processes, or an existing cluster (--scheduler).
 
-    logger = logging.getLogger("matplotlib")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
+    Writes a results folder per run (runs/), vcpus.parquet (a row per run and vCPU: the swept
+    values, the seed and summary.json's figures), the aggregate over seeds per setting and VM
+    (mean and Student-t 95 % interval, with n; printed, and in aggregate.csv and .parquet),
+    sweep.json (each run's status) and provenance.json. A run that fails is reported with its
+    values and its `pvtime run` options, and the others go on; the exit status is then 125.
+    """
+    from pvtime.cli.sweep import check_usage, sweep
+
+    check_usage(axes, workers, scheduler)  # a usage error is on stderr only, as click's own
+    with _answering(as_json):
+        sweep(scenario or "default", seeds, axes, workers=workers, scheduler=scheduler,
+              connect_timeout_s=connect_timeout, out=out, force=force, progress=not no_progress, quiet=quiet,
+              as_json=as_json, yes=yes)
 
 
 @main.command("scenarios")

@@ -28,10 +28,11 @@ Exit status:
   {EXIT_DIFFERENT:>3}  compare: a difference beyond the tolerance
   {EXIT_USAGE:>3}  usage error: an unknown option, a missing or bad value
   {EXIT_TIME_LIMIT:>3}  guest run: the time limit came before the guest exited
-  {EXIT_TOOL_ERROR:>3}  pvtime failed: a scenario or image it cannot load, a folder it may not write, a network failure
+  {EXIT_TOOL_ERROR:>3}  pvtime failed: a scenario or image it cannot load, a folder it may not write, a network failure;
+       sweep: a run failed (the others' results are written)
   {EXIT_VM_FAILED:>3}  guest run: the VM stopped without an exit status (a guest fault)
     N  guest run: the guest's own semihosting exit status
---json (run, guest run, compare, lpt, scenarios) prints the answer on stdout, with exit_code,
+--json (run, sweep, guest run, compare, lpt, scenarios) prints the answer on stdout, with exit_code,
 guest_exit_status and error in it, which tells a guest's 125 from pvtime's (a usage
 error is only on stderr). Integers may be written 25000000, 25_000_000 or 25e6.
 Every command takes -h / --help."""

@@ -1,4 +1,5 @@
-"""The command line's own parameter types: integers as people write them, HOST:PORT, guest images.
+"""The command line's own parameter types: integers as people write them, HOST:PORT, guest images,
+scenario overrides (PATH=VALUE) and seed lists (1-32).
 
 Every integer option of `pvtime` uses `Integer`, so `--native 25e6`, `--native 25_000_000` and
 `--native 25000000` mean the same everywhere.
@@ -6,6 +7,7 @@ Every integer option of `pvtime` uses `Integer`, so `--native 25e6`, `--native 2
 
 from __future__ import annotations
 
+from collections import Counter
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -92,3 +94,63 @@ class GuestImage(click.ParamType):
         if path.is_dir():
             self.fail(f"{value}: a folder, not an ELF file", param, ctx)
         self.fail(f"{value}: no such file, and not a packaged image ({', '.join(PACKAGE_IMAGES)})", param, ctx)
+
+
+class Setting(click.ParamType):
+    """A scenario override, PATH=VALUE (`pvtime.sim.overrides`); with `many`, PATH=V1,V2,... gives
+    one override per value (a tuple)."""
+
+    name = "path=value"
+
+    def __init__(self, *, many: bool = False) -> None:
+        self.many = many
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from pvtime.sim.overrides import Override, OverrideSyntaxError, parse_assignment
+
+        if isinstance(value, Override | tuple):
+            return value
+        try:
+            found = parse_assignment(str(value), many=self.many)
+        except OverrideSyntaxError as err:
+            self.fail(str(err), param, ctx)
+        if self.many:
+            texts = [o.text for o in found]
+            twice = sorted({t for t in texts if texts.count(t) > 1})
+            if twice:
+                self.fail(f"{value!r}: {', '.join(twice)} given twice", param, ctx)
+            return tuple(found)
+        return found[0]
+
+
+MAX_SEEDS = 1_000_000
+
+
+class Seeds(click.ParamType):
+    """Seeds as a list of integers and ranges: `1-32`, `1,5,9`, `1-4,10`; each integer read by
+    `parse_int`, each seed at most once."""
+
+    name = "seeds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        seeds: list[int] = []
+        for item in str(value).split(","):
+            # a range is LOW-HIGH; a lone negative seed (-3) has no LOW
+            lo_text, dash, hi_text = item.strip().partition("-") if not item.strip().startswith("-") \
+                else (item.strip(), "", "")
+            try:
+                lo = parse_int(lo_text)
+                hi = parse_int(hi_text) if dash else lo
+            except ValueError as err:
+                self.fail(f"{value!r}: {err}; seeds are written 1-32 or 1,5,9", param, ctx)
+            if hi < lo:
+                self.fail(f"{value!r}: the range {item.strip()} is empty", param, ctx)
+            if len(seeds) + hi - lo + 1 > MAX_SEEDS:
+                self.fail(f"{value!r}: more than {MAX_SEEDS:,} seeds", param, ctx)
+            seeds += range(lo, hi + 1)
+        twice = sorted(s for s, n in Counter(seeds).items() if n > 1)
+        if twice:
+            self.fail(f"{value!r}: seed {', '.join(map(str, twice[:5]))} given twice", param, ctx)
+        return tuple(seeds)

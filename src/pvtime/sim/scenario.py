@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, get_origin
 
 from pydantic import ValidationError
 
+from pvtime.sim.overrides import Override, OverrideError, apply, blame
 from pvtime.sim.scenario_schema import (
     SCENARIO_FORMAT, ElfGuestSpec, GuestSpec, HostSpec, LinuxGuestSpec, MigrationSpec, ModelGuestSpec, NoiseSpec,
     SchedSpec,
@@ -34,8 +35,8 @@ DTB_ROOM = 64 * 1024  # what a device tree is given when checking a Linux VM's R
 
 __all__ = [
     "SCENARIO_FORMAT", "ElfGuestSpec", "GuestSpec", "HostSpec", "Issue", "LinuxGuestSpec", "MigrationRoute",
-    "MigrationSpec",
-    "ModelGuestSpec", "NoiseSpec", "SchedSpec", "Scenario", "ScenarioError", "ScenarioSpec", "VmSpec",
+    "MigrationSpec", "ModelGuestSpec", "NoiseSpec", "Override", "SchedSpec", "Scenario", "ScenarioError",
+    "ScenarioSpec", "VmSpec",
     "VmmThreadSpec", "elf_image", "elf_image_path", "embedded_names", "embedded_text", "late_migrations", "load",
     "linux_boot", "migration_routes", "packaged_image", "parse",
 ]
@@ -70,6 +71,7 @@ class Scenario:
     spec: ScenarioSpec
     source: str  # file path, or "embedded:<name>"
     text: str = ""  # the TOML text it was read from
+    overrides: tuple[Override, ...] = ()  # set over the text (`pvtime.sim.overrides`), in order
 
 
 def embedded_names() -> list[str]:
@@ -83,21 +85,31 @@ def embedded_text(name: str) -> str:
     return resources.files("pvtime.scenarios").joinpath(f"{name}.toml").read_text(encoding="utf-8")
 
 
-def load(name_or_path: str | None = None) -> Scenario:
-    """Load a scenario file, or an embedded scenario by name (default: `default`)."""
+def load(name_or_path: str | None = None, overrides: Sequence[Override] = ()) -> Scenario:
+    """Load a scenario file, or an embedded scenario by name (default: `default`), with `overrides`
+    set over it (`parse`)."""
     if name_or_path is None:
         name_or_path = "default"
     path = Path(name_or_path)
     if path.is_file():
-        return parse(path.read_text(encoding="utf-8"), str(path))
+        return parse(path.read_text(encoding="utf-8"), str(path), overrides)
     if name_or_path in embedded_names():
-        return parse(embedded_text(name_or_path), f"embedded:{name_or_path}")
+        return parse(embedded_text(name_or_path), f"embedded:{name_or_path}", overrides)
     raise ScenarioError([Issue(name_or_path, None, "", "no such file, and not an embedded scenario "
                                f"(embedded: {', '.join(embedded_names())})")])
 
 
-def parse(text: str, source: str = "<scenario>") -> Scenario:
-    """Parse and validate TOML text; raises ScenarioError naming file, line and field."""
+# The top-level arrays of tables ([[host]], [[vm]], ...): an override names one of their elements.
+_ARRAYS = frozenset(k for k, f in ScenarioSpec.model_fields.items() if get_origin(f.annotation) is list)
+
+
+def parse(text: str, source: str = "<scenario>", overrides: Sequence[Override] = ()) -> Scenario:
+    """Parse and validate TOML text, with `overrides` set over it before validation; raises
+    ScenarioError naming file, line and field -- or the option, for an error in an overridden
+    field (an error elsewhere says which overrides were set).
+
+    A run's end moved by an override (`--duration`) may come before a [[migration]]: that
+    migration does not happen (the caller says so), where a file's own duration is refused."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -106,16 +118,20 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
     newer = _newer_format(source, lines, data)
     if newer is not None:  # its other errors would be of a format this pvtime does not know
         raise ScenarioError([newer])
-    root = _root_line(text)
+    try:
+        data, placed = apply(data, overrides, arrays=_ARRAYS)
+    except OverrideError as exc:
+        raise ScenarioError([Issue(exc.origin, None, exc.field, exc.message)]) from None
+    where = _Where(source, lines, _root_line(text), placed)
     try:
         spec = ScenarioSpec.model_validate(data)
     except ValidationError as exc:
-        raise ScenarioError([_issue(source, lines, err["loc"], err["msg"], root)
-                             for err in exc.errors()]) from None
-    issues = [_issue(source, lines, loc, msg, root) for loc, msg in _cross_checks(spec, source)]
+        raise ScenarioError([where.issue(err["loc"], err["msg"]) for err in exc.errors()]) from None
+    cut_short = any(loc == ("duration_ms",) for loc, _ in placed)
+    issues = [where.issue(loc, msg) for loc, msg in _cross_checks(spec, source, late_ok=cut_short)]
     if issues:
         raise ScenarioError(issues)
-    return Scenario(spec, source, text)
+    return Scenario(spec, source, text, tuple(overrides))
 
 
 def _newer_format(source: str, lines: dict[Any, int], data: dict[str, Any]) -> Issue | None:
@@ -133,14 +149,28 @@ def _syntax_issue(source: str, message: str, text: str) -> Issue:
     return Issue(source, line, "", f"TOML syntax: {message}")
 
 
-def _issue(source: str, lines: dict[Any, int], loc: tuple[Any, ...], msg: str, root: int) -> Issue:
-    loc = _without_tags(tuple(loc))
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
-    line = line_of(lines, loc)
-    # A top-level key the file lacks (`name`, `host`, ...) has no line of its own: it belongs
-    # to the top-level table, which the error points at.
-    return Issue(source, root if line is None else line, dotted(loc), msg)
+@dataclass(frozen=True)
+class _Where:
+    """Where a field's value came from: the file's line, or an override."""
+
+    source: str
+    lines: dict[Any, int]
+    root: int  # the top-level table's line
+    placed: list[tuple[tuple[Any, ...], Override]]
+
+    def issue(self, loc: tuple[Any, ...], msg: str) -> Issue:
+        loc = _without_tags(tuple(loc))
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        culprit = blame(loc, self.placed)
+        if culprit is not None:
+            return Issue(culprit.origin, None, dotted(loc), msg)
+        if self.placed:
+            msg += f" (with {', '.join(o.origin for _, o in self.placed)})"
+        line = line_of(self.lines, loc)
+        # A top-level key the file lacks (`name`, `host`, ...) has no line of its own: it belongs
+        # to the top-level table, which the error points at.
+        return Issue(self.source, self.root if line is None else line, dotted(loc), msg)
 
 
 def _root_line(text: str) -> int:
@@ -201,8 +231,9 @@ def elf_image(guest: ElfGuestSpec, source: str) -> bytes:
     return patch_minikernel(data, name=str(path), **fields) if fields else data
 
 
-def _cross_checks(spec: ScenarioSpec, source: str) -> list[tuple[tuple[Any, ...], str]]:
-    """What one field cannot check alone: names, CPU numbers, images."""
+def _cross_checks(spec: ScenarioSpec, source: str, *, late_ok: bool = False) -> list[tuple[tuple[Any, ...], str]]:
+    """What one field cannot check alone: names, CPU numbers, images (and migrations after the
+    end, unless `late_ok`)."""
     out: list[tuple[tuple[Any, ...], str]] = []
     hosts = {}
     for i, h in enumerate(spec.host):
@@ -233,7 +264,7 @@ def _cross_checks(spec: ScenarioSpec, source: str) -> list[tuple[tuple[Any, ...]
                         out.append(((kind, i, key, j), f"host CPU {c} does not exist on {host.name} "
                                     f"(CPUs 0..{host.cpus - 1})"))
     vm_names = {v.name: v for v in spec.vm}
-    for i in late_migrations(spec):
+    for i in [] if late_ok else late_migrations(spec):
         out.append((("migration", i, "at_ms"), f"{spec.migration[i].at_ms} ms is not before the end of the run "
                     f"(duration_ms = {spec.duration_ms}): the migration would never happen"))
     for i, mig in enumerate(spec.migration):
