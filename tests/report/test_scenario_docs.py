@@ -53,7 +53,7 @@ def test_the_docs_have_a_row_for_every_field_with_its_type_default_and_range() -
         return [cell.strip() for cell in line.strip("|").split(" | ")][1:4]
 
     assert row("`[[host]]`", "cpus") == ["integer", "required", "`1` to `4096`"]
-    assert row("`[[host]]`", "counter_hz") == ["integer", "`25_000_000`", "`1` to `4_294_967_295`"]
+    assert row("`[[host]]`", "counter_hz") == ["integer", "`25_000_000`", "`1_000_000` to `4_294_967_295`"]
     assert row("`[[noise]]`", "duty") == ["float", "`1.0`", "> `0.0`, ≤ `1.0`"]
     assert row("`[[noise]]`", "cpus") == ["array of integers", "unset", ""]
     assert row("`[host.sched]`", "policy")[:2] == ['`"eevdf"` or `"cfs"`', '`"eevdf"`']

@@ -120,3 +120,24 @@ def test_an_allowed_frequency_change_is_flagged_in_the_results(tmp_path: Path) -
     assert "(!) v at 20 ms: a VM without LPT moved to another counter frequency" in shown
     # and its clock does run at the wrong rate: 1.5x over the 40 ms after the move
     assert result.clocks["v"].error_max_ns > 15_000_000
+
+
+def test_values_that_would_crash_a_run_are_refused_when_the_file_is_read() -> None:
+    # found by the sweep work: a 1 Hz counter made the model guest's tick interval 0 (a
+    # ZeroDivisionError mid-run), and a VMM thread's burst longer than its period failed at run time
+    base = """name = "v"
+duration_ms = 50
+[[host]]
+name = "h"
+cpus = 1
+counter_hz = {hz}
+[[vm]]
+name = "v"
+host = "h"
+guest = {{ kind = "model" }}
+vmm_thread = {{ period_us = 100, burst_us = {burst} }}
+"""
+    (err,) = issues(base.format(hz=1, burst=10))
+    assert err.startswith("mig.toml:6: host[0].counter_hz") and "1000000" in err
+    (err,) = issues(base.format(hz=25_000_000, burst=200))
+    assert "vm[0].vmm_thread" in err and "burst_us (200) exceeds period_us (100)" in err

@@ -21,6 +21,11 @@ from pvtime.vmm.images import PACKAGE_IMAGES
 SCENARIO_FORMAT = 1
 
 
+# A guest counts its tick in counter ticks (CNTFRQ / HZ): a generic timer below 1 MHz -- slower
+# than any Arm system's -- cannot time a 1000 Hz tick to a microsecond.
+MIN_COUNTER_HZ = 1_000_000
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -62,7 +67,7 @@ class HostSpec(_Strict):
     name: str = Field(min_length=1, description="the host's name, unique among hosts (VMs, noise and migrations "
                                                 "name it)")
     cpus: int = Field(ge=1, le=4096, description="physical CPUs, numbered from 0")
-    counter_hz: int = Field(25_000_000, ge=1, le=U32,
+    counter_hz: int = Field(25_000_000, ge=MIN_COUNTER_HZ, le=U32,
                             description="the generic timer's frequency (CNTFRQ_EL0, Hz); Armv8.6 and later fix it at "
                                         "1 GHz")
     schedstats: bool = Field(True, description="CONFIG_SCHEDSTATS (sched_info_on()): without it KVM does not offer "
@@ -176,6 +181,12 @@ class VmmThreadSpec(_Strict):
     burst_us: int = Field(gt=0, description="CPU time it needs each period (µs); a burst kept waiting ends late, "
                                             "not shorter")
 
+    @model_validator(mode="after")
+    def _fits(self) -> VmmThreadSpec:
+        if self.burst_us > self.period_us:
+            raise ValueError(f"burst_us ({self.burst_us}) exceeds period_us ({self.period_us})")
+        return self
+
 
 class VmSpec(_Strict):
     """A virtual machine on one host."""
@@ -194,7 +205,7 @@ class VmSpec(_Strict):
     guest: GuestSpec = Field(description="what runs in it (the table `vm.guest`, by kind)")
     vmm_thread: VmmThreadSpec | None = Field(None, description="the VMM's own thread (the table `vm.vmm_thread`)  "
                                                                "[unset: none]")
-    lpt_pv_hz: int | None = Field(None, ge=1, le=U32,
+    lpt_pv_hz: int | None = Field(None, ge=MIN_COUNTER_HZ, le=U32,
                                   description="Live Physical Time: the PV counter frequency the guest sees (Hz), kept "
                                               "across migrations  [unset: no LPT]")
 
