@@ -21,6 +21,7 @@ from rich.table import Table
 from pvtime.report.files import SCHEMA_VERSION
 from pvtime.report.outdir import MARKER
 from pvtime.report.provenance import FILE as PROVENANCE_FILE
+from pvtime.report.table import diff_ms
 
 SUMMARY_FILE = "summary.json"
 
@@ -237,7 +238,7 @@ def comparison_table(c: Comparison) -> Table:
         for key, _ in VIEWS:
             d = v.views[key]
             style = "bold red" if d.exceeds else ""
-            cells += [_ms(d.a), _ms(d.b), _styled(_diff_ms(d.diff_ns), style), _styled(_pct(d), style)]
+            cells += [_ms(d.a), _ms(d.b), _styled(diff_ms(d.diff_ns), style), _styled(_pct(d), style)]
         table.add_row(*cells, style="red" if v.only_in else None)
     t = c.tolerance
     lines = [f"A: {_run(c.a)}", f"B: {_run(c.b)}",
@@ -262,12 +263,6 @@ def _styled(text: str, style: str) -> str:
 
 def _ms(ns: int | None) -> str:
     return "-" if ns is None else f"{ns / 1e6:.3f}"
-
-
-def _diff_ms(ns: int | None) -> str:
-    if ns is None:
-        return "-"
-    return "0" if ns == 0 else f"{ns / 1e6:+.3f}"
 
 
 def _pct(d: Difference) -> str:

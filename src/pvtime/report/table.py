@@ -16,7 +16,7 @@ def _ms(ns: int | None) -> str:
     return "-" if ns is None else f"{ns / 1e6:.1f}"
 
 
-def _diff_ms(ns: int | None) -> str:
+def diff_ms(ns: int | None) -> str:
     """A difference in ms: "0" when exact, else signed, to the µs (summary.json has the ns)."""
     if ns is None:
         return "-"
@@ -60,7 +60,7 @@ def summary_table(result: RunResult) -> Table:
         table.add_row(
             name, "on" if row.pvtime else "off", _ms(row.host_run_delay_ns),
             _ms(row.record_steal_ns), _ms(row.guest_steal_ns), "-" if pct is None else f"{pct:.1f}",
-            _diff_ms(row.record_minus_host_ns), _diff_ms(row.proc_stat_minus_host_ns))
+            diff_ms(row.record_minus_host_ns), diff_ms(row.proc_stat_minus_host_ns))
     if idle:
         table.caption += (f"\n{len(idle)} vCPU{'s' if len(idle) > 1 else ''} never ran (no host CPU time before the "
                           f"end of the run: no guest ran there to steal from): {vcpu_ranges(idle)}")
