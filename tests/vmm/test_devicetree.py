@@ -2,7 +2,7 @@
 
 import fdt
 
-from pvtime.vmm.devicetree import DeviceTreeSpec, TimerPpis, virt_device_tree
+from pvtime.vmm.devicetree import DeviceTreeSpec, TimerIntids, virt_device_tree
 
 
 def mpidrs(n):
@@ -35,7 +35,7 @@ def test_memory_cpus_psci_and_chosen_as_linux_reads_them():
 
 def test_the_timer_ppis_follow_the_vcpu_timer_attributes():
     # binding arm,arch_timer.yaml: secure phys, non-secure phys, virt, hyp; a PPI number is INTID-16
-    t = tree(timers=TimerPpis(vtimer=20, ptimer=21))
+    t = tree(timers=TimerIntids(vtimer=20, ptimer=21))
     cells = list(t.get_node("/timer").get_property("interrupts").data)
     assert cells[1::3] == [29 - 16, 21 - 16, 20 - 16, 26 - 16]
     assert all(c == 1 for c in cells[0::3])  # GIC_PPI

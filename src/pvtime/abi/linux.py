@@ -13,3 +13,7 @@ NSEC_PER_MSEC = 1_000_000
 USER_HZ = 100  # the unit of /proc/stat's times, on every architecture
 ULONG_MAX = U64  # arm64 is LP64
 ARCH_TIMER_EVT_STREAM_FREQ = 10_000  # Hz: the arch timer's 100 us event stream
+
+# The kernel command line that puts Linux's console on the PL011 (drivers/tty/serial/amba-pl011.c
+# names its ports ttyAMA<n>).
+CONSOLE_BOOTARGS = "console=ttyAMA0"

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from pvtime.abi.linux import CONSOLE_BOOTARGS
 from pvtime.cli.exits import (
     EPILOG, EXIT_DIFFERENT, EXIT_OK, EXIT_TIME_LIMIT, EXIT_VM_FAILED, Answer, ToolError, fail_json,
 )
@@ -556,16 +557,13 @@ def linux_group() -> None:
     """Boot a Linux arm64 kernel under the hypervisor (the packaged one, or your own)."""
 
 
-LINUX_CONSOLE_ARGS = "console=ttyAMA0"
-
-
 @linux_group.command("run")
 @click.option("--kernel", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="an arm64 Image (raw or gzipped)  [default: the packaged Linux 6.1 kernel]")
 @click.option("--initrd", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="a newc cpio initramfs, gzipped or not  [default: the packaged one, whose /init keeps every "
                    "CPU busy for pvtime.busy_ms and prints /proc/stat before and after]")
-@click.option("--append", "append", default="", help=f"kernel command line, after {LINUX_CONSOLE_ARGS!r}")
+@click.option("--append", "append", default="", help=f"kernel command line, after {CONSOLE_BOOTARGS!r}")
 @click.option("--vcpus", type=Integer(1, 8), default=1, show_default=True,
               help="the VM's vCPUs (a GICv2 serves at most 8)")
 @click.option("--host-cpus", type=Integer(1, 256), default=1, show_default=True,
@@ -599,7 +597,7 @@ def linux_run(kernel: Path | None, initrd: Path | None, append: str, vcpus: int,
 
     try:
         boot = LinuxBoot.from_files(kernel or linux_image("Image.gz"), initrd or linux_image("initramfs.cpio.gz"),
-                                    f"{LINUX_CONSOLE_ARGS} {append}".strip())
+                                    f"{CONSOLE_BOOTARGS} {append}".strip())
         options = GuestRunOptions(vcpus=vcpus, host_cpus=host_cpus, memory_mib=memory_mib,
                                   time_limit_ns=int(time_limit_s * 1e9), instructions_per_sec=mips * 1_000_000)
         result = run_guest(boot, options, console=console)

@@ -23,7 +23,8 @@ from pvtime.abi.sysregs import (
     SysReg,
 )
 from pvtime.abi.uapi import (
-    KVM_ARM_VCPU_TIMER_IRQ_HPTIMER, KVM_ARM_VCPU_TIMER_IRQ_HVTIMER, KVM_ARM_VCPU_TIMER_IRQ_PTIMER,
+    KVM_ARM_TIMER_DEFAULT_PPIS,
+    KVM_ARM_VCPU_TIMER_IRQ_PTIMER,
     KVM_ARM_VCPU_TIMER_IRQ_VTIMER,
 )
 from pvtime.kvm.errors import KvmError
@@ -204,12 +205,6 @@ _TIMER_FIELDS: dict[SysReg, tuple[bool, str]] = {
 # --- which PPI each timer raises: vCPU attribute group KVM_ARM_VCPU_TIMER_CTRL ---------------
 # (arch/arm64/kvm/arch_timer.c: kvm_arm_timer_{set,get,has}_attr, kvm_timer_enable)
 
-DEFAULT_TIMER_PPIS = {  # Documentation/virt/kvm/devices/vcpu.rst
-    KVM_ARM_VCPU_TIMER_IRQ_VTIMER: 27,
-    KVM_ARM_VCPU_TIMER_IRQ_PTIMER: 30,
-    KVM_ARM_VCPU_TIMER_IRQ_HVTIMER: 28,
-    KVM_ARM_VCPU_TIMER_IRQ_HPTIMER: 26,
-}
 
 
 @dataclass
@@ -218,7 +213,7 @@ class TimerPpis:
     frozen at the first KVM_RUN that validates them (KVM_ARCH_FLAG_TIMER_PPIS_IMMUTABLE). The EL2
     timers' numbers are kept for the API; pvtime vCPUs have no EL2, so they raise nothing."""
 
-    ppi: dict[int, int] = field(default_factory=lambda: dict(DEFAULT_TIMER_PPIS))
+    ppi: dict[int, int] = field(default_factory=lambda: dict(KVM_ARM_TIMER_DEFAULT_PPIS))
     immutable: bool = False
 
 
@@ -233,21 +228,21 @@ def set_attr(vm: VmState, attr: int, value: object) -> None:
         raise KvmError(EINVAL, f"KVM_ARM_VCPU_TIMER_CTRL: interrupt {irq} is not a PPI (16..31)")
     if vm.timer_ppis.immutable:
         raise KvmError(EBUSY, "KVM_ARM_VCPU_TIMER_CTRL: a vCPU has run, the timer PPIs are fixed")
-    if attr not in DEFAULT_TIMER_PPIS:
+    if attr not in KVM_ARM_TIMER_DEFAULT_PPIS:
         raise KvmError(ENXIO, f"KVM_ARM_VCPU_TIMER_CTRL attribute {attr}: unknown")
     vm.timer_ppis.ppi[attr] = irq
 
 
 def get_attr(vm: VmState, attr: int) -> int:
     """kvm_arm_timer_get_attr: the timer's PPI (with or without a vGIC)."""
-    if attr not in DEFAULT_TIMER_PPIS:
+    if attr not in KVM_ARM_TIMER_DEFAULT_PPIS:
         raise KvmError(ENXIO, f"KVM_ARM_VCPU_TIMER_CTRL attribute {attr}: unknown")
     return vm.timer_ppis.ppi[attr]
 
 
 def has_attr(attr: int) -> None:
     """kvm_arm_timer_has_attr: the four timers' attributes exist."""
-    if attr not in DEFAULT_TIMER_PPIS:
+    if attr not in KVM_ARM_TIMER_DEFAULT_PPIS:
         raise KvmError(ENXIO, f"KVM_ARM_VCPU_TIMER_CTRL attribute {attr}: unknown")
 
 

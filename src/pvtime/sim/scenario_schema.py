@@ -11,6 +11,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pvtime.abi.linux import CONSOLE_BOOTARGS
 from pvtime.abi.widths import U32
 from pvtime.cpu import CpuKind
 from pvtime.host.sched_config import CfsTunables, EevdfTunables, SchedConfig
@@ -168,7 +169,7 @@ class LinuxGuestSpec(_Strict):
     def bootargs(self) -> str:
         """The kernel command line the VMM passes."""
         busy = f"pvtime.busy_ms={self.busy_ms}" if self.busy_ms is not None else ""
-        return " ".join(a for a in ("console=ttyAMA0", busy, self.append) if a)
+        return " ".join(a for a in (CONSOLE_BOOTARGS, busy, self.append) if a)
 
 
 GuestSpec = Annotated[ModelGuestSpec | ElfGuestSpec | LinuxGuestSpec, Field(discriminator="kind")]

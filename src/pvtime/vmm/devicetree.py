@@ -13,6 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pvtime.abi.uapi import (
+    KVM_ARM_TIMER_DEFAULT_PPIS, KVM_ARM_VCPU_TIMER_IRQ_HPTIMER, KVM_ARM_VCPU_TIMER_IRQ_PTIMER,
+    KVM_ARM_VCPU_TIMER_IRQ_VTIMER,
+)
 from pvtime.vmm.fdt import FdtWriter
 from pvtime.vmm.layout import QEMU_VIRT, QEMU_VIRT_GIC, GicV2Layout, Layout
 
@@ -29,13 +33,13 @@ MPIDR_AFFINITY = 0xFF_00FF_FFFF  # Aff3..Aff0: what a cpu node's reg holds
 
 
 @dataclass(frozen=True)
-class TimerPpis:
-    """The INTIDs the generic timers raise (KVM_ARM_VCPU_TIMER_IRQ_* defaults: 27 and 30)."""
+class TimerIntids:
+    """The INTIDs the generic timers raise (KVM_ARM_VCPU_TIMER_IRQ_*, KVM's defaults unless set)."""
 
-    vtimer: int = 27
-    ptimer: int = 30
+    vtimer: int = KVM_ARM_TIMER_DEFAULT_PPIS[KVM_ARM_VCPU_TIMER_IRQ_VTIMER]
+    ptimer: int = KVM_ARM_TIMER_DEFAULT_PPIS[KVM_ARM_VCPU_TIMER_IRQ_PTIMER]
     secure: int = 29  # not raised under KVM; the binding wants all four
-    hyp: int = 26
+    hyp: int = KVM_ARM_TIMER_DEFAULT_PPIS[KVM_ARM_VCPU_TIMER_IRQ_HPTIMER]
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ class DeviceTreeSpec:
     ram_size: int
     layout: Layout = QEMU_VIRT
     gic: GicV2Layout | None = QEMU_VIRT_GIC  # None: the VM has no vGIC, so no interrupt controller
-    timers: TimerPpis = TimerPpis()
+    timers: TimerIntids = TimerIntids()
     bootargs: str = ""
     initrd: tuple[int, int] | None = None  # [start, end) guest physical
     psci_method: str = "hvc"

@@ -30,7 +30,7 @@ from pvtime.vmm import devices, semihosting
 from pvtime.vmm.elf import LoadedImage, load_elf
 from pvtime.vmm import linux_boot
 from pvtime.vmm.arm64_image import BootLayout
-from pvtime.vmm.devicetree import SPI_BASE, DeviceTreeSpec, TimerPpis, virt_device_tree
+from pvtime.vmm.devicetree import SPI_BASE, DeviceTreeSpec, TimerIntids, virt_device_tree
 from pvtime.vmm.layout import QEMU_VIRT, QEMU_VIRT_GIC, Layout
 from pvtime.vmm.linux_boot import LinuxBoot
 from pvtime.vmm.stop import StopReason
@@ -202,7 +202,7 @@ class Machine:
         timer PPIs the vCPU timer attributes name, the PL011, and the GIC only with a vGIC (else
         the timer interrupt is line-level)."""
         vcpu0 = self.vcpus[0]
-        timers = TimerPpis(vtimer=vcpu0.get_device_attr(KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_IRQ_VTIMER),
+        timers = TimerIntids(vtimer=vcpu0.get_device_attr(KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_IRQ_VTIMER),
                            ptimer=vcpu0.get_device_attr(KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_IRQ_PTIMER))
         mpidrs = tuple(vcpu.get_one_reg(KVM_REG_ARM_MPIDR_EL1) for vcpu in self.vcpus)
         return DeviceTreeSpec(mpidrs=mpidrs, ram_size=len(self.ram), layout=self.config.layout,
