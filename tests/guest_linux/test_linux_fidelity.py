@@ -15,15 +15,13 @@ from functools import cache
 from pvtime.sim import scenario
 from pvtime.sim.results import MigrationStatus, RunResult
 from pvtime.sim.runner import run
+from pvtime.vmm.images import PROC_STAT_STEAL, ConsoleProcStat
 from tests.guest_linux.shipped import manifest
 
 MS = 1_000_000
 USER_HZ_NS = 10 * MS
 GUEST_TICK_NS = 4 * MS  # the packaged kernel's HZ=250 (manifest.json)
 BUSY_MS = 300
-_CPU = re.compile(r"^cpu(\d+) +(\d+(?: +\d+)*) *\r?$", re.M)
-
-
 def linux_scenario(vcpus: int, *, busy_ms: int, duration_ms: int, migrate_at_ms: int | None = None) -> str:
     hosts = "\n".join(f'[[host]]\nname = "{n}"\ncpus = 1\n' for n in ("a", "b"))
     migration = f'[[migration]]\nvm = "lin"\nto = "b"\nat_ms = {migrate_at_ms}\n' if migrate_at_ms else ""
@@ -43,11 +41,10 @@ guest = {{ kind = "linux", busy_ms = {busy_ms} }}
 
 def busy_phase_steal(console: str) -> dict[int, int]:
     """Per CPU, the /proc/stat steal (USER_HZ ticks) the busy phase added: after minus before."""
-    reports: dict[int, list[int]] = {}
-    for m in _CPU.finditer(console):
-        reports.setdefault(int(m[1]), []).append(int(m[2].split()[7]))
-    assert all(len(r) == 2 for r in reports.values()), reports
-    return {cpu: r[1] - r[0] for cpu, r in reports.items()}
+    split = console.index("/proc/stat after")  # the packaged /init's second report
+    before, after = ConsoleProcStat.parse(console[:split]), ConsoleProcStat.parse(console[split:])
+    assert before.cpus and set(before.cpus) == set(after.cpus), (before, after)
+    return {cpu: after.cpus[cpu][PROC_STAT_STEAL] - before.cpus[cpu][PROC_STAT_STEAL] for cpu in after.cpus}
 
 
 @cache
