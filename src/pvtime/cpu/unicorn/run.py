@@ -178,6 +178,12 @@ class UnicornCpu:
         return self._budget.instructions
 
     @property
+    def fast_served(self) -> tuple[int, int]:
+        """Counter reads and hypercalls served by the fast traps so far (`fast_traps`)."""
+        fast = self._hooks.fast
+        return fast.reads, fast.calls
+
+    @property
     def native(self) -> bool:
         """Are the hooks (block counter, system-register filters) the native ones (else their
         Python twins)?"""
