@@ -47,8 +47,9 @@ from pvtime.abi.linux import NSEC_PER_SEC
 from pvtime.abi.sysregs import CNTKCTL_EL0PCTEN, CNTKCTL_EL0VCTEN
 from pvtime.abi.widths import U32, U64
 from pvtime.cpu.fastpath import CounterParams, HypercallAnswer
+from pvtime.cpu.unicorn.registers import Registers
 from pvtime.cpu.unicorn.native import (
-    FAST_TRAPS, SYS_HOOK, BlockCounter, CpReg, NativeNext, SysHook, _choose, _hook_add, native_symbol,
+    FAST_TRAPS, SYS_HOOK, BlockCounter, NativeNext, SysHook, _choose, _hook_add, native_symbol,
 )
 
 MAX_ANSWERS = 8
@@ -100,8 +101,8 @@ class FastTraps:
     hands what it does not serve to `slow_mrs`. `native` as for `BlockCounter`.
     """
 
-    def __init__(self, uc: Uc, counter: BlockCounter, charge_insns: int, slow_mrs: SysHook, slow_intr: IntrHook,
-                 *, native: bool | None = None) -> None:
+    def __init__(self, uc: Uc, regs: Registers, counter: BlockCounter, charge_insns: int, slow_mrs: SysHook,
+                 slow_intr: IntrHook, *, native: bool | None = None) -> None:
         self._state = s = _State()
         s.reg_read = ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value
         s.reg_write = ctypes.cast(uclib.uc_reg_write, ctypes.c_void_p).value
@@ -110,8 +111,14 @@ class FastTraps:
                                                  A.UC_ARM64_REG_X30)
         s.pstate_id, s.hvc_intno, s.charge = A.UC_ARM64_REG_PSTATE, EXCP_HVC, 4 * charge_insns
         self._charge_insns = charge_insns
+        self._regs = regs
         self._counter = counter
         self._calls_noted = 0
+        # The Python twins read the published state from Python objects, not the C struct.
+        self._time: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
+        self._params: CounterParams | None = None
+        self._answers: dict[tuple[int, int | None], tuple[int, int, int, int]] = {}
+        self._py_reads = self._py_calls = 0
         address = _choose(FAST_TRAPS, native)
         self.native = address is not None
         state_ptr = ctypes.cast(ctypes.byref(s), ctypes.c_void_p).value
@@ -135,6 +142,7 @@ class FastTraps:
     def publish_time(self, accounted: int, time_rem: int, now_ns: int, deadline_ns: int, insns_per_sec: int) -> None:
         """The budget's state as of its last accounting, and the slice's deadline."""
         s = self._state
+        self._time = (accounted, time_rem, now_ns, deadline_ns, insns_per_sec)
         if (accounted | time_rem | now_ns | deadline_ns | insns_per_sec) >> 64:
             insns_per_sec = 0  # out of the C side's range: it hands every access to Python
         s.accounted, s.time_rem, s.now_ns, s.deadline_ns, s.insns_per_sec = (
@@ -143,6 +151,7 @@ class FastTraps:
     def publish_counter(self, counter: CounterParams | None) -> None:
         """How the counters read now (None: every read through the hypervisor)."""
         s = self._state
+        self._params = counter
         if counter is None:
             s.counter_on = 0
             return
@@ -154,6 +163,10 @@ class FastTraps:
         """The calls answered here (the first `MAX_ANSWERS`; the others go through the hypervisor)."""
         s = self._state
         answers = answers[:MAX_ANSWERS]
+        self._answers = {}
+        for answer in answers:
+            self._answers.setdefault((answer.fid & U32, None if answer.x1 is None else answer.x1 & U32),
+                                     tuple(v & U64 for v in answer.result))  # type: ignore[arg-type]
         for slot, answer in zip(s.answers, answers, strict=False):
             slot.fid = answer.fid & U32
             slot.x1 = (answer.x1 or 0) & U32
@@ -165,78 +178,75 @@ class FastTraps:
         """Serve nothing more until the next publish; the calls answered since the last stop()."""
         s = self._state
         s.counter_on = s.n_answers = 0
-        calls, self._calls_noted = s.calls - self._calls_noted, s.calls
+        self._params, self._answers = None, {}
+        total = self.calls
+        calls, self._calls_noted = total - self._calls_noted, total
         return calls
 
     @property
     def reads(self) -> int:
         """Counter reads served here so far."""
-        return self._state.reads
+        return self._state.reads + self._py_reads
 
     @property
     def calls(self) -> int:
         """Hypercalls answered here so far."""
-        return self._state.calls
+        return self._state.calls + self._py_calls
 
     # --- the Python twins of the C hooks -------------------------------------------------------
 
     def _now(self) -> int | None:
         """time_now(): the slice's time once the code executed so far is accounted (None: the
         published state is out of range, Python serves the access)."""
-        s = self._state
-        if not s.insns_per_sec:
+        accounted, time_rem, now_ns, deadline_ns, insns_per_sec = self._time
+        if not insns_per_sec:
             return None
-        insns = (self._counter.used - s.accounted) // 4
+        insns = (self._counter.used - accounted) // 4
         if not insns:
-            return s.now_ns
-        return min(s.deadline_ns, s.now_ns + (insns * NSEC_PER_SEC + s.time_rem) // s.insns_per_sec)
+            return now_ns
+        return min(deadline_ns, now_ns + (insns * NSEC_PER_SEC + time_rem) // insns_per_sec)
 
     def _python_mrs(self, slow: SysHook) -> SysHook:
-        s, counter, charge = self._state, self._counter, self._charge_insns
-        pstate = ctypes.c_uint32()
+        counter, charge, regs = self._counter, 4 * self._charge_insns, self._regs
+        value = ctypes.c_uint64()
 
         def on_mrs(uc: int, reg: int, cp: Any, user: Any) -> int:
+            params = self._params
             c = cp.contents
             found = _COUNTERS.get(c.op2) if (c.op0, c.op1, c.crn, c.crm) == _COUNTER_PREFIX else None
-            if not s.counter_on or found is None:
+            if params is None or found is None:
                 return slow(uc, reg, cp, user)
             virtual, enable = found
-            if not s.cntkctl & enable:
-                uclib.uc_reg_read(uc, A.UC_ARM64_REG_PSTATE, ctypes.byref(pstate))
-                if not pstate.value & _PSTATE_EL:
-                    return 0  # EL0 without access: the engine traps it to EL1
-            counter.charge(4 * charge)
+            if not params.cntkctl & enable and not regs.pstate() & _PSTATE_EL:
+                return 0  # EL0 without access: the engine traps it to EL1
+            counter.charge(charge)
             now = self._now()
             if now is None:
-                counter.charge(-4 * charge)
+                counter.charge(-charge)
                 return slow(uc, reg, cp, user)
-            count = now * s.counter_hz // NSEC_PER_SEC
-            value = ctypes.c_uint64((count - (s.voffset if virtual else s.poffset)) & U64)
+            count = now * params.counter_hz // NSEC_PER_SEC
+            value.value = (count - (params.voffset if virtual else params.poffset)) & U64
             if reg in _X_IDS:
                 uclib.uc_reg_write(uc, reg, ctypes.byref(value))
-            s.reads += 1
+            self._py_reads += 1
             return 1
 
         return on_mrs
 
     def _python_intr(self, slow: IntrHook) -> object:
-        s = self._state
-        x = (ctypes.c_uint64 * 4)()
+        regs = self._regs
 
         def on_intr(uc: int, intno: int, user: int | None) -> None:
-            if intno == EXCP_HVC and s.n_answers:
-                for i in range(2):
-                    uclib.uc_reg_read(uc, A.UC_ARM64_REG_X0 + i, ctypes.byref(x, 8 * i))
-                for a in s.answers[:s.n_answers]:
-                    if a.fid != x[0] & U32 or (not a.any_x1 and a.x1 != x[1] & U32):
-                        continue
+            if intno == EXCP_HVC and self._answers:
+                args = regs.read_args()
+                fid, x1 = args[0] & U32, args[1] & U32
+                result = self._answers.get((fid, x1)) or self._answers.get((fid, None))
+                if result is not None:
                     now = self._now()
-                    if now is None or now >= s.deadline_ns:
-                        break
-                    for i in range(4):
-                        uclib.uc_reg_write(uc, A.UC_ARM64_REG_X0 + i, ctypes.byref(a.result, 8 * i))
-                    s.calls += 1
-                    return
+                    if now is not None and now < self._time[3]:
+                        regs.write_args(list(result))
+                        self._py_calls += 1
+                        return
             slow(uc, intno)
 
         return INTR_HOOK(on_intr)

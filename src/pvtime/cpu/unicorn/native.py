@@ -247,20 +247,23 @@ class SysregFilter:
                 table[sysreg_key(*r)] = state.cls[sysreg_key(*r)] = cls
         address = _choose(SYSREG_FILTER, native)
         self.native = address is not None
+        python_next: SysHook | None
         if isinstance(next, NativeNext):
             state.next, state.next_user = next.address, next.user
             self._next = None
-            if address is None:  # the Python filter calls the C hook
-                native_next = SYS_HOOK(next.address)
-                next = lambda uc, reg, cp, user: native_next(uc, reg, cp, state.next_user)  # noqa: E731, A001
+            native_next = SYS_HOOK(next.address)  # what the Python filter calls
+
+            def python_next(uc: int, reg: int, cp: Any, user: Any) -> int:
+                return int(native_next(uc, reg, cp, state.next_user))
         else:
+            python_next = next
             self._next = SYS_HOOK(next) if next is not None and address is not None else None  # kept alive
             if self._next is not None:
                 state.next = ctypes.cast(self._next, ctypes.c_void_p).value
         if address is not None:
             callback: object = ctypes.c_void_p(address)
         else:
-            callback = self._python_hook(table, next)
+            callback = self._python_hook(table, python_next)
         self._callback = callback
         _hook_add(uc, UC_HOOK_INSN, callback, ctypes.byref(state), ctypes.c_int(insn))
 

@@ -107,7 +107,7 @@ class TrapHooks:
         # Counter reads and simple hypercalls are served by the fast traps; they hand the rest to
         # the Python hooks below, ctypes callbacks (3x cheaper per trap than the binding's generic
         # wrapper) that write registers through the C API.
-        self.fast = FastTraps(uc, budget.counter, SYSREG_ACCESS_INSNS, self._on_mrs, self._on_intr, native=native)
+        self.fast = FastTraps(uc, regs, budget.counter, SYSREG_ACCESS_INSNS, self._on_mrs, self._on_intr, native=native)
         budget.fast = self.fast
         self._fast_paths: FastPathTraps | None = None
         memory.hook_faults(self._on_memory)
