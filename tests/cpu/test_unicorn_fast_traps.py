@@ -9,19 +9,31 @@ and of the virtual timer -- runs in short slices through the fast traps in C whe
 them, through their Python twins, and with the fast paths hidden from the backend: the memory it
 writes, its registers, the virtual time, the instruction count, the hypercall count and every exit
 are the same. This file also runs with PVTIME_NATIVE=0 (test_native_hooks.py).
+
+The shipped counter-read hook of each host architecture is also run in unicorn, against the
+arithmetic of the hypervisor's path, so CI on one architecture checks the other's too.
 """
 
 from __future__ import annotations
 
+import ctypes
+import struct
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
+from unicorn import UC_ARCH_ARM64, UC_ARCH_X86, UC_HOOK_CODE, UC_MODE_64, UC_MODE_ARM, UC_PROT_ALL, Uc
+from unicorn import arm64_const as A
+from unicorn import x86_const as X
 
 from pvtime.abi import smccc
 from pvtime.abi.uapi import KVM_ARM_VCPU_PVTIME_CTRL, KVM_ARM_VCPU_PVTIME_IPA, reg_x
 from pvtime.cpu.backend import Clock, Stop, VcpuTraps
 from pvtime.cpu.unicorn import UnicornCpu
+from pvtime.cpu.unicorn.fast_traps import FastTrapsState
 from pvtime.cpu.unicorn.native import native_enabled, native_hook
 from pvtime.kvm import HaltExit
 from tests.cpu.asm import assemble
@@ -170,3 +182,127 @@ def test_an_el0_counter_read_cntkctl_does_not_enable_still_traps_to_el1(native: 
     assert isinstance(rig.run(), HaltExit)
     assert rig.vcpus[0].get_one_reg(reg_x(20)) >> 26 == 0x18  # EC: a trapped MSR/MRS
     assert rig.vcpus[0].get_one_reg(reg_x(21)) > 0 and rig.vcpus[0].get_one_reg(reg_x(2)) == 0
+
+
+# --- the shipped shared objects, each run in unicorn (so CI on one architecture checks both) ---
+
+SHIPPED = Path(__file__).resolve().parents[2] / "src" / "pvtime" / "native"
+BASE, STATE, CP, STACK, STUBS, RET = 0x10_0000, 0x40_0000, 0x48_0000, 0x50_0000, 0x60_0000, 0x60_1000
+NEXT_SYS, REG_READ, REG_WRITE = STUBS, STUBS + 0x100, STUBS + 0x200
+USED = STATE + 0x1000
+ENGINE, USER, NEXT_ANSWER = 0x1234_5678_9ABC, 0x7777_0000, 7
+_ARCH = {  # engine, `ret`, argument registers, return register, SP, LR
+    "x86_64": (UC_ARCH_X86, UC_MODE_64, b"\xc3",
+               (X.UC_X86_REG_RDI, X.UC_X86_REG_RSI, X.UC_X86_REG_RDX, X.UC_X86_REG_RCX), X.UC_X86_REG_RAX,
+               X.UC_X86_REG_RSP, None),
+    "aarch64": (UC_ARCH_ARM64, UC_MODE_ARM, bytes.fromhex("c0035fd6"),
+                (A.UC_ARM64_REG_X0, A.UC_ARM64_REG_X1, A.UC_ARM64_REG_X2, A.UC_ARM64_REG_X3), A.UC_ARM64_REG_X0,
+                A.UC_ARM64_REG_SP, A.UC_ARM64_REG_LR),
+}
+CNTVCT, CNTPCT, CNTFRQ = (3, 3, 14, 0, 2), (3, 3, 14, 0, 1), (3, 3, 14, 0, 0)
+
+
+def _emulated_fast_mrs(arch: str, state: FastTrapsState, used: int, register: tuple[int, int, int, int, int],
+                       rt: int, pstate: int) -> tuple[int, int, list[tuple[int, int]], bool, int]:
+    """Run the shipped pvtime_fast_mrs for `arch` once in unicorn: -> (its answer, `used` after,
+    the registers it wrote, whether it called `next_sys`, the reads it counted)."""
+    with open(SHIPPED / f"fast_traps.{arch}.so", "rb") as f:
+        elf = ELFFile(f)
+        dynsym = elf.get_section_by_name(".dynsym")
+        assert isinstance(dynsym, SymbolTableSection)
+        entry = next(s["st_value"] for s in dynsym.iter_symbols() if s.name == "pvtime_fast_mrs")
+        segments = [(s["p_vaddr"], s.data()) for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
+    engine, mode, ret, args, result, sp, lr = _ARCH[arch]
+    uc = Uc(engine, mode)
+    for base, size in ((BASE, 0x10_0000), (STATE, 0x2000), (CP, 0x1000), (STACK - 0x1_0000, 0x1_0000),
+                       (STUBS, 0x2000)):
+        uc.mem_map(base, size, UC_PROT_ALL)
+    for vaddr, data in segments:
+        uc.mem_write(BASE + vaddr, data)
+    for stub in (NEXT_SYS, REG_READ, REG_WRITE):
+        uc.mem_write(stub, ret)
+    state.next_sys, state.next_sys_user, state.reg_read, state.reg_write, state.used = (
+        NEXT_SYS, USER, REG_READ, REG_WRITE, USED)
+    uc.mem_write(STATE, bytes(state))
+    uc.mem_write(USED, used.to_bytes(8, "little"))
+    op0, op1, crn, crm, op2 = register
+    uc.mem_write(CP, struct.pack("<5IxxxxQ", crn, crm, op0, op1, op2, 0))
+    for reg, value in zip(args, (ENGINE, rt, CP, STATE), strict=True):
+        uc.reg_write(reg, value)
+    if lr is None:  # x86-64: the return address is on the stack
+        uc.mem_write(STACK - 8, RET.to_bytes(8, "little"))
+        uc.reg_write(sp, STACK - 8)
+    else:
+        uc.reg_write(sp, STACK)
+        uc.reg_write(lr, RET)
+    written: list[tuple[int, int]] = []
+    called: list[bool] = []
+
+    def reg_read(uc: Uc, *_: object) -> None:  # uc_reg_read(engine, PSTATE, uint32_t *)
+        assert uc.reg_read(args[0]) == ENGINE and uc.reg_read(args[1]) == A.UC_ARM64_REG_PSTATE
+        uc.mem_write(uc.reg_read(args[2]), pstate.to_bytes(4, "little"))
+        uc.reg_write(result, 0)
+
+    def reg_write(uc: Uc, *_: object) -> None:
+        written.append((uc.reg_read(args[1]) & 0xFFFF_FFFF,
+                        int.from_bytes(uc.mem_read(uc.reg_read(args[2]), 8), "little")))
+        uc.reg_write(result, 0)
+
+    def next_sys(uc: Uc, *_: object) -> None:
+        assert [uc.reg_read(r) for r in args] == [ENGINE, rt, CP, USER]
+        called.append(True)
+        uc.reg_write(result, NEXT_ANSWER)
+
+    for stub, fn in ((REG_READ, reg_read), (REG_WRITE, reg_write), (NEXT_SYS, next_sys)):
+        uc.hook_add(UC_HOOK_CODE, fn, begin=stub, end=stub)
+    uc.emu_start(BASE + entry, RET)
+    after = FastTrapsState.from_buffer_copy(uc.mem_read(STATE, ctypes.sizeof(FastTrapsState)))
+    return (uc.reg_read(result) & 0xFFFF_FFFF, int.from_bytes(uc.mem_read(USED, 8), "little"), written,
+            bool(called), after.reads)
+
+
+def _published(**fields: int) -> FastTrapsState:
+    state = FastTrapsState(x0_id=A.UC_ARM64_REG_X0, x28_id=A.UC_ARM64_REG_X28, x29_id=A.UC_ARM64_REG_X29,
+                           x30_id=A.UC_ARM64_REG_X30, pstate_id=A.UC_ARM64_REG_PSTATE, hvc_intno=11,
+                           accounted=4000, time_rem=333_000_000, now_ns=5_000_000_123, deadline_ns=6_000_000_000,
+                           insns_per_sec=3_000_000_000, counter_on=1, counter_hz=25_000_000, voffset=1000,
+                           poffset=(-77) & (2**64 - 1), cntkctl=0, charge=80)
+    for name, value in fields.items():
+        setattr(state, name, value)
+    return state
+
+
+def _expected(state: FastTrapsState, used: int, offset: int) -> int:
+    """What the hypervisor reads: the budget's accounting (run.Budget.account), then the host's
+    counter (Host.counter) less the VM's offset (ArchTimer.cntvct)."""
+    insns = (used - state.accounted) // 4
+    ns = (insns * 1_000_000_000 + state.time_rem) // state.insns_per_sec
+    now = min(state.deadline_ns, state.now_ns + ns)
+    return (now * state.counter_hz // 1_000_000_000 - offset) & (2**64 - 1)
+
+
+@pytest.mark.parametrize("arch", sorted(_ARCH))
+def test_the_shipped_fast_counter_read_computes_what_the_hypervisor_would(arch: str) -> None:
+    x5, el1, el0, used = A.UC_ARM64_REG_X5, 0b0101, 0b0000, 4000 + 4 * 12_345
+    state = _published()
+    charged = used + 80
+    # EL1: charged SYSREG_ACCESS_INSNS (80 bytes), the value written to Xt, counted
+    assert _emulated_fast_mrs(arch, state, used, CNTVCT, x5, el1) == (
+        1, charged, [(x5, _expected(state, charged, 1000))], False, 1)
+    assert _emulated_fast_mrs(arch, state, used, CNTPCT, A.UC_ARM64_REG_X30, el1) == (
+        1, charged, [(A.UC_ARM64_REG_X30, _expected(state, charged, (-77) & (2**64 - 1)))], False, 1)
+    # EL0 without CNTKCTL_EL1.EL0VCTEN: left to the engine (which traps it), nothing charged
+    assert _emulated_fast_mrs(arch, state, used, CNTVCT, x5, el0) == (0, used, [], False, 0)
+    assert _emulated_fast_mrs(arch, _published(cntkctl=2), used, CNTVCT, x5, el0)[0:2] == (1, charged)
+    assert _emulated_fast_mrs(arch, _published(cntkctl=2), used, CNTPCT, x5, el0)[0:2] == (0, used)  # EL0PCTEN
+    # the time is clamped at the slice's deadline, as Slice.advance does
+    late = _published(deadline_ns=5_000_000_200)
+    assert _emulated_fast_mrs(arch, late, used, CNTVCT, x5, el1)[2] == [(x5, (5_000_000_200 // 40 - 1000))]
+    # Xt the zero register: served, nothing written
+    assert _emulated_fast_mrs(arch, state, used, CNTVCT, A.UC_ARM64_REG_XZR, el1) == (1, charged, [], False, 1)
+    # to Python: another register, the fast path off, a state out of range (nothing charged)
+    for other in (_emulated_fast_mrs(arch, state, used, CNTFRQ, x5, el1),
+                  _emulated_fast_mrs(arch, _published(counter_on=0), used, CNTVCT, x5, el1),
+                  _emulated_fast_mrs(arch, _published(insns_per_sec=0), used, CNTVCT, x5, el1),
+                  _emulated_fast_mrs(arch, _published(counter_hz=2**60), used, CNTVCT, x5, el1)):
+        assert other == (NEXT_ANSWER, used, [], True, 0)

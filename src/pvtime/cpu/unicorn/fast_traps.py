@@ -71,8 +71,8 @@ class _Answer(ctypes.Structure):
                 ("result", ctypes.c_uint64 * 4)]
 
 
-class _State(ctypes.Structure):
-    """struct fast_traps."""
+class FastTrapsState(ctypes.Structure):
+    """struct fast_traps: the C hooks' state (the same layout on both host architectures)."""
 
     _fields_ = [
         ("next_sys", ctypes.c_void_p), ("next_sys_user", ctypes.c_void_p),
@@ -103,7 +103,7 @@ class FastTraps:
 
     def __init__(self, uc: Uc, regs: Registers, counter: BlockCounter, charge_insns: int, slow_mrs: SysHook,
                  slow_intr: IntrHook, *, native: bool | None = None) -> None:
-        self._state = s = _State()
+        self._state = s = FastTrapsState()
         s.reg_read = ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value
         s.reg_write = ctypes.cast(uclib.uc_reg_write, ctypes.c_void_p).value
         s.used = counter.used_address
