@@ -27,7 +27,8 @@ NATIVE_DIR = Path(__file__).resolve().parent
 OUT_DIR = NATIVE_DIR.parent / "src" / "pvtime" / "native"
 
 #: Hook name -> its C source (relative to native/). The shared object is `<name>.<arch>.so`.
-HOOKS: dict[str, str] = {"block_counter": "block_counter.c", "sysreg_filter": "sysreg_filter.c"}
+HOOKS: dict[str, str] = {"block_counter": "block_counter.c", "sysreg_filter": "sysreg_filter.c",
+                         "fast_traps": "fast_traps.c"}
 
 #: Host architectures, as pvtime names them (platform.machine(), normalised): zig's target arch.
 ARCHES: tuple[str, ...] = ("x86_64", "aarch64")

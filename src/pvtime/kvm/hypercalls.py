@@ -13,6 +13,7 @@ from pvtime.abi import smccc
 from pvtime.abi.errno import EBUSY, EINVAL
 from pvtime.abi.uapi import INVALID_GPA, KVM_REG_ARM_STD_HYP_BIT_PV_TIME, KVM_REG_ARM_STD_HYP_BMAP_SUPPORTED
 from pvtime.cpu.backend import Conduit
+from pvtime.cpu.fastpath import HypercallAnswer
 from pvtime.kvm import lpt, psci, pvtime
 from pvtime.kvm.errors import KvmError
 from pvtime.kvm.trace import HypercallEvent
@@ -52,6 +53,31 @@ def handle(vcpu: Traps, regs: list[int], conduit: Conduit, imm: int) -> None:
     trace = vcpu.vm.hypercall_trace
     if trace:
         trace.publish(HypercallEvent(vcpu.id, fid, args, (regs[0], regs[1], regs[2], regs[3]), baseline_reset))
+
+
+# Calls without side effects whose answers depend only on the VM's configuration, which a
+# running vCPU cannot change: (function id, x1 & U32, or None where the call ignores x1).
+_CONSTANT_CALLS: tuple[tuple[int, int | None], ...] = (
+    (smccc.SMCCC_VERSION, None),
+    (smccc.SMCCC_ARCH_FEATURES, smccc.PV_TIME_FEATURES),
+    (smccc.PV_TIME_FEATURES, smccc.PV_TIME_FEATURES),
+    (smccc.PV_TIME_FEATURES, smccc.PV_TIME_ST),
+    (smccc.PV_TIME_FEATURES, smccc.PV_TIME_LPT),
+)
+
+
+def constant_answers(vcpu: Traps) -> tuple[HypercallAnswer, ...]:
+    """What `handle` answers now to each HVC of `_CONSTANT_CALLS` (the dispatch itself computes
+    them), for a backend to answer them without calling it; none while the VM's hypercall
+    tracepoint has observers, which must see every call."""
+    if vcpu.vm.hypercall_trace:
+        return ()
+    answers = []
+    for fid, x1 in _CONSTANT_CALLS:
+        regs = [fid, x1 or 0, 0, 0]
+        _dispatch(vcpu, fid, regs)
+        answers.append(HypercallAnswer(fid, x1, (regs[0], regs[1], regs[2], regs[3])))
+    return tuple(answers)
 
 
 def _dispatch(vcpu: Traps, fid: int, regs: list[int]) -> bool:

@@ -17,6 +17,7 @@ from pvtime.abi import sysregs
 from pvtime.abi.sysregs import SysReg
 from pvtime.abi.uapi import REG_PC, reg_x
 from pvtime.cpu.backend import Conduit, CpuBackend, GuestFault, GuestRegion
+from pvtime.cpu.fastpath import CounterParams, HypercallAnswer
 from pvtime.host.task import Task
 from pvtime.kvm import hypercalls, pvtime
 from pvtime.kvm.arch_timer import ArchTimer
@@ -165,6 +166,23 @@ class Traps:
         else:
             count = self.timer.next_fire_host_count()
         return None if count is None else self.vm.host.counter_to_ns(max(count, 0))
+
+    # --- the fast paths (pvtime.cpu.fastpath.FastPathTraps): read_sysreg's and hypercall's
+    # answers as parameters, for a backend that serves them itself -------------------------------
+
+    def counter_params(self) -> CounterParams:
+        """CNTVCT_EL0 and CNTPCT_EL0 as `read_sysreg` computes them (ArchTimer.cntvct, .cntpct of
+        Host.counter), and CNTKCTL_EL1 for the EL0 check."""
+        counter = self.timer.counter
+        return CounterParams(self.vm.host.counter_hz, counter.voffset, counter.poffset, self.timer.cntkctl)
+
+    def constant_hypercalls(self) -> tuple[HypercallAnswer, ...]:
+        """The SMCCC calls whose answers stay fixed while the vCPU runs (hypercalls.constant_answers)."""
+        return hypercalls.constant_answers(self)
+
+    def note_hypercalls(self, count: int) -> None:
+        """The backend answered `count` of `constant_hypercalls()` itself."""
+        self.stats.hypercalls += count
 
     def mmio_read(self, gpa: int, size: int) -> bytes | None:
         """A load from a device KVM emulates itself (kvm_io_bus_read: the vGIC's frames); None

@@ -9,7 +9,8 @@ What the hypervisor sees is what KVM/arm64 gives a VMM:
 - The vCPU is an AArch64 EL1 as KVM makes it: EL2 and EL3 exist only to route HVC and SMC to the
   hypervisor (SCR_EL3.NS/HCE/RW) and to make EL1 AArch64 (HCR_EL2.RW), so that an ERET to EL1 is
   legal and the guest's MMU walks AArch64 tables.
-- Traps (`traps`): HVC and SMC go to the SMCCC dispatch; MRS/MSR of the generic-timer registers
+- Traps (`traps`): HVC and SMC go to the SMCCC dispatch (the calls with a fixed answer are
+  answered by a native fast path, `fast_traps`, as are counter reads); MRS/MSR of the generic-timer registers
   and MPIDR_EL1 are served by the hypervisor, picked out by a native filter (`native`); `HLT
   #0xF000` (Arm semihosting) stops for the VMM; an EL0 counter read that CNTKCTL_EL1 does not
   enable traps to EL1. A TLBI or IC makes the other vCPUs' engines drop their translations.
@@ -36,7 +37,8 @@ With the MMU on, the PC is virtual: instructions are read through the vCPU's tra
 The modules: `run` (the vCPU, its run loop and budget), `registers`, `exceptions` (entry to EL1),
 `syndrome` (an exception's ESR and FAR, read from unicorn), `traps` (the hooks unicorn calls),
 `memory` (memslots, dirty logging, MMIO, translations), `native` (the block counter and the
-system-register filter in C, and their Python twins).
+system-register filter in C, and their Python twins), `fast_traps` (counter reads and fixed-answer
+hypercalls served in C from parameters the hypervisor publishes, and their Python twins).
 """
 
 from pvtime.cpu.unicorn.run import DEFAULT_INSTRUCTIONS_PER_SEC, UnicornCpu

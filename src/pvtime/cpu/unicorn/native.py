@@ -1,5 +1,5 @@
 """Native hooks: the block counter and the system-register filter, callbacks written in C, each
-with its Python twin.
+with its Python twin (the fast traps, a third, are in `fast_traps`).
 
 The block counter. Virtual time needs the number of guest instructions executed. Unicorn's own
 `count` argument instruments every instruction and runs guest code about 6x slower (measured: 0.11
@@ -43,6 +43,7 @@ import functools
 import os
 import platform
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,10 @@ NATIVE_ENV = "PVTIME_NATIVE"
 
 BLOCK_COUNTER = "block_counter"
 SYSREG_FILTER = "sysreg_filter"
-_SYMBOLS = {BLOCK_COUNTER: "pvtime_block_counter", SYSREG_FILTER: "pvtime_sysreg_filter"}
+FAST_TRAPS = "fast_traps"
+# Each shared object's first hook: the one whose presence says the object loads.
+_SYMBOLS = {BLOCK_COUNTER: "pvtime_block_counter", SYSREG_FILTER: "pvtime_sysreg_filter",
+            FAST_TRAPS: "pvtime_fast_mrs"}
 _ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
 
@@ -74,13 +78,22 @@ def native_hook(name: str = BLOCK_COUNTER) -> int | None:
     arch = _ARCHES.get(platform.machine().lower())
     if arch is None or platform.system() != "Linux":
         return None
-    return _load(arch, name)
+    return _load(arch, name, _SYMBOLS[name])
+
+
+def native_symbol(name: str, symbol: str) -> int:
+    """The address of `symbol` in the shared object `name` for this host (which must load)."""
+    arch = _ARCHES.get(platform.machine().lower())
+    address = None if arch is None else _load(arch, name, symbol)
+    if address is None:
+        raise RuntimeError(f"{symbol} is not in the native {name.replace('_', ' ')} of this host")
+    return address
 
 
 @functools.cache
-def _load(arch: str, name: str) -> int | None:
+def _load(arch: str, name: str, symbol: str) -> int | None:
     try:
-        hook = ctypes.CDLL(str(shared_object(arch, name)))[_SYMBOLS[name]]
+        hook = ctypes.CDLL(str(shared_object(arch, name)))[symbol]
     except (OSError, AttributeError):
         return None
     return ctypes.cast(hook, ctypes.c_void_p).value  # the library stays loaded: ctypes never unloads
@@ -151,6 +164,11 @@ class BlockCounter:
         return self._state.used
 
     @property
+    def used_address(self) -> int:
+        """Where `used` is (a uint64_t), for other native hooks that charge it."""
+        return ctypes.addressof(self._state) + _CounterState.used.offset
+
+    @property
     def stopped(self) -> bool:
         """Did the budget stop the engine since `arm()`?"""
         return bool(self._state.stopped)
@@ -181,6 +199,15 @@ SYS_HOOK = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32, c
                             ctypes.c_void_p)
 SysHook = Callable[[int, int, Any, Any], int]  # (engine, Rt, POINTER(CpReg), None) -> 0 or 1
 
+
+@dataclass(frozen=True)
+class NativeNext:
+    """A C hook with the SYS_HOOK signature, and the user data it is called with."""
+
+    address: int
+    user: int
+
+
 MAX_CLASSES = 3
 
 
@@ -204,13 +231,13 @@ class SysregFilter:
     register (op0, op1, CRn, CRm, op2) is in one of `classes` (up to three sets of registers); the
     engine executes all others itself.
 
-    `next` is called for those, and its answer is the hook's; without `next` they are only counted
-    (`hits(i)` for class i) and left to the engine. `native` as for `BlockCounter`. There must be
+    `next` (a Python callable, or a C hook) is called for those, and its answer is the hook's;
+    without `next` they are only counted (`hits(i)` for class i) and left to the engine. `native` as for `BlockCounter`. There must be
     only one filter per kind of instruction on an engine: unicorn calls the first one only.
     """
 
-    def __init__(self, uc: Uc, insn: int, classes: Sequence[Iterable[Register]], next: SysHook | None = None,
-                 *, native: bool | None = None) -> None:  # noqa: A002
+    def __init__(self, uc: Uc, insn: int, classes: Sequence[Iterable[Register]],
+                 next: SysHook | NativeNext | None = None, *, native: bool | None = None) -> None:  # noqa: A002
         if not 1 <= len(classes) <= MAX_CLASSES:
             raise ValueError(f"a filter has 1 to {MAX_CLASSES} classes of registers, not {len(classes)}")
         self._state = state = _FilterState()
@@ -220,12 +247,23 @@ class SysregFilter:
                 table[sysreg_key(*r)] = state.cls[sysreg_key(*r)] = cls
         address = _choose(SYSREG_FILTER, native)
         self.native = address is not None
-        self._next = SYS_HOOK(next) if next is not None and address is not None else None  # kept alive
+        python_next: SysHook | None
+        if isinstance(next, NativeNext):
+            state.next, state.next_user = next.address, next.user
+            self._next = None
+            native_next = SYS_HOOK(next.address)  # what the Python filter calls
+
+            def python_next(uc: int, reg: int, cp: Any, user: Any) -> int:
+                return int(native_next(uc, reg, cp, state.next_user))
+        else:
+            python_next = next
+            self._next = SYS_HOOK(next) if next is not None and address is not None else None  # kept alive
+            if self._next is not None:
+                state.next = ctypes.cast(self._next, ctypes.c_void_p).value
         if address is not None:
-            state.next = ctypes.cast(self._next, ctypes.c_void_p).value if self._next is not None else None
             callback: object = ctypes.c_void_p(address)
         else:
-            callback = self._python_hook(table, next)
+            callback = self._python_hook(table, python_next)
         self._callback = callback
         _hook_add(uc, UC_HOOK_INSN, callback, ctypes.byref(state), ctypes.c_int(insn))
 

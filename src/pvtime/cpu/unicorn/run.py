@@ -34,6 +34,7 @@ from pvtime.abi.linux import NSEC_PER_SEC
 from pvtime.abi.uapi import REG_PC
 from pvtime.cpu.backend import Clock, Stop, StopKind, VcpuTraps
 from pvtime.cpu.unicorn.exceptions import IRQ, SYNC, take_exception
+from pvtime.cpu.unicorn.fast_traps import FastTraps
 from pvtime.cpu.unicorn.memory import GuestMemory
 from pvtime.cpu.unicorn.native import BlockCounter
 from pvtime.cpu.unicorn.registers import PSTATE_I, CoreRegs, Registers, SysRegs
@@ -65,6 +66,7 @@ class Budget:
         self._time_rem = 0  # instructions * 1e9 not yet a whole ns
         self._debt_ns = 0  # time of instructions executed past a deadline, for the next slice
         self._polls = 0  # consecutive one-block runs with the interrupt asserted but masked
+        self.fast: FastTraps | None = None  # told the state after every change (fast_traps)
 
     def begin(self, clock: Clock) -> None:
         """Start an execute() on `clock`: pay the debt first."""
@@ -92,8 +94,19 @@ class Budget:
         """Count `insns` instruction times that the blocks do not (a trapped access)."""
         self.counter.charge(4 * insns)
 
+    def publish(self) -> None:
+        """Tell the fast traps the state as of the last accounting (and the deadline now)."""
+        fast, clock = self.fast, self.clock
+        if fast is not None and clock is not None:
+            fast.publish_time(self._accounted, self._time_rem, clock.now_ns, clock.deadline_ns,
+                              self.instructions_per_sec)
+
     def arm(self, traps: VcpuTraps, irq_pending: bool) -> None:
         """Let the engine run until the slice deadline or the next timer event, whichever is first."""
+        self._arm(traps, irq_pending)
+        self.publish()
+
+    def _arm(self, traps: VcpuTraps, irq_pending: bool) -> None:
         clock = self.clock
         assert clock is not None
         now = clock.now_ns
@@ -165,6 +178,12 @@ class UnicornCpu:
         return self._budget.instructions
 
     @property
+    def fast_served(self) -> tuple[int, int]:
+        """Counter reads and hypercalls served by the fast traps so far (`fast_traps`)."""
+        fast = self._hooks.fast
+        return fast.reads, fast.calls
+
+    @property
     def native(self) -> bool:
         """Are the hooks (block counter, system-register filters) the native ones (else their
         Python twins)?"""
@@ -207,7 +226,7 @@ class UnicornCpu:
         """Run until the deadline, a halt, an exit request, an MMIO access, semihosting or a fault."""
         if self._fault is not None:
             return self._fault
-        self._hooks.traps = traps
+        self._hooks.begin(traps)
         self._budget.begin(clock)
         self._memory.sync(traps.memslots())
         try:
@@ -215,7 +234,7 @@ class UnicornCpu:
             return self._run(traps, clock)
         finally:
             self._budget.end()
-            self._hooks.traps = None
+            self._hooks.end()
             self._hooks.publish_maintenance()
 
     def _run(self, traps: VcpuTraps, clock: Clock) -> Stop:

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from unicorn import UC_HOOK_INTR, Uc
+from unicorn import Uc
 from unicorn import arm64_const as A
 from unicorn.unicorn_py3.unicorn import uclib
 
@@ -37,7 +37,9 @@ from pvtime.abi import sysregs
 from pvtime.abi.sysregs import SysReg
 from pvtime.abi.widths import U32, U64
 from pvtime.cpu.backend import Conduit, GuestFault, Stop, StopKind, VcpuTraps
+from pvtime.cpu.fastpath import FastPathTraps
 from pvtime.cpu.unicorn.exceptions import EC_FP_ACCESS, esr_ec
+from pvtime.cpu.unicorn.fast_traps import FastTraps
 from pvtime.cpu.unicorn.memory import GuestMemory
 from pvtime.cpu.unicorn.native import CpReg, SysregFilter
 from pvtime.cpu.unicorn.registers import X_REGS, Registers
@@ -102,16 +104,40 @@ class TrapHooks:
         self.error: BaseException | None = None  # raised by a hook, re-raised by the run loop
         self._value = ctypes.c_uint64()
         self._records = ExceptionRecords(uc)
-        uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+        # Counter reads and simple hypercalls are served by the fast traps; they hand the rest to
+        # the Python hooks below, ctypes callbacks (3x cheaper per trap than the binding's generic
+        # wrapper) that write registers through the C API.
+        self.fast = FastTraps(uc, regs, budget.counter, SYSREG_ACCESS_INSNS, self._on_mrs, self._on_intr, native=native)
+        budget.fast = self.fast
+        self._fast_paths: FastPathTraps | None = None
         memory.hook_faults(self._on_memory)
-        # The counter is read in guests' polling loops: the MRS/MSR hooks are ctypes callbacks
-        # (3x cheaper per trap than the binding's generic wrapper) that write registers through
-        # the C API; the native filters call them for the trapped registers only.
-        self._sysreg_filters = [SysregFilter(uc, insn, [_TRAPPED], hook, native=native) for insn, hook in
-                                ((A.UC_ARM64_INS_MRS, self._on_mrs), (A.UC_ARM64_INS_MSR, self._on_msr))]
+        # The native filters call the MRS/MSR hooks for the trapped registers only.
+        self._sysreg_filters = [SysregFilter(uc, A.UC_ARM64_INS_MRS, [_TRAPPED], self.fast.mrs_next, native=native),
+                                SysregFilter(uc, A.UC_ARM64_INS_MSR, [_TRAPPED], self._on_msr, native=native)]
         self._maintenance = SysregFilter(uc, A.UC_ARM64_INS_SYS, [TLBI_INSNS, IC_INSNS], native=native)
         self._published = (0, 0)  # TLBI and IC counts already told to the other vCPUs
-        self.native = self._maintenance.native
+        self.native = self._maintenance.native and self.fast.native
+
+    def begin(self, traps: VcpuTraps) -> None:
+        """An execute() on `traps` starts: publish how the counters read. Hypercall answers are
+        published after the first call the Python hook serves (most executes make none)."""
+        self.traps = traps
+        fast = getattr(traps, "counter_params", None) and getattr(traps, "note_hypercalls", None)
+        self._fast_paths = cast("FastPathTraps", traps) if fast else None
+        self._publish_traps(answers=False)
+
+    def end(self) -> None:
+        """The execute() ends: the fast traps stop, and the hypervisor counts their calls."""
+        calls = self.fast.stop()
+        if calls and self._fast_paths is not None:
+            self._fast_paths.note_hypercalls(calls)
+        self.traps = self._fast_paths = None
+
+    def _publish_traps(self, *, answers: bool) -> None:
+        fast_paths = self._fast_paths
+        self.fast.publish_counter(fast_paths.counter_params() if fast_paths is not None else None)
+        if answers:
+            self.fast.publish_answers(fast_paths.constant_hypercalls() if fast_paths is not None else ())
 
     def publish_maintenance(self) -> None:
         """Tell the other vCPUs' engines of the TLBI and IC instructions this one ran since the
@@ -122,7 +148,13 @@ class TrapHooks:
             self._memory.invalidate_others(tlb=tlb, code=code)
             self._published = hits
 
-    def _on_interrupt(self, uc: Uc, intno: int, user: object) -> None:
+    def _on_intr(self, handle: int, intno: int) -> None:
+        try:
+            self._on_interrupt(self._uc, intno)
+        except BaseException as err:  # noqa: BLE001 - re-raised after emu_start returns
+            self._hook_failed(err)
+
+    def _on_interrupt(self, uc: Uc, intno: int) -> None:
         if intno in (_EXCP_HVC, _EXCP_SMC):
             self._hypercall(uc, Conduit.HVC if intno == _EXCP_HVC else Conduit.SMC)
             return
@@ -167,6 +199,8 @@ class TrapHooks:
             uc.emu_stop()
             return
         regs.write_args(args)
+        self._budget.publish()
+        self._publish_traps(answers=True)
         if traps.exit_requested():
             self.stop = Stop(StopKind.EXIT)
             uc.emu_stop()
@@ -204,6 +238,7 @@ class TrapHooks:
             self._value.value = self.traps.read_sysreg(sysreg) & U64
             if reg in _REG_IDS:
                 uclib.uc_reg_write(handle, reg, ctypes.byref(self._value))
+            self._budget.publish()
         except GuestFault as fault:
             self._sysreg_fault(fault)
         except BaseException as err:  # noqa: BLE001 - re-raised after emu_start returns
@@ -220,6 +255,7 @@ class TrapHooks:
             assert traps is not None
             traps.write_sysreg(sysreg, c.val & U64)
             self._budget.arm(traps, traps.irq_pending())  # the timer may fire earlier (or now)
+            self._publish_traps(answers=False)  # CNTKCTL_EL1 may have changed
         except GuestFault as fault:
             self._sysreg_fault(fault)
         except BaseException as err:  # noqa: BLE001
