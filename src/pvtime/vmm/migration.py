@@ -588,6 +588,8 @@ def _fill(machine: Machine, meta: dict[str, Any], memory: dict[int, memoryview],
     if machine.gic is not None:
         gic_state.restore(machine.gic, gic_state.from_json(state["vgic"]))
         machine.uart.load_state(state["uart"])
+        if machine.coalesced is not None:
+            machine.coalesced.sync()  # the zone follows the restored interrupt mask
 
 
 def save(machine: Machine, *, now_ns: int, handover: ModelHandover | None = None,
