@@ -10,11 +10,12 @@ import pytest
 from pvtime.cpu import CpuKind
 from pvtime.host import Host
 from pvtime.kvm import Kvm, MmioExit
-from pvtime.vmm import Machine, MachineConfig, VcpuThread
+from pvtime.vmm import Machine, MachineConfig
 from pvtime.vmm.coalesced import CoalescedUart
 from pvtime.vmm.migration import restore, save
 from tests.cpu.asm import assemble
 from tests.cpu.elfwriter import make_elf
+from tests.vmm.test_guest_vmm import run_machine
 
 UART = 0x0900_0000
 
@@ -53,16 +54,12 @@ bang: .ascii "!"
 
 
 def run(*, coalesce: bool, monkeypatch: pytest.MonkeyPatch) -> Machine:
-    if not coalesce:
+    if not coalesce:  # a VMM that never registers the zone: every store exits
         monkeypatch.setattr(CoalescedUart, "sync", lambda self: None)
-    host = Host()
-    machine = Machine(Kvm(host), MachineConfig("c", memory_mib=4, cpu=CpuKind.UNICORN))
-    machine.load_elf(make_elf(PRINTS))
-    task = host.spawn("c-vcpu0")
-    with host.on_cpu(task, 10_000_000) as slice_:
-        VcpuThread(machine, machine.vcpus[0]).step(slice_)
-    monkeypatch.undo()
-    return machine
+    try:
+        return run_machine(make_elf(PRINTS), name="c")
+    finally:
+        monkeypatch.undo()
 
 
 def test_console_and_uart_state_are_those_of_a_store_per_exit(monkeypatch: pytest.MonkeyPatch) -> None:
