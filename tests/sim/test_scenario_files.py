@@ -61,8 +61,16 @@ def test_good_file_parses() -> None:
 
 def test_wrong_type_names_file_line_and_field() -> None:
     bad = GOOD.replace('busy_us = [1000, 2000]\n', 'busy_us = [1000, "x"]\n')
-    assert errors(bad) == ["s.toml:20: vm[1].guest.busy_us[1]: Input should be a valid integer, "
-                           "unable to parse string as an integer"]
+    assert errors(bad) == ["s.toml:20: vm[1].guest.busy_us[1]: Input should be a valid integer"]
+
+
+def test_a_value_of_the_wrong_type_is_refused_not_converted() -> None:
+    """A string that reads as a number, a number for a flag: TOML says what type a value is, and a
+    value of the wrong type is an error rather than a guess."""
+    assert errors(GOOD.replace("duration_ms = ", 'duration_ms = "50" #', 1)) == [
+        "s.toml:2: duration_ms: Input should be a valid integer"]
+    bad = GOOD.replace('busy_us = [1000, 2000]\n', 'busy_us = [1000, 2000]\nsteal_acc = 1\n')
+    assert errors(bad) == ["s.toml:21: vm[1].guest.steal_acc: Input should be a valid boolean"]
 
 
 def test_inline_table_field_line() -> None:

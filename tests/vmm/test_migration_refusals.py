@@ -114,3 +114,44 @@ def test_a_vm_that_stops_during_precopy_is_refused_and_left_as_it_was():
     assert not m.paused and open_vms(dest) == 0
     with pytest.raises(KvmError):  # dirty logging is off again
         m.vm.get_dirty_log(Machine.RAM_SLOT)
+
+
+def _listen_and_send(*, pv_hz, dest_hz, allow):
+    """`listen_vm` (in a thread, as `pvtime migrate listen`) receiving `send_vm`'s clock-watch VM
+    from a 25 MHz host: (the sender's result, the listener's result or its MigrationError)."""
+    import threading
+
+    from pvtime.sim.migration import listen_vm, send_vm
+
+    port: list[int] = []
+    ready = threading.Event()
+    got: list[object] = []
+
+    def listen() -> None:
+        try:
+            got.append(listen_vm(0, native_hz=dest_hz, run_ms=1, allow_frequency_change=allow,
+                                 announce=lambda p: (port.append(p), ready.set())))
+        except MigrationError as err:
+            got.append(err)
+
+    t = threading.Thread(target=listen)
+    t.start()
+    assert ready.wait(30)
+    sent = send_vm(("127.0.0.1", port[0]), native_hz=25_000_000, pv_hz=pv_hz, run_ms=2)
+    t.join(30)
+    return sent, got[0]
+
+
+def test_listener_refuses_a_vm_without_lpt_from_another_frequency_unless_allowed():
+    """As a scenario's [[migration]] is refused without allow_frequency_change: nothing would
+    rescale the guest's counter, so its clock would run 40x fast on a 1 GHz host."""
+    sent, got = _listen_and_send(pv_hz=None, dest_hz=10**9, allow=False)
+    assert not sent["accepted"] and "no LPT" in str(sent["message"])
+    assert isinstance(got, MigrationError)
+    assert "field native_hz" in str(got) and "25000000 Hz" in str(got) and "1000000000 Hz" in str(got)
+    sent, got = _listen_and_send(pv_hz=None, dest_hz=10**9, allow=True)
+    assert sent["accepted"] and isinstance(got, dict)
+    sent, got = _listen_and_send(pv_hz=None, dest_hz=25_000_000, allow=False)  # same frequency
+    assert sent["accepted"] and isinstance(got, dict)
+    sent, got = _listen_and_send(pv_hz=10**9, dest_hz=10**9, allow=False)  # LPT rescales
+    assert sent["accepted"] and isinstance(got, dict)

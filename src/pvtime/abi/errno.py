@@ -1,4 +1,4 @@
-"""Linux errno values the KVM uAPI returns for paravirtualized time (docs/semantics.md section 3)."""
+"""Linux errno values the modelled KVM uAPI returns (docs/semantics.md section 3)."""
 
 ENOENT = 2
 ENXIO = 6
@@ -8,6 +8,7 @@ EBUSY = 16
 EEXIST = 17
 ENODEV = 19
 EINVAL = 22
+ENOSPC = 28
 
 NAMES: dict[int, str] = {
     ENOENT: "ENOENT",
@@ -18,4 +19,5 @@ NAMES: dict[int, str] = {
     EEXIST: "EEXIST",
     ENODEV: "ENODEV",
     EINVAL: "EINVAL",
+    ENOSPC: "ENOSPC",
 }

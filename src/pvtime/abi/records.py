@@ -1,4 +1,5 @@
-"""Shared-memory record layouts: the stolen-time record (DEN0057A) and the LPT record (2020 RFC).
+"""Shared-memory record layouts: the stolen-time record (DEN0057A), the LPT record (2020 RFC), and
+KVM's coalesced-MMIO ring (include/uapi/linux/kvm.h).
 
 Both are little-endian and 64-byte aligned (docs/semantics.md sections 2 and 5).
 """
@@ -17,6 +18,11 @@ LPT_RECORD_SIZE = 48
 LPT_RECORD_ALIGN = 64
 LPT_SEQUENCE_OFFSET = 8
 _LPT = struct.Struct("<IIQIIQQII")
+
+# struct kvm_coalesced_mmio_ring: u32 first (the VMM's next entry to read), u32 last (KVM's next
+# free one), then struct kvm_coalesced_mmio entries: u64 phys_addr, u32 len, u32 pio, u8 data[8].
+COALESCED_RING_HEADER = struct.Struct("<II")
+COALESCED_RING_ENTRY = struct.Struct("<QII8s")
 
 
 class RecordError(ValueError):

@@ -19,6 +19,8 @@ KVM_CAP_STEAL_TIME = 187
 KVM_CAP_NR_VCPUS = 9  # recommended vCPUs: min(host CPUs, KVM_MAX_VCPUS)
 KVM_CAP_MAX_VCPUS = 66
 KVM_MAX_VCPUS = 512  # arm64 (the GICv3 limit, VGIC_V3_MAX_CPUS)
+KVM_CAP_COALESCED_MMIO = 15  # answers KVM_COALESCED_MMIO_PAGE_OFFSET
+KVM_CAP_COALESCED_PIO = 162
 
 # Memory-region flags (struct kvm_userspace_memory_region.flags).
 KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
@@ -26,6 +28,12 @@ KVM_MEM_READONLY = 1 << 1
 KVM_MEM_VALID_FLAGS = KVM_MEM_LOG_DIRTY_PAGES | KVM_MEM_READONLY
 KVM_USER_MEM_SLOTS = 512
 PAGE_SIZE = 4096
+
+# Coalesced MMIO (virt/kvm/coalesced_mmio.c): the ring (abi.records) is the page at this offset
+# of a vCPU's mmap, with room for this many entries of 24 bytes after its 8-byte header.
+KVM_COALESCED_MMIO_PAGE_OFFSET = 1  # arm64
+KVM_COALESCED_MMIO_MAX = (PAGE_SIZE - 8) // 24  # 170
+NR_IOBUS_DEVS = 1000  # devices on one kvm_io_bus (include/linux/kvm_host.h)
 
 # vCPU device attributes.
 KVM_ARM_VCPU_PMU_V3_CTRL = 0

@@ -411,7 +411,11 @@ def migrate_group() -> None:
               show_default=True, help="wall-clock seconds to wait for a sender to connect")
 @click.option("--read-timeout", type=click.FloatRange(0, min_open=True), default=30.0, show_default=True,
               help="wall-clock seconds each read waits for the sender before the migration is refused")
-def migrate_listen(port: int, native_hz: int, run_ms: int, accept_timeout: float, read_timeout: float) -> None:
+@click.option("--allow-frequency-change", is_flag=True,
+              help="accept a VM without LPT from a host whose counter runs at another frequency (its "
+                   "clock then runs at the wrong rate here; refused otherwise)")
+def migrate_listen(port: int, native_hz: int, run_ms: int, accept_timeout: float, read_timeout: float,
+                   allow_frequency_change: bool) -> None:
     """Receive one VM on 127.0.0.1:PORT, run it, print a JSON summary."""
     import json
 
@@ -420,7 +424,8 @@ def migrate_listen(port: int, native_hz: int, run_ms: int, accept_timeout: float
     try:
         result = listen_vm(port, native_hz=native_hz, run_ms=run_ms,
                            announce=lambda p: click.echo(f"listening on 127.0.0.1:{p}", err=True),
-                           accept_timeout=accept_timeout, timeout=read_timeout)
+                           accept_timeout=accept_timeout, timeout=read_timeout,
+                           allow_frequency_change=allow_frequency_change)
     except MigrationError as err:
         raise ToolError(f"migration refused: {err}") from None
     except OSError as err:  # the port is taken, or the like: before any stream

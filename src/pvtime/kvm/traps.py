@@ -197,11 +197,12 @@ class Traps:
         return (read(vgic, self.index, offset, size) & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
 
     def mmio_write(self, gpa: int, data: bytes) -> bool:
-        """A store to a device KVM emulates itself (kvm_io_bus_write); False when none is there."""
+        """A store to a device KVM emulates itself, or to a coalesced-MMIO zone with room in the
+        ring (kvm_io_bus_write); False when none is there."""
         vgic = self.vm.vgic
         frame = None if vgic is None else vgic.frame_of(gpa, len(data))
         if frame is None:
-            return False
+            return self.vm.coalesced_mmio.write(gpa, data)
         assert vgic is not None
         cpu_frame, offset = frame
         write = mmio.cpu_write if cpu_frame else mmio.dist_write

@@ -63,6 +63,12 @@ class Vcpu:
         """The id the vCPU was created with (KVM_CREATE_VCPU's argument)."""
         return self._id
 
+    def coalesced_mmio_ring(self) -> bytearray:
+        """The page a VMM maps at KVM_COALESCED_MMIO_PAGE_OFFSET of the vCPU fd: the VM's
+        coalesced-MMIO ring (`pvtime.abi.records.COALESCED_RING_*`), shared by all its vCPUs. The
+        VMM reads entries from `first` to `last` and then stores `last` into `first`."""
+        return self._vm.coalesced_mmio.ring
+
     @property
     def stats(self) -> VcpuStats:
         """The vCPU's counters (as KVM_GET_STATS_FD reads them): runs, loads, hypercalls."""

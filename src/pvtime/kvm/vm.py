@@ -8,14 +8,15 @@ from typing import TYPE_CHECKING
 from pvtime.abi.errno import EBUSY, EEXIST, EINVAL, ENXIO
 from pvtime.abi.uapi import (
     KVM_ARM_VM_PVTIME_LPT_CTRL, KVM_CAP_ARM_IRQ_LINE_LAYOUT_2, KVM_CAP_DEVICE_CTRL, KVM_CAP_IRQCHIP,
-    KVM_CAP_MAX_VCPUS, KVM_CAP_NR_VCPUS, KVM_CAP_STEAL_TIME, KVM_MAX_VCPUS,
-    KVM_REG_ARM_STD_HYP_BMAP_SUPPORTED,
+    KVM_CAP_COALESCED_MMIO, KVM_CAP_COALESCED_PIO, KVM_CAP_MAX_VCPUS, KVM_CAP_NR_VCPUS,
+    KVM_CAP_STEAL_TIME, KVM_COALESCED_MMIO_PAGE_OFFSET, KVM_MAX_VCPUS, KVM_REG_ARM_STD_HYP_BMAP_SUPPORTED,
 )
 from pvtime.cpu import CpuKind, create_cpu
 from pvtime.cpu.backend import CpuBackend, CpuFactory
 from pvtime.host.host import Host
 from pvtime.kvm.arch_timer import TimerPpis, VmCounter
 from pvtime.kvm import irq_line, lpt
+from pvtime.kvm.coalesced_mmio import CoalescedMmio
 from pvtime.kvm.errors import KvmError
 from pvtime.kvm.memory import GuestMemory
 from pvtime.kvm.quirks import Quirk
@@ -26,13 +27,17 @@ from pvtime.kvm.vgic import Vgic, VgicV2Device, device
 if TYPE_CHECKING:
     from pvtime.kvm.traps import Traps
 
-# Always 1 on arm64 with an in-kernel GIC (kvm_vm_ioctl_check_extension).
-_ARCH_CAPS = frozenset({KVM_CAP_IRQCHIP, KVM_CAP_DEVICE_CTRL, KVM_CAP_ARM_IRQ_LINE_LAYOUT_2})
+# Always 1 on arm64 with an in-kernel GIC (kvm_vm_ioctl_check_extension, and the generic
+# kvm_vm_ioctl_check_extension_generic for coalesced port I/O).
+_ARCH_CAPS = frozenset({KVM_CAP_IRQCHIP, KVM_CAP_DEVICE_CTRL, KVM_CAP_ARM_IRQ_LINE_LAYOUT_2, KVM_CAP_COALESCED_PIO})
 
 
 def vcpu_limits(cap: int, host_cpus: int, max_vcpus: int = KVM_MAX_VCPUS) -> int:
     """KVM_CAP_NR_VCPUS (min(host CPUs, KVM_MAX_VCPUS)), KVM_CAP_MAX_VCPUS (the VM's limit: 8
-    once it has a vGICv2), the capabilities arm64 always has (1); 0 for other caps."""
+    once it has a vGICv2), KVM_CAP_COALESCED_MMIO (the ring's page offset in a vCPU's mmap), the
+    capabilities arm64 always has (1); 0 for other caps."""
+    if cap == KVM_CAP_COALESCED_MMIO:
+        return KVM_COALESCED_MMIO_PAGE_OFFSET
     if cap == KVM_CAP_NR_VCPUS:
         return min(host_cpus, KVM_MAX_VCPUS)
     if cap == KVM_CAP_MAX_VCPUS:
@@ -58,6 +63,7 @@ class VmState:
         self.vgic: Vgic | None = None  # the in-kernel interrupt controller, once created
         self.max_vcpus = KVM_MAX_VCPUS  # kvm->max_vcpus
         self.timer_ppis = TimerPpis()
+        self.coalesced_mmio = CoalescedMmio()
 
     def pvtime_supported(self) -> bool:
         """kvm_arm_pvtime_supported: the host keeps scheduler statistics and the VM is not protected."""
@@ -127,6 +133,19 @@ class Vm:
         vcpu = Vcpu(self._state, vcpu_id, self._cpu(vcpu_id))
         self._vcpus.append(vcpu)
         return vcpu
+
+    def register_coalesced_mmio(self, addr: int, size: int, pio: int = 0) -> None:
+        """KVM_REGISTER_COALESCED_MMIO: guest stores wholly inside `size` bytes at `addr` go to the
+        VM's ring (`Vcpu.coalesced_mmio_ring`) instead of exiting, while it has room. EINVAL for a
+        `pio` other than 0 or 1; ENOSPC when the MMIO bus is full."""
+        vgic = self._state.vgic
+        in_kernel = 1 if vgic is not None and vgic.ready else 0  # vgic_register_dist_iodev's device
+        self._state.coalesced_mmio.register(addr, size, pio, in_kernel)
+
+    def unregister_coalesced_mmio(self, addr: int, size: int, pio: int = 0) -> None:
+        """KVM_UNREGISTER_COALESCED_MMIO: drop every zone holding the whole range (none: no error);
+        EINVAL for a `pio` other than 0 or 1. Stores already in the ring stay there."""
+        self._state.coalesced_mmio.unregister(addr, size, pio)
 
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION on the VM fd."""

@@ -46,7 +46,8 @@ A scenario is a TOML file: hosts with their CPUs and scheduler, VMs with their g
 tasks that compete with the vCPUs (noise), and live migrations, for a virtual duration and a
 seed. `pvtime run FILE.toml` runs one; `pvtime scenarios` lists the embedded ones and
 `pvtime scenario show NAME` prints one to start from. This page lists every table and field
-with its type, default and range; a field without a default must be given.
+with its type, default and range; a field without a default must be given. Types are strict: a
+value of another TOML type is an error, not converted (`duration_ms = "50"` is refused).
 
 `pvtime scenario schema` prints the same as a JSON Schema (draft 2020-12). An editor that
 reads JSON Schemas for TOML (taplo, Even Better TOML) checks a file as you type with

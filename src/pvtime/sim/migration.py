@@ -189,11 +189,14 @@ def send_vm(address: tuple[str, int], *, native_hz: int, pv_hz: int | None, run_
 
 
 def listen_vm(port: int, *, native_hz: int, run_ms: int, announce: Callable[[int], None],
-              accept_timeout: float = ACCEPT_TIMEOUT_S, timeout: float = TIMEOUT_S) -> dict[str, object]:
+              accept_timeout: float = ACCEPT_TIMEOUT_S, timeout: float = TIMEOUT_S,
+              allow_frequency_change: bool = False) -> dict[str, object]:
     """Receive one VM on 127.0.0.1:`port` (0: any), run it `run_ms` on a host of `native_hz`.
 
     `announce(port)` is called once listening. Raises MigrationError on a refused stream, when no
-    sender connects within `accept_timeout` seconds, or when a read waits more than `timeout`.
+    sender connects within `accept_timeout` seconds, when a read waits more than `timeout`, or for
+    a VM without LPT from a host of another counter frequency unless `allow_frequency_change`
+    (as scenario files refuse it).
     """
     host = Host(native_hz, name="dest")
     core, sched = _solo(host, end_ns=run_ms * MS)
@@ -201,7 +204,7 @@ def listen_vm(port: int, *, native_hz: int, run_ms: int, announce: Callable[[int
     with socket.create_server(("127.0.0.1", port)) as server:
         announce(server.getsockname()[1])
         with accept(server, timeout=accept_timeout) as conn:
-            receiver = Receiver(kvm)
+            receiver = Receiver(kvm, allow_frequency_change=allow_frequency_change)
             machine = receive(conn, lambda data: receiver.feed(data, now_ns=0), timeout=timeout)
     start_vcpu_threads(machine, host, sched, start_ns=0)
     at_restore = summary(machine)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from pvtime.abi.linux import CONSOLE_BOOTARGS
 from pvtime.abi.widths import U32
@@ -28,7 +28,8 @@ MIN_COUNTER_HZ = 1_000_000
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a TOML value of the wrong type is refused, not converted ("50" is no duration).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class SchedSpec(_Strict):
@@ -82,9 +83,10 @@ class ModelGuestSpec(_Strict):
 
     cpu: ClassVar[CpuKind] = CpuKind.MODEL  # the vCPUs the VMM gives it
     kind: Literal["model"] = Field(description="\"model\": the Python model of the Linux arm64 guest")
-    busy_us: tuple[int, int] = Field((2000, 12000), description="[low, high]: each vCPU works a random length of "
+    # A TOML array is a list: the pair is taken from one (strict=False), each number stays strict.
+    busy_us: tuple[StrictInt, StrictInt] = Field((2000, 12000), strict=False, description="[low, high]: each vCPU works a random length of "
                                                                 "CPU time in this range (µs, uniform), then idles")
-    idle_us: tuple[int, int] = Field((0, 0), description="[low, high]: the idle (WFI) period after each busy one "
+    idle_us: tuple[StrictInt, StrictInt] = Field((0, 0), strict=False, description="[low, high]: the idle (WFI) period after each busy one "
                                                          "(µs, uniform); [0, 0]: never idle")
     hz: int = Field(250, ge=1, le=10000, description="the guest kernel's CONFIG_HZ: its tick, at which it accounts "
                                                       "steal in /proc/stat")

@@ -27,6 +27,7 @@ from pvtime.kvm import (
 from pvtime.abi.uapi import REG_PC, reg_x
 from pvtime.kvm import SemihostingExit
 from pvtime.vmm import devices, semihosting
+from pvtime.vmm.coalesced import CoalescedUart
 from pvtime.vmm.elf import LoadedImage, load_elf
 from pvtime.vmm import linux_boot
 from pvtime.vmm.arm64_image import BootLayout
@@ -107,6 +108,10 @@ class Machine:
         self.console_sink: Callable[[bytes], None] | None = None  # also gets console output as it comes
         self.exit_status: int | None = None  # the guest's semihosting exit status, once it exits
         self.uart = devices.uart_for(layout, self._emit, None if self.gic is None else self._uart_irq)
+        # Machine code prints through the UART: its DR stores are coalesced while they may be.
+        self.coalesced: CoalescedUart | None = None
+        if config.cpu is not CpuKind.MODEL and self.vcpus:
+            self.coalesced = CoalescedUart(self.vm, self.vcpus[0], self.uart)
         self.stopped: StopReason | None = None  # why the VM stopped, once it has
         self.paused = False  # vCPU threads block until resume() (migration's stop-and-copy)
         self.started = False  # a vCPU thread has entered KVM_RUN
@@ -268,6 +273,8 @@ class Machine:
                 data = self.uart.access(ex)
                 if data is not None:
                     vcpu.complete_mmio(data)
+                elif self.coalesced is not None:
+                    self.coalesced.sync()  # the store may have changed the interrupt mask
                 return
             error = devices.unassigned_access(vcpu, ex, self.read_guest)
             self.errors.append(error)
@@ -314,6 +321,8 @@ class VcpuThread:
             except KvmError as err:  # KVM_RUN failed (e.g. LPT half configured): this VM stops
                 self.machine.stop(StopReason.kvm_run_failed(self.vcpu.id, err))
                 return Step(TaskState.EXITED)
+            if self.machine.coalesced is not None:
+                self.machine.coalesced.flush()  # the devices see earlier stores before this exit
             if isinstance(ex, IntrExit):
                 return Step(TaskState.QUEUED)
             if isinstance(ex, HaltExit):

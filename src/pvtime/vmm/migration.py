@@ -339,13 +339,17 @@ class Receiver:
     `downtime_ns`: how long the guest was stopped, when the caller knows it (hosts sharing a
     timeline, as in a simulation): the counters are moved on by it, so the guest's clock keeps
     real time. None: the counters resume where they stopped (the guest does not see the pause).
+
+    `allow_frequency_change` False refuses a VM without LPT whose source host's counter ran at
+    another frequency than this host's (its clock would run at the wrong rate here).
     """
 
     def __init__(self, kvm: Kvm, *, handover: ModelHandover | None = None, name: str | None = None,
-                 cpus: CpuFactory | None = None) -> None:
+                 cpus: CpuFactory | None = None, allow_frequency_change: bool = True) -> None:
         self.kvm = kvm
         self.handover = handover
         self.name = name
+        self.allow_frequency_change = allow_frequency_change
         self.cpus = cpus  # the destination's CPU engines (default: the stream's kind), unless handed over
         self._first: dict[str, Any] | None = None
         self._memory: dict[int, memoryview] = {}
@@ -414,7 +418,8 @@ class Receiver:
         try:
             return restore_state(self.kvm, self._first, self._memory, part.state, handover=self.handover,
                                  name=self.name, now_ns=host.now_ns() if now_ns is None else now_ns,
-                                 downtime_ns=downtime_ns, cpus=self.cpus, received=self._received)
+                                 downtime_ns=downtime_ns, cpus=self.cpus, received=self._received,
+                                 allow_frequency_change=self.allow_frequency_change)
         except MigrationError as err:
             raise MigrationError(f"part {self._next - 1}, {err}") from None
 
@@ -464,14 +469,16 @@ def _config_from_json(c: dict[str, Any], name: str | None = None) -> MachineConf
 def restore_state(kvm: Kvm, meta: dict[str, Any], memory: dict[int, memoryview], state: dict[str, Any], *,
                   handover: ModelHandover | None, name: str | None, now_ns: int,
                   downtime_ns: int | None, cpus: CpuFactory | None = None,
-                  received: dict[int, set[int]] | None = None) -> Machine:
+                  received: dict[int, set[int]] | None = None, allow_frequency_change: bool = True) -> Machine:
     """Build the destination machine from a complete stream; MigrationError if it cannot be.
 
     `cpus` makes the destination's CPU engines (default: those of the stream's CPU kind); a
     handed-over model guest brings its own. `received` lists the pages each slot received: only
     those are copied into the machine (the others are zero on both sides), so restoring a large,
-    mostly unused VM touches only what the guest used."""
+    mostly unused VM touches only what the guest used. `allow_frequency_change`: as `Receiver`'s."""
     try:
+        if not allow_frequency_change:
+            _check_frequency(kvm, state)
         return _restore(kvm, meta, memory, state, handover, name, now_ns, downtime_ns, cpus, received)
     except MigrationError as err:
         raise MigrationError(f"STAT section: {err}") from None
@@ -479,6 +486,16 @@ def restore_state(kvm: Kvm, meta: dict[str, Any], memory: dict[int, memoryview],
         raise MigrationError(f"STAT section: destination refused the state: {err}") from None
     except (LookupError, TypeError, ValueError, ArithmeticError, AttributeError, MemoryError) as err:
         raise MigrationError(f"STAT section: bad state ({type(err).__name__}: {err})") from None
+
+
+def _check_frequency(kvm: Kvm, state: dict[str, Any]) -> None:
+    """Refuse a VM without LPT from a host whose counter ran at another frequency: nothing would
+    rescale its counter, so its clock would run at the wrong rate here."""
+    old_hz, new_hz = int(state["native_hz"]), kvm.host.counter_hz
+    if state["lpt"] is None and old_hz != new_hz:
+        raise MigrationError(f"field native_hz: the VM has no LPT and its source host's counter ran at {old_hz} Hz, "
+                             f"this host's at {new_hz} Hz: its clock would run at the wrong rate here "
+                             "(frequency changes are not allowed)")
 
 
 def _restore(kvm: Kvm, meta: dict[str, Any], memory: dict[int, memoryview], state: dict[str, Any],
@@ -588,6 +605,8 @@ def _fill(machine: Machine, meta: dict[str, Any], memory: dict[int, memoryview],
     if machine.gic is not None:
         gic_state.restore(machine.gic, gic_state.from_json(state["vgic"]))
         machine.uart.load_state(state["uart"])
+        if machine.coalesced is not None:
+            machine.coalesced.sync()  # the zone follows the restored interrupt mask
 
 
 def save(machine: Machine, *, now_ns: int, handover: ModelHandover | None = None,
