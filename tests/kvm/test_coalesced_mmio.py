@@ -1,7 +1,8 @@
 """Coalesced MMIO as virt/kvm/coalesced_mmio.c implements it, reached by AArch64 guest code:
 stores wholly inside a registered zone go to the VM's ring without an exit while it has room
-(coalesced_mmio_write, coalesced_mmio_has_room), everything else exits as before; the ioctls'
-errno (kvm_vm_ioctl_register_coalesced_mmio, kvm_vm_ioctl_unregister_coalesced_mmio)."""
+(coalesced_mmio_write, whose room check Linux 6.12 folded in from coalesced_mmio_has_room),
+everything else exits as before; the ioctls' errno (kvm_vm_ioctl_register_coalesced_mmio,
+kvm_vm_ioctl_unregister_coalesced_mmio, kvm_io_bus_register_dev)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import struct
 
 import pytest
 
-from pvtime.abi.errno import EINVAL
+from pvtime.abi.errno import EINVAL, ENOSPC
 from pvtime.abi.records import COALESCED_RING_ENTRY, COALESCED_RING_HEADER
 from pvtime.abi.uapi import (
     KVM_CAP_COALESCED_MMIO, KVM_CAP_COALESCED_PIO, KVM_COALESCED_MMIO_MAX, KVM_COALESCED_MMIO_PAGE_OFFSET,
+    NR_IOBUS_DEVS,
 )
 from pvtime.kvm import KvmError, MmioExit
 from pvtime.vmm.coalesced import drain
@@ -123,3 +125,42 @@ def test_a_port_io_zone_does_not_take_mmio_stores():
     rig = stores(1)
     rig.vm.register_coalesced_mmio(DEV, 4, pio=1)
     assert rig.run() == MmioExit(DEV, 4, struct.pack("<I", 1), True)
+
+
+def test_each_bus_holds_at_most_nr_iobus_devs():
+    """kvm_io_bus_register_dev: ENOSPC once the zone's own bus holds NR_IOBUS_DEVS devices; zones on
+    the port-I/O bus do not count against the MMIO bus."""
+    rig = stores(1)
+    for i in range(NR_IOBUS_DEVS):
+        rig.vm.register_coalesced_mmio(0x1000_0000 + 8 * i, 4, pio=1)
+    with pytest.raises(KvmError) as err:
+        rig.vm.register_coalesced_mmio(0x2000_0000, 4, pio=1)
+    assert err.value.errno == ENOSPC
+    for i in range(NR_IOBUS_DEVS - 1):
+        rig.vm.register_coalesced_mmio(0x3000_0000 + 8 * i, 4)
+    rig.vm.register_coalesced_mmio(DEV, 4)  # the MMIO bus's last place
+    with pytest.raises(KvmError) as err:
+        rig.vm.register_coalesced_mmio(DEV + 4, 4)
+    assert err.value.errno == ENOSPC
+    assert rig.run() == MmioExit(DEV, 4, b"", False)  # the store went to the ring all the same
+    assert ring_header(rig) == (0, 1)
+
+
+def test_an_entry_gets_only_the_stores_bytes():
+    """coalesced_mmio_write copies `len` bytes of data: the rest of the entry keeps what was there."""
+    from pvtime.kvm.coalesced_mmio import CoalescedMmio
+
+    kvm = CoalescedMmio()
+    data_at = COALESCED_RING_HEADER.size + COALESCED_RING_ENTRY.size - 8  # entry 0's data
+    kvm.ring[data_at:data_at + 8] = b"\xaa" * 8
+    kvm.register(DEV, 8, 0, 0)
+    assert kvm.write(DEV, b"\x01")
+    assert bytes(kvm.ring[data_at:data_at + 8]) == b"\x01" + b"\xaa" * 7
+    assert drain(kvm.ring) == [(DEV, b"\x01")]
+
+
+def test_a_corrupted_ring_header_is_refused_by_the_vmm():
+    ring = bytearray(4096)
+    COALESCED_RING_HEADER.pack_into(ring, 0, 0, KVM_COALESCED_MMIO_MAX)
+    with pytest.raises(ValueError, match="last 170"):
+        drain(ring)

@@ -71,6 +71,14 @@ def test_a_value_of_the_wrong_type_is_refused_not_converted() -> None:
         "s.toml:2: duration_ms: Input should be a valid integer"]
     bad = GOOD.replace('busy_us = [1000, 2000]\n', 'busy_us = [1000, 2000]\nsteal_acc = 1\n')
     assert errors(bad) == ["s.toml:21: vm[1].guest.steal_acc: Input should be a valid boolean"]
+    assert errors(GOOD.replace("\ncpus = 2", "\ncpus = 2.5", 1)) == ["s.toml:6: host[0].cpus: Input should be a valid integer"]
+
+
+def test_a_whole_number_in_e_notation_is_an_integer() -> None:
+    """TOML reads 25e6 as a float; a float with no fraction is the integer it names, as `--set` reads it."""
+    host = scenario.parse(GOOD.replace("\ncpus = 2", "\ncpus = 2.0\ncounter_hz = 25e6", 1), "s.toml").spec.host[0]
+    assert host.counter_hz == 25_000_000 and type(host.counter_hz) is int
+    assert host.cpus == 2 and type(host.cpus) is int
 
 
 def test_inline_table_field_line() -> None:

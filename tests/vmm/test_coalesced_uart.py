@@ -1,12 +1,14 @@
 """The VMM's coalesced UART: DR stores made while the transmit interrupt is masked complete in KVM
-(virt/kvm/coalesced_mmio.c) and reach the PL011 before the VMM handles the next exit, as QEMU's
-kvm_flush_coalesced_mmio_buffer does in kvm_cpu_exec; the console and the device state are what
-they are when every store exits, with fewer exits."""
+(virt/kvm/coalesced_mmio.c) and reach the PL011 before the VMM handles the next exit (QEMU's
+kvm_flush_coalesced_mmio_buffer, called before an access to a coalescing region); the console,
+the device state and what the guest reads are what they are when every store exits, with fewer
+exits."""
 
 from __future__ import annotations
 
 import pytest
 
+from pvtime.abi.uapi import reg_x
 from pvtime.cpu import CpuKind
 from pvtime.host import Host
 from pvtime.kvm import Kvm, MmioExit
@@ -69,6 +71,8 @@ def test_console_and_uart_state_are_those_of_a_store_per_exit(monkeypatch: pytes
     assert bytes(coalesced.console) == bytes(plain.console) == b"ab!cde"  # in program order
     assert coalesced.uart.save_state() == plain.uart.save_state()
     assert coalesced.uart.raw & 0x20  # RIS.TX set by the coalesced 'd' and 'e'
+    for m in (plain, coalesced):  # what the guest read: RIS.TX after 'c', and after 'd' 'e'
+        assert [m.vcpus[0].get_one_reg(reg_x(r)) for r in (5, 6)] == [0x20, 0x20]
     # The four DR stores made while TXIM was masked did not exit; 'c' did.
     assert plain.vcpus[0].stats.runs - coalesced.vcpus[0].stats.runs == 4
     assert coalesced.coalesced is not None and coalesced.coalesced.registered  # masked at the end
@@ -87,3 +91,16 @@ def test_the_zone_follows_the_interrupt_mask_and_a_migration() -> None:
 
 def test_model_guests_have_no_zone() -> None:
     assert Machine(Kvm(Host()), MachineConfig("p", memory_mib=1)).coalesced is None
+
+
+def test_stores_still_in_the_ring_reach_the_uart_before_a_migration_saves_it() -> None:
+    """A VMM that drives KVM_RUN itself may save right after a run: the saved UART state includes
+    the coalesced stores (the VMM drains the ring before it saves the device)."""
+    host = Host(25_000_000)
+    m = Machine(Kvm(host), MachineConfig("m", memory_mib=4, cpu=CpuKind.UNICORN, vgic=True))
+    m.load_elf(make_elf(assemble(f"mov x2, #{UART:#x}\n mov w3, #'z'\n str w3, [x2]\n wfi")))
+    with host.on_cpu(host.spawn("m-vcpu0"), 10_000_000):
+        m.vcpus[0].run()  # no VcpuThread: nothing drained the ring yet
+    assert bytes(m.console) == b""
+    dst = restore(Kvm(Host(25_000_000)), save(m, now_ns=0), now_ns=0)
+    assert bytes(m.console) == b"z" and dst.uart.raw & 0x20

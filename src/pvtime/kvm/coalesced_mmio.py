@@ -20,6 +20,9 @@ from pvtime.abi.uapi import KVM_COALESCED_MMIO_MAX, NR_IOBUS_DEVS, PAGE_SIZE
 from pvtime.abi.widths import U64
 from pvtime.kvm.errors import KvmError
 
+_ENTRY_HEAD = struct.Struct("<QII")  # an entry up to its data: phys_addr, len, pio
+assert _ENTRY_HEAD.size + 8 == COALESCED_RING_ENTRY.size
+
 
 @dataclass(frozen=True)
 class Zone:
@@ -44,11 +47,13 @@ class CoalescedMmio:
         self.zones: list[Zone] = []
         self.ring = bytearray(PAGE_SIZE)  # the page the VMM maps
 
-    def register(self, addr: int, size: int, pio: int, other_devices: int) -> None:
+    def register(self, addr: int, size: int, pio: int, mmio_devices: int) -> None:
         """kvm_vm_ioctl_register_coalesced_mmio: EINVAL for a `pio` other than 0 or 1, ENOSPC when
-        the bus already holds NR_IOBUS_DEVS devices (`other_devices`: the in-kernel ones on it)."""
+        the zone's bus (MMIO or port I/O) already holds NR_IOBUS_DEVS devices (`mmio_devices`:
+        the in-kernel devices on the MMIO bus)."""
         _check_pio(pio)
-        if len(self.zones) + other_devices > NR_IOBUS_DEVS - 1:  # kvm_io_bus_register_dev
+        on_bus = sum(1 for z in self.zones if z.pio == pio) + (0 if pio else mmio_devices)
+        if on_bus > NR_IOBUS_DEVS - 1:  # kvm_io_bus_register_dev
             raise KvmError(ENOSPC, f"coalesced MMIO zone {addr:#x}+{size:#x}: the bus already has "
                                    f"{NR_IOBUS_DEVS} devices, its limit")
         self.zones.append(Zone(addr, size, pio))
@@ -61,7 +66,8 @@ class CoalescedMmio:
 
     def write(self, addr: int, data: bytes) -> bool:
         """coalesced_mmio_write, for a guest store on the MMIO bus: True when a zone took it into
-        the ring; False when no zone holds it or the ring is full (the store then exits)."""
+        the ring; False when no zone holds it or the ring is full, or `last` is out of range (the
+        store then exits). The entry's data gets the store's bytes; the rest of it is left as it was."""
         zone = next((z for z in self.zones if z.pio == 0 and z.holds(addr, len(data))), None)
         if zone is None:
             return False
@@ -69,7 +75,8 @@ class CoalescedMmio:
         if last >= KVM_COALESCED_MMIO_MAX or (last + 1) % KVM_COALESCED_MMIO_MAX == first:
             return False
         offset = COALESCED_RING_HEADER.size + last * COALESCED_RING_ENTRY.size
-        COALESCED_RING_ENTRY.pack_into(self.ring, offset, addr, len(data), zone.pio, bytes(data))
+        _ENTRY_HEAD.pack_into(self.ring, offset, addr, len(data), zone.pio)
+        self.ring[offset + _ENTRY_HEAD.size:offset + _ENTRY_HEAD.size + len(data)] = data  # len bytes, as memcpy
         struct.pack_into("<I", self.ring, 4, (last + 1) % KVM_COALESCED_MMIO_MAX)
         return True
 

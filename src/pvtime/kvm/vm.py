@@ -140,7 +140,7 @@ class Vm:
         `pio` other than 0 or 1; ENOSPC when the MMIO bus is full."""
         vgic = self._state.vgic
         in_kernel = 1 if vgic is not None and vgic.ready else 0  # vgic_register_dist_iodev's device
-        self._state.coalesced_mmio.register(addr, size, pio, in_kernel)
+        self._state.coalesced_mmio.register(addr, size, pio, mmio_devices=in_kernel)
 
     def unregister_coalesced_mmio(self, addr: int, size: int, pio: int = 0) -> None:
         """KVM_UNREGISTER_COALESCED_MMIO: drop every zone holding the whole range (none: no error);

@@ -47,7 +47,8 @@ tasks that compete with the vCPUs (noise), and live migrations, for a virtual du
 seed. `pvtime run FILE.toml` runs one; `pvtime scenarios` lists the embedded ones and
 `pvtime scenario show NAME` prints one to start from. This page lists every table and field
 with its type, default and range; a field without a default must be given. Types are strict: a
-value of another TOML type is an error, not converted (`duration_ms = "50"` is refused).
+value of another TOML type is an error, not converted (`duration_ms = "50"` is refused), except
+that a whole number written as a float is that integer (`counter_hz = 25e6`).
 
 `pvtime scenario schema` prints the same as a JSON Schema (draft 2020-12). An editor that
 reads JSON Schemas for TOML (taplo, Even Better TOML) checks a file as you type with

@@ -103,6 +103,18 @@ def load(name_or_path: str | None = None, overrides: Sequence[Override] = ()) ->
 _ARRAYS = frozenset(k for k, f in ScenarioSpec.model_fields.items() if get_origin(f.annotation) is list)
 
 
+def _whole_numbers(value: Any) -> Any:
+    """TOML reads 25e6 as a float: a float with no fraction becomes the integer it names (as `--set`
+    reads it), so that an integer field takes it; the schema is strict about every other type."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    return value
+
+
 def parse(text: str, source: str = "<scenario>", overrides: Sequence[Override] = ()) -> Scenario:
     """Parse and validate TOML text, with `overrides` set over it before validation; raises
     ScenarioError naming file, line and field -- or the option, for an error in an overridden
@@ -124,7 +136,7 @@ def parse(text: str, source: str = "<scenario>", overrides: Sequence[Override] =
         raise ScenarioError([Issue(exc.origin, None, exc.field, exc.message)]) from None
     where = _Where(source, lines, _root_line(text), placed)
     try:
-        spec = ScenarioSpec.model_validate(data)
+        spec = ScenarioSpec.model_validate(_whole_numbers(data))
     except ValidationError as exc:
         raise ScenarioError([where.issue(err["loc"], err["msg"]) for err in exc.errors()]) from None
     cut_short = any(loc == ("duration_ms",) for loc, _ in placed)

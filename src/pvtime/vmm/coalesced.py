@@ -8,7 +8,9 @@ UART sees every store, in order, before any later access. That is exact only whi
 no effect a guest could see between two exits: with the transmit interrupt masked, its one other
 effect (the raw TX status bit) can be read only through an access that exits, and is drained
 first. When the guest unmasks the interrupt (an IMSC store, which exits), the zone goes; when it
-masks it again, the zone comes back. QEMU drains the same way (kvm_flush_coalesced_mmio_buffer).
+masks it again, the zone comes back. QEMU drains before an access to a region with coalescing
+(prepare_mmio_access, kvm_flush_coalesced_mmio_buffer); draining before every exit is stricter, and
+also keeps the UART's output in order with semihosting output.
 """
 
 from __future__ import annotations
@@ -25,10 +27,13 @@ DR_ZONE_SIZE = 4  # Linux writes DR with a 16- or 32-bit store
 
 def drain(ring: bytearray) -> list[tuple[int, bytes]]:
     """The stores in the ring since the last drain, oldest first, as (address, data); marks them
-    read (`first` moves up to `last`)."""
+    read (`first` moves up to `last`). ValueError for a header no KVM writes."""
     first, last = COALESCED_RING_HEADER.unpack_from(ring, 0)
+    if first >= KVM_COALESCED_MMIO_MAX or last >= KVM_COALESCED_MMIO_MAX:
+        raise ValueError(f"coalesced MMIO ring: first {first}, last {last}: both must be below "
+                         f"{KVM_COALESCED_MMIO_MAX}")
     out = []
-    while first != last and first < KVM_COALESCED_MMIO_MAX:
+    while first != last:
         addr, length, _pio, data = COALESCED_RING_ENTRY.unpack_from(
             ring, COALESCED_RING_HEADER.size + first * COALESCED_RING_ENTRY.size)
         out.append((addr, data[:min(length, len(data))]))

@@ -306,6 +306,8 @@ class Sender:
             "vcpus": vcpus,
             "guest": self._guest(),
         }
+        if m.coalesced is not None:
+            m.coalesced.flush()  # stores still in KVM's ring reach the UART before it is saved
         if m.gic is not None:  # the interrupt controller, and the device whose interrupt it carries
             state["vgic"] = gic_state.to_json(gic_state.save(m.gic, list(range(len(m.vcpus)))))
             state["uart"] = m.uart.save_state()
