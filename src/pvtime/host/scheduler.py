@@ -38,10 +38,12 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 from pvtime.host.balance import Balancer
 from pvtime.host.cfs import CfsRunQueue
+from pvtime.host.cpu_index import CpuIndex
 from pvtime.host.eevdf import EevdfRunQueue
 from pvtime.host.entity import SchedEntity
 from pvtime.host.events import PRIO_CPU, PRIO_RESCHED, PRIO_WAKE, EventCore
@@ -118,6 +120,9 @@ class Scheduler:
         self.max_segment_ns = max_segment_ns
         self.observer = observer
         self.cpus = [Pcpu(i, self._new_rq(i)) for i in range(host.ncpus)]
+        self.index = CpuIndex(self.cpus)
+        for cpu in self.cpus:
+            cpu.rq.on_change = partial(self.index.refresh, cpu)
         self.balancer = Balancer(self)
         self.entities: dict[int, SchedEntity] = {}
         self._tick_posted = False
@@ -366,6 +371,7 @@ class Scheduler:
             cpu.step = None
             if cpu.idle_stamp is None:
                 cpu.idle_stamp = now
+            self.index.refresh(cpu)
             return
         if nxt is not prev or not prev_running:
             if prev is not None and prev_running:
@@ -377,6 +383,7 @@ class Scheduler:
         cpu.curr = nxt
         cpu.step = None
         cpu.idle_stamp = None
+        self.index.refresh(cpu)
         self._ensure_tick(now)
 
     def _next_known_wake(self, cpu: Pcpu, now: int) -> int | None:
