@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from pvtime.host.cpumask import KeyedMasks, count_between, lowest, next_wrap
+from pvtime.host.cpumask import KeyedMasks, count_between, cpus_of, lowest, next_wrap
 
 if TYPE_CHECKING:
     from pvtime.host.scheduler import Pcpu
@@ -32,10 +32,14 @@ class CpuIndex:
         self.changed = self.all  # task count or load moved since the balancer last classified
         self.total_load = 0  # sum of the run queues' loads (sds->total_load)
         self.idle_by_stamp: KeyedMasks[int] = KeyedMasks()  # idle CPUs by when they went idle
-        self.by_load: KeyedMasks[tuple[int, int]] = KeyedMasks()  # (load, nr_runnable)
+        # CPUs by (load, nr_runnable), for placing a new task when no CPU is idle; brought up to
+        # date only then (for the CPUs in `_load_moved`), as forks are rare and changes are not.
+        self._by_load: KeyedMasks[tuple[int, int]] = KeyedMasks()
+        self._load_key: list[tuple[int, int] | None] = [None] * self.n
+        self._load_moved = self.all
         # The state each CPU had at its last refresh: (nr_queued, load, nr_runnable, idle stamp
         # or None when not idle).
-        self._seen: list[tuple[int, int, int, int | None] | None] = [None] * self.n
+        self._seen: list[tuple[int, int, int, int | None]] = [(0, 0, 0, None)] * self.n
         for cpu in cpus:
             self.refresh(cpu)
 
@@ -44,26 +48,21 @@ class CpuIndex:
         rq = cpu.rq
         nr_queued, load = rq.nr_queued, rq.load
         nr = nr_queued - rq.nr_delayed
-        stamp = (cpu.idle_stamp or 0) if cpu.curr is None and nr == 0 else None
+        stamp = (cpu.idle_stamp or 0) if nr == 0 and cpu.curr is None else None
         i = cpu.id
-        old = self._seen[i]
-        if old is not None and old[0] == nr_queued and old[1] == load and old[2] == nr and old[3] == stamp:
-            return
+        old_queued, old_load, old_nr, old_stamp = self._seen[i]
         self._seen[i] = (nr_queued, load, nr, stamp)
         bit = 1 << i
-        if old is None:
-            old_load, old_nr, old_stamp = 0, 0, None
-        else:
-            old_load, old_nr, old_stamp = old[1], old[2], old[3]
-            self.by_load.remove((old_load, old_nr), bit)
-        self.by_load.add((load, nr), bit)
-        self.total_load += load - old_load
-        if old is None or old[0] != nr_queued or old_load != load:
+        if old_queued != nr_queued or old_load != load:
+            self.total_load += load - old_load
             self.changed |= bit
-        if nr:
-            self.runnable |= bit
-        else:
-            self.runnable &= ~bit
+        if old_load != load or old_nr != nr:
+            self._load_moved |= bit
+        if (nr != 0) != (old_nr != 0):
+            if nr:
+                self.runnable |= bit
+            else:
+                self.runnable &= ~bit
         if stamp != old_stamp:
             if old_stamp is not None:
                 self.idle_by_stamp.remove(old_stamp, bit)
@@ -97,6 +96,16 @@ class CpuIndex:
         found = self.idle_by_stamp.greatest(allowed)
         if found is not None:
             return lowest(found[1])
-        least = self.by_load.least(allowed)
+        by_load, keys, seen = self._by_load, self._load_key, self._seen
+        for c in cpus_of(self._load_moved):
+            key = (seen[c][1], seen[c][2])
+            old = keys[c]
+            if old != key:
+                if old is not None:
+                    by_load.remove(old, 1 << c)
+                by_load.add(key, 1 << c)
+                keys[c] = key
+        self._load_moved = 0
+        least = by_load.least(allowed)
         assert least is not None, "an empty affinity mask"
         return lowest(least[1])

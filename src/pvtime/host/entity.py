@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from pvtime.host.cpumask import mask_of
@@ -51,8 +52,14 @@ class SchedEntity:
 
     def __post_init__(self) -> None:
         self.weight = weight_of(self.nice)
-        self.allowed_set = frozenset(self.allowed)  # for membership tests on big hosts
-        self.allowed_mask = mask_of(self.allowed)
+        self.allowed_set, self.allowed_mask = _affinity(self.allowed)
 
     def __repr__(self) -> str:
         return f"SchedEntity({self.task.name}, v={self.vruntime}, cpu={self.cpu})"
+
+
+@lru_cache(maxsize=16)
+def _affinity(allowed: tuple[int, ...]) -> tuple[frozenset[int], int]:
+    """An affinity as a set (membership tests) and a cpumask (searches), computed once per
+    distinct affinity: thousands of tasks on a big host share a few."""
+    return frozenset(allowed), mask_of(allowed)

@@ -120,6 +120,7 @@ class Scheduler:
         self.max_segment_ns = max_segment_ns
         self.observer = observer
         self.cpus = [Pcpu(i, self._new_rq(i)) for i in range(host.ncpus)]
+        self._all_cpus = tuple(range(host.ncpus))
         self.index = CpuIndex(self.cpus)
         for cpu in self.cpus:
             cpu.rq.on_change = partial(self.index.refresh, cpu)
@@ -145,13 +146,16 @@ class Scheduler:
     def add(self, task: Task, body: TaskBody, *, nice: int = 0, cpus: Iterable[int] | None = None,
             start_ns: int | None = None) -> SchedEntity:
         """Make `task` (sleeping, from `Host.spawn`) runnable at `start_ns` running `body` (fork)."""
-        allowed = tuple(sorted(set(range(self.host.ncpus) if cpus is None else cpus)))
-        if not allowed:
-            raise ValueError(f"task {task.name}: empty CPU affinity")
-        bad = [c for c in allowed if not 0 <= c < self.host.ncpus]
-        if bad:
-            raise ValueError(f"task {task.name}: CPU(s) {bad} not on {self.host.name} "
-                             f"(CPUs 0..{self.host.ncpus - 1})")
+        if cpus is None:
+            allowed = self._all_cpus  # one tuple shared by every unpinned task
+        else:
+            allowed = tuple(sorted(set(cpus)))
+            if not allowed:
+                raise ValueError(f"task {task.name}: empty CPU affinity")
+            bad = [c for c in allowed if not 0 <= c < self.host.ncpus]
+            if bad:
+                raise ValueError(f"task {task.name}: CPU(s) {bad} not on {self.host.name} "
+                                 f"(CPUs 0..{self.host.ncpus - 1})")
         if task.tid in self.entities:
             raise ValueError(f"task {task.name} is already scheduled")
         se = SchedEntity(task, body, nice=nice, allowed=allowed,
