@@ -75,7 +75,7 @@ class Balancer:
         # Each CPU's group class as update_sg_lb_stats would find it, (group type, the figure that
         # breaks a tie within the type), grouped by class; valid for the CPUs classified in
         # `_classified_period` whose task count and load have not changed since.
-        self._groups: KeyedMasks[tuple[int, int]] = KeyedMasks()
+        self._groups = KeyedMasks()
         self._group_key: list[tuple[int, int] | None] = [None] * len(sched.cpus)
         self._classified = 0
         self._classified_period = -1
@@ -113,12 +113,17 @@ class Balancer:
         if recent is not None and recent not in (prev, target) and cpus[recent].is_idle() \
                 and recent in se.allowed_set:
             return recent
+        return self._select_idle_cpu(se, target)
+
+    def _select_idle_cpu(self, se: SchedEntity, target: int) -> int:
+        """select_idle_cpu with SIS_UTIL: an idle allowed CPU among the first nr_idle_scan
+        allowed ones from target + 1, else the target."""
         idle = self.index.select_idle_cpu(target, se.allowed_mask, self.nr_idle_scan)
         return target if idle is None else idle
 
     def _idlest(self, se: SchedEntity) -> int:
-        # the most recently idled CPU (find_idlest_group_cpu), lowest id on a tie; else the least
-        # loaded
+        """The most recently idled allowed CPU (find_idlest_group_cpu), lowest id on a tie; else
+        the least loaded."""
         return self.index.idlest(se.allowed_mask)
 
     # --- newidle -----------------------------------------------------------------------------
@@ -151,12 +156,15 @@ class Balancer:
             self.nohz_next_balance = now + self.sched.tick_ns
             # The idle CPUs in id order (for_each_cpu of nohz.idle_cpus_mask). Balancing one
             # can only make that one busy (a source keeps a task), so the set taken now serves.
-            cpus = self.sched.cpus
-            for c in cpus_of(self.index.idle):
-                other = cpus[c]
+            for other in self._idle_cpus():
                 if other.is_idle() and now >= other.next_balance:
                     if self._periodic(other, now, idle=True):
                         self.sched.post_service(other, now)
+
+    def _idle_cpus(self) -> list[Pcpu]:
+        """The idle CPUs in id order (for_each_cpu of nohz.idle_cpus_mask)."""
+        cpus = self.sched.cpus
+        return [cpus[c] for c in cpus_of(self.index.idle)]
 
     def _interval_ns(self, cpu: Pcpu, *, busy: bool) -> int:
         """get_sd_balance_interval, in ns on the tick grid."""
@@ -248,17 +256,20 @@ class Balancer:
                 groups.add(key, 1 << c)
                 keys[c] = key
 
+    def _find_busiest(self, cpu: Pcpu, now: int) -> tuple[Pcpu | None, int]:
+        """update_sd_lb_stats' choice of the busiest group other than `cpu`'s, and its type
+        (None, -1: no other CPU has a runnable task)."""
+        self._classify_groups(now)
+        found = self._groups.greatest(self.index.runnable & ~(1 << cpu.id))
+        if found is None:
+            return None, -1
+        # the first in the order build_sched_groups links the groups: cpu+1, ..., cpu-1
+        return self.sched.cpus[next_wrap(found[1], cpu.id + 1)], found[0][0]
+
     def _balance(self, cpu: Pcpu, now: int, *, idle: bool, newly: bool) -> bool:
         """sched_balance_rq on the one domain; True when a task was moved here."""
         local_type = self._group_type(cpu, now)
-        self._classify_groups(now)
-        busiest: Pcpu | None = None
-        busiest_type = -1
-        found = self._groups.greatest(self.index.runnable & ~(1 << cpu.id))
-        if found is not None:
-            # the first in the order build_sched_groups links the groups: cpu+1, ..., cpu-1
-            busiest_type = found[0][0]
-            busiest = self.sched.cpus[next_wrap(found[1], cpu.id + 1)]
+        busiest, busiest_type = self._find_busiest(cpu, now)
         imbalance, by_tasks = self._imbalance(cpu, local_type, busiest, busiest_type, idle)
         if busiest is None or imbalance <= 0:
             cpu.nr_balance_failed = 0  # out_balanced

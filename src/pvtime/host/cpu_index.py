@@ -31,10 +31,10 @@ class CpuIndex:
         self.runnable = 0  # a runnable task queued or running (h_nr_runnable > 0)
         self.changed = self.all  # task count or load moved since the balancer last classified
         self.total_load = 0  # sum of the run queues' loads (sds->total_load)
-        self.idle_by_stamp: KeyedMasks[int] = KeyedMasks()  # idle CPUs by when they went idle
+        self.idle_by_stamp = KeyedMasks()  # idle CPUs by when they went idle
         # CPUs by (load, nr_runnable), for placing a new task when no CPU is idle; brought up to
         # date only then (for the CPUs in `_load_moved`), as forks are rare and changes are not.
-        self._by_load: KeyedMasks[tuple[int, int]] = KeyedMasks()
+        self._by_load = KeyedMasks()
         self._load_key: list[tuple[int, int] | None] = [None] * self.n
         self._load_moved = self.all
         # The state each CPU had at its last refresh: (nr_queued, load, nr_runnable, idle stamp
@@ -65,11 +65,11 @@ class CpuIndex:
                 self.runnable &= ~bit
         if stamp != old_stamp:
             if old_stamp is not None:
-                self.idle_by_stamp.remove(old_stamp, bit)
+                self.idle_by_stamp.remove((old_stamp,), bit)
             if stamp is None:
                 self.idle &= ~bit
             else:
-                self.idle_by_stamp.add(stamp, bit)
+                self.idle_by_stamp.add((stamp,), bit)
                 self.idle |= bit
 
     # --- searches ------------------------------------------------------------------------------

@@ -8,10 +8,9 @@ one C-level operation on the integer instead of a Python loop over CPUs.
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections.abc import Hashable, Iterable, Iterator
-from typing import Generic, TypeVar
+from collections.abc import Iterable, Iterator
 
-K = TypeVar("K", bound=Hashable)
+Key = tuple[int, ...]
 
 
 def mask_of(cpus: Iterable[int]) -> int:
@@ -51,8 +50,8 @@ def cpus_of(mask: int) -> Iterator[int]:
         mask ^= low
 
 
-class KeyedMasks(Generic[K]):
-    """CPUs grouped under a sortable key (one mask per key), to find the CPUs with the least or
+class KeyedMasks:
+    """CPUs grouped under a key, a tuple of integers (one mask per key), to find the CPUs with the least or
     greatest key within an affinity mask without visiting every CPU.
 
     There are few distinct keys (loads are sums of a few weights, a handful of task counts), so
@@ -60,28 +59,28 @@ class KeyedMasks(Generic[K]):
     """
 
     def __init__(self) -> None:
-        self._keys: list[K] = []  # sorted
-        self._masks: dict[K, int] = {}
+        self._keys: list[Key] = []  # sorted
+        self._masks: dict[Key, int] = {}
 
-    def add(self, key: K, bit: int) -> None:
+    def add(self, key: Key, bit: int) -> None:
         """Put the CPU of mask `bit` under `key`."""
         mask = self._masks.get(key)
         if mask is None:
-            insort(self._keys, key)  # type: ignore[type-var]
+            insort(self._keys, key)
             self._masks[key] = bit
         else:
             self._masks[key] = mask | bit
 
-    def remove(self, key: K, bit: int) -> None:
+    def remove(self, key: Key, bit: int) -> None:
         """Take the CPU of mask `bit` from `key` (it must be there)."""
         mask = self._masks[key] & ~bit
         if mask:
             self._masks[key] = mask
         else:
             del self._masks[key]
-            del self._keys[bisect_left(self._keys, key)]  # type: ignore[type-var]
+            del self._keys[bisect_left(self._keys, key)]
 
-    def least(self, within: int) -> tuple[K, int] | None:
+    def least(self, within: int) -> tuple[Key, int] | None:
         """The least key holding a CPU of `within`, and those CPUs (None: no CPU of it)."""
         masks = self._masks
         for key in self._keys:
@@ -90,7 +89,7 @@ class KeyedMasks(Generic[K]):
                 return key, mask
         return None
 
-    def greatest(self, within: int) -> tuple[K, int] | None:
+    def greatest(self, within: int) -> tuple[Key, int] | None:
         """The greatest key holding a CPU of `within`, and those CPUs (None: no CPU of it)."""
         masks = self._masks
         for key in reversed(self._keys):
@@ -99,6 +98,6 @@ class KeyedMasks(Generic[K]):
                 return key, mask
         return None
 
-    def items(self) -> list[tuple[K, int]]:
+    def items(self) -> list[tuple[Key, int]]:
         """(key, mask) pairs in key order (for checks)."""
         return [(k, self._masks[k]) for k in self._keys]
