@@ -34,6 +34,13 @@ taken equal to the utilisation; no active balancing; delayed (DELAY_DEQUEUE) tas
 migrated (Linux lets migrate_load move them); no SMT or NUMA levels; the newly idle balance
 always runs (the `max_newidle_lb_cost` shortcut skips it only for idle periods of microseconds,
 as on 6.18.y, where v6.18.0's cost bump was reverted).
+
+The searches do not visit every CPU, so a host of thousands of CPUs costs per event what a small
+one does: idle and runnable CPUs are cpumasks kept by `pvtime.host.cpu_index` as run queues
+change, and each CPU's group class is kept between balances and renewed only when its task count
+or load moves or a new PELT period begins (utilisation changes only then). Each search returns
+the CPU the full scan would, in the same tie-break order; tests/host/test_cpu_index.py checks
+that against the scans.
 """
 
 from __future__ import annotations
