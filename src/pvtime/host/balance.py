@@ -34,6 +34,13 @@ taken equal to the utilisation; no active balancing; delayed (DELAY_DEQUEUE) tas
 migrated (Linux lets migrate_load move them); no SMT or NUMA levels; the newly idle balance
 always runs (the `max_newidle_lb_cost` shortcut skips it only for idle periods of microseconds,
 as on 6.18.y, where v6.18.0's cost bump was reverted).
+
+The searches do not visit every CPU, so a host of thousands of CPUs costs per event what a small
+one does: idle and runnable CPUs are cpumasks kept by `pvtime.host.cpu_index` as run queues
+change, and each CPU's group class is kept between balances and renewed only when its task count
+or load moves or a new PELT period begins (utilisation changes only then). Each search returns
+the CPU the full scan would, in the same tie-break order; tests/host/test_cpu_index.py checks
+that against the scans.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pvtime.abi.linux import NSEC_PER_MSEC, NSEC_PER_SEC
+from pvtime.host.cpumask import KeyedMasks, cpus_of, next_wrap
 from pvtime.host.entity import SchedEntity
 from pvtime.host.runqueue import Enqueue, FairRunQueue
 
@@ -69,6 +77,15 @@ class Balancer:
         self.nr_idle_scan = 0  # sd_share->nr_idle_scan (zeroed until the first periodic balance)
         self.nohz_next_balance = 0  # nohz.next_balance: at most one idle-balance kick per tick
         self.pulls = 0  # tasks moved by balancing (newidle and periodic)
+        self.index = sched.index
+        self._scan_period = -1  # the PELT period nr_idle_scan was last computed in
+        # Each CPU's group class as update_sg_lb_stats would find it, (group type, the figure that
+        # breaks a tie within the type), grouped by class; valid for the CPUs classified in
+        # `_classified_period` whose task count and load have not changed since.
+        self._groups = KeyedMasks()
+        self._group_key: list[tuple[int, int] | None] = [None] * len(sched.cpus)
+        self._classified = 0
+        self._classified_period = -1
 
     # --- wake-up placement -------------------------------------------------------------------
 
@@ -103,29 +120,18 @@ class Balancer:
         if recent is not None and recent not in (prev, target) and cpus[recent].is_idle() \
                 and recent in se.allowed_set:
             return recent
-        nr = self.nr_idle_scan + 1  # select_idle_cpu with SIS_UTIL
-        if nr == 1:
-            return target
-        n = len(cpus)
-        allowed = se.allowed_set
-        for k in range(1, n + 1):
-            c = (target + k) % n
-            if c not in allowed:
-                continue
-            nr -= 1
-            if nr <= 0:
-                break
-            if cpus[c].is_idle():
-                return c
-        return target
+        return self._select_idle_cpu(se, target)
+
+    def _select_idle_cpu(self, se: SchedEntity, target: int) -> int:
+        """select_idle_cpu with SIS_UTIL: an idle allowed CPU among the first nr_idle_scan
+        allowed ones from target + 1, else the target."""
+        idle = self.index.select_idle_cpu(target, se.allowed_mask, self.nr_idle_scan)
+        return target if idle is None else idle
 
     def _idlest(self, se: SchedEntity) -> int:
-        cpus = self.sched.cpus
-        idle = [c for c in se.allowed if cpus[c].is_idle()]
-        if idle:
-            # the most recently idled CPU (find_idlest_group_cpu), lowest id on a tie
-            return max(idle, key=lambda c: (cpus[c].idle_stamp or 0, -c))
-        return min(se.allowed, key=lambda c: (cpus[c].rq.load, cpus[c].rq.nr_runnable, c))
+        """The most recently idled allowed CPU (find_idlest_group_cpu), lowest id on a tie; else
+        the least loaded."""
+        return self.index.idlest(se.allowed_mask)
 
     # --- newidle -----------------------------------------------------------------------------
 
@@ -155,10 +161,17 @@ class Balancer:
         if cpu.rq.nr_runnable >= 2 and now >= self.nohz_next_balance:
             # nohz_balancer_kick: one idle CPU balances, on behalf of every idle CPU that is due
             self.nohz_next_balance = now + self.sched.tick_ns
-            for other in self.sched.cpus:
+            # The idle CPUs in id order (for_each_cpu of nohz.idle_cpus_mask). Balancing one
+            # can only make that one busy (a source keeps a task), so the set taken now serves.
+            for other in self._idle_cpus():
                 if other.is_idle() and now >= other.next_balance:
                     if self._periodic(other, now, idle=True):
                         self.sched.post_service(other, now)
+
+    def _idle_cpus(self) -> list[Pcpu]:
+        """The idle CPUs in id order (for_each_cpu of nohz.idle_cpus_mask)."""
+        cpus = self.sched.cpus
+        return [cpus[c] for c in cpus_of(self.index.idle)]
 
     def _interval_ns(self, cpu: Pcpu, *, busy: bool) -> int:
         """get_sd_balance_interval, in ns on the tick grid."""
@@ -178,7 +191,14 @@ class Balancer:
         return moved
 
     def _update_idle_cpu_scan(self, now: int) -> None:
-        """update_idle_cpu_scan: how many CPUs select_idle_cpu may look at."""
+        """update_idle_cpu_scan: how many CPUs select_idle_cpu may look at.
+
+        Within one PELT period it computes the same: every CPU's utilisation was brought to the
+        period by the first call and stays until the next period."""
+        period = now - now % PELT_PERIOD_NS
+        if period == self._scan_period:
+            return
+        self._scan_period = period
         cpus = self.sched.cpus
         x = int(sum(self.cpu_util(c, now) for c in cpus)) // len(cpus)
         t = min(x * x * IMBALANCE_PCT * IMBALANCE_PCT // (10000 * CAPACITY), CAPACITY)
@@ -213,25 +233,50 @@ class Balancer:
             return HAS_SPARE
         return FULLY_BUSY
 
+    def _classify_groups(self, now: int) -> None:
+        """update_sg_lb_stats for every CPU with a runnable task whose class may have changed:
+        its task count or load moved, or its utilisation is not yet of this PELT period (it
+        changes once per period). The others keep their class, and are not visited.
+
+        Classifying brings the CPU's utilisation to the period, exactly as visiting every
+        runnable CPU at each balance does: a second call within the period changes nothing."""
+        period = now - now % PELT_PERIOD_NS
+        if period != self._classified_period:
+            self._classified_period, self._classified = period, 0
+        index = self.index
+        todo = index.runnable & (index.changed | ~self._classified)
+        if not todo:
+            return
+        index.changed &= ~todo
+        self._classified |= todo
+        cpus, keys, groups = self.sched.cpus, self._group_key, self._groups
+        for c in cpus_of(todo):
+            cpu = cpus[c]
+            t = self._group_type(cpu, now)
+            # the busiest is the highest type, then the most load (overloaded) or the most tasks
+            # (spare capacity); among fully busy groups the first in order
+            key = (t, cpu.rq.load if t == OVERLOADED else cpu.rq.nr_queued if t == HAS_SPARE else 0)
+            old = keys[c]
+            if old != key:
+                if old is not None:
+                    groups.remove(old, 1 << c)
+                groups.add(key, 1 << c)
+                keys[c] = key
+
+    def _find_busiest(self, cpu: Pcpu, now: int) -> tuple[Pcpu | None, int]:
+        """update_sd_lb_stats' choice of the busiest group other than `cpu`'s, and its type
+        (None, -1: no other CPU has a runnable task)."""
+        self._classify_groups(now)
+        found = self._groups.greatest(self.index.runnable & ~(1 << cpu.id))
+        if found is None:
+            return None, -1
+        # the first in the order build_sched_groups links the groups: cpu+1, ..., cpu-1
+        return self.sched.cpus[next_wrap(found[1], cpu.id + 1)], found[0][0]
+
     def _balance(self, cpu: Pcpu, now: int, *, idle: bool, newly: bool) -> bool:
         """sched_balance_rq on the one domain; True when a task was moved here."""
-        cpus = self.sched.cpus
         local_type = self._group_type(cpu, now)
-        busiest: Pcpu | None = None
-        busiest_type = -1
-        group_type = self._group_type
-        # groups in the order build_sched_groups links them: cpu+1, ..., cpu-1
-        for other in cpus[cpu.id + 1:] + cpus[:cpu.id]:
-            rq = other.rq
-            if rq.nr_queued == rq.nr_delayed:
-                continue
-            t = group_type(other, now)
-            if busiest is None or t > busiest_type:
-                busiest, busiest_type = other, t
-            elif t == busiest_type == OVERLOADED and other.rq.load > busiest.rq.load:
-                busiest = other
-            elif t == busiest_type == HAS_SPARE and other.rq.nr_queued > busiest.rq.nr_queued:
-                busiest = other
+        busiest, busiest_type = self._find_busiest(cpu, now)
         imbalance, by_tasks = self._imbalance(cpu, local_type, busiest, busiest_type, idle)
         if busiest is None or imbalance <= 0:
             cpu.nr_balance_failed = 0  # out_balanced
@@ -257,7 +302,7 @@ class Balancer:
         if local_type == HAS_SPARE:  # even out the number of tasks, only into an idle CPU
             diff = busiest.rq.nr_queued - cpu.rq.nr_queued if idle else 0
             return max(0, diff) >> 1, True
-        total = sum(c.rq.load for c in self.sched.cpus) // len(self.sched.cpus)  # sds->avg_load
+        total = self.index.total_load // len(self.sched.cpus)  # sds->avg_load
         if busiest_type == OVERLOADED and local_type == OVERLOADED:
             if local_load >= busiest_load or local_load >= total or 100 * busiest_load <= IMBALANCE_PCT * local_load:
                 return 0, True

@@ -236,6 +236,7 @@ class EevdfRunQueue(FairRunQueue):
         if sleep and not self.entity_eligible(se):
             se.sched_delayed = True
             self.nr_delayed += 1
+            self.on_change()
             return False
         self._dequeue(se, sleep=sleep)
         return True
@@ -255,6 +256,7 @@ class EevdfRunQueue(FairRunQueue):
         self._dequeue(se, sleep=True)
         se.sched_delayed = False
         self.nr_delayed -= 1
+        self.on_change()
         if se.vlag > 0:
             se.vlag = 0
 
@@ -274,6 +276,7 @@ class EevdfRunQueue(FairRunQueue):
             self.nr_queued += 1
         se.sched_delayed = False
         self.nr_delayed -= 1
+        self.on_change()
 
     def detach(self, se: SchedEntity, now: int) -> None:
         self.update_curr(now)

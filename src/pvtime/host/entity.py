@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from pvtime.host.cpumask import mask_of
 from pvtime.host.weights import weight_of
 
 if TYPE_CHECKING:
@@ -21,6 +23,7 @@ class SchedEntity:
     allowed: tuple[int, ...] = ()  # sorted CPU ids the task may run on (its affinity mask)
     weight: int = field(init=False)
     allowed_set: frozenset[int] = field(init=False)
+    allowed_mask: int = field(init=False)  # the same as a cpumask, for searches over many CPUs
     vruntime: int = 0
     cpu: int | None = None  # task_cpu(): where it last ran or is queued
     on_rq: bool = False  # on `cpu`'s run queue (queued, running, or -- EEVDF -- delayed)
@@ -49,7 +52,14 @@ class SchedEntity:
 
     def __post_init__(self) -> None:
         self.weight = weight_of(self.nice)
-        self.allowed_set = frozenset(self.allowed)  # for membership tests on big hosts
+        self.allowed_set, self.allowed_mask = _affinity(self.allowed)
 
     def __repr__(self) -> str:
         return f"SchedEntity({self.task.name}, v={self.vruntime}, cpu={self.cpu})"
+
+
+@lru_cache(maxsize=16)
+def _affinity(allowed: tuple[int, ...]) -> tuple[frozenset[int], int]:
+    """An affinity as a set (membership tests) and a cpumask (searches), computed once per
+    distinct affinity: thousands of tasks on a big host share a few."""
+    return frozenset(allowed), mask_of(allowed)

@@ -8,10 +8,15 @@ holds a handful of tasks, and a scan is simpler to check against Linux than a ba
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 
 from pvtime.host.entity import SchedEntity
 from pvtime.host.weights import calc_delta_fair
+
+
+def _nothing() -> None:
+    pass
 
 
 class Enqueue(Enum):
@@ -35,6 +40,9 @@ class FairRunQueue:
         # resched_curr(_lazy) as the arithmetic requests it (slice used up, a wake-up that
         # preempts); the core acts on it and clears it, as __schedule clears TIF_NEED_RESCHED.
         self.want_resched = False
+        # Called after every change of nr_queued, nr_delayed or load: the host's CpuIndex keeps
+        # its idle and runnable sets from it.
+        self.on_change: Callable[[], None] = _nothing
 
     @property
     def nr_runnable(self) -> int:
@@ -58,11 +66,13 @@ class FairRunQueue:
         se.on_rq = True
         self.nr_queued += 1
         self.load += se.weight
+        self.on_change()
 
     def _account_dequeue(self, se: SchedEntity) -> None:
         se.on_rq = False
         self.nr_queued -= 1
         self.load -= se.weight
+        self.on_change()
 
     def charge_vruntime(self, now: int) -> SchedEntity | None:
         """The common head of update_curr: charge the running entity's CPU time to its vruntime

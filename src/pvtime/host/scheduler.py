@@ -38,10 +38,12 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 from pvtime.host.balance import Balancer
 from pvtime.host.cfs import CfsRunQueue
+from pvtime.host.cpu_index import CpuIndex
 from pvtime.host.eevdf import EevdfRunQueue
 from pvtime.host.entity import SchedEntity
 from pvtime.host.events import PRIO_CPU, PRIO_RESCHED, PRIO_WAKE, EventCore
@@ -118,6 +120,10 @@ class Scheduler:
         self.max_segment_ns = max_segment_ns
         self.observer = observer
         self.cpus = [Pcpu(i, self._new_rq(i)) for i in range(host.ncpus)]
+        self._all_cpus = tuple(range(host.ncpus))
+        self.index = CpuIndex(self.cpus)
+        for cpu in self.cpus:
+            cpu.rq.on_change = partial(self.index.refresh, cpu)
         self.balancer = Balancer(self)
         self.entities: dict[int, SchedEntity] = {}
         self._tick_posted = False
@@ -140,13 +146,16 @@ class Scheduler:
     def add(self, task: Task, body: TaskBody, *, nice: int = 0, cpus: Iterable[int] | None = None,
             start_ns: int | None = None) -> SchedEntity:
         """Make `task` (sleeping, from `Host.spawn`) runnable at `start_ns` running `body` (fork)."""
-        allowed = tuple(sorted(set(range(self.host.ncpus) if cpus is None else cpus)))
-        if not allowed:
-            raise ValueError(f"task {task.name}: empty CPU affinity")
-        bad = [c for c in allowed if not 0 <= c < self.host.ncpus]
-        if bad:
-            raise ValueError(f"task {task.name}: CPU(s) {bad} not on {self.host.name} "
-                             f"(CPUs 0..{self.host.ncpus - 1})")
+        if cpus is None:
+            allowed = self._all_cpus  # one tuple shared by every unpinned task
+        else:
+            allowed = tuple(sorted(set(cpus)))
+            if not allowed:
+                raise ValueError(f"task {task.name}: empty CPU affinity")
+            bad = [c for c in allowed if not 0 <= c < self.host.ncpus]
+            if bad:
+                raise ValueError(f"task {task.name}: CPU(s) {bad} not on {self.host.name} "
+                                 f"(CPUs 0..{self.host.ncpus - 1})")
         if task.tid in self.entities:
             raise ValueError(f"task {task.name} is already scheduled")
         se = SchedEntity(task, body, nice=nice, allowed=allowed,
@@ -366,6 +375,7 @@ class Scheduler:
             cpu.step = None
             if cpu.idle_stamp is None:
                 cpu.idle_stamp = now
+            self.index.refresh(cpu)
             return
         if nxt is not prev or not prev_running:
             if prev is not None and prev_running:
@@ -377,6 +387,7 @@ class Scheduler:
         cpu.curr = nxt
         cpu.step = None
         cpu.idle_stamp = None
+        self.index.refresh(cpu)
         self._ensure_tick(now)
 
     def _next_known_wake(self, cpu: Pcpu, now: int) -> int | None:
