@@ -43,7 +43,10 @@ class TickAccounting:
 
     def stat(self, index: int) -> CpuStat:
         """This CPU's counters (created on first use)."""
-        return self.cpustat.setdefault(index, CpuStat())
+        st = self.cpustat.get(index)
+        if st is None:
+            st = self.cpustat[index] = CpuStat()
+        return st
 
     def steal_account_process_time(self, index: int, clock: int, maxtime: int = ULONG_MAX) -> int:
         """Account the steal seen since the last call, at most `maxtime`; return it."""

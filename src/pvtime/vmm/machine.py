@@ -112,6 +112,7 @@ class Machine:
         self.started = False  # a vCPU thread has entered KVM_RUN
         self.model_program: ModelProgram | None = None
         self.errors: list[InternalErrorExit] = []
+        self._steal_fields: dict[int, memoryview] = {}  # vCPU -> its stolen_time bytes (stolen_time)
 
     def _create_vgic(self) -> VgicV2Device:
         """KVM's in-kernel GICv2 at QEMU virt's addresses, initialised once the vCPUs exist (as QEMU's
@@ -231,12 +232,28 @@ class Machine:
 
     def stolen_time(self, vcpu_id: int) -> int | None:
         """A vCPU's stolen_time as its record in guest memory holds it (None without a record)."""
+        field = self._steal_fields.get(vcpu_id)
+        if field is None:
+            field = self._steal_field(vcpu_id)
+            if field is None:
+                return None
+        return int.from_bytes(field, "little")
+
+    def _steal_field(self, vcpu_id: int) -> memoryview | None:
+        """The 8 bytes of a vCPU's stolen_time in the VMM's buffers, once its IPA is set and backed
+        (kept: an IPA cannot change once set, and the buffers are the machine's for good)."""
         try:
             ipa = self.vcpus[vcpu_id].get_device_attr(KVM_ARM_VCPU_PVTIME_CTRL, KVM_ARM_VCPU_PVTIME_IPA)
         except KvmError:
             return None  # PV time not supported on this host or VM
-        raw = self.read_guest(ipa + STEAL_TIME_OFFSET, 8) if ipa != INVALID_GPA else None
-        return None if raw is None else int.from_bytes(raw, "little")
+        if ipa == INVALID_GPA:
+            return None
+        gpa = ipa + STEAL_TIME_OFFSET
+        for _, base, buf in self.regions():
+            if base <= gpa and gpa + 8 <= base + len(buf):
+                field = self._steal_fields[vcpu_id] = buf[gpa - base:gpa - base + 8]
+                return field
+        return None
 
     def lpt_record(self) -> LptRecord | None:
         """The VM's LPT record as guest memory holds it (None without LPT)."""
