@@ -159,10 +159,11 @@ class ModelCpu:
         # One view for the program's lifetime, pointed at whichever vCPU executes this CPU now:
         # the program's generators keep the view they started with, and a model CPU handed over
         # in an in-process migration (pvtime.vmm.migration) continues on another vCPU.
-        if self._view is None:
-            self._view = _ProgramView(traps)
-        self._view.retarget(traps)
         view = self._view
+        if view is None:
+            view = self._view = _ProgramView(traps)
+        elif view._traps is not traps:
+            view.retarget(traps)
         try:
             return self._run(view, traps, clock)
         except GuestFault as fault:

@@ -257,7 +257,8 @@ class Vcpu:
         traps = self._traps
         if not traps.has_run_once:
             self._first_run_init()
-        vm.note_first_run()  # HAS_RAN_ONCE is set before immediate_exit is looked at
+        if not vm.has_run:
+            vm.note_first_run()  # HAS_RAN_ONCE is set before immediate_exit is looked at
         traps.has_run_once = True
         if self.immediate_exit:  # -EINTR before guest entry: no task's run_delay is read
             traps.cpu.complete_pending()

@@ -133,9 +133,16 @@ class VcpuBody:
     def _run_piece(self, piece: Slice) -> Step:
         machine, state, at = self.thread.machine, self.state, piece.start_ns
         if machine.stopped is None and not machine.paused:  # a paused VM's thread does not enter it
-            self.probe.entry.set(at, piece.task.run_delay_ns)
-        with machine.kvm.host.running(piece):
+            entry, delay = self.probe.entry, piece.task.run_delay_ns
+            if delay != entry.latest:
+                entry.set(at, delay)
+        # The piece is the slice executing (Host.running, written out: this runs for every piece).
+        host = machine.kvm.host
+        outer, host.current = host.current, piece
+        try:
             step = self.thread.step(piece)
+        finally:
+            host.current = outer
         if machine.stopped is not None and state.stopped_ns is None and machine is state.machine:
             state.stopped_ns = piece.now_ns
             for probe in state.probes.values():  # waits after the VM's end are no one's steal

@@ -315,7 +315,8 @@ class VcpuThread:
         try:
             return self._step(slice_)
         finally:
-            self.last_ns = max(self.last_ns, slice_.now_ns)
+            if slice_.now_ns > self.last_ns:
+                self.last_ns = slice_.now_ns
 
     def _step(self, slice_: Slice) -> Step:
         if self.first_run_delay_ns is None:
