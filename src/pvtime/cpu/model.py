@@ -207,8 +207,16 @@ class ModelCpu:
                 until = fire if fire is not None and now < fire < deadline else deadline
                 step = left if left < until - now else until - now
                 clock.advance(step)
-                self._compute_left = left - step
-                continue
+                self._compute_left = left = left - step
+                now = clock.now_ns
+                if fire is not None and now >= fire:
+                    continue  # a timer asserts now: look at the interrupt first
+                # No interrupt was pending at the start, no guest code ran since and no timer has
+                # reached its compare value: none is pending now, and no trap asked to exit.
+                if now >= deadline:
+                    return _DEADLINE
+                if left > 0:
+                    continue
             try:
                 action = code.send(self._send)
                 self._send = None

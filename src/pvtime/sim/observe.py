@@ -189,6 +189,7 @@ class VcpuProbe:
         # observed; the kernel keeps the same object for good).
         self._cpustat = None if kernel is None else kernel.ticks.stat(self._vcpu_id)
         self._noted_st: int | None = None
+        self._record_field: memoryview | None = None  # its record's stolen_time bytes, once set
         self._noted_first: int | None = None
         self.record: Steps[int | None] = Steps(self._record_now())
         self.guest_steal: Steps[int | None] = Steps(self._model_steal_now())
@@ -203,7 +204,10 @@ class VcpuProbe:
         # Steps.set notes nothing for an unchanged value; checked here first, as this runs for
         # every vCPU of the VM after every execution piece.
         if self.pvtime:
-            record = self.thread.machine.stolen_time(self._vcpu_id)
+            field = self._record_field
+            if field is None:
+                field = self._record_field = self.thread.machine.stolen_time_field(self._vcpu_id)
+            record = None if field is None else int.from_bytes(field, "little")
             if record != self.record.latest:
                 self.record.set(at_ns, record)
         if self._cpustat is not None:

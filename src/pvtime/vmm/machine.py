@@ -232,16 +232,16 @@ class Machine:
 
     def stolen_time(self, vcpu_id: int) -> int | None:
         """A vCPU's stolen_time as its record in guest memory holds it (None without a record)."""
-        field = self._steal_fields.get(vcpu_id)
-        if field is None:
-            field = self._steal_field(vcpu_id)
-            if field is None:
-                return None
-        return int.from_bytes(field, "little")
+        field = self.stolen_time_field(vcpu_id)
+        return None if field is None else int.from_bytes(field, "little")
 
-    def _steal_field(self, vcpu_id: int) -> memoryview | None:
-        """The 8 bytes of a vCPU's stolen_time in the VMM's buffers, once its IPA is set and backed
-        (kept: an IPA cannot change once set, and the buffers are the machine's for good)."""
+    def stolen_time_field(self, vcpu_id: int) -> memoryview | None:
+        """The 8 bytes of a vCPU's stolen_time in the VMM's buffers (little-endian), once its IPA
+        is set and backed; None before. It stays valid: an IPA cannot change once set, and the
+        buffers are the machine's for good."""
+        field = self._steal_fields.get(vcpu_id)
+        if field is not None:
+            return field
         try:
             ipa = self.vcpus[vcpu_id].get_device_attr(KVM_ARM_VCPU_PVTIME_CTRL, KVM_ARM_VCPU_PVTIME_IPA)
         except KvmError:
@@ -333,7 +333,7 @@ class VcpuThread:
                 self.machine.stop(StopReason.kvm_run_failed(self.vcpu.id, err))
                 return Step(TaskState.EXITED)
             if isinstance(ex, IntrExit):
-                return Step(TaskState.QUEUED)
+                return _QUEUED
             if isinstance(ex, HaltExit):
                 return Step(TaskState.SLEEPING, ex.wake_at_ns)
             if isinstance(ex, MmioExit):
@@ -350,3 +350,6 @@ class VcpuThread:
                 self.machine.stop(StopReason.internal_error(self.vcpu.id, ex))
                 return Step(TaskState.EXITED)
             raise RuntimeError(f"unexpected exit {ex!r}")
+
+
+_QUEUED = Step(TaskState.QUEUED)  # a Step is immutable: one serves every preempted run
