@@ -104,7 +104,16 @@ class _ProgramView(GuestView):
 
 
 class ModelCpu:
-    """Executes a `ModelProgram` for one vCPU, resumable across slices."""
+    """Executes a `ModelProgram` for one vCPU, resumable across slices.
+
+    Between two actions of the program the CPU looks for an exit request and a pending interrupt.
+    After a piece of work that ended before any timer reached its compare value, it does not look
+    again: nothing can have changed (no guest code ran, and a timer's line rises only at its
+    compare value). `step_by_step` (internal, for tests) makes it look after every piece of work
+    anyway; results are identical either way (tests/cpu/test_model_step_by_step.py).
+    """
+
+    step_by_step = False
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -209,7 +218,7 @@ class ModelCpu:
                 clock.advance(step)
                 self._compute_left = left = left - step
                 now = clock.now_ns
-                if fire is not None and now >= fire:
+                if fire is not None and now >= fire or self.step_by_step:
                     continue  # a timer asserts now: look at the interrupt first
                 # No interrupt was pending at the start, no guest code ran since and no timer has
                 # reached its compare value: none is pending now, and no trap asked to exit.
