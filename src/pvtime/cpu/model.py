@@ -171,7 +171,7 @@ class ModelCpu:
         view = self._view
         if view is None:
             view = self._view = _ProgramView(traps)
-        elif view._traps is not traps:
+        else:
             view.retarget(traps)
         try:
             return self._run(view, traps, clock)
