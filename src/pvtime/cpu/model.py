@@ -85,7 +85,10 @@ class GuestView:
         """One aligned, single-copy-atomic 64-bit little-endian load."""
         if addr % 8:
             raise GuestFault(f"unaligned 64-bit load from {addr:#x}")
-        return int.from_bytes(self.read(addr, 8), "little")
+        data = self._traps.read_memory(addr, 8)
+        if data is None:
+            raise GuestFault(f"load of 8 bytes from unmapped address {addr:#x}")
+        return int.from_bytes(data, "little")
 
 
 class _PoweredOff(BaseException):

@@ -153,6 +153,9 @@ class ArchTimer:
 
     def write(self, reg: SysReg, value: int, host_count: int) -> bool:
         """Serve an MSR of a timer register; False if `reg` is not a writable timer register."""
+        if reg is CNTV_CVAL_EL0:  # the hot path: a guest's tick programs its next deadline
+            self.vtimer.cval = value & U64
+            return True
         if reg == CNTKCTL_EL1:
             self.cntkctl = value & U32
             return True
