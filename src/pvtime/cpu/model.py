@@ -12,8 +12,6 @@ there, as if its main had returned, and none of its code after the call runs.
 
 from __future__ import annotations
 
-import struct
-
 from pvtime.abi.uapi import EL1_SYSREG_RESET
 from pvtime.abi.widths import U64
 from pvtime.abi.sysregs import SysReg
@@ -87,7 +85,10 @@ class GuestView:
         """One aligned, single-copy-atomic 64-bit little-endian load."""
         if addr % 8:
             raise GuestFault(f"unaligned 64-bit load from {addr:#x}")
-        return struct.unpack("<Q", self.read(addr, 8))[0]
+        data = self._traps.read_memory(addr, 8)
+        if data is None:
+            raise GuestFault(f"load of 8 bytes from unmapped address {addr:#x}")
+        return int.from_bytes(data, "little")
 
 
 class _PoweredOff(BaseException):
@@ -106,7 +107,16 @@ class _ProgramView(GuestView):
 
 
 class ModelCpu:
-    """Executes a `ModelProgram` for one vCPU, resumable across slices."""
+    """Executes a `ModelProgram` for one vCPU, resumable across slices.
+
+    Between two actions of the program the CPU looks for an exit request and a pending interrupt.
+    After a piece of work that ended before any timer reached its compare value, it does not look
+    again: nothing can have changed (no guest code ran, and a timer's line rises only at its
+    compare value). `step_by_step` (internal, for tests) makes it look after every piece of work
+    anyway; results are identical either way (tests/cpu/test_model_step_by_step.py).
+    """
+
+    step_by_step = False
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -154,17 +164,18 @@ class ModelCpu:
         if self._program is None:
             return Stop(StopKind.FAULT, reason="no guest program loaded on this vCPU")
         if self._done:
-            return Stop(StopKind.POWER_OFF)
+            return _POWER_OFF
         if self._mmio_read is not None:
             return Stop(StopKind.FAULT, reason=f"MMIO read of {self._mmio_read.addr:#x} was never "
                                                 "completed by the VMM")
         # One view for the program's lifetime, pointed at whichever vCPU executes this CPU now:
         # the program's generators keep the view they started with, and a model CPU handed over
         # in an in-process migration (pvtime.vmm.migration) continues on another vCPU.
-        if self._view is None:
-            self._view = _ProgramView(traps)
-        self._view.retarget(traps)
         view = self._view
+        if view is None:
+            view = self._view = _ProgramView(traps)
+        else:
+            view.retarget(traps)
         try:
             return self._run(view, traps, clock)
         except GuestFault as fault:
@@ -175,37 +186,55 @@ class ModelCpu:
             return Stop(StopKind.FAULT, reason=f"guest kernel panic: {panic}")
         except _PoweredOff:
             self._done = True
-            return Stop(StopKind.EXIT)
+            return _EXIT
 
     def _run(self, view: GuestView, traps: VcpuTraps, clock: Clock) -> Stop:
-        assert self._program is not None
-        if self._code is None:
-            self._code = self._program.main(view, self.index)
+        program = self._program
+        assert program is not None
+        code = self._code
+        if code is None:
+            code = self._code = program.main(view, self.index)
+        exit_requested, irq_pending, next_irq_ns = traps.exit_requested, traps.irq_pending, traps.next_irq_ns
         irqs_here, irq_time = 0, -1
         while True:
-            if traps.exit_requested():
-                return Stop(StopKind.EXIT)
-            if traps.irq_pending():
+            if exit_requested():
+                return _EXIT
+            if irq_pending():
                 irqs_here = irqs_here + 1 if clock.now_ns == irq_time else 1
                 irq_time = clock.now_ns
                 if irqs_here > _MAX_IRQS_WITHOUT_PROGRESS:
                     raise GuestFault("interrupt storm: the IRQ handler never acknowledges the timer")
                 self._waiting = False
-                self._program.irq(view, self.index)
+                program.irq(view, self.index)
                 continue
-            if clock.now_ns >= clock.deadline_ns:
-                return Stop(StopKind.DEADLINE)
+            now, deadline = clock.now_ns, clock.deadline_ns
+            if now >= deadline:
+                return _DEADLINE
             if self._waiting:
-                return Stop(StopKind.HALT)
-            if self._compute_left > 0:
-                self._compute(traps, clock)
-                continue
+                return _HALT
+            left = self._compute_left
+            if left > 0:
+                # Execute pending work up to the next interrupt or the deadline.
+                fire = next_irq_ns()
+                until = fire if fire is not None and now < fire < deadline else deadline
+                step = left if left < until - now else until - now
+                clock.advance(step)
+                self._compute_left = left = left - step
+                now = clock.now_ns
+                if fire is not None and now >= fire or self.step_by_step:
+                    continue  # a timer asserts now: look at the interrupt first
+                # No interrupt was pending at the start, no guest code ran since and no timer has
+                # reached its compare value: none is pending now, and no trap asked to exit.
+                if now >= deadline:
+                    return _DEADLINE
+                if left > 0:
+                    continue
             try:
-                action = self._code.send(self._send)
+                action = code.send(self._send)
                 self._send = None
             except StopIteration:
                 self._done = True
-                return Stop(StopKind.POWER_OFF)
+                return _POWER_OFF
             if isinstance(action, Compute):
                 if action.ns < 0:
                     raise GuestFault(f"Compute({action.ns}): negative time")
@@ -221,12 +250,9 @@ class ModelCpu:
             else:
                 raise GuestFault(f"unknown action {action!r} from the guest program")
 
-    def _compute(self, traps: VcpuTraps, clock: Clock) -> None:
-        """Execute pending work up to the next interrupt or the deadline."""
-        until = clock.deadline_ns
-        fire = traps.next_irq_ns()
-        if fire is not None and fire > clock.now_ns:
-            until = min(until, fire)
-        step = min(self._compute_left, until - clock.now_ns)
-        clock.advance(step)
-        self._compute_left -= step
+
+# The stops that carry nothing but their kind (a Stop is immutable: one of each serves every run).
+_EXIT = Stop(StopKind.EXIT)
+_DEADLINE = Stop(StopKind.DEADLINE)
+_HALT = Stop(StopKind.HALT)
+_POWER_OFF = Stop(StopKind.POWER_OFF)

@@ -43,15 +43,20 @@ class TickAccounting:
 
     def stat(self, index: int) -> CpuStat:
         """This CPU's counters (created on first use)."""
-        return self.cpustat.setdefault(index, CpuStat())
+        st = self.cpustat.get(index)
+        if st is None:
+            st = self.cpustat[index] = CpuStat()
+        return st
 
     def steal_account_process_time(self, index: int, clock: int, maxtime: int = ULONG_MAX) -> int:
         """Account the steal seen since the last call, at most `maxtime`; return it."""
-        steal = (clock - self.prev_steal_time.get(index, 0)) & U64
-        steal = min(steal, maxtime)
+        prev = self.prev_steal_time.get(index, 0)
+        steal = (clock - prev) & U64
+        if steal > maxtime:
+            steal = maxtime
         st = self.stat(index)
         st.steal = (st.steal + steal) & U64
-        self.prev_steal_time[index] = (self.prev_steal_time.get(index, 0) + steal) & U64
+        self.prev_steal_time[index] = (prev + steal) & U64
         return steal
 
     def account_process_tick(self, index: int, clock: int, *, user: bool, idle: bool) -> None:

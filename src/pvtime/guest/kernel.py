@@ -221,39 +221,43 @@ class ModelKernel:
         The tick accounts one tick and updates the rq clock; the idle period's wake-up (with
         NO_HZ_IDLE) wakes its task, which updates the rq clock as the enqueue does.
         """
-        assert self.clock is not None
-        self.clock.refresh(cpu, index)  # after a migration: re-translate the event stream
-        now_count = self.clock.read(cpu)
+        clock = self.clock
+        assert clock is not None
+        clock.refresh(cpu, index)  # after a migration: re-translate the event stream
+        now_count = clock.read(cpu)
         ts = self.tick_sched[index]
         tick_due, wake_due = ts.expired(now_count)
+        timer = self.timer
         if not (tick_due or wake_due):
             # Fired before its deadline (only the RFC's truncating conversion does this): the
             # hrtimer has not expired; retry a minimal delta later, as clockevents does.
-            self.timer.early += 1
+            timer.early += 1
             cpu.msr(CNTV_TVAL_EL0, 1)
             return
         deadline = ts.next_tick if tick_due else ts.wakeup
         assert deadline is not None
-        late_ns = (now_count - deadline) * NSEC_PER_SEC // self._freq
-        self.timer.fires += 1
-        self.timer.total_late_ns += late_ns
-        self.timer.max_late_ns = max(self.timer.max_late_ns, late_ns)
+        freq = self._freq
+        late_ns = (now_count - deadline) * NSEC_PER_SEC // freq
+        timer.fires += 1
+        timer.total_late_ns += late_ns
+        if late_ns > timer.max_late_ns:
+            timer.max_late_ns = late_ns
         if wake_due:
             ts.wakeup = None
         if tick_due:
-            ts.next_tick, _ = hrtimer_forward(ts.next_tick, now_count, self._period)
-        program_event(cpu, self.clock, ts)
-        now_ns = now_count * NSEC_PER_SEC // self._freq
+            ts.next_tick, _ = hrtimer_forward(ts.next_tick, now_count, freq // self.options.hz)
+        program_event(cpu, clock, ts)
+        now_ns = now_count * NSEC_PER_SEC // freq
         if tick_due and self.options.tick_observer is not None:
             self.options.tick_observer(index, now_ns, late_ns)
         if index not in self.online:
             return  # an offline CPU takes no ticks: nothing to account
-        clock = self.steal_clock(cpu, index)
+        steal = self.pv.steal_clock(cpu, index)  # paravirt_steal_clock
         if tick_due:
             self.tick_count[index] = self.tick_count.get(index, 0) + 1
             idle = self._idle.get(index, False)
-            self.ticks.account_process_tick(index, clock if self.pv_probed else 0, user=not idle, idle=idle)
-        self.rq[index].update(now_ns, clock)
+            self.ticks.account_process_tick(index, steal if self.pv_probed else 0, user=not idle, idle=idle)
+        self.rq[index].update(now_ns, steal)
 
     def proc_stat(self) -> str:
         """/proc/stat's cpu lines (per-CPU lines for online CPUs, as fs/proc/stat.c)."""

@@ -55,13 +55,16 @@ def hrtimer_forward(expires: int, now: int, interval: int) -> tuple[int, int]:
 
 def program_event(cpu: GuestCpu, clock: Clocksource, ts: TickSched) -> None:
     """clockevents_program_event: CNTV fires at the earliest armed timer, or is stopped."""
-    armed = [t for t in (None if ts.stopped else ts.next_tick, ts.wakeup) if t is not None]
-    if not armed:
+    first = None if ts.stopped else ts.next_tick
+    wakeup = ts.wakeup
+    if wakeup is not None and (first is None or wakeup < first):
+        first = wakeup
+    if first is None:
         if ts.event_on:
             cpu.msr(CNTV_CTL_EL0, 0)
             ts.event_on = False
         return
-    clock.set_cval(cpu, min(armed))
+    clock.set_cval(cpu, first)
     if not ts.event_on:
         cpu.msr(CNTV_CTL_EL0, CTL_ENABLE)
         ts.event_on = True

@@ -153,6 +153,9 @@ class ArchTimer:
 
     def write(self, reg: SysReg, value: int, host_count: int) -> bool:
         """Serve an MSR of a timer register; False if `reg` is not a writable timer register."""
+        if reg is CNTV_CVAL_EL0:  # the hot path: a guest's tick programs its next deadline
+            self.vtimer.cval = value & U64
+            return True
         if reg == CNTKCTL_EL1:
             self.cntkctl = value & U32
             return True
@@ -169,8 +172,12 @@ class ArchTimer:
         return True
 
     def irq_pending(self, host_count: int) -> bool:
-        """Either timer's interrupt line is asserted."""
-        return self.vtimer.asserted(self.cntvct(host_count)) or self.ptimer.asserted(self.cntpct(host_count))
+        """Either timer's interrupt line is asserted (`Timer.asserted` of each, written out: this
+        runs between every two steps of a model guest)."""
+        v, p = self.vtimer, self.ptimer
+        if v.ctl & _LINE_MASK == CTL_ENABLE and (host_count - self.counter.voffset) & U64 >= v.cval:
+            return True
+        return p.ctl & _LINE_MASK == CTL_ENABLE and (host_count - self.counter.poffset) & U64 >= p.cval
 
     def next_rise_host_count(self, host_count: int) -> int | None:
         """The host counter value, after `host_count`, at which an armed, unmasked timer that is
@@ -187,13 +194,18 @@ class ArchTimer:
 
     def next_fire_host_count(self) -> int | None:
         """The host counter value at which an armed, unmasked timer next asserts."""
-        fires = []
-        for timer, offset in ((self.vtimer, self.counter.voffset),
-                              (self.ptimer, self.counter.poffset)):
-            if timer.ctl & CTL_ENABLE and not timer.ctl & CTL_IMASK:
-                fires.append((timer.cval + offset) & U64)  # the offsets are mod 2^64 (a counter behind the guest's)
-        return min(fires) if fires else None
+        # The offsets are mod 2^64 (a counter behind the guest's).
+        v, p = self.vtimer, self.ptimer
+        fire = (v.cval + self.counter.voffset) & U64 if v.ctl & _LINE_MASK == CTL_ENABLE else None
+        if p.ctl & _LINE_MASK == CTL_ENABLE:
+            at = (p.cval + self.counter.poffset) & U64
+            if fire is None or at < fire:
+                fire = at
+        return fire
 
+
+# CTL's ENABLE and IMASK: a timer drives its line when they read ENABLE alone.
+_LINE_MASK = CTL_ENABLE | CTL_IMASK
 
 # CTL/CVAL/TVAL of each timer: (is the virtual timer, field).
 _TIMER_FIELDS: dict[SysReg, tuple[bool, str]] = {

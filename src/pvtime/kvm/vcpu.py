@@ -263,7 +263,8 @@ class Vcpu:
         traps = self._traps
         if not traps.has_run_once:
             self._first_run_init()
-        vm.note_first_run()  # HAS_RAN_ONCE is set before immediate_exit is looked at
+        if not vm.has_run:
+            vm.note_first_run()  # HAS_RAN_ONCE is set before immediate_exit is looked at
         traps.has_run_once = True
         if self.immediate_exit:  # -EINTR before guest entry: no task's run_delay is read
             traps.cpu.complete_pending()
@@ -289,6 +290,9 @@ class Vcpu:
                     return HaltExit(traps.next_irq_ns())
                 traps.in_wfi = False
             stop = traps.cpu.execute(traps, slice_)
+            if stop.kind is StopKind.DEADLINE:  # the common exit, as _exit_for makes it
+                self._deadline_mark = (task.tid, task.timeslices)
+                return _INTR
             if stop.kind is StopKind.MMIO and self._in_kernel_mmio(stop):
                 continue
             if not (stop.kind is StopKind.EXIT and traps.in_wfi and traps.system_event is None):
@@ -325,11 +329,7 @@ class Vcpu:
 
     def _exit_for(self, stop: Stop) -> Exit:
         traps = self._traps
-        match stop.kind:
-            case StopKind.DEADLINE:
-                task = self._vm.host.current_task()
-                self._deadline_mark = (task.tid, task.timeslices)
-                return IntrExit()
+        match stop.kind:  # (StopKind.DEADLINE: _run returns its exit itself)
             case StopKind.HALT:
                 return HaltExit(traps.next_irq_ns())
             case StopKind.POWER_OFF:
@@ -346,6 +346,8 @@ class Vcpu:
                 return SemihostingExit(stop.semihost_op, stop.semihost_param)
         return InternalErrorExit(KVM_INTERNAL_ERROR_EMULATION, stop.pc, stop.instruction, stop.reason)
 
+
+_INTR = IntrExit()  # an exit is immutable: one serves every end of a time slice
 
 _TIMER_REGS: dict[int, SysReg] = {
     KVM_REG_ARM_TIMER_CTL: sysregs.CNTV_CTL_EL0,

@@ -104,42 +104,57 @@ class VcpuBody:
         self.probe = probe
         self.state = state
         self.sample_ns = sample_ns
+        self._vcpu_id = thread.vcpu.id
         self._timeslices = 0
 
     def step(self, slice_: Slice) -> Step:
         task = slice_.task
-        self.state.first_run_ns.setdefault(self.thread.vcpu.id, slice_.start_ns)
+        first_run = self.state.first_run_ns
+        if self._vcpu_id not in first_run:
+            first_run[self._vcpu_id] = slice_.start_ns
         if task.timeslices != self._timeslices:  # the first call of a timeslice: it arrived now
             self._timeslices = task.timeslices
             self.probe.arrivals.append((slice_.start_ns, task.run_delay_ns))
+        sample = self.sample_ns
         while True:
             start = slice_.now_ns
-            end = min(slice_.deadline_ns, (start // self.sample_ns + 1) * self.sample_ns)
+            end = (start // sample + 1) * sample
+            if slice_.deadline_ns < end:
+                end = slice_.deadline_ns
             piece = Slice(task, start, end, start)
             step = self._run_piece(piece)
-            slice_.now_ns = piece.now_ns
+            now = slice_.now_ns = piece.now_ns
             woke = piece.deadline_ns < end  # it woke a task: its segment ends here
             if woke:
                 slice_.deadline_ns = piece.deadline_ns
-            if step.state is not TaskState.QUEUED or woke or piece.now_ns in (start, slice_.deadline_ns):
+            if step.state is not TaskState.QUEUED or woke or now == start or now == slice_.deadline_ns:
                 return step
 
     def _run_piece(self, piece: Slice) -> Step:
         machine, state, at = self.thread.machine, self.state, piece.start_ns
         if machine.stopped is None and not machine.paused:  # a paused VM's thread does not enter it
-            self.probe.entry.set(at, piece.task.run_delay_ns)
-        with machine.kvm.host.running(piece):
+            entry, delay = self.probe.entry, piece.task.run_delay_ns
+            if delay != entry.latest:
+                entry.set(at, delay)
+        # The piece is the slice executing (Host.running, written out: this runs for every piece).
+        host = machine.kvm.host
+        outer, host.current = host.current, piece
+        try:
             step = self.thread.step(piece)
+        finally:
+            host.current = outer
         if machine.stopped is not None and state.stopped_ns is None and machine is state.machine:
             state.stopped_ns = piece.now_ns
             for probe in state.probes.values():  # waits after the VM's end are no one's steal
                 probe.frozen = (at, piece.now_ns)
         state.note_console(at)
-        probes = list(state.probes.values())
-        if self.probe not in probes:  # a migration's source thread, after the switch-over
-            probes.append(self.probe)
-        for probe in probes:
+        own = self.probe
+        noted_own = False
+        for probe in state.probes.values():
             probe.note(at)
+            noted_own = noted_own or probe is own
+        if not noted_own:  # a migration's source thread, after the switch-over
+            own.note(at)
         return step
 
 
@@ -169,22 +184,42 @@ class VcpuProbe:
         self.entry: Steps[int | None] = Steps(None)  # run_delay at its latest guest entry (a vcpu_load)
         # Where run_delay growth counts from, and whether PV_TIME_ST set it (see _baseline).
         self.baseline: Steps[tuple[int | None, bool]] = Steps((None, False))
+        self._vcpu_id = thread.vcpu.id
+        # The guest's counters of this vCPU (created now, as /proc/stat shows a line for each CPU
+        # observed; the kernel keeps the same object for good).
+        self._cpustat = None if kernel is None else kernel.ticks.stat(self._vcpu_id)
+        self._noted_st: int | None = None
+        self._record_field: memoryview | None = None  # its record's stolen_time bytes, once set
+        self._noted_first: int | None = None
         self.record: Steps[int | None] = Steps(self._record_now())
         self.guest_steal: Steps[int | None] = Steps(self._model_steal_now())
         self.frozen: tuple[int, int] | None = None  # (piece start, time) of the VM's stop
 
     def note(self, at_ns: int) -> None:
         """Note what the execution piece that began at `at_ns` left in the VM for this vCPU."""
-        st = self.st_baseline_ns
-        self.baseline.set(at_ns, (st, True) if st is not None else (self.thread.first_run_delay_ns, False))
-        self.record.set(at_ns, self._record_now())
-        self.guest_steal.set(at_ns, self._model_steal_now())
+        st, first = self.st_baseline_ns, self.thread.first_run_delay_ns
+        if st != self._noted_st or first != self._noted_first:  # (the baseline changes rarely)
+            self._noted_st, self._noted_first = st, first
+            self.baseline.set(at_ns, (st, True) if st is not None else (first, False))
+        # Steps.set notes nothing for an unchanged value; checked here first, as this runs for
+        # every vCPU of the VM after every execution piece.
+        if self.pvtime:
+            field = self._record_field
+            if field is None:
+                field = self._record_field = self.thread.machine.stolen_time_field(self._vcpu_id)
+            record = None if field is None else int.from_bytes(field, "little")
+            if record != self.record.latest:
+                self.record.set(at_ns, record)
+        if self._cpustat is not None:
+            steal = self._cpustat.steal
+            if steal != self.guest_steal.latest:
+                self.guest_steal.set(at_ns, steal)
 
     def _record_now(self) -> int | None:
-        return self.thread.machine.stolen_time(self.thread.vcpu.id) if self.pvtime else None
+        return self.thread.machine.stolen_time(self._vcpu_id) if self.pvtime else None
 
     def _model_steal_now(self) -> int | None:
-        return None if self.kernel is None else self.kernel.ticks.stat(self.thread.vcpu.id).steal
+        return None if self._cpustat is None else self._cpustat.steal
 
     # --- reading, once the run is over ------------------------------------------------------
 

@@ -108,14 +108,16 @@ class Recorder:
                    switched_in: bool) -> None:
         key = (host.name, task.tid)
         cat = self.category.get(key, 2)
-        row = self.busy[host.name][cpu, cat]
+        busy = self.busy[host.name]
         s, size = start_ns, self.sample_ns
         while s < end_ns:
             b = s // size
             if b >= self.nbins:
                 break
-            e = min(end_ns, (b + 1) * size)
-            row[b] += e - s
+            e = (b + 1) * size
+            if e > end_ns:
+                e = end_ns
+            busy[cpu, cat, b] += e - s
             s = e
         if self.trace and end_ns > start_ns:  # an empty slice is no slice
             pid = self.pid[host.name]

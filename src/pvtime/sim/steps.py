@@ -16,20 +16,20 @@ class Steps(Generic[T]):
     `at` (the event loop runs the events before its end, so nothing starts at the end).
     """
 
-    __slots__ = ("_latest", "_times", "_values", "initial")
+    __slots__ = ("_times", "_values", "initial", "latest")
 
     def __init__(self, initial: T) -> None:
         self.initial = initial
-        self._latest = initial  # the value as it is now (the last one set)
+        self.latest = initial  # the value as it is now (the last one set); read-only
         self._times: list[int] = []
         self._values: list[T] = []
 
     def set(self, at_ns: int, value: T) -> None:
         """The value is `value` from just after `at_ns`; unchanged from the last one set, nothing
         is noted."""
-        if value == self._latest:
+        if value == self.latest:
             return
-        self._latest = value
+        self.latest = value
         times = self._times
         if not times or at_ns >= times[-1]:
             times.append(at_ns)

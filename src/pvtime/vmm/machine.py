@@ -117,6 +117,7 @@ class Machine:
         self.started = False  # a vCPU thread has entered KVM_RUN
         self.model_program: ModelProgram | None = None
         self.errors: list[InternalErrorExit] = []
+        self._steal_fields: dict[int, memoryview] = {}  # vCPU -> its stolen_time bytes (stolen_time)
 
     def _create_vgic(self) -> VgicV2Device:
         """KVM's in-kernel GICv2 at QEMU virt's addresses, initialised once the vCPUs exist (as QEMU's
@@ -236,12 +237,28 @@ class Machine:
 
     def stolen_time(self, vcpu_id: int) -> int | None:
         """A vCPU's stolen_time as its record in guest memory holds it (None without a record)."""
+        field = self.stolen_time_field(vcpu_id)
+        return None if field is None else int.from_bytes(field, "little")
+
+    def stolen_time_field(self, vcpu_id: int) -> memoryview | None:
+        """The 8 bytes of a vCPU's stolen_time in the VMM's buffers (little-endian), once its IPA
+        is set and backed; None before. It stays valid: an IPA cannot change once set, and the
+        buffers are the machine's for good."""
+        field = self._steal_fields.get(vcpu_id)
+        if field is not None:
+            return field
         try:
             ipa = self.vcpus[vcpu_id].get_device_attr(KVM_ARM_VCPU_PVTIME_CTRL, KVM_ARM_VCPU_PVTIME_IPA)
         except KvmError:
             return None  # PV time not supported on this host or VM
-        raw = self.read_guest(ipa + STEAL_TIME_OFFSET, 8) if ipa != INVALID_GPA else None
-        return None if raw is None else int.from_bytes(raw, "little")
+        if ipa == INVALID_GPA:
+            return None
+        gpa = ipa + STEAL_TIME_OFFSET
+        for _, base, buf in self.regions():
+            if base <= gpa and gpa + 8 <= base + len(buf):
+                field = self._steal_fields[vcpu_id] = buf[gpa - base:gpa - base + 8]
+                return field
+        return None
 
     def lpt_record(self) -> LptRecord | None:
         """The VM's LPT record as guest memory holds it (None without LPT)."""
@@ -305,7 +322,8 @@ class VcpuThread:
         try:
             return self._step(slice_)
         finally:
-            self.last_ns = max(self.last_ns, slice_.now_ns)
+            if slice_.now_ns > self.last_ns:
+                self.last_ns = slice_.now_ns
 
     def _step(self, slice_: Slice) -> Step:
         if self.first_run_delay_ns is None:
@@ -324,7 +342,7 @@ class VcpuThread:
             if self.machine.coalesced is not None:
                 self.machine.coalesced.flush()  # the devices see earlier stores before this exit
             if isinstance(ex, IntrExit):
-                return Step(TaskState.QUEUED)
+                return _QUEUED
             if isinstance(ex, HaltExit):
                 return Step(TaskState.SLEEPING, ex.wake_at_ns)
             if isinstance(ex, MmioExit):
@@ -341,3 +359,6 @@ class VcpuThread:
                 self.machine.stop(StopReason.internal_error(self.vcpu.id, ex))
                 return Step(TaskState.EXITED)
             raise RuntimeError(f"unexpected exit {ex!r}")
+
+
+_QUEUED = Step(TaskState.QUEUED)  # a Step is immutable: one serves every preempted run
