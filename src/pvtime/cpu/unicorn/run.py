@@ -82,6 +82,12 @@ class Budget:
         self.account()
         self.clock = None
 
+    def settled(self) -> bool:
+        """No time debt to pay and the deadline not reached: beginning a new execute() now would
+        change nothing."""
+        clock = self.clock
+        return not self._debt_ns and clock is not None and clock.now_ns < clock.deadline_ns
+
     def woke(self) -> None:
         """A WFI completed: step one block at a time again while the line is masked."""
         self._polls = 0
@@ -237,6 +243,23 @@ class UnicornCpu:
             self._hooks.end()
             self._hooks.publish_maintenance()
 
+    def _in_kernel_mmio(self, traps: VcpuTraps, stop: Stop) -> bool:
+        """io_mem_abort: an access the vGIC or a coalesced-MMIO zone serves completes here, and the
+        engine goes on within this execute(); False when the access must leave it (the vCPU's
+        KVM_RUN then asks the same devices, which decline again, and exits to the VMM). Doing it
+        here saves ending and beginning an execute(), which, with no time debt to pay and no memslot
+        change an in-kernel device could make, would change nothing."""
+        if stop.mmio_write:
+            if not traps.mmio_write(stop.mmio_addr, stop.mmio_data):
+                return False
+        else:
+            data = traps.mmio_read(stop.mmio_addr, stop.mmio_len)
+            if data is None:
+                return False
+            self._memory.complete_mmio(data)
+        self._memory.finish_mmio(self._regs)
+        return True
+
     def _run(self, traps: VcpuTraps, clock: Clock) -> Stop:
         uc, regs, memory, hooks, budget = self._uc, self._regs, self._memory, self._hooks, self._budget
         while True:
@@ -275,6 +298,8 @@ class UnicornCpu:
                 continue
             stop, hooks.stop = hooks.stop, None
             if stop is not None:
+                if stop.kind is StopKind.MMIO and budget.settled() and self._in_kernel_mmio(traps, stop):
+                    continue
                 if stop.kind is StopKind.FAULT:
                     self._fault = stop
                 elif stop.kind is StopKind.SEMIHOSTING:
