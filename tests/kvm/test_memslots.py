@@ -34,6 +34,9 @@ class Guest:
     def write(self, gpa, data):
         return self._run(lambda: self.cpu.traps.write_memory(gpa, data))
 
+    def memslots(self):
+        return self._run(lambda: self.cpu.traps.memslots())
+
 
 def errno_of(fn, *args, **kw):
     with pytest.raises(KvmError) as err:
@@ -114,3 +117,26 @@ def test_a_host_write_across_two_pages_dirties_both():
     mem.set_region(0, 0x4000_0000, len(buf), buf, KVM_MEM_LOG_DIRTY_PAGES)
     assert mem.write(0x4000_0000 + 9 * PAGE_SIZE - 2, b"abcd")  # kvm_write_guest
     assert dirty_pages(mem.get_dirty_log(0)) == [8, 9]
+
+
+def test_a_backend_sees_the_same_memslots_object_until_they_change():
+    """What a machine-code backend maps (slots()) stays the same object while nothing
+    changed, so the backend skips looking; a new slot, a flag change, a deletion, or a dirty-log
+    read (kvm_vm_ioctl_get_dirty_log write-protects the slot again) give a new one."""
+    g = Guest()
+    slots = g.memslots  # as a backend asks, inside KVM_RUN
+    buf = bytearray(0x2000)
+    g.vm.set_user_memory_region(0, 0x4000_0000, 0x2000, buf)
+    first = slots()
+    assert slots() is first and [s.slot for s in first] == [0]
+    g.vm.set_user_memory_region(0, 0x4000_0000, 0x2000, buf)  # the same again: nothing changed
+    assert slots() is first
+    g.vm.set_user_memory_region(0, 0x4000_0000, 0x2000, buf, KVM_MEM_LOG_DIRTY_PAGES)
+    logging = slots()
+    assert logging is not first and logging[0].dirty_logging
+    g.vm.get_dirty_log(0)
+    assert slots() is not logging
+    g.vm.set_user_memory_region(1, 0x5000_0000, 0x1000, bytearray(0x1000))
+    assert [s.slot for s in slots()] == [0, 1]
+    g.vm.set_user_memory_region(1, 0x5000_0000, 0, None)
+    assert [s.slot for s in slots()] == [0]

@@ -87,6 +87,7 @@ class GuestMemory:
         self.slots: dict[int, Memslot] = {}
         self.ipa_bits = 40  # KVM_VM_TYPE_ARM_IPA_SIZE 0: the default 40-bit IPA space
         self._last: Memslot | None = None  # the slot of the last lookup: accesses cluster
+        self._snapshot: tuple[Memslot, ...] | None = None  # the slots as of their last change
 
     def set_region(self, slot: int, guest_phys_addr: int, memory_size: int,
                    userspace: bytearray | memoryview | None, flags: int = 0) -> None:
@@ -105,7 +106,7 @@ class GuestMemory:
             if old is None:
                 raise KvmError(EINVAL, f"memslot {slot}: deleting a slot that does not exist")
             del self.slots[slot]
-            self._last = None
+            self._last = self._snapshot = None
             return
         view = _user_buffer(slot, userspace, memory_size)
         if old is not None:
@@ -124,7 +125,7 @@ class GuestMemory:
         if old is not None and old.flags & flags & KVM_MEM_LOG_DIRTY_PAGES:
             new.dirty_pages = old.dirty_pages  # kvm_prepare_memory_region keeps the old dirty bitmap
         self.slots[slot] = new
-        self._last = None
+        self._last = self._snapshot = None
 
     def find(self, gpa: int, size: int = 1) -> Memslot | None:
         """The slot holding all of [gpa, gpa+size), if one does."""
@@ -170,7 +171,16 @@ class GuestMemory:
             bitmap[page >> 3] |= 1 << (page & 7)
         s.dirty_pages = set()
         s.log_generation = next(_generations)
+        self._snapshot = None
         return bytes(bitmap)
+
+    def snapshot(self) -> tuple[Memslot, ...]:
+        """The slots; the same tuple until a slot is created, deleted or changed, or a dirty log
+        is read (which write-protects its slot again): a backend that mapped these need not look
+        again while it gets the same object."""
+        if self._snapshot is None:
+            self._snapshot = tuple(self.slots.values())
+        return self._snapshot
 
     def writable_page(self, gpa: int) -> bool:
         """gfn_to_hva succeeds for writing: the page is in a writable slot."""

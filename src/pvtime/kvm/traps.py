@@ -11,6 +11,7 @@ reaches a vCPU through its fd's ioctls only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pvtime.abi import sysregs
@@ -213,6 +214,7 @@ class Traps:
         """A trap wants to leave guest execution: a system event, CPU_OFF, or CPU_SUSPEND's wait."""
         return self.system_event is not None or self.powered_off or self.in_wfi
 
-    def memslots(self) -> list[GuestRegion]:
-        """The VM's memslots, for a backend that maps guest RAM into its engine."""
-        return list(self.vm.memory.slots.values())
+    def memslots(self) -> Sequence[GuestRegion]:
+        """The VM's memslots, for a backend that maps guest RAM into its engine: the same object
+        until they change (`GuestMemory.snapshot`)."""
+        return self.vm.memory.snapshot()

@@ -84,6 +84,7 @@ class GuestMemory:
         self._uc = uc
         self._ram: list[tuple[int, int, memoryview]] = []  # (gpa, size, buffer) of the mapped slots
         self._mapped: list[tuple[int, int, bool, int]] = []
+        self._synced: Sequence[GuestRegion] | None = None  # the memslots tuple last synced
         self._buffers: list[object] = []  # ctypes views keeping the mapped buffers exported
         # Dirty logging: the log_generation each logging slot was last write-protected for (by
         # guest address), and the logging slots.
@@ -130,7 +131,11 @@ class GuestMemory:
     # --- memslots ------------------------------------------------------------------------------
 
     def sync(self, memslots: Sequence[GuestRegion]) -> None:
-        """Map the VM's memslots (again, if the VMM changed them since the last run)."""
+        """Map the VM's memslots (again, if the VMM changed them since the last run). The same
+        tuple as last time is the same slots (kvm's `GuestMemory.snapshot`): nothing to look at."""
+        if memslots is self._synced and not (self._stale_tlb or self._stale_code):
+            return
+        self._synced = memslots if isinstance(memslots, tuple) else None
         slots = sorted(memslots, key=lambda s: s.guest_phys_addr)
         wanted = [(s.guest_phys_addr, s.memory_size, bool(s.readonly), id(s.buffer.obj)) for s in slots]
         changed = wanted != self._mapped
