@@ -19,6 +19,8 @@ from pvtime.sim.scenario import MigrationRoute, migration_routes
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from pvtime.report.figure_process import FigureProcesses
+
 # The version of the results files' shape (summary.json's keys, the series' columns...): raised when
 # a change would mislead a reader of the old shape. summary.json carries it as `schema_version`.
 SCHEMA_VERSION = 1
@@ -30,21 +32,25 @@ _STRING_COLUMNS = {"host", "vm"}
 
 
 def write_results(result: RunResult, out: Path, *, force: bool = False,
-                  provenance: dict[str, Any] | None = None) -> list[Path]:
+                  provenance: dict[str, Any] | None = None, figures: FigureProcesses | None = None) -> list[Path]:
     """Write every output file into `out`, a results folder replaced whole (`report.outdir`: a
-    folder of something else raises OutFolderError); return their paths."""
-    from pvtime.report.figures import occupancy_figure, steal_figure  # matplotlib: only when writing
-
+    folder of something else raises OutFolderError); return their paths. The figures are drawn by
+    `figures` if given (at the same time as the other files are written), else here."""
     outdir.claim(out, force=force)
+    drawn = [] if figures is None else figures.send(result, out)
     written = []
     series = series_columns(result)
     occupancy = occupancy_columns(result)
     for name, cols in (("series", series), ("occupancy", occupancy)):
         written.append(_write_csv(out / f"{name}.csv", cols))
         written.append(_write_parquet(out / f"{name}.parquet", cols, _schema(cols)))
-    steal_figure(result, out / "steal.png")
-    occupancy_figure(result, out / "occupancy.png")
-    written += [out / "steal.png", out / "occupancy.png"]
+    if figures is None:
+        from pvtime.report.figures import occupancy_figure, steal_figure  # matplotlib: only when drawing
+
+        steal_figure(result, out / "steal.png")
+        occupancy_figure(result, out / "occupancy.png")
+        drawn = [out / "steal.png", out / "occupancy.png"]
+    written += drawn
     if result.spec.trace:
         written.append(_write_json(out / "trace.json", trace_document(result), indent=None))
     written.append(_write_json(out / "summary.json", summary(result), indent=2))
@@ -53,6 +59,8 @@ def write_results(result: RunResult, out: Path, *, force: bool = False,
             written.append(_write_text(out / console_file(vm.name), vm.console))
     if provenance is not None:
         written.append(_write_json(out / PROVENANCE_FILE, provenance, indent=2))
+    if figures is not None:
+        figures.wait()
     outdir.seal(out, [p.name for p in written])
     return written
 
