@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -127,7 +127,7 @@ def _run(name: str | None, out: Path | None, force: bool, overrides: list[Overri
     with _no_library_warnings():  # importing matplotlib may announce that it builds its font cache
         from pvtime.report import migration_table, summary_table
         from pvtime.report.files import summary
-    from pvtime.report.figure_process import FigureProcesses
+    from pvtime.report.figure_process import FigureProcesses, worth_it
     from pvtime.report.outdir import OutFolderError, check
     from pvtime.report.provenance import now_utc
     from pvtime.sim import scenario as scenarios
@@ -165,7 +165,7 @@ def _run(name: str | None, out: Path | None, force: bool, overrides: list[Overri
         if not yes:
             raise ToolError(f"{estimate}: over {CONFIRM_ABOVE_S:g} s, pass --yes to run it")
         note(f"pvtime: {estimate}")
-    with FigureProcesses() as figures:  # matplotlib's import overlaps the run
+    with FigureProcesses() if worth_it() else nullcontext() as figures:  # matplotlib's import overlaps the run
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
                       TextColumn("{task.fields[virtual]}"), TimeElapsedColumn(), console=err,
                       disable=no_progress or not err.is_terminal, transient=True) as bar:

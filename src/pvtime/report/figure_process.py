@@ -27,6 +27,14 @@ FIGURES = ("steal", "occupancy")  # each written to <name>.png
 _WAIT_S = 10.0  # for a process told there is nothing to draw to end, before it is killed
 
 
+def worth_it() -> bool:
+    """Whether figure processes would shorten the run: only with a CPU to spare for them. On a
+    busy machine they slow the run instead (measured on 2 CPUs at a load of 4: the simulation
+    shares its CPU with them, and drawing is no sooner done)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cpus >= 2 and os.getloadavg()[0] <= cpus - 1
+
+
 class FigureError(RuntimeError):
     """A figure process failed without an exception to pass on (it died, or its answer was unreadable)."""
 
@@ -70,6 +78,11 @@ class FigureProcesses:
             proc.wait()
             if answer is not None:
                 raise answer
+
+    @property
+    def exit_statuses(self) -> list[int | None]:
+        """Each process's exit status; None while it runs."""
+        return [proc.poll() for proc in self._procs.values()]
 
     def __enter__(self) -> FigureProcesses:
         return self
