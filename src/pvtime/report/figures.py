@@ -97,16 +97,18 @@ def steal_rates(run: RunResult | FigureData) -> StealRates:
     samples = len(grid) - 1  # intervals
     per_window = max(1, min(_RATE_WINDOW_NS // (result.sample_ms * 1_000_000), samples // _MIN_WINDOWS))
     idx = np.append(np.arange(0, samples, per_window), samples) if samples else np.array([0])
-    pct = np.full((len(result.vcpus), max(len(idx) - 1, 0)), np.nan)
-    for r, row in enumerate(result.vcpus):
-        cols = result.series[f"{row.vm}/vcpu{row.vcpu}"]
-        truth = np.ma.filled(np.ma.masked_array(cols["host_wait_ns"], dtype=float), np.nan)[idx]
-        ran = ~np.isnan(truth)
-        start = np.where(ran[:-1], truth[:-1], 0.0)  # counts start at 0 when the vCPU first runs
-        rate = 100.0 * (truth[1:] - start) / np.maximum(np.diff(grid[idx]), 1)
-        calls = cols["pv_time_st_calls"][idx]
-        rate[(np.diff(calls) != 0) & ran[:-1]] = np.nan  # PV_TIME_ST restarted a running count
-        pct[r] = rate  # NaN where the vCPU had not run by the window's end
+    if not result.vcpus:
+        return StealRates(grid[idx].astype(np.int64), np.full((0, max(len(idx) - 1, 0)), np.nan))
+    cols = [result.series[f"{row.vm}/vcpu{row.vcpu}"] for row in result.vcpus]
+    # one (vCPUs, samples) array per column: the same arithmetic as a vCPU at a time, at once
+    truth = np.ma.filled(np.ma.masked_array(np.ma.stack([c["host_wait_ns"] for c in cols]), dtype=float),
+                         np.nan)[:, idx]
+    ran = ~np.isnan(truth)
+    start = np.where(ran[:, :-1], truth[:, :-1], 0.0)  # counts start at 0 when the vCPU first runs
+    pct = 100.0 * (truth[:, 1:] - start) / np.maximum(np.diff(grid[idx]), 1)
+    calls = np.stack([np.asarray(c["pv_time_st_calls"]) for c in cols])[:, idx]
+    pct[(np.diff(calls, axis=1) != 0) & ran[:, :-1]] = np.nan  # PV_TIME_ST restarted a running count
+    # NaN where the vCPU had not run by the window's end
     return StealRates(grid[idx].astype(np.int64), pct)
 
 
