@@ -176,7 +176,7 @@ def _run(name: str | None, out: Path | None, force: bool, overrides: list[Overri
 
             result = run_scenario(sc, progress)
         if not (quiet or as_json):
-            console.print(summary_table(result))
+            console.print(summary_table(result, console.width))
             if result.migrations:
                 console.print(migration_table(result))
             for vm in result.vms:
