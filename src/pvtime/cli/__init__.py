@@ -127,7 +127,7 @@ def _run(name: str | None, out: Path | None, force: bool, overrides: list[Overri
     with _no_library_warnings():  # importing matplotlib may announce that it builds its font cache
         from pvtime.report import migration_table, summary_table
         from pvtime.report.files import summary
-    from pvtime.report.figure_process import FigureProcesses, worth_it
+    from pvtime.report.figure_process import FigureProcess, can_fork
     from pvtime.report.outdir import OutFolderError, check
     from pvtime.report.provenance import now_utc
     from pvtime.sim import scenario as scenarios
@@ -165,7 +165,7 @@ def _run(name: str | None, out: Path | None, force: bool, overrides: list[Overri
         if not yes:
             raise ToolError(f"{estimate}: over {CONFIRM_ABOVE_S:g} s, pass --yes to run it")
         note(f"pvtime: {estimate}")
-    with FigureProcesses() if worth_it() else nullcontext() as figures:  # matplotlib's import overlaps the run
+    with FigureProcess() if can_fork() else nullcontext() as figures:  # matplotlib's import overlaps the run
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
                       TextColumn("{task.fields[virtual]}"), TimeElapsedColumn(), console=err,
                       disable=no_progress or not err.is_terminal, transient=True) as bar:

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING
 from pvtime.report.quiet import no_library_warnings
 
 if TYPE_CHECKING:
-    from pvtime.report.figure_process import FigureProcesses
+    from pvtime.report.figure_process import FigureProcess
     from pvtime.sim.results import RunResult
     from pvtime.sim.scenario import Scenario
 
 
 def write_run(result: RunResult, scenario: Scenario, folder: Path, *, force: bool, argv: Sequence[str],
-              started: datetime, wall_s: float, figures: FigureProcesses | None = None) -> list[Path]:
+              started: datetime, wall_s: float, figures: FigureProcess | None = None) -> list[Path]:
     """Write `result`, a run of `scenario` begun at `started` that took `wall_s` seconds, into
     `folder` (replaced whole: `pvtime.report.outdir`), with provenance.json naming `argv` and the
     scenario's overrides; return the files' paths. The figures are drawn by `figures` if given,

@@ -2,7 +2,8 @@
 
 Nothing here reads the wall clock but `provenance` (for provenance.json, the one file outside
 the promise): the same run gives byte-identical results files. The names below are imported on
-first use, so that a figure process (`report.figure_process`) imports no more than it draws with.
+first use, so that importing one module of the package (the command imports `report.quiet` at its
+start) does not import them all, pyarrow and rich's tables included.
 """
 
 from __future__ import annotations

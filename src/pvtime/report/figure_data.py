@@ -1,5 +1,5 @@
-"""What the figures draw, apart from the figures: a figure process (`report.figure_process`) gets
-it without the simulator, and the run's process builds it without matplotlib."""
+"""What the figures draw, apart from the figures: the run's process builds it without matplotlib,
+and sends the figure process (`report.figure_process`) no more than it draws."""
 
 from __future__ import annotations
 
@@ -22,8 +22,7 @@ class VcpuKey(NamedTuple):
 @dataclass(frozen=True)
 class FigureData:
     """What the figures draw, taken from a run's result (`figure_data`): names, numbers and arrays
-    only, so that a figure process (`pvtime.report.figure_process`) unpickles it without importing
-    the simulator."""
+    only, a fraction of the result to pickle for the figure process."""
 
     name: str  # the scenario's
     sample_ms: int

@@ -1,141 +1,116 @@
-"""The figures drawn in processes of their own, one per figure, started before the run: importing
-matplotlib (about half a second) then overlaps the simulation, and the figures are drawn at the
-same time as each other and as the other results files. `pvtime run` uses them; drawn here or in
-the run's own process (`pvtime.report.figures`), a figure has the same bytes.
+"""The figures drawn in a process of their own, forked before the run: importing matplotlib (about
+half a second) then overlaps the simulation, and the figures are drawn while the run's process
+writes the other results files. The fork shares every module imported by then, so this costs
+the machine no more work than drawing in the run's process: only the order changes. `pvtime run`
+uses it where processes can fork; drawn here or in the run's process (`pvtime.report.figures`), a
+figure has the same bytes.
 
-Each process reads one pickled job from stdin, the figure's name, its path and its
-`figures.FigureData` (nothing: nothing to draw), writes the PNG, and answers on stdout with a
-pickled None or the exception it raised.
+The process receives one job, (`FigureData`, results folder) or None (nothing to draw), writes
+the PNGs, and answers None or the exception it raised.
 """
 
 from __future__ import annotations
 
-import os
-import pickle
-import subprocess
-import sys
-from collections.abc import Callable
+import multiprocessing
+import signal
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
-from pvtime.report.figure_data import FigureData, figure_data
+from pvtime.report.figure_data import figure_data
 
 if TYPE_CHECKING:
+    from multiprocessing.context import ForkProcess
+
     from pvtime.sim.results import RunResult
 
-FIGURES = ("steal", "occupancy")  # each written to <name>.png
+FIGURES = ("steal.png", "occupancy.png")
 _WAIT_S = 10.0  # for a process told there is nothing to draw to end, before it is killed
 
 
-def worth_it() -> bool:
-    """Whether figure processes would shorten the run: only with a CPU to spare for them. On a
-    busy machine they slow the run instead (measured on 2 CPUs at a load of 4: the simulation
-    shares its CPU with them, and drawing is no sooner done)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return cpus >= 2 and os.getloadavg()[0] <= cpus - 1
-
-
 class FigureError(RuntimeError):
-    """A figure process failed without an exception to pass on (it died, or its answer was unreadable)."""
+    """The figure process failed without an exception to pass on (it died, or its answer did not
+    unpickle)."""
 
 
-class FigureProcesses:
-    """One process per figure, importing matplotlib until the run's result arrives (`send`); use as
-    a context manager, so that they end however the run does."""
+def can_fork() -> bool:
+    """Whether this platform forks processes (`FigureProcess` needs it)."""
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+class FigureProcess:
+    """A process importing matplotlib until the run's result arrives (`send`); use as a context
+    manager, so that it ends however the run does."""
 
     def __init__(self) -> None:
-        src = str(Path(__file__).resolve().parents[2])  # the pvtime this process runs, first on the path
-        path = os.environ.get("PYTHONPATH")
-        env = dict(os.environ, PYTHONPATH=src if not path else os.pathsep.join((src, path)))
-        self._procs = {name: subprocess.Popen([sys.executable, "-m", "pvtime.report.figure_process"], env=env,
-                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                              stderr=subprocess.DEVNULL)
-                       for name in FIGURES}
+        self._conn, child = multiprocessing.get_context("fork").Pipe()
+        self._proc: ForkProcess = multiprocessing.get_context("fork").Process(
+            target=_draw, args=(child,), name="pvtime figures", daemon=True)
+        self._proc.start()
+        child.close()
         self._sent = False
 
     def send(self, result: RunResult, out: Path) -> list[Path]:
-        """Have each process draw its figure of `result` into the folder `out`; the files' paths.
+        """Have the process draw the figures of `result` into the folder `out`; the files' paths.
         `wait` says when they are written."""
-        paths = []
-        data = pickle.dumps(figure_data(result), protocol=pickle.HIGHEST_PROTOCOL)
-        for name, proc in self._procs.items():
-            path = out / f"{name}.png"
-            _send(proc, pickle.dumps(name) + pickle.dumps(str(path)) + data)
-            paths.append(path)
+        self._conn.send((figure_data(result), out))
         self._sent = True
-        return paths
+        return [out / name for name in FIGURES]
 
     def wait(self) -> None:
-        """Wait until every figure is written; raise the first process's exception, if any."""
-        for name, proc in self._procs.items():
-            assert proc.stdout is not None
-            try:
-                answer = pickle.load(proc.stdout)
-            except Exception:  # noqa: BLE001 - died before answering: its status says what happened
-                proc.wait()
-                raise FigureError(f"the {name} figure's process ended with status {proc.returncode} "
-                                  "without an answer") from None
-            proc.wait()
-            if answer is not None:
-                raise answer
+        """Wait until the figures are written; raise the process's exception, if any."""
+        try:
+            answer = self._conn.recv()
+        except Exception:  # noqa: BLE001 - it died before answering: its status says what happened
+            self._proc.join()
+            raise FigureError(f"the figure process ended with status {self._proc.exitcode} without "
+                              "an answer") from None
+        if answer is not None:
+            raise answer
 
     @property
-    def exit_statuses(self) -> list[int | None]:
-        """Each process's exit status; None while it runs."""
-        return [proc.poll() for proc in self._procs.values()]
+    def exit_status(self) -> int | None:
+        """The process's exit status; None while it runs."""
+        return self._proc.exitcode
 
-    def __enter__(self) -> FigureProcesses:
+    def __enter__(self) -> FigureProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for proc in self._procs.values():
-            if not self._sent:
-                _send(proc, b"")  # end of input: nothing to draw
+        if not self._sent:
             try:
-                proc.wait(timeout=_WAIT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            for pipe in (proc.stdin, proc.stdout):
-                if pipe is not None:
-                    pipe.close()
+                self._conn.send(None)  # nothing to draw
+            except OSError:  # it already died
+                pass
+        self._conn.close()
+        self._proc.join(_WAIT_S)
+        if self._proc.exitcode is None:
+            self._proc.kill()
+            self._proc.join()
 
 
-def _send(proc: subprocess.Popen[bytes], data: bytes) -> None:
-    stdin = proc.stdin
-    assert stdin is not None
-    try:
-        stdin.write(data)
-        stdin.close()
-    except (BrokenPipeError, ValueError):  # it already died, or its stdin was closed: `wait` says so
-        pass
-
-
-def _draw(stdin: IO[bytes], stdout: IO[bytes]) -> None:
-    """The figure process: import matplotlib, then draw the figure the job names, if any."""
+def _draw(conn: Connection) -> None:
+    """The figure process: import matplotlib, then draw the figures of the job, if one comes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the run's to handle: this one ends with it
     from pvtime.report.quiet import no_library_warnings
 
     with no_library_warnings():
         from pvtime.report import figures
 
         try:
-            name, path = pickle.load(stdin), pickle.load(stdin)
-        except EOFError:
-            return  # nothing to draw
+            job = conn.recv()
+        except EOFError:  # the run ended
+            return
+        if job is None:
+            return
         answer: BaseException | None = None
         try:
-            result = pickle.load(stdin)
-            draw: Callable[[FigureData, Path], None] = {"steal": figures.steal_figure,
-                                                       "occupancy": figures.occupancy_figure}[name]
-            draw(result, Path(path))
+            data, out = job
+            figures.steal_figure(data, out / "steal.png")
+            figures.occupancy_figure(data, out / "occupancy.png")
         except Exception as exc:  # noqa: BLE001 - passed on to the run's process
             answer = exc
     try:
-        stdout.write(pickle.dumps(answer))
+        conn.send(answer)
     except Exception:  # noqa: BLE001 - an exception that does not pickle: its text
-        stdout.write(pickle.dumps(FigureError(f"the {name} figure: {answer!r}")))
-    stdout.flush()
-
-
-if __name__ == "__main__":
-    _draw(sys.stdin.buffer, sys.stdout.buffer)
+        conn.send(FigureError(f"drawing the figures: {answer!r}"))

@@ -19,7 +19,7 @@ from pvtime.sim.scenario import MigrationRoute, migration_routes
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from pvtime.report.figure_process import FigureProcesses
+    from pvtime.report.figure_process import FigureProcess
 
 # The version of the results files' shape (summary.json's keys, the series' columns...): raised when
 # a change would mislead a reader of the old shape. summary.json carries it as `schema_version`.
@@ -32,7 +32,7 @@ _STRING_COLUMNS = {"host", "vm"}
 
 
 def write_results(result: RunResult, out: Path, *, force: bool = False,
-                  provenance: dict[str, Any] | None = None, figures: FigureProcesses | None = None) -> list[Path]:
+                  provenance: dict[str, Any] | None = None, figures: FigureProcess | None = None) -> list[Path]:
     """Write every output file into `out`, a results folder replaced whole (`report.outdir`: a
     folder of something else raises OutFolderError); return their paths. The figures are drawn by
     `figures` if given (at the same time as the other files are written), else here."""
