@@ -1,7 +1,8 @@
 """The figures drawn in a process of their own, forked before the run: importing matplotlib (about
 half a second) then overlaps the simulation, and the figures are drawn while the run's process
-writes the other results files. The fork shares every module imported by then, so this costs
-the machine no more work than drawing in the run's process: only the order changes. `pvtime run`
+writes the other results files, the two figures at the same time (the process forks once more
+to draw the second). A fork shares every module imported by then, so this costs the machine no
+more work than drawing in the run's process: only the order changes. `pvtime run`
 uses it where processes can fork; drawn here or in the run's process (`pvtime.report.figures`), a
 figure has the same bytes.
 
@@ -13,11 +14,12 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pvtime.report.figure_data import figure_data
+from pvtime.report.figure_data import FigureData, figure_data
 
 if TYPE_CHECKING:
     from multiprocessing.context import ForkProcess
@@ -45,7 +47,7 @@ class FigureProcess:
     def __init__(self) -> None:
         self._conn, child = multiprocessing.get_context("fork").Pipe()
         self._proc: ForkProcess = multiprocessing.get_context("fork").Process(
-            target=_draw, args=(child,), name="pvtime figures", daemon=True)
+            target=_draw, args=(child,), name="pvtime figures")  # not a daemon: it forks
         self._proc.start()
         child.close()
         self._sent = False
@@ -103,13 +105,36 @@ def _draw(conn: Connection) -> None:
             return
         if job is None:
             return
-        answer: BaseException | None = None
+        data, out = job
+        # the occupancy figure in a fork of this process, at the same time as the steal figure here
+        theirs, mine = multiprocessing.get_context("fork").Pipe(duplex=False)
+        other = multiprocessing.get_context("fork").Process(
+            target=_draw_one, args=(figures.occupancy_figure, data, out / "occupancy.png", mine))
+        other.start()
+        mine.close()
+        answer = _attempt(figures.steal_figure, data, out / "steal.png")
         try:
-            data, out = job
-            figures.steal_figure(data, out / "steal.png")
-            figures.occupancy_figure(data, out / "occupancy.png")
-        except Exception as exc:  # noqa: BLE001 - passed on to the run's process
-            answer = exc
+            answer = theirs.recv() if answer is None else answer
+        except EOFError:
+            answer = FigureError("the occupancy figure's process ended without an answer")
+        other.join()
+    _answer(conn, answer)
+
+
+def _draw_one(draw: Callable[[FigureData, Path], None], data: FigureData, path: Path, conn: Connection) -> None:
+    _answer(conn, _attempt(draw, data, path))
+
+
+def _attempt(draw: Callable[[FigureData, Path], None], data: FigureData, path: Path) -> BaseException | None:
+    """Draw; the exception raised, if any."""
+    try:
+        draw(data, path)
+    except Exception as exc:  # noqa: BLE001 - passed on to the run's process
+        return exc
+    return None
+
+
+def _answer(conn: Connection, answer: BaseException | None) -> None:
     try:
         conn.send(answer)
     except Exception:  # noqa: BLE001 - an exception that does not pickle: its text
