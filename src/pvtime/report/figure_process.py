@@ -136,6 +136,11 @@ def _attempt(draw: Callable[[FigureData, Path], None], data: FigureData, path: P
 
 def _answer(conn: Connection, answer: BaseException | None) -> None:
     try:
-        conn.send(answer)
-    except Exception:  # noqa: BLE001 - an exception that does not pickle: its text
-        conn.send(FigureError(f"drawing the figures: {answer!r}"))
+        try:
+            conn.send(answer)
+        except OSError:
+            raise
+        except Exception:  # noqa: BLE001 - an exception that does not pickle: its text
+            conn.send(FigureError(f"drawing the figures: {answer!r}"))
+    except OSError:  # the run no longer waits for the answer (it failed on its side)
+        pass
