@@ -27,24 +27,19 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import shutil
 import statistics
-import subprocess
 import heapq
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import loadavg, machine_line  # noqa: E402
+import common  # noqa: E402
+from common import ROOT, baseline_worktree, describe_tree, loadavg, machine_line  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 BASELINE = "a787f9b"  # the last commit before the tick and EEVDF (issue 8)
 POLICIES = ("eevdf", "cfs")
 MAX_SLOWDOWN = 2.0  # issue 8: the tick must not make the simulation more than 2x slower
@@ -182,54 +177,9 @@ def worker(job: dict[str, Any]) -> None:
 
 # --- the driver: no pvtime import, one subprocess per measurement ---------------------------
 
-def _git(*args: str, cwd: Path = ROOT) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
-
-
-@contextmanager
-def baseline_worktree(commit: str) -> Iterator[Path]:
-    """`commit` checked out in a temporary worktree (an existing one at that commit is reused)."""
-    sha = _git("rev-parse", "--verify", f"{commit}^{{commit}}")
-    path = Path(tempfile.gettempdir()) / f"pvtime-bench-{commit}"
-    registered = f"worktree {path}" in _git("worktree", "list", "--porcelain").splitlines()
-    reuse = registered and path.is_dir() and _head(path) == sha
-    if not reuse:
-        if registered and path.is_dir():
-            _git("worktree", "remove", "--force", str(path))
-        shutil.rmtree(path, ignore_errors=True)
-        _git("worktree", "prune")
-        _git("worktree", "add", "--detach", str(path), sha)
-    try:
-        yield path
-    finally:
-        _git("worktree", "remove", "--force", str(path))
-        _git("worktree", "prune")
-
-
-def _head(path: Path) -> str | None:
-    try:
-        return _git("rev-parse", "HEAD", cwd=path)
-    except subprocess.CalledProcessError:
-        return None
-
-
 def spawn(src: Path, job: dict[str, Any]) -> dict[str, Any]:
-    """Run one measurement in a fresh interpreter with `src` first on its path."""
-    env = dict(os.environ, PYTHONPATH=str(src))
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], env=env,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"measurement {job} under {src} failed:\n{proc.stderr}")
-    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    if "pvtime" in out and not Path(out["pvtime"]).resolve().is_relative_to(src.resolve()):
-        raise SystemExit(f"measurement {job} imported {out['pvtime']}, not the tree under {src}")
-    return out
-
-
-def describe_tree() -> str:
-    head = _git("rev-parse", "--short", "HEAD")
-    dirty = _git("status", "--porcelain", "--", "src")
-    return f"{head}{' + uncommitted changes in src/' if dirty else ''}"
+    """Run one measurement of this script in a fresh interpreter with `src` first on its path."""
+    return common.spawn(__file__, src, job)
 
 
 Samples = dict[str, list[dict[str, Any]]]

@@ -139,3 +139,16 @@ def test_the_migration_table_does_not_repeat_whole_run_values() -> None:
     body = rows(text)
     assert body["w"][:2] == ["a>b", "25 MHz>1 GHz"] or body["w"][:2] == ["b>a", "1 GHz>25 MHz"]
     assert "(!)" not in text  # a VM with LPT crosses frequencies as it should
+
+
+def test_the_console_width_given_or_not_the_table_prints_the_same() -> None:
+    result = run(scenario.parse(OVERCOMMIT))
+    for width in (200, 100, 60):  # wide enough for the columns' contents, and too narrow for them
+        printed = []
+        for given in (None, width):
+            console = Console(width=width, record=True, file=io.StringIO())
+            console.print(summary_table(result, given))
+            printed.append(console.export_text())
+        assert printed[0] == printed[1], width
+    fitted = summary_table(result, 200)
+    assert all(col.width is not None for col in fitted.columns)  # widths set: rich measures no cell

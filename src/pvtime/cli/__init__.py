@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +23,8 @@ from pvtime.cli.exits import (
     EPILOG, EXIT_DIFFERENT, EXIT_OK, EXIT_TIME_LIMIT, EXIT_VM_FAILED, Answer, ToolError, fail_json,
 )
 from pvtime.cli.params import GuestImage, HostPort, Integer, Seeds, Setting
-from pvtime.cli.runfolder import no_library_warnings as _no_library_warnings
 from pvtime.cli.runfolder import write_run
+from pvtime.report.quiet import no_library_warnings as _no_library_warnings
 
 if TYPE_CHECKING:
     from pvtime.calibrate.workloads import Workload
@@ -127,6 +127,7 @@ def _run(name: str | None, out: Path | None, force: bool, overrides: list[Overri
     with _no_library_warnings():  # importing matplotlib may announce that it builds its font cache
         from pvtime.report import migration_table, summary_table
         from pvtime.report.files import summary
+    from pvtime.report.figure_process import FigureProcess, can_fork
     from pvtime.report.outdir import OutFolderError, check
     from pvtime.report.provenance import now_utc
     from pvtime.sim import scenario as scenarios
@@ -164,32 +165,33 @@ def _run(name: str | None, out: Path | None, force: bool, overrides: list[Overri
         if not yes:
             raise ToolError(f"{estimate}: over {CONFIRM_ABOVE_S:g} s, pass --yes to run it")
         note(f"pvtime: {estimate}")
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
-                  TextColumn("{task.fields[virtual]}"), TimeElapsedColumn(), console=err,
-                  disable=no_progress or not err.is_terminal, transient=True) as bar:
-        job = bar.add_task(f"{sc.spec.name}", total=sc.spec.duration_ms, virtual="")
+    with FigureProcess() if can_fork() else nullcontext() as figures:  # matplotlib's import overlaps the run
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
+                      TextColumn("{task.fields[virtual]}"), TimeElapsedColumn(), console=err,
+                      disable=no_progress or not err.is_terminal, transient=True) as bar:
+            job = bar.add_task(f"{sc.spec.name}", total=sc.spec.duration_ms, virtual="")
 
-        def progress(now_ns: int, total_ns: int) -> None:
-            bar.update(job, completed=now_ns / 1e6, virtual=f"{now_ns / 1e9:.2f}/{total_ns / 1e9:.2f} s virtual")
+            def progress(now_ns: int, total_ns: int) -> None:
+                bar.update(job, completed=now_ns / 1e6, virtual=f"{now_ns / 1e9:.2f}/{total_ns / 1e9:.2f} s virtual")
 
-        result = run_scenario(sc, progress)
-    if not (quiet or as_json):
-        console.print(summary_table(result))
-        if result.migrations:
-            console.print(migration_table(result))
-        for vm in result.vms:
-            if vm.stopped is not None:
-                at = "" if vm.stopped_ns is None else f" at {vm.stopped_ns / 1e6:.1f} ms"
-                # A guest that exits with status 0 (semihosting) has finished its job: not a failure.
-                style = "green" if vm.exit_status == 0 else "red"
-                console.print(f"[{style}]{vm.name} stopped{at}:[/{style}] {vm.stopped}", markup=True, highlight=False)
-    try:
-        paths = write_run(result, sc, folder, force=force, argv=sys.orig_argv, started=started,
-                          wall_s=time.perf_counter() - t0)
-    except OutFolderError as exc:
-        raise ToolError(str(exc)) from None
-    except OSError as exc:
-        raise ToolError(f"{folder}: cannot write the results: {exc.strerror or exc}") from None
+            result = run_scenario(sc, progress)
+        if not (quiet or as_json):
+            console.print(summary_table(result, console.width))
+            if result.migrations:
+                console.print(migration_table(result))
+            for vm in result.vms:
+                if vm.stopped is not None:
+                    at = "" if vm.stopped_ns is None else f" at {vm.stopped_ns / 1e6:.1f} ms"
+                    # A guest that exits with status 0 (semihosting) has finished its job: not a failure.
+                    style = "green" if vm.exit_status == 0 else "red"
+                    console.print(f"[{style}]{vm.name} stopped{at}:[/{style}] {vm.stopped}", markup=True, highlight=False)
+        try:
+            paths = write_run(result, sc, folder, force=force, argv=sys.orig_argv, started=started,
+                              wall_s=time.perf_counter() - t0, figures=figures)
+        except OutFolderError as exc:
+            raise ToolError(str(exc)) from None
+        except OSError as exc:
+            raise ToolError(f"{folder}: cannot write the results: {exc.strerror or exc}") from None
     if as_json:
         click.echo(Answer(EXIT_OK, data={"results": str(folder), "files": [p.name for p in paths],
                                          "summary": summary(result)}).to_json())

@@ -4,44 +4,29 @@ terminal."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pvtime.report.quiet import no_library_warnings
+
 if TYPE_CHECKING:
+    from pvtime.report.figure_process import FigureProcess
     from pvtime.sim.results import RunResult
     from pvtime.sim.scenario import Scenario
 
 
-@contextmanager
-def no_library_warnings() -> Iterator[None]:
-    """Figures are for people, who look at them: matplotlib's layout warnings and log lines are not
-    for the terminal."""
-    import logging
-    import warnings
-
-    logger = logging.getLogger("matplotlib")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 def write_run(result: RunResult, scenario: Scenario, folder: Path, *, force: bool, argv: Sequence[str],
-              started: datetime, wall_s: float) -> list[Path]:
+              started: datetime, wall_s: float, figures: FigureProcess | None = None) -> list[Path]:
     """Write `result`, a run of `scenario` begun at `started` that took `wall_s` seconds, into
     `folder` (replaced whole: `pvtime.report.outdir`), with provenance.json naming `argv` and the
-    scenario's overrides; return the files' paths. Raises OutFolderError or OSError."""
+    scenario's overrides; return the files' paths. The figures are drawn by `figures` if given,
+    else here. Raises OutFolderError or OSError."""
     with no_library_warnings():  # importing matplotlib may announce that it builds its font cache
         from pvtime.report import write_results
         from pvtime.report.provenance import provenance
 
         prov = provenance(scenario, argv=list(argv), started=started, wall_s=wall_s,
                           overrides={o.path: o.value for o in scenario.overrides})
-        return write_results(result, folder, force=force, provenance=prov)
+        return write_results(result, folder, force=force, provenance=prov, figures=figures)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import matplotlib
 
@@ -19,13 +19,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
 from matplotlib.colors import Colormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
-from pvtime.sim.recorder import CATEGORIES  # noqa: E402
-from pvtime.sim.results import RunResult  # noqa: E402
+from pvtime.report.figure_data import FigureData, figure_data  # noqa: E402
+
+if TYPE_CHECKING:
+    from pvtime.sim.results import RunResult
 
 _METADATA = {"Software": None}
 _DPI = 100
@@ -45,28 +48,30 @@ _LINES_UP_TO = 10  # vCPUs drawn a line each (a colour each); past that, a line 
 _GROUPS_UP_TO = 10  # VMs drawn a line each in the heatmap figure; past that, one line for all vCPUs
 _PANELS_UP_TO = 16  # host CPUs drawn a panel each; past that, a panel per host and a heatmap
 _LABELLED_ROWS_UP_TO = 40  # heatmap row groups (VMs, hosts) named on the axis
+_PANEL_GAP = 25.0  # between the occupancy panels of the CPUs, in % of a panel's height (subplots' hspace)
 _NO_VALUE = "0.82"  # the heatmaps' grey for "no value"
 
 
-def steal_figure(result: RunResult, path: Path) -> None:
+def steal_figure(result: RunResult | FigureData, path: Path) -> None:
     """Write `steal_plot` as a PNG."""
     _save(steal_plot(result), path)
 
 
-def occupancy_figure(result: RunResult, path: Path) -> None:
+def occupancy_figure(result: RunResult | FigureData, path: Path) -> None:
     """Write `occupancy_plot` as a PNG."""
     _save(occupancy_plot(result), path)
 
 
-def steal_plot(result: RunResult) -> Figure:
+def steal_plot(result: RunResult | FigureData) -> Figure:
     """Cumulative steal per vCPU (each view a step line) and the host truth's steal rate over
     windows of ~100 ms (at most 100 %): a line per vCPU, or past `_LINES_UP_TO` vCPUs a line per
     VM (the mean of its vCPUs, with the range of the host truth as a band) and a heatmap with a
     row per vCPU. The caller closes the figure (`matplotlib.pyplot.close`)."""
-    rates = steal_rates(result)
-    if len(result.vcpus) <= _LINES_UP_TO:
-        return _steal_lines(result, rates)
-    return _steal_heatmap(result, rates)
+    data = figure_data(result)
+    rates = steal_rates(data)
+    if len(data.vcpus) <= _LINES_UP_TO:
+        return _steal_lines(data, rates)
+    return _steal_heatmap(data, rates)
 
 
 @dataclass(frozen=True)
@@ -84,27 +89,30 @@ class StealRates:
         return f"{w / 1e6:g} ms"
 
 
-def steal_rates(result: RunResult) -> StealRates:
+def steal_rates(run: RunResult | FigureData) -> StealRates:
     """The host truth's steal rate of each vCPU over windows of ~100 ms (of the sample interval
     in a run too short for `_MIN_WINDOWS` such windows)."""
+    result = figure_data(run)
     grid = result.grid_ns
     samples = len(grid) - 1  # intervals
-    per_window = max(1, min(_RATE_WINDOW_NS // (result.spec.sample_ms * 1_000_000), samples // _MIN_WINDOWS))
+    per_window = max(1, min(_RATE_WINDOW_NS // (result.sample_ms * 1_000_000), samples // _MIN_WINDOWS))
     idx = np.append(np.arange(0, samples, per_window), samples) if samples else np.array([0])
-    pct = np.full((len(result.vcpus), max(len(idx) - 1, 0)), np.nan)
-    for r, row in enumerate(result.vcpus):
-        cols = result.series[f"{row.vm}/vcpu{row.vcpu}"]
-        truth = np.ma.filled(np.ma.masked_array(cols["host_wait_ns"], dtype=float), np.nan)[idx]
-        ran = ~np.isnan(truth)
-        start = np.where(ran[:-1], truth[:-1], 0.0)  # counts start at 0 when the vCPU first runs
-        rate = 100.0 * (truth[1:] - start) / np.maximum(np.diff(grid[idx]), 1)
-        calls = cols["pv_time_st_calls"][idx]
-        rate[(np.diff(calls) != 0) & ran[:-1]] = np.nan  # PV_TIME_ST restarted a running count
-        pct[r] = rate  # NaN where the vCPU had not run by the window's end
+    if not result.vcpus:
+        return StealRates(grid[idx].astype(np.int64), np.full((0, max(len(idx) - 1, 0)), np.nan))
+    cols = [result.series[f"{row.vm}/vcpu{row.vcpu}"] for row in result.vcpus]
+    # one (vCPUs, samples) array per column: the same arithmetic as a vCPU at a time, at once
+    truth = np.ma.filled(np.ma.masked_array(np.ma.stack([c["host_wait_ns"] for c in cols]), dtype=float),
+                         np.nan)[:, idx]
+    ran = ~np.isnan(truth)
+    start = np.where(ran[:, :-1], truth[:, :-1], 0.0)  # counts start at 0 when the vCPU first runs
+    pct = 100.0 * (truth[:, 1:] - start) / np.maximum(np.diff(grid[idx]), 1)
+    calls = np.stack([np.asarray(c["pv_time_st_calls"]) for c in cols])[:, idx]
+    pct[(np.diff(calls, axis=1) != 0) & ran[:, :-1]] = np.nan  # PV_TIME_ST restarted a running count
+    # NaN where the vCPU had not run by the window's end
     return StealRates(grid[idx].astype(np.int64), pct)
 
 
-def _steal_lines(result: RunResult, rates: StealRates) -> Figure:
+def _steal_lines(result: FigureData, rates: StealRates) -> Figure:
     t_s = result.grid_ns / 1e9
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(_WIDTH_IN, 7), sharex=True)
     handles = []
@@ -116,7 +124,7 @@ def _steal_lines(result: RunResult, rates: StealRates) -> Figure:
         handles.append(Line2D([], [], color=color, label=f"{row.vm}/{row.vcpu}"))
         _stairs(bottom, rates.pct[i], rates.edges_ns / 1e9, color=color)
     top.set_ylabel("cumulative steal (ms)")
-    top.set_title(f"{result.spec.name}: steal per vCPU")
+    top.set_title(f"{result.name}: steal per vCPU")
     top.legend(handles=_view_handles() + handles, fontsize=_LEGEND_FONT, loc="upper left",
                bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     bottom.set_ylabel(f"host truth: steal, % of each {rates.window_label}")
@@ -127,7 +135,7 @@ def _steal_lines(result: RunResult, rates: StealRates) -> Figure:
     return fig
 
 
-def _steal_heatmap(result: RunResult, rates: StealRates) -> Figure:
+def _steal_heatmap(result: FigureData, rates: StealRates) -> Figure:
     rows = result.vcpus
     vms = list(dict.fromkeys(r.vm for r in rows))
     heat_in = _heat_height(len(rows))
@@ -154,7 +162,7 @@ def _steal_heatmap(result: RunResult, rates: StealRates) -> Figure:
                              label=f"{label} ({n} vCPU{'s' if n > 1 else ''})" if len(groups) > 1 or n != len(rows)
                              else label))
     top.set_ylabel("cumulative steal per vCPU (ms)")
-    top.set_title(f"{result.spec.name}: steal of {len(rows)} vCPUs" + (f" in {len(vms)} VMs" if len(vms) > 1 else ""))
+    top.set_title(f"{result.name}: steal of {len(rows)} vCPUs" + (f" in {len(vms)} VMs" if len(vms) > 1 else ""))
     note = Line2D([], [], color="none", label="line: the mean over the vCPUs\nthat have run; band: the host\n"
                                               "truth's lowest to highest")
     top.legend(handles=_view_handles() + [note] + handles, fontsize=_LEGEND_FONT, loc="upper left",
@@ -172,57 +180,77 @@ def _steal_heatmap(result: RunResult, rates: StealRates) -> Figure:
     return fig
 
 
-def occupancy_plot(result: RunResult) -> Figure:
+def occupancy_plot(run: RunResult | FigureData) -> Figure:
     """The share of each sample interval each host CPU spent on vCPUs, VMM threads and noise:
     stacked steps in a panel per CPU, or past `_PANELS_UP_TO` CPUs a panel per host (the mean of
     its CPUs) and a heatmap of each CPU's busy share. The caller closes the figure."""
+    result = figure_data(run)
     keys = list(result.occupancy)  # the scenario's hosts in order, each CPU in order
     if len(keys) <= _PANELS_UP_TO:
         return _occupancy_panels(result, keys)
     return _occupancy_heatmap(result, keys)
 
 
-def _bins(result: RunResult, nbins: int) -> tuple[np.ndarray, np.ndarray]:
+def _bins(result: FigureData, nbins: int) -> tuple[np.ndarray, np.ndarray]:
     """The sample intervals' edges (s) and widths (ns); the last one ends at the end of the run."""
-    sample = int(result.spec.sample_ms * 1_000_000)
+    sample = int(result.sample_ms * 1_000_000)
     starts = np.arange(nbins, dtype=np.int64) * sample
     edges = np.append(starts, min(nbins * sample, result.duration_ns)) if nbins else np.array([0])
     return edges / 1e9, np.maximum(np.diff(edges), 1)
 
 
-def _stacked(ax: Axes, busy: np.ndarray, edges_s: np.ndarray, width: np.ndarray) -> None:
-    """Stacked step areas: each category's share (%) of each interval on top of the ones before."""
+def _stacked(ax: Axes, busy: np.ndarray, edges_s: np.ndarray, width: np.ndarray, categories: tuple[str, ...],
+             y0: float = 0.0) -> None:
+    """Stacked step areas from `y0` up: each category's share (%) of each interval on top of the
+    ones before."""
     base = np.zeros(busy.shape[1])
-    for c, cat in enumerate(CATEGORIES):
+    for c, cat in enumerate(categories):
         top = base + 100.0 * busy[c] / width
         # fill_between's steps, not stairs(): a StepPatch's data limits cost a Python loop per step
-        ax.fill_between(edges_s, np.append(top, top[-1:]), np.append(base, base[-1:]), step="post",
+        ax.fill_between(edges_s, y0 + np.append(top, top[-1:]), y0 + np.append(base, base[-1:]), step="post",
                         color=_COLORS[cat], linewidth=0)
         base = top
-    ax.set_ylim(0, 100)
     ax.set_xlim(edges_s[0], edges_s[-1])
 
 
-def _category_handles() -> list[Patch]:
-    return [Patch(color=_COLORS[cat], label=cat) for cat in CATEGORIES] + [
+def _category_handles(categories: tuple[str, ...]) -> list[Patch]:
+    return [Patch(color=_COLORS[cat], label=cat) for cat in categories] + [
         Patch(facecolor="white", edgecolor="0.6", label="idle")]
 
 
-def _occupancy_panels(result: RunResult, keys: list[tuple[str, int]]) -> Figure:
-    fig, axes = plt.subplots(len(keys), 1, figsize=(_WIDTH_IN, 1.2 * len(keys) + 1.1), sharex=True, squeeze=False)
+def _occupancy_panels(result: FigureData, keys: list[tuple[str, int]]) -> Figure:
+    """A panel per CPU, top to bottom, each 0-100 % with its name on the left: drawn as bands of
+    one axes, which costs a third of what as many axes cost (their ticks), and looks the same."""
+    n = len(keys)
+    fig = plt.figure(figsize=(_WIDTH_IN, 1.2 * n + 1.1))
+    ax = fig.add_subplot()
     edges_s, width = _bins(result, next(iter(result.occupancy.values())).shape[1])
-    for ax, key in zip(axes[:, 0], keys):
-        _stacked(ax, result.occupancy[key], edges_s, width)
-        ax.set_ylabel(f"{key[0]}\ncpu{key[1]} %", fontsize=8)
-    axes[0, 0].set_title(f"{result.spec.name}: host CPU occupancy (share of each {result.spec.sample_ms} ms)")
-    axes[0, 0].legend(handles=_category_handles(), fontsize=_LEGEND_FONT, loc="upper left",
-                      bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    axes[-1, 0].set_xlabel("virtual time (s)")
-    _margins(fig, hspace=0.25, right_in=1.0)
+    step = 100.0 + _PANEL_GAP
+    bottoms = [(n - 1 - i) * step for i in range(n)]
+    for key, y0 in zip(keys, bottoms):
+        _stacked(ax, result.occupancy[key], edges_s, width, result.categories, y0)
+        ax.add_patch(Rectangle((edges_s[0], y0), edges_s[-1] - edges_s[0], 100.0, fill=False, linewidth=0.8,
+                               edgecolor="black", clip_on=False))  # the panel's frame
+        ax.text(-0.055, y0 + 50.0, f"{key[0]}\ncpu{key[1]} %", transform=ax.get_yaxis_transform(), rotation=90,
+                ha="center", va="center", fontsize=8)
+    ax.set_yticks([y0 + v for y0 in bottoms for v in (0, 50, 100)], ["0", "50", "100"] * n)
+    ax.set_ylim(0, (n - 1) * step + 100.0)
+    ax.spines[:].set_visible(False)
+    _margins(fig, hspace=0.0, right_in=1.0)
+    # the time axis's tick marks at the foot of every panel above the lowest, as separate panels have
+    ticks = [x for x in ax.get_xticks() if edges_s[0] <= x <= edges_s[-1]]
+    axes_h_in = fig.get_figheight() * (fig.subplotpars.top - fig.subplotpars.bottom)
+    mark = 3.5 / 72 * ((n - 1) * step + 100.0) / axes_h_in  # matplotlib's 3.5-point tick length, in data units
+    ax.add_collection(LineCollection([[(x, y0), (x, y0 - mark)] for y0 in bottoms[:-1] for x in ticks],
+                                     colors="black", linewidths=0.8, clip_on=False))
+    ax.set_title(f"{result.name}: host CPU occupancy (share of each {result.sample_ms} ms)")
+    ax.legend(handles=_category_handles(result.categories), fontsize=_LEGEND_FONT, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.set_xlabel("virtual time (s)")
     return fig
 
 
-def _occupancy_heatmap(result: RunResult, keys: list[tuple[str, int]]) -> Figure:
+def _occupancy_heatmap(result: FigureData, keys: list[tuple[str, int]]) -> Figure:
     hosts = list(dict.fromkeys(h for h, _ in keys))
     heat_in = _heat_height(len(keys))
     panel_in = 1.3
@@ -234,13 +262,14 @@ def _occupancy_heatmap(result: RunResult, keys: list[tuple[str, int]]) -> Figure
     for h, host in enumerate(hosts):
         ax = fig.add_subplot(gs[h, 0], sharex=heat)
         cpus = [result.occupancy[k] for k in keys if k[0] == host]
-        _stacked(ax, np.mean(cpus, axis=0), edges_s, width)
+        _stacked(ax, np.mean(cpus, axis=0), edges_s, width, result.categories)
+        ax.set_ylim(0, 100)
         ax.set_ylabel(f"{host}\n{len(cpus)} CPUs, %", fontsize=8)
         plt.setp(ax.get_xticklabels(), visible=False)
         if h == 0:
-            ax.set_title(f"{result.spec.name}: host CPU occupancy (share of each {result.spec.sample_ms} ms; "
+            ax.set_title(f"{result.name}: host CPU occupancy (share of each {result.sample_ms} ms; "
                          "per host: the mean of its CPUs)")
-            ax.legend(handles=_category_handles(), fontsize=_LEGEND_FONT, loc="upper left",
+            ax.legend(handles=_category_handles(result.categories), fontsize=_LEGEND_FONT, loc="upper left",
                       bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     busy = np.array([100.0 * result.occupancy[k].sum(axis=0) / width for k in keys])
     mesh = heat.pcolormesh(edges_s, np.arange(len(keys) + 1), busy, cmap=_heat_cmap(), vmin=0, vmax=100,
@@ -248,7 +277,7 @@ def _occupancy_heatmap(result: RunResult, keys: list[tuple[str, int]]) -> Figure
     left_in = _row_groups(heat, [(host, sum(1 for k in keys if k[0] == host)) for host in hosts], "CPU")
     heat.set_xlabel("virtual time (s)")
     bar = fig.colorbar(mesh, cax=fig.add_subplot(gs[-1, 1]))
-    bar.set_label(f"busy, % of each {result.spec.sample_ms} ms\n(vCPUs, VMM threads, noise)", fontsize=8)
+    bar.set_label(f"busy, % of each {result.sample_ms} ms\n(vCPUs, VMM threads, noise)", fontsize=8)
     _margins(fig, hspace=0.25, left_in=left_in, right_in=1.4)
     return fig
 

@@ -6,18 +6,20 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pvtime.report import outdir
-from pvtime.report.figures import occupancy_figure, steal_figure
 from pvtime.report.provenance import FILE as PROVENANCE_FILE
 from pvtime.sim.recorder import CATEGORIES, CPU_TRACK_BASE, STEAL_COLUMNS, trace_us
 from pvtime.sim.results import RunResult
 from pvtime.sim.scenario import MigrationRoute, migration_routes
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from pvtime.report.figure_process import FigureProcess
 
 # The version of the results files' shape (summary.json's keys, the series' columns...): raised when
 # a change would mislead a reader of the old shape. summary.json carries it as `schema_version`.
@@ -30,19 +32,25 @@ _STRING_COLUMNS = {"host", "vm"}
 
 
 def write_results(result: RunResult, out: Path, *, force: bool = False,
-                  provenance: dict[str, Any] | None = None) -> list[Path]:
+                  provenance: dict[str, Any] | None = None, figures: FigureProcess | None = None) -> list[Path]:
     """Write every output file into `out`, a results folder replaced whole (`report.outdir`: a
-    folder of something else raises OutFolderError); return their paths."""
+    folder of something else raises OutFolderError); return their paths. The figures are drawn by
+    `figures` if given (at the same time as the other files are written), else here."""
     outdir.claim(out, force=force)
+    drawn = [] if figures is None else figures.send(result, out)
     written = []
     series = series_columns(result)
     occupancy = occupancy_columns(result)
     for name, cols in (("series", series), ("occupancy", occupancy)):
         written.append(_write_csv(out / f"{name}.csv", cols))
         written.append(_write_parquet(out / f"{name}.parquet", cols, _schema(cols)))
-    steal_figure(result, out / "steal.png")
-    occupancy_figure(result, out / "occupancy.png")
-    written += [out / "steal.png", out / "occupancy.png"]
+    if figures is None:
+        from pvtime.report.figures import occupancy_figure, steal_figure  # matplotlib: only when drawing
+
+        steal_figure(result, out / "steal.png")
+        occupancy_figure(result, out / "occupancy.png")
+        drawn = [out / "steal.png", out / "occupancy.png"]
+    written += drawn
     if result.spec.trace:
         written.append(_write_json(out / "trace.json", trace_document(result), indent=None))
     written.append(_write_json(out / "summary.json", summary(result), indent=2))
@@ -51,6 +59,8 @@ def write_results(result: RunResult, out: Path, *, force: bool = False,
             written.append(_write_text(out / console_file(vm.name), vm.console))
     if provenance is not None:
         written.append(_write_json(out / PROVENANCE_FILE, provenance, indent=2))
+    if figures is not None:
+        figures.wait()
     outdir.seal(out, [p.name for p in written])
     return written
 
@@ -191,16 +201,46 @@ def _write_csv(path: Path, cols: dict[str, list[Any]]) -> Path:
 
 def _schema(cols: dict[str, list[Any]]) -> pa.Schema:
     """Strings for names, int64 for the rest: a column of gaps only is still typed."""
+    import pyarrow as pa
+
     return pa.schema([(c, pa.string() if c in _STRING_COLUMNS else pa.int64()) for c in cols])
 
 
 def _write_parquet(path: Path, cols: dict[str, list[Any]], schema: pa.Schema) -> Path:
-    pq.write_table(pa.table(cols, schema=schema), path)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrays = [_arrow_array(cols[field.name], field.type) for field in schema]
+    pq.write_table(pa.Table.from_arrays(arrays, schema=schema), path)
     return path
 
 
+def _arrow_array(values: list[Any], kind: pa.DataType) -> pa.Array:
+    """A string or int64 Arrow array of `values` (None: null), built from its buffers: the same
+    array `pyarrow.array` builds, without the pandas import (about half a second) that
+    `pyarrow.array` makes on its first call to look for pandas types."""
+    import pyarrow as pa
+
+    nulls = np.fromiter((v is None for v in values), dtype=bool, count=len(values))
+    null_count = int(nulls.sum())
+    validity = pa.py_buffer(np.packbits(~nulls, bitorder="little")) if null_count else None
+    if kind == pa.string():
+        data = [b"" if v is None else str(v).encode("utf-8") for v in values]
+        offsets = np.zeros(len(data) + 1, dtype=np.int32)
+        np.cumsum([len(b) for b in data], out=offsets[1:])
+        buffers = [validity, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))]
+    elif kind == pa.int64():
+        ints = np.fromiter((0 if v is None else v for v in values), dtype=np.int64, count=len(values))
+        buffers = [validity, pa.py_buffer(ints)]
+    else:
+        raise TypeError(f"no Arrow column of {kind}")
+    return pa.Array.from_buffers(kind, len(values), buffers, null_count=null_count)
+
+
 def _write_json(path: Path, doc: Any, *, indent: int | None) -> Path:
+    # dumps, not dump: without indent, dumps takes the C encoder, and dump never does
+    text = json.dumps(doc, sort_keys=True, indent=indent, separators=(",", ": ") if indent else (",", ":"))
     with path.open("w", encoding="utf-8") as f:
-        json.dump(doc, f, sort_keys=True, indent=indent, separators=(",", ": ") if indent else (",", ":"))
+        f.write(text)
         f.write("\n")
     return path

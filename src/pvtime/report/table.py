@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from itertools import groupby
 
+from rich.cells import cell_len
 from rich.table import Table
 
 from pvtime.sim.results import RunResult, VcpuRow
@@ -30,8 +31,10 @@ def _hz(hz: int) -> str:
     return f"{hz} Hz"
 
 
-def summary_table(result: RunResult) -> Table:
-    """One row per vCPU."""
+def summary_table(result: RunResult, width: int | None = None) -> Table:
+    """One row per vCPU. Given the console's `width`, a table that fits in it has its columns'
+    widths set to their contents': the same table, and rich no longer measures each cell to find
+    them (a third of the time a table of 1024 vCPUs takes to print)."""
     spec = result.spec
     table = Table(title=f"{spec.name}: steal per vCPU after {spec.duration_ms} ms (seed {spec.seed})",
                   caption_justify="left")
@@ -70,7 +73,18 @@ def summary_table(result: RunResult) -> Table:
         if vm.exit_status is not None:
             table.caption += f"\n{vm.name}: guest exit status {vm.exit_status}" + (
                 "" if vm.exit_status == 0 else " (FAILED)")
+    if width is not None:
+        _fix_widths(table, width)
     return table
+
+
+def _fix_widths(table: Table, width: int) -> None:
+    """Each column as wide as its widest cell (header included), if the table then fits `width`."""
+    widths = [max(cell_len(str(cell)) for cell in (col.header, *col.cells)) for col in table.columns]
+    borders = 3 * len(widths) + 1  # a space either side of each cell, a rule between and around them
+    if sum(widths) + borders <= width:
+        for col, w in zip(table.columns, widths):
+            col.width = w
 
 
 def never_ran(row: VcpuRow) -> bool:
