@@ -147,13 +147,13 @@ def spawn(src: Path, calls: int, peers: bool, native: str | None = None) -> dict
 def report_trap_costs(calls: int, runs: int, baseline: bool) -> None:
     from contextlib import nullcontext
 
-    from bench_sim import baseline_worktree  # the worktree helper bench_sim.py uses
+    from common import baseline_worktree
 
     here = Path(__file__).resolve().parents[1] / "src"
     samples: dict[str, list[float]] = {}
     print(f"trap costs from guest code, median of {runs} runs of {calls:,} each, interleaved; "
           f"load before: {loadavg()}")
-    with baseline_worktree(BASELINE) if baseline else nullcontext() as tree:
+    with baseline_worktree(BASELINE, "unicorn") if baseline else nullcontext() as tree:
         for _ in range(runs):
             variants = [("", here, None, True), (" (Python twins)", here, "0", False)]
             if tree is not None:
