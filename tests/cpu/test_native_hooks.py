@@ -25,17 +25,13 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import SymbolTableSection
-from unicorn import UC_ARCH_ARM64, UC_ARCH_X86, UC_HOOK_CODE, UC_MODE_64, UC_MODE_ARM, UC_PROT_ALL, Uc
-from unicorn import arm64_const as A
-from unicorn import x86_const as X
+from unicorn import UC_HOOK_CODE, UC_PROT_ALL, Uc
 
 from pvtime.cpu.unicorn import UnicornCpu
 from pvtime.cpu.unicorn.native import NATIVE_ENV, native_hook
+from tests.cpu.shipped import ABIS, SHIPPED, set_up_call, shipped
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = REPO / "src" / "pvtime" / "native"
 
 
 def _load_build(path: Path) -> ModuleType:
@@ -54,11 +50,11 @@ needs_zig = pytest.mark.skipif(importlib.util.find_spec("ziglang") is None,
 @needs_zig
 @pytest.mark.parametrize(("name", "arch"), build.targets())
 def test_shipped_shared_object_matches_its_source(name: str, arch: str, tmp_path: Path) -> None:
-    shipped = SHIPPED / f"{name}.{arch}.so"
-    assert shipped.is_file(), f"{shipped} is missing: run `python native/build.py`"
+    ours = SHIPPED / f"{name}.{arch}.so"
+    assert ours.is_file(), f"{ours} is missing: run `python native/build.py`"
     built = build.build(name, arch, tmp_path)
-    assert built.read_bytes() == shipped.read_bytes(), (
-        f"{shipped.relative_to(REPO)} does not match native/ sources: run `python native/build.py`"
+    assert built.read_bytes() == ours.read_bytes(), (
+        f"{ours.relative_to(REPO)} does not match native/ sources: run `python native/build.py`"
     )
 
 
@@ -79,44 +75,24 @@ def test_build_does_not_depend_on_the_checkout_path(tmp_path: Path) -> None:
 # hook is called with `UC` as the engine, returns to RET; its emu_stop pointer is STOP (a `ret`).
 BASE, STATE, STACK, STOP, RET = 0x10_0000, 0x40_0000, 0x50_0000, 0x60_0000, 0x60_0100
 UC = 0x1234_5678_9ABC
-_ARCH = {  # engine, return instruction, argument registers (uc, address, size, state), SP, LR
-    "x86_64": (UC_ARCH_X86, UC_MODE_64, b"\xc3",
-               (X.UC_X86_REG_RDI, X.UC_X86_REG_RSI, X.UC_X86_REG_RDX, X.UC_X86_REG_RCX), X.UC_X86_REG_RSP, None),
-    "aarch64": (UC_ARCH_ARM64, UC_MODE_ARM, bytes.fromhex("c0035fd6"),
-                (A.UC_ARM64_REG_X0, A.UC_ARM64_REG_X1, A.UC_ARM64_REG_X2, A.UC_ARM64_REG_X3), A.UC_ARM64_REG_SP,
-                A.UC_ARM64_REG_LR),
-}
-
-
 def _emulated_hook(arch: str) -> Callable[[int, int, int], tuple[int, int, int | None]]:
     """A function (used, limit, size) -> (used, stopped, the engine emu_stop got or None) that runs
     the shipped block hook for `arch` once, in unicorn."""
-    with open(SHIPPED / f"block_counter.{arch}.so", "rb") as f:
-        elf = ELFFile(f)
-        dynsym = elf.get_section_by_name(".dynsym")
-        assert isinstance(dynsym, SymbolTableSection)
-        entry = next(s["st_value"] for s in dynsym.iter_symbols() if s.name == "pvtime_block_counter")
-        segments = [(s["p_vaddr"], s.data()) for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
-    engine, mode, ret, args, sp, lr = _ARCH[arch]
+    entry, segments = shipped("block_counter", arch, "pvtime_block_counter")
+    abi = ABIS[arch]
 
     def call(used: int, limit: int, size: int) -> tuple[int, int, int | None]:
-        uc = Uc(engine, mode)
+        uc = Uc(abi.engine, abi.mode)
         for base in (BASE, STATE, STACK - 0x1_0000, STOP):
             uc.mem_map(base, 0x10_0000 if base == BASE else 0x1_0000, UC_PROT_ALL)
         for vaddr, data in segments:
             uc.mem_write(BASE + vaddr, data)
-        uc.mem_write(STOP, ret)
+        uc.mem_write(STOP, abi.ret)
         uc.mem_write(STATE, b"".join(v.to_bytes(8, "little") for v in (used, limit, STOP, 0)))
-        for reg, value in zip(args, (UC, 0x4000_0000, size, STATE), strict=True):
-            uc.reg_write(reg, value)
-        if lr is None:  # x86-64: the return address is on the stack
-            uc.mem_write(STACK - 8, RET.to_bytes(8, "little"))
-            uc.reg_write(sp, STACK - 8)
-        else:
-            uc.reg_write(sp, STACK)
-            uc.reg_write(lr, RET)
+        set_up_call(uc, abi, (UC, 0x4000_0000, size, STATE), STACK, RET)
         stopped_with: list[int] = []
-        uc.hook_add(UC_HOOK_CODE, lambda uc, *_: stopped_with.append(uc.reg_read(args[0])), begin=STOP, end=STOP)
+        uc.hook_add(UC_HOOK_CODE, lambda uc, *_: stopped_with.append(uc.reg_read(abi.args[0])), begin=STOP,
+                    end=STOP)
         uc.emu_start(BASE + entry, RET)
         state = uc.mem_read(STATE, 32)
         return (int.from_bytes(state[0:8], "little"), int.from_bytes(state[24:32], "little"),
@@ -125,7 +101,7 @@ def _emulated_hook(arch: str) -> Callable[[int, int, int], tuple[int, int, int |
     return call
 
 
-@pytest.mark.parametrize("arch", sorted(_ARCH))
+@pytest.mark.parametrize("arch", sorted(ABIS))
 def test_block_hook_counts_each_block_and_stops_the_engine_at_the_limit(arch: str) -> None:
     call = _emulated_hook(arch)  # (used, limit, block size) -> (used, stopped, emu_stop's engine)
     assert call(0, 100, 40) == (40, 0, None)

@@ -15,14 +15,10 @@ import ctypes
 import struct
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 
 import pytest
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import SymbolTableSection
-from unicorn import UC_ARCH_ARM64, UC_ARCH_X86, UC_HOOK_CODE, UC_MODE_64, UC_MODE_ARM, UC_PROT_ALL, Uc
+from unicorn import UC_ARCH_ARM64, UC_HOOK_CODE, UC_MODE_ARM, UC_PROT_ALL, Uc
 from unicorn import arm64_const as A
-from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
 from pvtime.abi.uapi import (
@@ -33,8 +29,8 @@ from pvtime.cpu.unicorn.native import CpReg, SysregFilter, native_enabled, nativ
 from pvtime.kvm import HaltExit
 from tests.cpu.asm import assemble
 from tests.cpu.rig import RAM_BASE, Rig
+from tests.cpu.shipped import ABIS, set_up_call, shipped
 
-SHIPPED = Path(__file__).resolve().parents[2] / "src" / "pvtime" / "native"
 # The filters to compare: the C one where this host has it (and PVTIME_NATIVE allows it), the twin.
 NATIVE = [None, False] if native_enabled() and native_hook("sysreg_filter") is not None else [False]
 
@@ -42,14 +38,8 @@ NATIVE = [None, False] if native_enabled() and native_hook("sysreg_filter") is n
 # the uc_arm64_cp_reg at CP; `next`, when set, is NEXT (returns 1); the filter returns to RET.
 BASE, STATE, CP, STACK, NEXT, RET = 0x10_0000, 0x40_0000, 0x48_0000, 0x50_0000, 0x60_0000, 0x60_0100
 UC, REG, USER = 0x1234_5678_9ABC, 203, 0x7777_0000
-_ARCH = {  # engine, `next`'s code, argument registers, return register, SP, LR
-    "x86_64": (UC_ARCH_X86, UC_MODE_64, bytes.fromhex("b801000000c3"),  # mov eax, 1; ret
-               (X.UC_X86_REG_RDI, X.UC_X86_REG_RSI, X.UC_X86_REG_RDX, X.UC_X86_REG_RCX), X.UC_X86_REG_RAX,
-               X.UC_X86_REG_RSP, None),
-    "aarch64": (UC_ARCH_ARM64, UC_MODE_ARM, bytes.fromhex("20008052c0035fd6"),  # mov w0, #1; ret
-                (A.UC_ARM64_REG_X0, A.UC_ARM64_REG_X1, A.UC_ARM64_REG_X2, A.UC_ARM64_REG_X3), A.UC_ARM64_REG_X0,
-                A.UC_ARM64_REG_SP, A.UC_ARM64_REG_LR),
-}
+STUB_ANSWER_1 = {"x86_64": bytes.fromhex("b801000000c3"),  # mov eax, 1; ret
+                 "aarch64": bytes.fromhex("20008052c0035fd6")}  # mov w0, #1; ret
 Call = Callable[[tuple[int, int, int, int, int], dict[int, int], bool],
                 tuple[int, list[int], tuple[int, ...] | None]]
 
@@ -57,47 +47,35 @@ Call = Callable[[tuple[int, int, int, int, int], dict[int, int], bool],
 def _emulated_filter(arch: str) -> Call:
     """A function (register, {key: class}, with next) -> (return value, hits[0..3], the arguments
     `next` got or None) that runs the shipped filter for `arch` once, in unicorn."""
-    with open(SHIPPED / f"sysreg_filter.{arch}.so", "rb") as f:
-        elf = ELFFile(f)
-        dynsym = elf.get_section_by_name(".dynsym")
-        assert isinstance(dynsym, SymbolTableSection)
-        entry = next(s["st_value"] for s in dynsym.iter_symbols() if s.name == "pvtime_sysreg_filter")
-        segments = [(s["p_vaddr"], s.data()) for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
-    engine, mode, stub, args, ret, sp, lr = _ARCH[arch]
+    entry, segments = shipped("sysreg_filter", arch, "pvtime_sysreg_filter")
+    abi = ABIS[arch]
 
     def call(register: tuple[int, int, int, int, int], classes: dict[int, int],
              with_next: bool) -> tuple[int, list[int], tuple[int, ...] | None]:
-        uc = Uc(engine, mode)
+        uc = Uc(abi.engine, abi.mode)
         for base, size in ((BASE, 0x10_0000), (STATE, 0x2_0000), (CP, 0x1000), (STACK - 0x1_0000, 0x1_0000),
                            (NEXT, 0x1000)):
             uc.mem_map(base, size, UC_PROT_ALL)
         for vaddr, data in segments:
             uc.mem_write(BASE + vaddr, data)
-        uc.mem_write(NEXT, stub)
+        uc.mem_write(NEXT, STUB_ANSWER_1[arch])
         uc.mem_write(STATE, struct.pack("<QQ4Q", NEXT if with_next else 0, USER, 0, 0, 0, 0))
         for key, cls in classes.items():
             uc.mem_write(STATE + 48 + key, bytes([cls]))
         op0, op1, crn, crm, op2 = register
         uc.mem_write(CP, struct.pack("<5IxxxxQ", crn, crm, op0, op1, op2, 0x55))
-        for reg, value in zip(args, (UC, REG, CP, STATE), strict=True):
-            uc.reg_write(reg, value)
-        if lr is None:  # x86-64: the return address is on the stack
-            uc.mem_write(STACK - 8, RET.to_bytes(8, "little"))
-            uc.reg_write(sp, STACK - 8)
-        else:
-            uc.reg_write(sp, STACK)
-            uc.reg_write(lr, RET)
+        set_up_call(uc, abi, (UC, REG, CP, STATE), STACK, RET)
         got: list[tuple[int, ...]] = []
-        uc.hook_add(UC_HOOK_CODE, lambda uc, *_: got.append(tuple(uc.reg_read(r) for r in args)), begin=NEXT,
+        uc.hook_add(UC_HOOK_CODE, lambda uc, *_: got.append(tuple(uc.reg_read(r) for r in abi.args)), begin=NEXT,
                     end=NEXT)
         uc.emu_start(BASE + entry, RET)
         hits = list(struct.unpack("<4Q", uc.mem_read(STATE + 16, 32)))
-        return uc.reg_read(ret) & 0xFFFF_FFFF, hits, got[0] if got else None
+        return uc.reg_read(abi.result) & 0xFFFF_FFFF, hits, got[0] if got else None
 
     return call
 
 
-@pytest.mark.parametrize("arch", sorted(_ARCH))
+@pytest.mark.parametrize("arch", sorted(ABIS))
 def test_filter_passes_on_only_the_registers_in_its_set(arch: str) -> None:
     call = _emulated_filter(arch)
     cntvct, tpidr, tlbi = (3, 3, 14, 0, 2), (3, 0, 13, 0, 4), (1, 0, 8, 3, 1)

@@ -19,15 +19,11 @@ from __future__ import annotations
 import ctypes
 import struct
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import pytest
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import SymbolTableSection
-from unicorn import UC_ARCH_ARM64, UC_ARCH_X86, UC_HOOK_CODE, UC_MODE_64, UC_MODE_ARM, UC_PROT_ALL, Uc
+from unicorn import UC_HOOK_CODE, UC_PROT_ALL, Uc
 from unicorn import arm64_const as A
-from unicorn import x86_const as X
 
 from pvtime.abi import smccc
 from pvtime.abi.uapi import KVM_ARM_VCPU_PVTIME_CTRL, KVM_ARM_VCPU_PVTIME_IPA, reg_x
@@ -38,6 +34,7 @@ from pvtime.cpu.unicorn.native import native_enabled, native_hook
 from pvtime.kvm import HaltExit
 from tests.cpu.asm import assemble
 from tests.cpu.rig import RAM_BASE, Rig
+from tests.cpu.shipped import ABIS, set_up_call, shipped
 
 OUT = 0x8_0000  # where the program stores what it read, in RAM
 PVTIME = 0x9_0000
@@ -186,19 +183,10 @@ def test_an_el0_counter_read_cntkctl_does_not_enable_still_traps_to_el1(native: 
 
 # --- the shipped shared objects, each run in unicorn (so CI on one architecture checks both) ---
 
-SHIPPED = Path(__file__).resolve().parents[2] / "src" / "pvtime" / "native"
 BASE, STATE, CP, STACK, STUBS, RET = 0x10_0000, 0x40_0000, 0x48_0000, 0x50_0000, 0x60_0000, 0x60_1000
 NEXT_SYS, REG_READ, REG_WRITE = STUBS, STUBS + 0x100, STUBS + 0x200
 USED = STATE + 0x1000
 ENGINE, USER, NEXT_ANSWER = 0x1234_5678_9ABC, 0x7777_0000, 7
-_ARCH = {  # engine, `ret`, argument registers, return register, SP, LR
-    "x86_64": (UC_ARCH_X86, UC_MODE_64, b"\xc3",
-               (X.UC_X86_REG_RDI, X.UC_X86_REG_RSI, X.UC_X86_REG_RDX, X.UC_X86_REG_RCX), X.UC_X86_REG_RAX,
-               X.UC_X86_REG_RSP, None),
-    "aarch64": (UC_ARCH_ARM64, UC_MODE_ARM, bytes.fromhex("c0035fd6"),
-                (A.UC_ARM64_REG_X0, A.UC_ARM64_REG_X1, A.UC_ARM64_REG_X2, A.UC_ARM64_REG_X3), A.UC_ARM64_REG_X0,
-                A.UC_ARM64_REG_SP, A.UC_ARM64_REG_LR),
-}
 CNTVCT, CNTPCT, CNTFRQ = (3, 3, 14, 0, 2), (3, 3, 14, 0, 1), (3, 3, 14, 0, 0)
 
 
@@ -206,35 +194,24 @@ def _emulated_fast_mrs(arch: str, state: FastTrapsState, used: int, register: tu
                        rt: int, pstate: int) -> tuple[int, int, list[tuple[int, int]], bool, int]:
     """Run the shipped pvtime_fast_mrs for `arch` once in unicorn: -> (its answer, `used` after,
     the registers it wrote, whether it called `next_sys`, the reads it counted)."""
-    with open(SHIPPED / f"fast_traps.{arch}.so", "rb") as f:
-        elf = ELFFile(f)
-        dynsym = elf.get_section_by_name(".dynsym")
-        assert isinstance(dynsym, SymbolTableSection)
-        entry = next(s["st_value"] for s in dynsym.iter_symbols() if s.name == "pvtime_fast_mrs")
-        segments = [(s["p_vaddr"], s.data()) for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
-    engine, mode, ret, args, result, sp, lr = _ARCH[arch]
-    uc = Uc(engine, mode)
+    entry, segments = shipped("fast_traps", arch, "pvtime_fast_mrs")
+    abi = ABIS[arch]
+    args, result = abi.args, abi.result
+    uc = Uc(abi.engine, abi.mode)
     for base, size in ((BASE, 0x10_0000), (STATE, 0x2000), (CP, 0x1000), (STACK - 0x1_0000, 0x1_0000),
                        (STUBS, 0x2000)):
         uc.mem_map(base, size, UC_PROT_ALL)
     for vaddr, data in segments:
         uc.mem_write(BASE + vaddr, data)
     for stub in (NEXT_SYS, REG_READ, REG_WRITE):
-        uc.mem_write(stub, ret)
+        uc.mem_write(stub, abi.ret)
     state.next_sys, state.next_sys_user, state.reg_read, state.reg_write, state.used = (
         NEXT_SYS, USER, REG_READ, REG_WRITE, USED)
     uc.mem_write(STATE, bytes(state))
     uc.mem_write(USED, used.to_bytes(8, "little"))
     op0, op1, crn, crm, op2 = register
     uc.mem_write(CP, struct.pack("<5IxxxxQ", crn, crm, op0, op1, op2, 0))
-    for reg, value in zip(args, (ENGINE, rt, CP, STATE), strict=True):
-        uc.reg_write(reg, value)
-    if lr is None:  # x86-64: the return address is on the stack
-        uc.mem_write(STACK - 8, RET.to_bytes(8, "little"))
-        uc.reg_write(sp, STACK - 8)
-    else:
-        uc.reg_write(sp, STACK)
-        uc.reg_write(lr, RET)
+    set_up_call(uc, abi, (ENGINE, rt, CP, STATE), STACK, RET)
     written: list[tuple[int, int]] = []
     called: list[bool] = []
 
@@ -281,7 +258,7 @@ def _expected(state: FastTrapsState, used: int, offset: int) -> int:
     return (now * state.counter_hz // 1_000_000_000 - offset) & (2**64 - 1)
 
 
-@pytest.mark.parametrize("arch", sorted(_ARCH))
+@pytest.mark.parametrize("arch", sorted(ABIS))
 def test_the_shipped_fast_counter_read_computes_what_the_hypervisor_would(arch: str) -> None:
     x5, el1, el0, used = A.UC_ARM64_REG_X5, 0b0101, 0b0000, 4000 + 4 * 12_345
     state = _published()

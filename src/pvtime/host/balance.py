@@ -48,7 +48,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pvtime.abi.linux import NSEC_PER_MSEC, NSEC_PER_SEC
-from pvtime.host.cpumask import KeyedMasks, cpus_of, next_wrap
+from pvtime.host.cpumask import Key, KeyedMasks, cpus_of, next_wrap
 from pvtime.host.entity import SchedEntity
 from pvtime.host.runqueue import Enqueue, FairRunQueue
 
@@ -83,7 +83,7 @@ class Balancer:
         # breaks a tie within the type), grouped by class; valid for the CPUs classified in
         # `_classified_period` whose task count and load have not changed since.
         self._groups = KeyedMasks()
-        self._group_key: list[tuple[int, int] | None] = [None] * len(sched.cpus)
+        self._group_key: list[Key | None] = [None] * len(sched.cpus)
         self._classified = 0
         self._classified_period = -1
 
@@ -255,13 +255,7 @@ class Balancer:
             t = self._group_type(cpu, now)
             # the busiest is the highest type, then the most load (overloaded) or the most tasks
             # (spare capacity); among fully busy groups the first in order
-            key = (t, cpu.rq.load if t == OVERLOADED else cpu.rq.nr_queued if t == HAS_SPARE else 0)
-            old = keys[c]
-            if old != key:
-                if old is not None:
-                    groups.remove(old, 1 << c)
-                groups.add(key, 1 << c)
-                keys[c] = key
+            groups.move(keys, c, (t, cpu.rq.load if t == OVERLOADED else cpu.rq.nr_queued if t == HAS_SPARE else 0))
 
     def _find_busiest(self, cpu: Pcpu, now: int) -> tuple[Pcpu | None, int]:
         """update_sd_lb_stats' choice of the busiest group other than `cpu`'s, and its type

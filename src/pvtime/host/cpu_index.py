@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from pvtime.host.cpumask import KeyedMasks, count_between, cpus_of, lowest, next_wrap
+from pvtime.host.cpumask import Key, KeyedMasks, count_between, cpus_of, lowest, next_wrap
 
 if TYPE_CHECKING:
     from pvtime.host.scheduler import Pcpu
@@ -35,7 +35,7 @@ class CpuIndex:
         # CPUs by (load, nr_runnable), for placing a new task when no CPU is idle; brought up to
         # date only then (for the CPUs in `_load_moved`), as forks are rare and changes are not.
         self._by_load = KeyedMasks()
-        self._load_key: list[tuple[int, int] | None] = [None] * self.n
+        self._load_key: list[Key | None] = [None] * self.n
         self._load_moved = self.all
         # The state each CPU had at its last refresh: (nr_queued, load, nr_runnable, idle stamp
         # or None when not idle).
@@ -98,13 +98,7 @@ class CpuIndex:
             return lowest(found[1])
         by_load, keys, seen = self._by_load, self._load_key, self._seen
         for c in cpus_of(self._load_moved):
-            key = (seen[c][1], seen[c][2])
-            old = keys[c]
-            if old != key:
-                if old is not None:
-                    by_load.remove(old, 1 << c)
-                by_load.add(key, 1 << c)
-                keys[c] = key
+            by_load.move(keys, c, (seen[c][1], seen[c][2]))
         self._load_moved = 0
         least = by_load.least(allowed)
         assert least is not None, "an empty affinity mask"

@@ -80,6 +80,16 @@ class KeyedMasks:
             del self._masks[key]
             del self._keys[bisect_left(self._keys, key)]
 
+    def move(self, keys: list[Key | None], cpu: int, key: Key) -> None:
+        """Put `cpu` under `key`, taking it from the key it had; `keys[cpu]` records each CPU's key
+        (None: not placed yet)."""
+        old = keys[cpu]
+        if old != key:
+            if old is not None:
+                self.remove(old, 1 << cpu)
+            self.add(key, 1 << cpu)
+            keys[cpu] = key
+
     def least(self, within: int) -> tuple[Key, int] | None:
         """The least key holding a CPU of `within`, and those CPUs (None: no CPU of it)."""
         masks = self._masks
