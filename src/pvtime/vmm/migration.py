@@ -219,10 +219,11 @@ class Sender:
             self._set_logging(True)
         chunk_size = len(_ZERO_CHUNK)
         for slot, _, buf in regions:
-            # 64 KiB at a time (one memcmp each), and pages only inside a chunk that is not zero.
+            # 64 KiB at a time, and pages only inside a chunk that is not zero. The chunk is copied
+            # to bytes first: bytes compare with one memcmp, a memoryview element by element (50x slower).
             for chunk in range(0, len(buf), chunk_size):
                 end = min(chunk + chunk_size, len(buf))
-                if buf[chunk:end] == _ZERO_CHUNK[:end - chunk]:
+                if bytes(buf[chunk:end]) == _ZERO_CHUNK[:end - chunk]:
                     continue
                 for off in range(chunk, end, PAGE_SIZE):
                     data = bytes(buf[off:off + PAGE_SIZE])
