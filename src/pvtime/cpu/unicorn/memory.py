@@ -74,6 +74,7 @@ class _PendingMmio:
     """An MMIO exit the VMM has not finished: applied at the next run."""
 
     access: MmioAccess
+    pc: int  # the access's instruction (a new PC abandons the access, so it still is at the finish)
     data: bytes | None = None
 
 
@@ -273,7 +274,7 @@ class GuestMemory:
             data = (value & ((1 << (8 * mmio.size)) - 1)).to_bytes(mmio.size, "little")
         else:
             data = b""
-        self._mmio = _PendingMmio(mmio)
+        self._mmio = _PendingMmio(mmio, pc)
         return Stop(StopKind.MMIO, pc=pc, mmio_addr=address, mmio_len=mmio.size, mmio_data=data,
                     mmio_write=is_write)
 
@@ -301,4 +302,4 @@ class GuestMemory:
         access = pending.access
         if not access.is_write and access.rt != 31:
             regs.write_x(access.rt, access.load_value(pending.data or bytes(access.size)))
-        regs.set_pc(regs.pc() + 4)
+        regs.set_pc(pending.pc + 4)

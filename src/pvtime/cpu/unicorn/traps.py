@@ -116,14 +116,19 @@ class TrapHooks:
                                 SysregFilter(uc, A.UC_ARM64_INS_MSR, [_TRAPPED], self._on_msr, native=native)]
         self._maintenance = SysregFilter(uc, A.UC_ARM64_INS_SYS, [TLBI_INSNS, IC_INSNS], native=native)
         self._published = (0, 0)  # TLBI and IC counts already told to the other vCPUs
+        self._begun: VcpuTraps | None = None  # the traps of the last begin(), and their fast paths
+        self._begun_fast: FastPathTraps | None = None
         self.native = self._maintenance.native and self.fast.native
 
     def begin(self, traps: VcpuTraps) -> None:
         """An execute() on `traps` starts: publish how the counters read. Hypercall answers are
         published after the first call the Python hook serves (most executes make none)."""
+        if traps is not self._begun:  # the same traps object every execute, bar tests
+            fast = getattr(traps, "counter_params", None) and getattr(traps, "note_hypercalls", None)
+            self._begun_fast = cast("FastPathTraps", traps) if fast else None
+            self._begun = traps
         self.traps = traps
-        fast = getattr(traps, "counter_params", None) and getattr(traps, "note_hypercalls", None)
-        self._fast_paths = cast("FastPathTraps", traps) if fast else None
+        self._fast_paths = self._begun_fast
         self._publish_traps(answers=False)
 
     def end(self) -> None:
