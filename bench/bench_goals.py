@@ -28,7 +28,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -130,16 +129,12 @@ def sim_goals(here: Path, base: Path, runs: int) -> list[tuple[str, str, str, st
 def trap_goals(here: Path, base: Path, runs: int) -> list[tuple[str, str, str, str, str, str]]:
     """The two unicorn goals, through bench_unicorn's measurement (a fresh interpreter per run)."""
     print(f"  load before: {loadavg()}", flush=True)
-    samples: dict[str, list[float]] = {}
-    for _ in range(runs):
-        for label, src, peers in (("", here, True), (" base", base, False)):
-            for key, ns in bench_unicorn.spawn(src, 100_000, peers).items():
-                samples.setdefault(key + label, []).append(ns)
-    med = {key: statistics.median(v) for key, v in samples.items()}
+    med = bench_unicorn.trap_medians(here, base, 100_000, runs, twins=False)
     rows = []
-    for what, goal_ns, label in (("counter read", 1000, "trapped counter read, ns"),
-                                 ("hypercall", 2000, "hypercall round trip from guest code, ns")):
-        ours, base_ns, peer = med[what], med[what + " base"], med[what + " peer"]
+    for what, label in (("counter read", "trapped counter read, ns"),
+                        ("hypercall", "hypercall round trip from guest code, ns")):
+        goal_ns = round(bench_unicorn.GOAL_US[what] * 1000)
+        ours, base_ns, peer = med[what], med[what + " baseline"], med[what + " peer"]
         rows.append((label, f"{ours:.0f}", f"{base_ns:.0f}", f"{base_ns / ours:.0f}x faster",
                      f"bare unicorn, empty hook {peer:.0f} ({ours / peer:.2f}x)",
                      _verdict(ours <= goal_ns, f"<= {goal_ns}", ours / goal_ns)))
@@ -149,19 +144,7 @@ def trap_goals(here: Path, base: Path, runs: int) -> list[tuple[str, str, str, s
 def run_goals(here: Path, base: Path, runs: int, base_runs: int) -> list[tuple[str, str, str, str, str, str]]:
     """The two `pvtime run` goals, through bench_run's measurement (the command end to end in a
     subprocess, its split into imports, simulation and writing printed)."""
-    print(f"  {'scenario':>7} {'tree':>9} {'runs':>4} {'wall s':>7} {'range':>13} {'imports':>7} {'sim':>7} "
-          f"{'writing':>7} {'rest':>6}", flush=True)
-    print(f"  default, load before: {loadavg()}", flush=True)
-    default = bench_run.report("default", bench_run.measure({"new": (here, []), "baseline": (base, [])},
-                                                            {"new": runs, "baseline": runs}))
-    with tempfile.TemporaryDirectory(prefix="pvtime-bench-goals-") as tmp:
-        new_toml, base_toml = Path(tmp) / "new.toml", Path(tmp) / "baseline.toml"
-        new_toml.write_text(workload_toml(bench_run.VCPUS, bench_run.DURATION_MS, "eevdf"))
-        base_toml.write_text(workload_toml(bench_run.VCPUS, bench_run.DURATION_MS, None))
-        print(f"  {bench_run.VCPUS} vCPUs x {bench_run.DURATION_MS} ms, load before: {loadavg()}", flush=True)
-        big = bench_run.report(f"{bench_run.VCPUS}vcpu", bench_run.measure(
-            {"new": (here, [str(new_toml), "--yes"]), "baseline": (base, [str(base_toml)])},
-            {"new": runs, "baseline": base_runs}))
+    default, big = bench_run.measure_cases(here, base, runs, base_runs)
     d, db = default["new"], default["baseline"]
     n, nb = big["new"], big["baseline"]
     return [

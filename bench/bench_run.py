@@ -129,6 +129,26 @@ def report(case: str, samples: dict[str, list[dict[str, Any]]]) -> dict[str, flo
     return walls
 
 
+def measure_cases(src: Path, base: Path, runs: int, base_runs: int, *,
+                  big: bool = True) -> tuple[dict[str, float], dict[str, float]]:
+    """Both cases, this tree (`src`) against the baseline (`base`), each line printed: the median
+    wall seconds of the default scenario and (with `big`; else {}) of the 1024-vCPU workload."""
+    print(f"\n{'scenario':>9} {'tree':>9} {'runs':>4} {'wall s':>7} {'range':>13} {'imports':>7} "
+          f"{'sim':>7} {'writing':>7} {'rest':>6}   (seconds; medians)")
+    print(f"-- default, load average before: {loadavg()}", flush=True)
+    default = report("default", measure({"new": (src, []), "baseline": (base, [])}, {"new": runs, "baseline": runs}))
+    if not big:
+        return default, {}
+    with tempfile.TemporaryDirectory(prefix="pvtime-bench-run-") as tmp:
+        new_toml, base_toml = Path(tmp) / "new.toml", Path(tmp) / "baseline.toml"
+        new_toml.write_text(workload_toml(VCPUS, DURATION_MS, "eevdf"))
+        base_toml.write_text(workload_toml(VCPUS, DURATION_MS, None))
+        print(f"-- {VCPUS} vCPUs, {DURATION_MS} ms, load average before: {loadavg()}", flush=True)
+        return default, report(f"{VCPUS}vcpu", measure({"new": (src, [str(new_toml), "--yes"]),
+                                                        "baseline": (base, [str(base_toml)])},
+                                                       {"new": runs, "baseline": base_runs}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="runs of each variant (median)  [default: 5]")
@@ -148,27 +168,16 @@ def main() -> None:
     print(f"goals (issue 14): the default scenario <= {DEFAULT_GOAL_S:g} s; {VCPUS} vCPUs >= {SPEEDUP_GOAL:g}x "
           f"faster than {BASELINE}")
     print(f"baseline: {BASELINE} (git worktree); new: {describe_tree()}; each run a subprocess of its own")
-    with tempfile.TemporaryDirectory(prefix="pvtime-bench-run-") as tmp, baseline_worktree(BASELINE, "run") as tree:
-        new_toml, base_toml = Path(tmp) / "new.toml", Path(tmp) / "baseline.toml"
-        new_toml.write_text(workload_toml(VCPUS, DURATION_MS, "eevdf"))
-        base_toml.write_text(workload_toml(VCPUS, DURATION_MS, None))
-        print(f"\n{'scenario':>9} {'tree':>9} {'runs':>4} {'wall s':>7} {'range':>13} {'imports':>7} "
-              f"{'sim':>7} {'writing':>7} {'rest':>6}   (seconds; medians)")
-        print(f"-- default, load average before: {loadavg()}")
-        default = report("default", measure({"new": (src, []), "baseline": (tree / "src", [])},
-                                            {"new": runs, "baseline": runs}))
-        verdicts = [f"default scenario: {default['new']:.2f} s, goal <= {DEFAULT_GOAL_S:g} s: "
-                    + ("met" if default["new"] <= DEFAULT_GOAL_S else
-                       f"MISSED by {default['new'] - DEFAULT_GOAL_S:.2f} s ({default['new'] / DEFAULT_GOAL_S:.2f}x)")
-                    + f" (a787f9b's own default scenario: {default['baseline']:.2f} s)"]
-        if not args.quick:
-            print(f"-- {VCPUS} vCPUs, {DURATION_MS} ms, load average before: {loadavg()}")
-            big = report(f"{VCPUS}vcpu", measure({"new": (src, [str(new_toml), "--yes"]),
-                                                  "baseline": (tree / "src", [str(base_toml)])},
-                                                 {"new": runs, "baseline": base_runs}))
-            speedup = big["baseline"] / big["new"]
-            verdicts.append(f"{VCPUS} vCPUs: {big['new']:.2f} s against {big['baseline']:.2f} s, {speedup:.1f}x, "
-                            f"goal >= {SPEEDUP_GOAL:g}x: " + ("met" if speedup >= SPEEDUP_GOAL else "MISSED"))
+    with baseline_worktree(BASELINE, "run") as tree:
+        default, big = measure_cases(src, tree / "src", runs, base_runs, big=not args.quick)
+    verdicts = [f"default scenario: {default['new']:.2f} s, goal <= {DEFAULT_GOAL_S:g} s: "
+                + ("met" if default["new"] <= DEFAULT_GOAL_S else
+                   f"MISSED by {default['new'] - DEFAULT_GOAL_S:.2f} s ({default['new'] / DEFAULT_GOAL_S:.2f}x)")
+                + f" (a787f9b's own default scenario: {default['baseline']:.2f} s)"]
+    if big:
+        speedup = big["baseline"] / big["new"]
+        verdicts.append(f"{VCPUS} vCPUs: {big['new']:.2f} s against {big['baseline']:.2f} s, {speedup:.1f}x, "
+                        f"goal >= {SPEEDUP_GOAL:g}x: " + ("met" if speedup >= SPEEDUP_GOAL else "MISSED"))
     print(f"\nload average at end: {loadavg()}")
     for line in verdicts:
         print(line)

@@ -144,24 +144,33 @@ def spawn(src: Path, calls: int, peers: bool, native: str | None = None) -> dict
     return out
 
 
+def trap_medians(here: Path, base: Path | None, calls: int, runs: int, *, twins: bool) -> dict[str, float]:
+    """ns per trap, the median of `runs` fresh interpreters each, interleaved: this tree's figures
+    and its peers' (keys as `trap_costs` names them), with `twins` the Python twins' (key suffix
+    " (Python twins)"), with `base` that tree's (suffix " baseline")."""
+    variants = [("", here, None, True)]
+    if twins:
+        variants.append((" (Python twins)", here, "0", False))
+    if base is not None:
+        variants.append((" baseline", base, None, False))
+    samples: dict[str, list[float]] = {}
+    for _ in range(runs):
+        for label, src, native, peers in variants:
+            for key, ns in spawn(src, calls, peers, native).items():
+                samples.setdefault(key + label, []).append(ns)
+    return {key: statistics.median(v) for key, v in samples.items()}
+
+
 def report_trap_costs(calls: int, runs: int, baseline: bool) -> None:
     from contextlib import nullcontext
 
     from common import baseline_worktree
 
     here = Path(__file__).resolve().parents[1] / "src"
-    samples: dict[str, list[float]] = {}
     print(f"trap costs from guest code, median of {runs} runs of {calls:,} each, interleaved; "
           f"load before: {loadavg()}")
     with baseline_worktree(BASELINE, "unicorn") if baseline else nullcontext() as tree:
-        for _ in range(runs):
-            variants = [("", here, None, True), (" (Python twins)", here, "0", False)]
-            if tree is not None:
-                variants.append((" baseline", Path(tree) / "src", None, False))
-            for label, src, native, peers in variants:
-                for key, ns in spawn(src, calls, peers, native).items():
-                    samples.setdefault(key + label, []).append(ns)
-    med = {key: statistics.median(v) for key, v in samples.items()}
+        med = trap_medians(here, None if tree is None else Path(tree) / "src", calls, runs, twins=True)
     for what, loop in (("hypercall", "HVC SMCCC_VERSION"), ("counter read", "MRS CNTVCT_EL0")):
         ours, peer = med[what], med[f"{what} peer"]
         line = (f"  {what:12} ({loop}): {ours:7.0f} ns; Python twins {med[what + ' (Python twins)']:6.0f} ns; "
