@@ -180,6 +180,15 @@ class CpuBackend(Protocol):
         ...
 
 
+def in_kernel_access(traps: VcpuTraps, stop: Stop) -> bytes | None:
+    """io_mem_abort's in-kernel half for an MMIO stop: the devices KVM emulates itself (the vGIC,
+    coalesced-MMIO zones: kvm_io_bus) serve the access or decline it. A served load's data, b""
+    for a served store, None when declined (the access exits to the VMM)."""
+    if stop.mmio_write:
+        return b"" if traps.mmio_write(stop.mmio_addr, stop.mmio_data) else None
+    return traps.mmio_read(stop.mmio_addr, stop.mmio_len)
+
+
 # What a VM is created with: makes the engine for vCPU `index` (`pvtime.cpu.create_cpu` makes the
 # standard ones). The VMM keeps the engines it makes, to install a model guest program on them.
 CpuFactory = Callable[[int], CpuBackend]

@@ -21,7 +21,7 @@ from pvtime.abi.uapi import (
     KVM_REG_ARM_PTIMER_CTL, KVM_REG_ARM_PTIMER_CVAL, KVM_REG_SIZE_MASK, reg_size,
     KVM_REG_ARM_CNTKCTL_EL1, KVM_REG_ARM_MPIDR_EL1, KVM_REGS_U32, CORE_REG_IDS, EL1_SYSREG_IDS, KVM_REG_ARM64, REG_PSTATE, core_reg_size,
 )
-from pvtime.cpu.backend import CpuBackend, Stop, StopKind
+from pvtime.cpu.backend import CpuBackend, Stop, StopKind, in_kernel_access
 from pvtime.host.task import Task
 from pvtime.kvm import arch_timer, hypercalls, pvtime
 from pvtime.kvm.errors import KvmError
@@ -312,13 +312,11 @@ class Vcpu:
     def _in_kernel_mmio(self, stop: Stop) -> bool:
         """io_mem_abort: an access an in-kernel device (kvm_io_bus) serves completes here, the
         data of a load going back to the vCPU; False when the VMM must handle it."""
-        traps = self._traps
-        if stop.mmio_write:
-            return traps.mmio_write(stop.mmio_addr, stop.mmio_data)
-        data = traps.mmio_read(stop.mmio_addr, stop.mmio_len)
+        data = in_kernel_access(self._traps, stop)
         if data is None:
             return False
-        traps.cpu.complete_mmio(data)
+        if not stop.mmio_write:
+            self._traps.cpu.complete_mmio(data)
         return True
 
     def _vcpu_load(self, task: Task) -> None:

@@ -32,7 +32,7 @@ from unicorn import arm64_const as A
 
 from pvtime.abi.linux import NSEC_PER_SEC
 from pvtime.abi.uapi import REG_PC
-from pvtime.cpu.backend import Clock, Stop, StopKind, VcpuTraps
+from pvtime.cpu.backend import Clock, Stop, StopKind, VcpuTraps, in_kernel_access
 from pvtime.cpu.unicorn.exceptions import IRQ, SYNC, take_exception
 from pvtime.cpu.unicorn.fast_traps import FastTraps
 from pvtime.cpu.unicorn.memory import GuestMemory
@@ -249,13 +249,10 @@ class UnicornCpu:
         KVM_RUN then asks the same devices, which decline again, and exits to the VMM). Doing it
         here saves ending and beginning an execute(), which, with no time debt to pay and no memslot
         change an in-kernel device could make, would change nothing."""
-        if stop.mmio_write:
-            if not traps.mmio_write(stop.mmio_addr, stop.mmio_data):
-                return False
-        else:
-            data = traps.mmio_read(stop.mmio_addr, stop.mmio_len)
-            if data is None:
-                return False
+        data = in_kernel_access(traps, stop)
+        if data is None:
+            return False
+        if not stop.mmio_write:
             self._memory.complete_mmio(data)
         self._memory.finish_mmio(self._regs)
         return True
