@@ -12,6 +12,7 @@ import pytest
 from unicorn import Uc
 
 from pvtime.abi.uapi import REG_SP_EL1, reg_x
+from pvtime.cpu.unicorn.native import BlockCounter
 from pvtime.cpu.unicorn.run import POLL_BLOCKS
 from pvtime.kvm import HaltExit
 from tests.cpu.asm import assemble
@@ -75,3 +76,119 @@ def test_the_engine_runs_without_a_timeout(monkeypatch: pytest.MonkeyPatch) -> N
     for _ in range(3):
         rig.run(budget_ns=200_000)
     assert calls and set(calls) == {(0, 0)}
+
+
+# Masked stretches with the timer line asserted, of 13 to 533 blocks (past POLL_BLOCKS), with
+# counter reads (the fast traps' charge), and in odd rounds CVAL writes that keep, drop and restore
+# the line (the MSR hook re-arms the budget mid-block) and a WFI the asserted line completes; the
+# unmask of an even round may come in the POLL_INSNS polling and be missed, as the run loop says.
+# The handler re-arms the timer a varying few ticks ahead.
+MASKED_STRETCHES = """
+        adr x1, vectors
+        msr vbar_el1, x1
+        mrs x2, cntvct_el0
+        add x2, x2, #5
+        msr cntv_cval_el0, x2
+        mov x3, #1
+        msr cntv_ctl_el0, x3
+        mov x5, #41
+    round:
+        mov x6, #13
+        mul x4, x5, x6
+    1:  subs x4, x4, #1
+        mrs x7, cntvct_el0
+        b.ne 1b
+        add x9, x9, #3
+        tbz x5, #0, 2f              /* even rounds: straight on, polled each POLL_INSNS */
+        msr cntv_cval_el0, x2       /* still asserted (or not yet) */
+        mvn x8, xzr
+        msr cntv_cval_el0, x8       /* dropped: the line falls */
+        msr cntv_cval_el0, x2       /* restored */
+        mov x4, #7
+    4:  subs x4, x4, #1
+        b.ne 4b
+        wfi                         /* completed by the asserted line, or the timer */
+    2:  mov x4, #{POLL_BLOCKS - 6}     /* after the WFI, a few blocks short of POLL_BLOCKS */
+    3:  subs x4, x4, #1
+        b.ne 3b
+        msr daifclr, #2             /* the interrupt is taken here */
+        add x9, x9, #1
+        msr daifset, #2
+        subs x5, x5, #1
+        b.ne round
+        msr cntv_ctl_el0, xzr
+        wfi
+        b .
+        .balign 0x800
+    vectors:
+        .rept 5
+        b .
+        .balign 0x80
+        .endr
+        add x20, x20, #1            /* current EL, SPx, IRQ */
+        mrs x21, elr_el1
+        add x22, x22, x21
+        mrs x2, cntvct_el0
+        and x23, x20, #7
+        add x2, x2, x23
+        add x2, x2, #1
+        msr cntv_cval_el0, x2
+        eret
+"""
+
+
+def test_the_counters_one_block_steps_run_the_guest_as_one_engine_run_per_block(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the line waits masked, the block counter takes the run loop's one-block steps itself
+    (`BlockCounter.arm_steps`): the guest must run exactly as when the loop runs the engine once per
+    block -- every exit, time, instruction count and register alike, in slices whose deadlines fall
+    inside the stretches -- with far fewer engine runs; the Python twin alike."""
+    import pvtime.cpu.unicorn.run as run_module
+    from pvtime.cpu.unicorn import UnicornCpu
+
+    program = assemble(MASKED_STRETCHES.replace("{POLL_BLOCKS - 6}", str(POLL_BLOCKS - 6)))
+    counter = run_module.BlockCounter
+
+    def trace(native: bool | None, steps: bool) -> tuple[list[object], int]:
+        made = (lambda uc, step_while, native: counter(uc, step_while=step_while if steps else None,
+                                                       native=native))
+        monkeypatch.setattr(run_module, "BlockCounter", made)
+        # Every budget but a one-block step's, where it was set: the polls counted alike.
+        arms: list[tuple[int, int]] = []
+        arm = counter.arm
+
+        def record(self: BlockCounter, budget_bytes: int) -> None:
+            arms.append((self.used, budget_bytes))
+            arm(self, budget_bytes)
+
+        monkeypatch.setattr(counter, "arm", record)
+        engine_runs = 0
+        original = Uc.emu_start
+
+        def emu_start(self: Uc, *args: Any, **kw: Any) -> None:
+            nonlocal engine_runs
+            engine_runs += 1
+            original(self, *args, **kw)
+
+        monkeypatch.setattr(Uc, "emu_start", emu_start)
+        rig = Rig(program, cpu=lambda i: UnicornCpu(i, instructions_per_sec=700_000_007, native=native))
+        vcpu = rig.vcpus[0]
+        vcpu.set_one_reg(REG_SP_EL1, RAM_BASE + 0x8_0000)
+        seen: list[object] = []
+        for _ in range(400):
+            ex = rig.run(budget_ns=2_345)
+            seen.append((ex, rig.host.clock_ns, rig.cpus[0].instructions,
+                         *(vcpu.get_one_reg(reg_x(n)) for n in (4, 5, 9, 20, 22))))
+            if isinstance(ex, HaltExit) and vcpu.get_one_reg(reg_x(5)) == 0:
+                break
+        monkeypatch.undo()
+        return [*seen, arms], engine_runs
+
+    one_block, runs_one_block = trace(None, steps=False)
+    stepped, runs_stepped = trace(None, steps=True)
+    _, _, _, _, rounds_left, rounds_done, irqs, _ = one_block[-2]
+    assert (rounds_left, rounds_done) == (0, 41 * 4)  # the guest finished
+    assert 41 // 2 < irqs < 41  # taken at each odd round's unmask, missed at some even ones
+    assert stepped == one_block
+    assert runs_stepped < runs_one_block / 3, (runs_stepped, runs_one_block)
+    assert trace(False, steps=True)[0] == one_block

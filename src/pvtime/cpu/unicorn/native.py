@@ -16,6 +16,12 @@ so `used` counts exactly the blocks that ran. Time is therefore charged per bloc
 left early by a trap (an MMIO access in its middle) is charged whole. That is deterministic, which
 is what virtual time needs.
 
+The counter also takes the run loop's one-block steps (`arm_steps`): while an interrupt waits
+masked, the loop runs one block at a time and between two blocks only checks that PSTATE.I is
+still set and the deadline not reached. At the limit the hook makes those two checks itself (one
+`uc_reg_read`) and allows the next block, so a burst of masked blocks is one engine run, stopped
+at the very block boundary where the loop's own checks would stop it.
+
 The system-register filter. Unicorn calls a `UC_HOOK_INSN` hook for every MRS, MSR or SYS
 instruction the guest executes, and the hypervisor serves only a few registers (the generic
 timer, MPIDR_EL1). Linux runs an MRS/MSR every ~130 instructions (`current` is SP_EL0, per-CPU
@@ -123,7 +129,9 @@ class _CounterState(ctypes.Structure):
     """struct block_counter."""
 
     _fields_ = [("used", ctypes.c_uint64), ("limit", ctypes.c_uint64), ("emu_stop", ctypes.c_void_p),
-                ("stopped", ctypes.c_uint64)]
+                ("stopped", ctypes.c_uint64), ("steps_left", ctypes.c_uint64), ("steps", ctypes.c_uint64),
+                ("deadline", ctypes.c_uint64), ("reg_read", ctypes.c_void_p), ("mask_reg", ctypes.c_uint64),
+                ("mask_bit", ctypes.c_uint64)]
 
 
 _BLOCK_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
@@ -132,12 +140,17 @@ _BLOCK_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_ui
 class BlockCounter:
     """Counts the bytes of guest code blocks executed by one engine and stops it at a budget.
 
-    `native`: True to require the C hook, False for the Python one, None (the default) for the C
-    hook where it fits this host and the environment allows it.
+    `step_while`: (unicorn register id, bit) that must be set for `arm_steps`'s steps (the run
+    loop's PSTATE.I); without it no step is taken. `native`: True to require the C hook, False for
+    the Python one, None (the default) for the C hook where it fits this host and the environment
+    allows it.
     """
 
-    def __init__(self, uc: Uc, *, native: bool | None = None) -> None:
-        self._state = _CounterState(limit=1 << 63, emu_stop=ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value)
+    def __init__(self, uc: Uc, *, step_while: tuple[int, int] | None = None, native: bool | None = None) -> None:
+        mask_reg, mask_bit = step_while or (0, 0)
+        self._state = _CounterState(limit=1 << 63, emu_stop=ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value,
+                                    reg_read=ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value,
+                                    mask_reg=mask_reg, mask_bit=mask_bit)
         address = _choose(BLOCK_COUNTER, native)
         self.native = address is not None
         callback = ctypes.c_void_p(address) if address is not None else self._python_hook()
@@ -147,10 +160,21 @@ class BlockCounter:
     def _python_hook(self) -> object:
         """The C hook's twin: the same logic, called through ctypes."""
         state = self._state
-        emu_stop = uclib.uc_emu_stop
+        emu_stop, reg_read = uclib.uc_emu_stop, uclib.uc_reg_read
+        value = ctypes.c_uint32()  # unicorn keeps PSTATE in 32 bits
+
+        def step(uc: int) -> bool:
+            if not state.steps_left or state.used >= state.deadline:
+                return False
+            if reg_read(uc, state.mask_reg, ctypes.byref(value)) != 0 or not value.value & state.mask_bit:
+                return False
+            state.steps_left -= 1
+            state.steps += 1
+            state.limit = state.used + 1
+            return True
 
         def on_block(uc: int, address: int, size: int, user: int) -> None:
-            if state.used >= state.limit:
+            if state.used >= state.limit and not step(uc):
                 state.stopped = 1
                 emu_stop(uc)
                 return
@@ -177,10 +201,25 @@ class BlockCounter:
         """Count `nbytes` more, as if that much code had run (the cost of a trapped access)."""
         self._state.used += nbytes
 
+    def take_steps(self) -> int:
+        """The one-block steps `arm_steps` allowed since this was last called (then zero)."""
+        steps, self._state.steps = self._state.steps, 0
+        return steps
+
     def arm(self, budget_bytes: int) -> None:
         """Allow `budget_bytes` more code (at least one block) before the engine stops."""
-        self._state.stopped = 0
-        self._state.limit = self._state.used + max(budget_bytes, 1)
+        state = self._state
+        state.stopped = state.steps_left = 0
+        state.limit = state.used + max(budget_bytes, 1)
+
+    def arm_steps(self, steps: int, deadline: int) -> None:
+        """Allow one more block, then up to `steps` more one at a time, each only while the
+        `step_while` bit is set and `used` is below `deadline` at its start."""
+        state = self._state
+        state.stopped = 0
+        state.steps_left = max(steps, 0) if state.mask_bit else 0
+        state.deadline = deadline
+        state.limit = state.used + 1
 
 
 # --- the system-register filter --------------------------------------------------------------

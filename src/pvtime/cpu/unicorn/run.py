@@ -10,7 +10,10 @@ interrupt asserted.
 
 While the line is asserted but masked, the engine runs one translation block at a time: QEMU ends
 a block after every write to DAIF (`msr daifclr`, `msr daif`), so the interrupt is taken right
-after the instruction that unmasks it, as the architecture requires. A guest that keeps IRQs
+after the instruction that unmasks it, as the architecture requires. The block counter takes
+these steps itself, checking PSTATE.I and the deadline between two blocks as this loop would
+(`BlockCounter.arm_steps`): a burst of masked blocks is one engine run, stopped at the block
+boundary where the loop's own checks would stop it, and each step counts as a poll. A guest that keeps IRQs
 masked with the line asserted for more than `POLL_BLOCKS` blocks is then polled every
 `POLL_INSNS` instructions instead (an unmask inside such a burst is seen at its end). A WFI starts
 the one-block steps afresh: an idle loop (`wfi` with IRQs masked, which an asserted line
@@ -91,6 +94,7 @@ class Budget:
     def woke(self) -> None:
         """A WFI completed: step one block at a time again while the line is masked."""
         self._polls = 0
+        self.counter.take_steps()  # those were before the WFI
 
     def expired(self) -> bool:
         """Has the slice reached its deadline?"""
@@ -116,13 +120,18 @@ class Budget:
         clock = self.clock
         assert clock is not None
         now = clock.now_ns
+        # The one-block steps the counter took since the last arm count as polls, as if this
+        # method had armed each (`native.BlockCounter.arm_steps`).
+        steps = self.counter.take_steps()
         if irq_pending:
+            self._polls += steps
             if not self._regs.pstate() & PSTATE_I:
                 self.counter.arm(0)
                 return
             self._polls += 1
             if self._polls <= POLL_BLOCKS:
-                self.counter.arm(1)  # exactly one block
+                # Exactly one block, then one at a time while still masked and before the deadline.
+                self.counter.arm_steps(POLL_BLOCKS - self._polls, self._deadline_used())
                 return
             insns = POLL_INSNS
         else:
@@ -135,6 +144,15 @@ class Budget:
         # ceil: the engine must reach `until`, so that the event is due when it stops.
         need = -(-max(until - now, 0) * self.instructions_per_sec // NSEC_PER_SEC)
         self.counter.arm(4 * max(1, min(insns, need)))
+
+    def _deadline_used(self) -> int:
+        """The counter's `used` at which account() brings the clock to its deadline."""
+        clock = self.clock
+        assert clock is not None
+        left = clock.deadline_ns - clock.now_ns
+        # The fewest instructions i with (i * 1e9 + time_rem) // ips >= left (none when left <= 0).
+        need = max(0, -(-(left * self.instructions_per_sec - self._time_rem) // NSEC_PER_SEC))
+        return self._accounted + 4 * need
 
     def account(self) -> None:
         """Turn the instructions executed since the last call into virtual time."""
@@ -165,7 +183,8 @@ class UnicornCpu:
         self._uc = uc
         self._regs = Registers(uc)
         self._memory = GuestMemory(uc)
-        self._budget = Budget(BlockCounter(uc, native=native), self._regs, instructions_per_sec)
+        counter = BlockCounter(uc, step_while=(A.UC_ARM64_REG_PSTATE, PSTATE_I), native=native)
+        self._budget = Budget(counter, self._regs, instructions_per_sec)
         self._hooks = TrapHooks(uc, self._regs, self._memory, self._budget, native=native)
         self.core_regs: MutableMapping[int, int] = CoreRegs(self)
         self.sys_regs: MutableMapping[int, int] = SysRegs(uc)
