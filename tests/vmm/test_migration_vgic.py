@@ -60,3 +60,24 @@ def test_a_damaged_vgic_state_is_refused_naming_the_field(damage, message):
     with pytest.raises(MigrationError, match=message):
         restore(kvm, encode(part), now_ns=0)
     assert json.dumps(part.meta)  # still a JSON document: the refusal came from checking it
+
+
+def test_a_machine_code_vm_without_a_vgic_carries_its_uart_state():
+    """The PL011's registers are the VMM's device state with or without an interrupt controller:
+    a guest that enabled its TX interrupt finds it enabled after the migration, and the DR zone
+    is coalesced only while that interrupt is masked, on both hosts alike."""
+    from pvtime.cpu import CpuKind
+
+    src = Machine(Kvm(Host(25_000_000)), MachineConfig("e", memory_mib=1, cpu=CpuKind.UNICORN))
+    assert src.gic is None and src.coalesced is not None and src.coalesced.registered
+    src.uart.access(MmioExit(UART + 0x38, 4, (0x20).to_bytes(4, "little"), True))  # IMSC.TXIM
+    src.coalesced.sync()
+    assert not src.coalesced.registered
+    dst = restore(Kvm(Host(25_000_000)), save(src, now_ns=0), now_ns=0)
+    assert dst.uart.save_state() == src.uart.save_state() and dst.uart.mask == 0x20
+    assert dst.coalesced is not None and not dst.coalesced.registered
+
+
+def test_a_model_vm_without_a_vgic_carries_no_uart_state():
+    m = Machine(Kvm(Host(25_000_000)), MachineConfig("p", memory_mib=1))
+    assert "uart" not in decode(save(m, now_ns=0)).state

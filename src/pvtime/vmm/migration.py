@@ -311,6 +311,7 @@ class Sender:
             m.coalesced.flush()  # stores still in KVM's ring reach the UART before it is saved
         if m.gic is not None:  # the interrupt controller, and the device whose interrupt it carries
             state["vgic"] = gic_state.to_json(gic_state.save(m.gic, list(range(len(m.vcpus)))))
+        if m.gic is not None or m.config.cpu is not CpuKind.MODEL:  # a UART some guest code can drive
             state["uart"] = m.uart.save_state()
         return state
 
@@ -607,6 +608,7 @@ def _fill(machine: Machine, meta: dict[str, Any], memory: dict[int, memoryview],
         raise MigrationError("the stream's vGIC state and its config.vgic disagree: mismatched stream")
     if machine.gic is not None:
         gic_state.restore(machine.gic, gic_state.from_json(state["vgic"]))
+    if "uart" in state:  # after the vGIC: the UART drives its interrupt line as its registers say
         machine.uart.load_state(state["uart"])
         if machine.coalesced is not None:
             machine.coalesced.sync()  # the zone follows the restored interrupt mask
