@@ -28,7 +28,7 @@ OUT_DIR = NATIVE_DIR.parent / "src" / "pvtime" / "native"
 
 #: Hook name -> its C source (relative to native/). The shared object is `<name>.<arch>.so`.
 HOOKS: dict[str, str] = {"block_counter": "block_counter.c", "sysreg_filter": "sysreg_filter.c",
-                         "fast_traps": "fast_traps.c"}
+                         "fast_traps": "fast_traps.c", "access_fault": "access_fault.c"}
 
 #: Host architectures, as pvtime names them (platform.machine(), normalised): zig's target arch.
 ARCHES: tuple[str, ...] = ("x86_64", "aarch64")

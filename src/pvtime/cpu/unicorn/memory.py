@@ -34,7 +34,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from unicorn import (
@@ -49,6 +49,7 @@ from pvtime.abi.widths import U64
 from pvtime.cpu.backend import GuestRegion, Stop, StopKind
 from pvtime.cpu.disasm import disassemble
 from pvtime.cpu.mmio_decode import MmioAccess, decode
+from pvtime.cpu.unicorn.fault_hook import FaultHook
 from pvtime.cpu.unicorn.registers import Registers
 
 
@@ -57,8 +58,6 @@ from pvtime.cpu.unicorn.registers import Registers
 _vmem_translate = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
                                    ctypes.POINTER(ctypes.c_uint64))(("uc_vmem_translate", uclib))
 
-#: A UC_HOOK_MEM_* callback: (engine, access, address, size, value, user data) -> handled.
-FaultHook = Callable[[Uc, int, int, int, int, object], bool]
 _UNMAPPED = UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED
 
 # An instruction's MMIO access depends on its word only; the same few instructions (a console
@@ -81,7 +80,7 @@ class _PendingMmio:
 class GuestMemory:
     """The VM's memslots as one engine maps them, and the accesses that leave the engine."""
 
-    def __init__(self, uc: Uc) -> None:
+    def __init__(self, uc: Uc, *, native: bool | None = None) -> None:
         self._uc = uc
         self._ram: list[tuple[int, int, memoryview]] = []  # (gpa, size, buffer) of the mapped slots
         self._mapped: list[tuple[int, int, bool, int]] = []
@@ -91,7 +90,7 @@ class GuestMemory:
         # guest address), and the logging slots.
         self._wp: dict[int, int | None] = {}
         self._logged: list[GuestRegion] = []
-        # The write-protect fault to serve (slot, address, size): set by `access_fault`, served
+        # The write-protect fault to serve (slot, address, size): set by `take_fault`, served
         # by `log_write` once the engine has stopped.
         self.wp_fault: tuple[GuestRegion, int, int] | None = None
         self._mmio: _PendingMmio | None = None
@@ -101,10 +100,9 @@ class GuestMemory:
         self._shared: frozenset[int] = frozenset()
         self._stale_tlb = False
         self._stale_code = False
-        # The fault hook, the (kind, first, last) ranges it is installed over, and its handles.
-        self._fault_hook: FaultHook | None = None
+        # The fault hook, and the (kind, first, last) ranges it is installed over.
+        self._faults = FaultHook(uc, native=native)
         self._fault_ranges: tuple[tuple[int, int, int], ...] = ()
-        self._fault_handles: list[int] = []
         _engines.add(self)
 
     def read_word(self, gpa: int) -> int | None:
@@ -220,17 +218,14 @@ class GuestMemory:
 
     # --- accesses the engine cannot make -------------------------------------------------------
 
-    def hook_faults(self, hook: FaultHook) -> None:
-        """Have `hook` called for every access the engine refuses: an unmapped access, or a write to
-        a read-only or write-protected slot (it then calls `access_fault`)."""
-        self._fault_hook = hook
-        self._hook_fault_ranges()
+    @property
+    def native_faults(self) -> bool:
+        """Is the fault hook the native one (else its Python twin)?"""
+        return self._faults.native
 
     def _hook_fault_ranges(self) -> None:
         """(Re)install the fault hook over the addresses no slot backs and the slots a write faults
         in, and nowhere else (see the module docstring)."""
-        if self._fault_hook is None:
-            return
         ranges: list[tuple[int, int, int]] = []
         start = 0
         for gpa, size, _, _ in self._mapped:  # sorted by address
@@ -244,16 +239,19 @@ class GuestMemory:
         wanted = tuple(ranges)
         if wanted == self._fault_ranges:
             return
-        for handle in self._fault_handles:
-            self._uc.hook_del(handle)
-        self._fault_handles = [self._uc.hook_add(kind, self._fault_hook, None, first, last)
-                               for kind, first, last in wanted]
+        self._faults.install(wanted)
         self._fault_ranges = wanted
 
-    def access_fault(self, access: int, address: int, size: int, value: int, pc: int) -> Stop | None:
-        """An access the engine refused (`UC_HOOK_MEM_*_UNMAPPED`, `UC_HOOK_MEM_WRITE_PROT`) by
-        the instruction at `pc`: the MMIO exit or fault it is, or None for a store to a logging
-        slot (in `wp_fault`, for `log_write`). `address` is guest-physical, `pc` virtual."""
+    def faulted(self) -> bool:
+        """Did the engine refuse an access since the last call? (`take_fault` serves it.)"""
+        return self._faults.take()
+
+    def take_fault(self) -> Stop | None:
+        """The access the engine refused last (`UC_HOOK_MEM_*_UNMAPPED`, `UC_HOOK_MEM_WRITE_PROT`),
+        as the fault hook recorded it: the MMIO exit or fault it is, or None for a store to a
+        logging slot (in `wp_fault`, for `log_write`). Its address is guest-physical, its PC virtual."""
+        r = self._faults.record
+        access, address, size, pc = r.type, r.address, r.size, r.pc
         if access == UC_MEM_WRITE_PROT:
             for slot in self._logged:
                 if slot.guest_phys_addr <= address < slot.guest_phys_addr + slot.memory_size:
@@ -262,7 +260,7 @@ class GuestMemory:
         if access == UC_MEM_FETCH_UNMAPPED:
             return Stop(StopKind.FAULT, pc=address, instruction="(no memory at the PC)",
                         reason=f"instruction fetch from {address:#x}, which no memslot backs")
-        word = self.fetch(pc)
+        word = r.word if r.word_ok else None
         mmio = _decode(word) if word is not None else None
         is_write = access in (UC_MEM_WRITE_UNMAPPED, UC_MEM_WRITE_PROT)
         if mmio is None or mmio.is_write != is_write:
@@ -271,7 +269,7 @@ class GuestMemory:
                                        f"emulate (no valid syndrome: not a single-register access "
                                        f"without writeback)", word)
         if is_write:
-            data = (value & ((1 << (8 * mmio.size)) - 1)).to_bytes(mmio.size, "little")
+            data = (r.value & ((1 << (8 * mmio.size)) - 1)).to_bytes(mmio.size, "little")
         else:
             data = b""
         self._mmio = _PendingMmio(mmio, pc)

@@ -1,5 +1,6 @@
 """Native hooks: the block counter and the system-register filter, callbacks written in C, each
-with its Python twin (the fast traps, a third, are in `fast_traps`).
+with its Python twin (the fast traps and the access-fault hook are in `fast_traps` and
+`fault_hook`).
 
 The block counter. Virtual time needs the number of guest instructions executed. Unicorn's own
 `count` argument instruments every instruction and runs guest code about 6x slower (measured: 0.11
@@ -63,9 +64,10 @@ NATIVE_ENV = "PVTIME_NATIVE"
 BLOCK_COUNTER = "block_counter"
 SYSREG_FILTER = "sysreg_filter"
 FAST_TRAPS = "fast_traps"
+ACCESS_FAULT = "access_fault"
 # Each shared object's first hook: the one whose presence says the object loads.
 _SYMBOLS = {BLOCK_COUNTER: "pvtime_block_counter", SYSREG_FILTER: "pvtime_sysreg_filter",
-            FAST_TRAPS: "pvtime_fast_mrs"}
+            FAST_TRAPS: "pvtime_fast_mrs", ACCESS_FAULT: "pvtime_access_fault"}
 _ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
 
@@ -114,12 +116,16 @@ def _choose(name: str, native: bool | None) -> int | None:
     return address
 
 
-def _hook_add(uc: Uc, kind: int, callback: object, user: object, *extra: object) -> None:
+def _hook_add(uc: Uc, kind: int, callback: object, user: object, *extra: object, begin: int = 1,
+              end: int = 0) -> int:
+    """uc_hook_add of a ctypes or native callback over [begin, end] (all addresses by default);
+    its handle."""
     handle = ctypes.c_size_t()
     err = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), kind, callback, user,  # noqa: SLF001
-                            ctypes.c_uint64(1), ctypes.c_uint64(0), *extra)
+                            ctypes.c_uint64(begin), ctypes.c_uint64(end), *extra)
     if err != 0:
         raise RuntimeError(f"uc_hook_add({kind:#x}) failed with unicorn error {err}")
+    return handle.value
 
 
 # --- the block counter -----------------------------------------------------------------------

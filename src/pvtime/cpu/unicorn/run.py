@@ -182,7 +182,7 @@ class UnicornCpu:
         uc.ctl_set_cpu_model(A.UC_CPU_ARM64_A72)
         self._uc = uc
         self._regs = Registers(uc)
-        self._memory = GuestMemory(uc)
+        self._memory = GuestMemory(uc, native=native)
         counter = BlockCounter(uc, step_while=(A.UC_ARM64_REG_PSTATE, PSTATE_I), native=native)
         self._budget = Budget(counter, self._regs, instructions_per_sec)
         self._hooks = TrapHooks(uc, self._regs, self._memory, self._budget, native=native)
@@ -212,7 +212,7 @@ class UnicornCpu:
     def native(self) -> bool:
         """Are the hooks (block counter, system-register filters) the native ones (else their
         Python twins)?"""
-        return self._budget.counter.native and self._hooks.native
+        return self._budget.counter.native and self._hooks.native and self._memory.native_faults
 
     # --- state -------------------------------------------------------------------------------
 
@@ -297,7 +297,11 @@ class UnicornCpu:
             try:
                 uc.emu_start(regs.pc(), _NEVER)
             except UcError as err:
-                if hooks.stop is None and memory.wp_fault is None:
+                if memory.faulted():  # an access the engine refused: it ends the run, as it says
+                    stop = memory.take_fault()
+                    if stop is not None:
+                        hooks.stop = stop
+                elif hooks.stop is None and memory.wp_fault is None:
                     hooks.stop = memory.fault_stop(uc.reg_read(A.UC_ARM64_REG_PC), f"unicorn: {err}")
             if hooks.error is not None:
                 error, hooks.error = hooks.error, None

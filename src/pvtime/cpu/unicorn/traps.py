@@ -12,7 +12,8 @@
 - TLBI and IC instructions are executed by the engine and counted (another native filter): the
   run loop then makes the other vCPUs' engines drop their translations (`memory`).
 - `HLT #0xF000` (Arm semihosting) stops with `StopKind.SEMIHOSTING`, for the VMM to serve.
-- An access the engine refuses is an MMIO exit, a dirty-log fault or a fault (`memory`).
+- An access the engine refuses is recorded by the fault hook (`fault_hook`) and, once the engine
+  has stopped, served as an MMIO exit, a dirty-log fault or a fault (`memory`).
 - An exception the guest takes itself -- SVC, BRK, an undefined instruction, an instruction or
   data abort from its MMU, a trapped system-register access -- is delivered to EL1 with the
   syndrome and fault address QEMU computed (`syndrome`, `exceptions`), once the engine has
@@ -110,7 +111,6 @@ class TrapHooks:
         self.fast = FastTraps(uc, regs, budget.counter, SYSREG_ACCESS_INSNS, self._on_mrs, self._on_intr, native=native)
         budget.fast = self.fast
         self._fast_paths: FastPathTraps | None = None
-        memory.hook_faults(self._on_memory)
         # The native filters call the MRS/MSR hooks for the trapped registers only.
         self._sysreg_filters = [SysregFilter(uc, A.UC_ARM64_INS_MRS, [_TRAPPED], self.fast.mrs_next, native=native),
                                 SysregFilter(uc, A.UC_ARM64_INS_MSR, [_TRAPPED], self._on_msr, native=native)]
@@ -214,14 +214,6 @@ class TrapHooks:
             self.stop = Stop(StopKind.DEADLINE)
             uc.emu_stop()
         # No timer is an SMCCC/PSCI call's business: otherwise the budget stands.
-
-    def _on_memory(self, uc: Uc, access: int, address: int, size: int, value: int, user: object) -> bool:
-        stop = self._memory.access_fault(access, address, size, value, self._regs.pc())
-        if stop is None:  # a store to a logging slot: served by the run loop, then retried
-            uc.emu_stop()
-        else:
-            self.stop = stop
-        return False
 
     def _el0_counter_trapped(self, sysreg: SysReg) -> bool:
         """An MRS of `sysreg` now is an EL0 counter read that CNTKCTL_EL1 does not enable."""
