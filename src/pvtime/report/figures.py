@@ -1,11 +1,13 @@
 """PNG figures (matplotlib, Agg): steal over time per vCPU, and host CPU occupancy.
 
-Both stay readable from 2 to hundreds of vCPUs and host CPUs: a line per vCPU (a panel per host
-CPU) while there are few, past that a line per VM and a heatmap with a row per vCPU (per host
-CPU). Lines are steps (a value holds until the next sample); legends sit outside the plot, in
-the scenario's order. The PNGs carry no date or software metadata, so identical runs give
-identical bytes.
-"""
+The steal figure draws each guest view of steal (the stolen-time record, the guest's /proc/stat)
+beside the host truth, and in panels of their own how far each view is from the truth: a view
+equal to the truth hides under it in the cumulative panel, and lies on 0 in its own. Both figures
+stay readable from 2 to hundreds of vCPUs and host CPUs: a line per vCPU (a panel per host CPU)
+while there are few, past that a line per VM and a heatmap with a row per vCPU (per host CPU).
+Lines are steps (a value holds until the next sample); legends sit outside the plot, in the
+scenario's order. The PNGs carry no date or software metadata, so identical runs give identical
+bytes."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from matplotlib.colors import Colormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
 
 from pvtime.report.figure_data import FigureData, figure_data  # noqa: E402
 
@@ -39,9 +42,12 @@ _LEGEND_FONT = 7
 # How the steal figure draws each view of a vCPU's steal (the colour is the vCPU, or its VM).
 _STEAL_VIEWS: tuple[tuple[str, Literal["-", "--", ":"], str], ...] = (
     ("host_wait_ns", "-", "host truth: each wait counted\nas it passes"),
-    ("record_steal_ns", "--", "stolen-time record: steps at each\nvCPU load, as the guest reads it"),
+    ("record_steal_ns", "--", "stolen-time record: steps at each\nvCPU load, as the guest reads it\n(none without PV time)"),
     ("guest_steal_ns", ":", "guest /proc/stat steal: steps\nat its ticks"),
 )
+_GUEST_VIEWS = _STEAL_VIEWS[1:]  # compared with the truth (the first) in panels of their own
+_DIFF_LABELS = {"record_steal_ns": "stolen-time record\nminus host truth (ms)",
+                "guest_steal_ns": "guest /proc/stat steal\nminus host truth (ms)"}
 _RATE_WINDOW_NS = 100_000_000  # per-sample rates swing with every timeslice: windows of ~100 ms...
 _MIN_WINDOWS = 20  # ...unless the run is too short to give this many
 _LINES_UP_TO = 10  # vCPUs drawn a line each (a colour each); past that, a line per VM and a heatmap
@@ -50,6 +56,10 @@ _PANELS_UP_TO = 16  # host CPUs drawn a panel each; past that, a panel per host 
 _LABELLED_ROWS_UP_TO = 40  # heatmap row groups (VMs, hosts) named on the axis
 _PANEL_GAP = 25.0  # between the occupancy panels of the CPUs, in % of a panel's height (subplots' hspace)
 _NO_VALUE = "0.82"  # the heatmaps' grey for "no value"
+# The difference panels' scale is linear to this many ms either side of 0, logarithmic beyond: a few
+# guest ticks (4 ms at 250 Hz) stay linear beside a legacy guest's hundreds of ms of missing steal.
+_DIFF_LINEAR_MS = 10.0
+_MAX_HEIGHT_IN = 15.0  # the steal heatmap figure's height at most, however many vCPUs
 
 
 def steal_figure(result: RunResult | FigureData, path: Path) -> None:
@@ -63,15 +73,32 @@ def occupancy_figure(result: RunResult | FigureData, path: Path) -> None:
 
 
 def steal_plot(result: RunResult | FigureData) -> Figure:
-    """Cumulative steal per vCPU (each view a step line) and the host truth's steal rate over
-    windows of ~100 ms (at most 100 %): a line per vCPU, or past `_LINES_UP_TO` vCPUs a line per
-    VM (the mean of its vCPUs, with the range of the host truth as a band) and a heatmap with a
-    row per vCPU. The caller closes the figure (`matplotlib.pyplot.close`)."""
+    """Cumulative steal per vCPU (each view a step line); below it a panel per guest view (the
+    record, /proc/stat) of that view minus the host truth (`guest_minus_truth`, 0: the truth);
+    and the host truth's steal rate over windows of ~100 ms (at most 100 %): a line per vCPU, or
+    past `_LINES_UP_TO` vCPUs a line per VM (the mean of its vCPUs, with the range of the host
+    truth as a band) and a heatmap with a row per vCPU. A difference line's gid is the vCPU
+    ("vm/N") or the VM, a space and the view's column ("web/0 record_steal_ns"); a view with no
+    value at any sample has no line. The caller closes the figure (`matplotlib.pyplot.close`)."""
     data = figure_data(result)
     rates = steal_rates(data)
     if len(data.vcpus) <= _LINES_UP_TO:
         return _steal_lines(data, rates)
     return _steal_heatmap(data, rates)
+
+
+def guest_minus_truth(run: RunResult | FigureData) -> dict[str, np.ndarray]:
+    """Each guest view of each vCPU's steal minus its host truth (`host_wait_ns`), in ms: per view
+    column (`record_steal_ns`, `guest_steal_ns`) an array (vCPUs in the scenario's order, samples),
+    NaN where the view or the truth has no value. Below 0, the guest sees less steal than the host
+    gave it (a legacy guest's /proc/stat: all of it)."""
+    data = figure_data(run)
+    keys = [f"{row.vm}/vcpu{row.vcpu}" for row in data.vcpus]
+    if not keys:
+        return {view: np.full((0, len(data.grid_ns)), np.nan) for view, _, _ in _GUEST_VIEWS}
+    truth = np.ma.stack([data.series[k]["host_wait_ns"] for k in keys])
+    # in whole ns first, so that equal views differ by exactly 0
+    return {view: _ms(np.ma.stack([data.series[k][view] for k in keys]) - truth) for view, _, _ in _GUEST_VIEWS}
 
 
 @dataclass(frozen=True)
@@ -114,36 +141,42 @@ def steal_rates(run: RunResult | FigureData) -> StealRates:
 
 def _steal_lines(result: FigureData, rates: StealRates) -> Figure:
     t_s = result.grid_ns / 1e9
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(_WIDTH_IN, 7), sharex=True)
+    fig, (top, *diffs, bottom) = plt.subplots(4, 1, figsize=(_WIDTH_IN, 10), sharex=True,
+                                              gridspec_kw={"height_ratios": [3.2, 1.7, 1.7, 2.0]})
     handles = []
-    for i, row in enumerate(result.vcpus):
+    gaps = guest_minus_truth(result)
+    names = [f"{row.vm}/{row.vcpu}" for row in result.vcpus]
+    for i, (row, name) in enumerate(zip(result.vcpus, names)):
         cols = result.series[f"{row.vm}/vcpu{row.vcpu}"]
         color = f"C{i % 10}"
         for col, style, _ in _STEAL_VIEWS:
             top.step(t_s, _ms(cols[col]), where="post", color=color, linestyle=style, linewidth=1.2)
-        handles.append(Line2D([], [], color=color, label=f"{row.vm}/{row.vcpu}"))
+        handles.append(Line2D([], [], color=color, label=name))
         _stairs(bottom, rates.pct[i], rates.edges_ns / 1e9, color=color)
+    _difference_panels(diffs, t_s, names, gaps)
     top.set_ylabel("cumulative steal (ms)")
     top.set_title(f"{result.name}: steal per vCPU")
     top.legend(handles=_view_handles() + handles, fontsize=_LEGEND_FONT, loc="upper left",
                bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    bottom.set_ylabel(f"host truth: steal, % of each {rates.window_label}")
+    bottom.set_ylabel(f"host truth: steal,\n% of each {rates.window_label}")
     bottom.set_xlabel("virtual time (s)")
     bottom.set_ylim(0, 105)
     bottom.set_xlim(0, result.duration_ns / 1e9)
-    _margins(fig, hspace=0.08)
+    _margins(fig, hspace=0.1, left_in=1.0)
     return fig
 
 
 def _steal_heatmap(result: FigureData, rates: StealRates) -> Figure:
     rows = result.vcpus
     vms = list(dict.fromkeys(r.vm for r in rows))
-    heat_in = _heat_height(len(rows))
-    fig = plt.figure(figsize=(_WIDTH_IN, 3.6 + heat_in + 0.9))
-    gs = fig.add_gridspec(2, 2, height_ratios=[3.6, heat_in], width_ratios=[60, 1], wspace=0.02)
+    lines_in = [3.0, 1.5, 1.5]  # the cumulative panel, the two difference panels
+    heat_in = min(_heat_height(len(rows)), _MAX_HEIGHT_IN - 1.5 - sum(lines_in))
+    fig = plt.figure(figsize=(_WIDTH_IN, sum(lines_in) + heat_in + 1.5))
+    gs = fig.add_gridspec(4, 2, height_ratios=[*lines_in, heat_in], width_ratios=[60, 1], wspace=0.02)
     top = fig.add_subplot(gs[0, 0])
-    bottom = fig.add_subplot(gs[1, 0], sharex=top)
-    cax = fig.add_subplot(gs[1, 1])
+    diffs = [fig.add_subplot(gs[1, 0], sharex=top), fig.add_subplot(gs[2, 0], sharex=top)]
+    bottom = fig.add_subplot(gs[3, 0], sharex=top)
+    cax = fig.add_subplot(gs[3, 1])
     t_s = result.grid_ns / 1e9
     groups = [(vm, [i for i, r in enumerate(rows) if r.vm == vm]) for vm in vms]
     if len(groups) > _GROUPS_UP_TO:
@@ -161,10 +194,14 @@ def _steal_heatmap(result: FigureData, rates: StealRates) -> Figure:
         handles.append(Patch(facecolor=color, edgecolor=color, alpha=0.6,
                              label=f"{label} ({n} vCPU{'s' if n > 1 else ''})" if len(groups) > 1 or n != len(rows)
                              else label))
+    # a group's difference: the mean over its vCPUs that have both values (masked: no warning when none has)
+    gaps = {view: np.ma.filled(np.ma.stack([np.ma.masked_invalid(per_vcpu[m]).mean(axis=0) for _, m in groups]),
+                               np.nan) for view, per_vcpu in guest_minus_truth(result).items()}
+    _difference_panels(diffs, t_s, [label for label, _ in groups], gaps)
     top.set_ylabel("cumulative steal per vCPU (ms)")
     top.set_title(f"{result.name}: steal of {len(rows)} vCPUs" + (f" in {len(vms)} VMs" if len(vms) > 1 else ""))
-    note = Line2D([], [], color="none", label="line: the mean over the vCPUs\nthat have run; band: the host\n"
-                                              "truth's lowest to highest")
+    note = Line2D([], [], color="none", label="line (every panel): the mean over\nthe vCPUs with a value; band: the\n"
+                                              "host truth's lowest to highest")
     top.legend(handles=_view_handles() + [note] + handles, fontsize=_LEGEND_FONT, loc="upper left",
                bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     plt.setp(top.get_xticklabels(), visible=False)
@@ -176,8 +213,53 @@ def _steal_heatmap(result: FigureData, rates: StealRates) -> Figure:
     bar = fig.colorbar(mesh, cax=cax)
     bar.set_label(f"host truth: steal, % of each {rates.window_label}\ngrey: no value (not run yet,\n"
                   "or PV_TIME_ST restarted the count)", fontsize=8)
-    _margins(fig, hspace=0.08, left_in=left_in)
+    _margins(fig, hspace=0.1, left_in=max(left_in, 1.0))
     return fig
+
+
+def _difference_panels(axes: list[Axes], t_s: np.ndarray, names: list[str], gaps: dict[str, np.ndarray]) -> None:
+    """A panel per guest view: each line (a vCPU's or a VM's, the colour of its cumulative lines)
+    that view minus the host truth, on one scale for both panels: linear near 0, where a few ticks
+    show, logarithmic beyond, where a view missing all the steal shows."""
+    for ax, (view, style, _) in zip(axes, _GUEST_VIEWS):
+        ax.axhline(0.0, color="black", linewidth=0.8)  # the host truth: solid, as in the cumulative panel
+        for i, name in enumerate(names):
+            if not np.isnan(gaps[view][i]).all():
+                ax.step(t_s, gaps[view][i], where="post", color=f"C{i % 10}", linestyle=style, linewidth=1.2,
+                        gid=f"{name} {view}")
+        ax.set_ylabel(_DIFF_LABELS[view], fontsize=9)
+        plt.setp(ax.get_xticklabels(), visible=False)
+    known = np.concatenate([g[~np.isnan(g)] for g in gaps.values()] + [np.zeros(1)])
+    low, high = -_diff_bound(-known.min()), _diff_bound(known.max()) if known.max() > 0 else 0.3 * _DIFF_LINEAR_MS
+    for ax in axes:
+        ax.set_yscale("symlog", linthresh=_DIFF_LINEAR_MS, linscale=1.5)
+        ax.set_ylim(low, high)
+        ax.yaxis.set_major_locator(FixedLocator(_diff_ticks(low, high)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}".replace("-", "\u2212")))
+        ax.yaxis.set_minor_locator(NullLocator())
+    axes[0].text(1.01, 0.0, f"0 (solid): the host truth;\nbelow 0: the guest sees\nless steal than the host.\n"
+                            f"Scale linear within \u00b1{_DIFF_LINEAR_MS:g} ms,\nlogarithmic beyond.",
+                 transform=axes[0].transAxes, fontsize=_LEGEND_FONT, va="center", ha="left")
+
+
+def _diff_bound(reach: float) -> float:
+    """How far the difference panels' scale goes from 0 to show a difference of `reach` ms: past a
+    decade of the logarithmic part, to the next power of 10 (labelled)."""
+    if reach <= _DIFF_LINEAR_MS:
+        return 1.1 * _DIFF_LINEAR_MS
+    if reach <= 10 * _DIFF_LINEAR_MS:
+        return 1.3 * reach
+    return float(10 ** np.ceil(np.log10(1.05 * reach)))
+
+
+def _diff_ticks(low: float, high: float) -> list[float]:
+    """The difference panels' ticks within [low, high]: 0, +-5 and +-10 ms (the linear part, with
+    `_DIFF_LINEAR_MS` 10), then 50, 100 ms or, past a decade, 100, 1000 ms... (the logarithmic
+    part: a label per decade is as many as it has room for)."""
+    within_a_decade = max(-low, high) <= 13 * _DIFF_LINEAR_MS  # `_diff_bound`'s reach: 10 * 1.3
+    mults = (5, 10) if within_a_decade else (10,)
+    steps = [_DIFF_LINEAR_MS / 2, _DIFF_LINEAR_MS] + [_DIFF_LINEAR_MS * m * 10**k for k in range(9) for m in mults]
+    return [-v for v in reversed(steps) if -v >= low] + [0.0] + [v for v in steps if v <= high]
 
 
 def occupancy_plot(run: RunResult | FigureData) -> Figure:
