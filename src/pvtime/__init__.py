@@ -4,4 +4,4 @@ Layers, top to bottom (enforced by the import contract in pyproject.toml):
 cli > calibrate > report > sim > vmm > kvm > cpu > host > guest > fixedpoint > abi.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
