@@ -172,6 +172,7 @@ int main(void)
 	    busy_ms, sysconf(_SC_CLK_TCK));
 
 	static struct cpu_times before[CPU_SETSIZE + 1], after[CPU_SETSIZE + 1];
+	long long window_start = monotonic_ns();
 	int nbefore = read_cpu_times(before, CPU_SETSIZE + 1);
 	print_cpu_times("before", before, nbefore);
 
@@ -210,9 +211,16 @@ int main(void)
 	    (elapsed / 1000) % 1000, failed);
 
 	int nafter = read_cpu_times(after, CPU_SETSIZE + 1);
+	long long window_ns = monotonic_ns() - window_start;
 	print_cpu_times("after", after, nafter);
+	/* USER_HZ ticks of time that passed between the two reads, per CPU */
+	long long passed = window_ns / 1000000LL * sysconf(_SC_CLK_TCK) / 1000;
 
-	say("pvtime-init: growth per CPU over the busy phase, in USER_HZ ticks:");
+	/* kernel/sched/cputime.c: account_process_tick accounts a tick as steal alone when the steal
+	 * since the last tick reaches a tick, so under heavy steal the fields add up to less than the
+	 * time that passed: both shares are printed. */
+	say("pvtime-init: growth per CPU over the busy phase, in USER_HZ ticks (steal as a share of the ticks "
+	    "accounted, and of the ticks that passed):");
 	for (int i = 0; i < nafter; i++) {
 		const struct cpu_times *a = &after[i], *b = NULL;
 		for (int j = 0; j < nbefore; j++)
@@ -233,8 +241,11 @@ int main(void)
 		else
 			snprintf(name, sizeof(name), "cpu%d", a->cpu);
 		long long pct10 = total > 0 ? (d[F_STEAL] * 1000 + total / 2) / total : 0;
-		say("pvtime-init: %s steal %+lld user %+lld system %+lld idle %+lld of %+lld (steal %lld.%lld%%)", name,
-		    d[F_STEAL], d[F_USER], d[F_SYSTEM], d[F_IDLE], total, pct10 / 10, pct10 % 10);
+		long long ticks = a->cpu < 0 ? passed * ncpus : passed;
+		long long passed10 = ticks > 0 ? (d[F_STEAL] * 1000 + ticks / 2) / ticks : 0;
+		say("pvtime-init: %s steal %+lld user %+lld system %+lld idle %+lld of %+lld (steal %lld.%lld%%); "
+		    "%lld passed (steal %lld.%lld%%)", name, d[F_STEAL], d[F_USER], d[F_SYSTEM], d[F_IDLE], total,
+		    pct10 / 10, pct10 % 10, ticks, passed10 / 10, passed10 % 10);
 	}
 	power_off();
 	return 0;
