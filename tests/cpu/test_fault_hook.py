@@ -119,3 +119,22 @@ def test_native_and_python_hooks_record_the_same_accesses() -> None:
     assert native[2][1][1] == UC_MEM_WRITE_PROT and native[2][0] == MmioExit(0x4010_0000, 8, b"\xff" * 8, True)
     assert isinstance(native[3][0], InternalErrorExit)
     assert _records(False) == native
+
+
+def test_a_vcpu_without_memslots_faults_at_its_first_fetch() -> None:
+    """The hook covers every address from the start: before any memslot exists, the first fetch
+    is a fault that says no memslot backs the PC (not unicorn's own error)."""
+    from pvtime.abi.uapi import REG_PC
+    from pvtime.cpu import create_cpu
+    from pvtime.host import Host
+    from pvtime.kvm import Kvm
+
+    host = Host(25_000_000)
+    cpus = [create_cpu("unicorn", 0)]
+    vcpu = Kvm(host).create_vm("t", cpu=cpus.__getitem__).create_vcpu(0)
+    vcpu.init()
+    vcpu.set_one_reg(REG_PC, 0x4000_0000)
+    with host.on_cpu(host.spawn("t-vcpu0"), 1_000_000):
+        ex = vcpu.run()
+    assert isinstance(ex, InternalErrorExit)
+    assert ex.detail == "instruction fetch from 0x40000000, which no memslot backs"

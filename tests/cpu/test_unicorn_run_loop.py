@@ -192,3 +192,89 @@ def test_the_counters_one_block_steps_run_the_guest_as_one_engine_run_per_block(
     assert stepped == one_block
     assert runs_stepped < runs_one_block / 3, (runs_stepped, runs_one_block)
     assert trace(False, steps=True)[0] == one_block
+
+
+# A Group-1 IRQ (the physical timer's PPI) waits masked; a little later the virtual timer's PPI,
+# Group 0 with FIQEn set and of higher priority, rises and becomes the vGIC's best candidate, as a
+# FIQ, which pvtime does not take: the IRQ line falls by time alone. Disabling that PPI later (an
+# in-kernel MMIO store) raises the line again before the guest unmasks.
+FIQ_OVERTAKES = """
+        movz x1, #0x0800, lsl #16
+        movz x2, #0x0801, lsl #16
+        adr x10, vectors
+        msr vbar_el1, x10
+        mov w4, #1
+        str w4, [x1]                  /* GICD_CTLR */
+        mov w4, #0xb
+        str w4, [x2]                  /* GICC_CTLR: EnableGrp0, EnableGrp1, FIQEn */
+        mov w4, #0xf0
+        str w4, [x2, #4]              /* GICC_PMR */
+        mov w4, #(1 << 30)
+        str w4, [x1, #0x80]           /* GICD_IGROUPR0: PPI 30 Group 1, PPI 27 Group 0 */
+        str wzr, [x1, #0x418]         /* PPI 27 (virtual timer): priority 0 */
+        mov w4, #0x800000
+        str w4, [x1, #0x41c]          /* PPI 30 (physical timer): priority 0x80 */
+        mov w4, #(1 << 27)
+        orr w4, w4, #(1 << 30)
+        str w4, [x1, #0x100]          /* GICD_ISENABLER0 */
+        mov x6, #1
+        mrs x5, cntpct_el0
+        add x5, x5, #10
+        msr cntp_cval_el0, x5
+        msr cntp_ctl_el0, x6          /* the IRQ in 10 ticks */
+        mrs x5, cntvct_el0
+        add x5, x5, #12
+        msr cntv_cval_el0, x5
+        msr cntv_ctl_el0, x6          /* the FIQ 2 ticks later */
+        mov x4, #310
+    1:  subs x4, x4, #1
+        b.ne 1b
+        mov w4, #(1 << 27)
+        str w4, [x1, #0x180]          /* GICD_ICENABLER0: the FIQ's source off, the IRQ signalled again */
+        mov x4, #200
+    2:  subs x4, x4, #1
+        b.ne 2b
+        msr daifclr, #2               /* the IRQ is taken here */
+    3:  add x9, x9, #1
+        b 3b
+        .balign 0x800
+    vectors:
+        .rept 5
+        b .
+        .balign 0x80
+        .endr
+        mov x20, x9
+        mrs x21, elr_el1
+        msr cntp_ctl_el0, xzr
+        wfi
+        b .
+"""
+
+
+def test_the_counters_steps_end_where_a_timer_rises(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A timer's rise can change which interrupt the vGIC signals, and so lower the IRQ line with
+    no guest action (vgic: irq_signaled); the one-block loop sees the line fall at the next block and
+    stops counting polls. The counter's steps end at the rise, so the guest runs as with one engine
+    run per block: it takes the IRQ right at its unmask, not a POLL_INSNS chunk later."""
+    import pvtime.cpu.unicorn.run as run_module
+    from pvtime.abi.uapi import KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_DEV_TYPE_ARM_VGIC_V2, KVM_VGIC_V2_ADDR_TYPE_CPU
+    from pvtime.abi.uapi import KVM_VGIC_V2_ADDR_TYPE_DIST
+
+    counter = run_module.BlockCounter
+
+    def run(steps: bool) -> tuple[object, ...]:
+        monkeypatch.setattr(run_module, "BlockCounter", lambda uc, step_while, native: counter(
+            uc, step_while=step_while if steps else None, native=native))
+        rig = Rig(assemble(FIQ_OVERTAKES))
+        gic = rig.vm.create_device(KVM_DEV_TYPE_ARM_VGIC_V2)
+        gic.set_device_attr(KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_VGIC_V2_ADDR_TYPE_DIST, 0x0800_0000)
+        gic.set_device_attr(KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_VGIC_V2_ADDR_TYPE_CPU, 0x0801_0000)
+        vcpu = rig.vcpus[0]
+        vcpu.set_one_reg(REG_SP_EL1, RAM_BASE + 0x8_0000)
+        ex = rig.run(budget_ns=1_000_000)
+        monkeypatch.undo()
+        return ex, rig.host.clock_ns, rig.cpus[0].instructions, *(vcpu.get_one_reg(reg_x(n)) for n in (20, 21))
+
+    one_block = run(steps=False)
+    assert isinstance(one_block[0], HaltExit) and one_block[3] == 0  # x9 still 0: taken at the unmask
+    assert run(steps=True) == one_block

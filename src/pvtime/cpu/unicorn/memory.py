@@ -103,6 +103,7 @@ class GuestMemory:
         # The fault hook, and the (kind, first, last) ranges it is installed over.
         self._faults = FaultHook(uc, native=native)
         self._fault_ranges: tuple[tuple[int, int, int], ...] = ()
+        self._hook_fault_ranges()  # no memslots yet: every address faults
         _engines.add(self)
 
     def read_word(self, gpa: int) -> int | None:

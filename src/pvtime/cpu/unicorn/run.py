@@ -12,7 +12,8 @@ While the line is asserted but masked, the engine runs one translation block at 
 a block after every write to DAIF (`msr daifclr`, `msr daif`), so the interrupt is taken right
 after the instruction that unmasks it, as the architecture requires. The block counter takes
 these steps itself, checking PSTATE.I and the deadline between two blocks as this loop would
-(`BlockCounter.arm_steps`): a burst of masked blocks is one engine run, stopped at the block
+(`BlockCounter.arm_steps`), and ends them at the next timer rise too, which can change which
+interrupt the vGIC signals: a burst of masked blocks is one engine run, stopped at the block
 boundary where the loop's own checks would stop it, and each step counts as a poll. A guest that keeps IRQs
 masked with the line asserted for more than `POLL_BLOCKS` blocks is then polled every
 `POLL_INSNS` instructions instead (an unmask inside such a burst is seen at its end). A WFI starts
@@ -131,7 +132,11 @@ class Budget:
             self._polls += 1
             if self._polls <= POLL_BLOCKS:
                 # Exactly one block, then one at a time while still masked and before the deadline.
-                self.counter.arm_steps(POLL_BLOCKS - self._polls, self._deadline_used())
+                # A timer's rise may change which interrupt the vGIC signals (the line may fall):
+                # the steps end there too, for the loop to look again.
+                fire = traps.next_irq_ns()
+                until = clock.deadline_ns if fire is None or fire <= now else min(clock.deadline_ns, fire)
+                self.counter.arm_steps(POLL_BLOCKS - self._polls, self._deadline_used(until))
                 return
             insns = POLL_INSNS
         else:
@@ -145,11 +150,11 @@ class Budget:
         need = -(-max(until - now, 0) * self.instructions_per_sec // NSEC_PER_SEC)
         self.counter.arm(4 * max(1, min(insns, need)))
 
-    def _deadline_used(self) -> int:
-        """The counter's `used` at which account() brings the clock to its deadline."""
+    def _deadline_used(self, until: int) -> int:
+        """The counter's `used` at which account() brings the clock to `until`."""
         clock = self.clock
         assert clock is not None
-        left = clock.deadline_ns - clock.now_ns
+        left = until - clock.now_ns
         # The fewest instructions i with (i * 1e9 + time_rem) // ips >= left (none when left <= 0).
         need = max(0, -(-(left * self.instructions_per_sec - self._time_rem) // NSEC_PER_SEC))
         return self._accounted + 4 * need
