@@ -33,3 +33,15 @@ def assemble(source: str) -> bytes:
     tmp.write_bytes(text)
     tmp.replace(out)
     return text
+
+
+# A vector table at the label `vectors` whose first five entries spin (`b .`); the code after this
+# text is the sixth entry: an IRQ taken from the current EL with SP_ELx (VBAR_EL1 + 0x280).
+IRQ_VECTORS = """
+        .balign 0x800
+    vectors:
+        .rept 5
+        b .
+        .balign 0x80
+        .endr
+"""

@@ -15,16 +15,10 @@ from pvtime.abi.uapi import REG_SP_EL1, reg_x
 from pvtime.cpu.unicorn.native import BlockCounter
 from pvtime.cpu.unicorn.run import POLL_BLOCKS
 from pvtime.kvm import HaltExit
-from tests.cpu.asm import assemble
+from tests.cpu.asm import IRQ_VECTORS, assemble
 from tests.cpu.rig import RAM_BASE, Rig
 
-IRQ_VECTOR = """
-        .balign 0x800
-    vectors:
-        .rept 5
-        b .
-        .balign 0x80
-        .endr
+IRQ_VECTOR = IRQ_VECTORS + """
         mov x20, #1          /* current EL, SPx, IRQ */
         mrs x21, elr_el1
         msr cntv_ctl_el0, xzr
@@ -119,12 +113,7 @@ MASKED_STRETCHES = """
         msr cntv_ctl_el0, xzr
         wfi
         b .
-        .balign 0x800
-    vectors:
-        .rept 5
-        b .
-        .balign 0x80
-        .endr
+""" + IRQ_VECTORS + """
         add x20, x20, #1            /* current EL, SPx, IRQ */
         mrs x21, elr_el1
         add x22, x22, x21
@@ -237,12 +226,7 @@ FIQ_OVERTAKES = """
         msr daifclr, #2               /* the IRQ is taken here */
     3:  add x9, x9, #1
         b 3b
-        .balign 0x800
-    vectors:
-        .rept 5
-        b .
-        .balign 0x80
-        .endr
+""" + IRQ_VECTORS + """
         mov x20, x9
         mrs x21, elr_el1
         msr cntp_ctl_el0, xzr

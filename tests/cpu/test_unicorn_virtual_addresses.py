@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pvtime.abi.uapi import REG_PC, REG_SP_EL1, reg_x
 from pvtime.kvm import HaltExit, MmioExit
-from tests.cpu.asm import assemble
+from tests.cpu.asm import IRQ_VECTORS, assemble
 from tests.cpu.mmu import HIGH, MMU_ON_HIGH, build_tables
 from tests.cpu.rig import RAM_BASE, Rig
 
@@ -56,12 +56,7 @@ def test_an_interrupt_is_taken_to_a_virtual_vbar() -> None:
         msr cntv_ctl_el0, x3
         msr daifclr, #2
     1:  b 1b
-        .balign 0x800
-    vectors:
-        .rept 5
-        b .
-        .balign 0x80
-        .endr
+    """ + IRQ_VECTORS + """
         mrs x10, elr_el1     /* current EL, SPx, IRQ */
         msr cntv_ctl_el0, xzr
         wfi
