@@ -100,8 +100,15 @@ def test_units_are_in_the_headers_and_every_column_is_explained() -> None:
                    "stat−host ms"):
         assert header in text
     flat = " ".join(text.split())  # the caption wraps
-    assert "USER_HZ ticks shown in ms" in flat  # what /proc/stat really counts
-    assert "steal %: /proc/stat steal over the vCPU's elapsed time since its first run" in flat
+    # the column is the kernel's counter (ns); /proc/stat shows it in whole ticks, which steal % uses
+    assert "its counter in ns, shown in ms; /proc/stat prints it in whole USER_HZ ticks" in flat
+    assert "steal %: the steal /proc/stat shows (whole ticks) over the vCPU's elapsed time since its first run" in flat
+    longer = run(scenario.parse(OVERCOMMIT.replace("duration_ms = 30", "duration_ms = 200")))
+    stolen = [r for r in longer.vcpus if r.proc_stat_steal]
+    assert stolen
+    for r in stolen:  # whole USER_HZ ticks (10 ms) of the kernel's counter, over the elapsed time
+        assert r.proc_stat_steal == r.guest_steal_ns // 10_000_000
+        assert r.steal_pct == 100.0 * r.proc_stat_steal * 10_000_000 / r.elapsed_ns
     old = next(r for r in result.vcpus if r.vm == "old")
     # without PV time the guest sees none of it: the whole truth is the difference, in ms like its neighbours
     assert old.proc_stat_minus_host_ns == -old.host_run_delay_ns != 0

@@ -237,7 +237,7 @@ def _difference_panels(axes: list[Axes], t_s: np.ndarray, names: list[str], gaps
         ax.yaxis.set_major_locator(FixedLocator(_diff_ticks(low, high)))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}".replace("-", "\u2212")))
         ax.yaxis.set_minor_locator(NullLocator())
-    axes[0].text(1.01, 0.0, f"0 (solid): the host truth;\nbelow 0: the guest sees\nless steal than the host.\n"
+    axes[0].text(1.01, 0.0, f"0 (solid): the host truth,\neach wait counted as it\npasses (as on top);\nbelow 0: the guest sees\nless steal than the host.\n"
                             f"Scale linear within \u00b1{_DIFF_LINEAR_MS:g} ms,\nlogarithmic beyond.",
                  transform=axes[0].transAxes, fontsize=_LEGEND_FONT, va="center", ha="left")
 

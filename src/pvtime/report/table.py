@@ -41,9 +41,10 @@ def summary_table(result: RunResult, width: int | None = None) -> Table:
     table.caption = "\n".join((
         "host run_delay: the vCPU thread's wait since the guest's PV_TIME_ST (the truth)",
         "guest clock: what the stolen-time record says (pv: the VM has PV stolen time)",
-        "/proc/stat: the steal the guest accounted, USER_HZ ticks shown in ms (an ELF guest's as it printed it)",
-        "steal %: /proc/stat steal over the vCPU's elapsed time since its first run, as top shows it (an ELF "
-        "guest's: over the total of its /proc/stat line)",
+        "/proc/stat: the steal the guest kernel accounted (its counter in ns, shown in ms; /proc/stat prints it "
+        "in whole USER_HZ ticks; an ELF or Linux guest's: as it printed it)",
+        "steal %: the steal /proc/stat shows (whole ticks) over the vCPU's elapsed time since its first run (an ELF "
+        "or Linux guest's: over the total of its /proc/stat line, as top computes it)",
         "clock−host, stat−host: the guest's figure minus the truth (0: exact)",
         "host scheduler: " + "; ".join(
             f"{h.name} {h.sched.policy}, HZ={h.sched.hz}, preempt={h.sched.preempt}" for h in spec.host)))
