@@ -164,3 +164,19 @@ def test_folders_that_are_not_results_folders_are_refused(runs: dict[str, Path],
         res = invoke(tmp_path / name, runs["a"])
         assert res.exit_code == EXIT_TOOL_ERROR and message in res.output, (name, res.output)
         assert "Traceback" not in res.output
+
+
+def test_the_runs_overrides_are_shown_and_a_difference_in_them_noted(runs: dict[str, Path], tmp_path: Path) -> None:
+    """provenance.json records what `--set` changed: compare names it in each run's line and notes
+    that the runs differ in it, since the scenario's name and seed alone would not say so."""
+    toml = tmp_path / "a.toml"
+    toml.write_text(SCENARIO.format(seed=1))
+    out = tmp_path / "busier"
+    res = CliRunner().invoke(main, ["run", str(toml), "--out", str(out), "--quiet", "--set", "vm.b.vcpus=2"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(invoke(runs["a"], out, "--json").stdout)
+    assert doc["a"]["overrides"] == {} and doc["b"]["overrides"] == {"vm.b.vcpus": 2}
+    assert "the runs' overrides differ: none and vm.b.vcpus=2" in doc["notes"]
+    text = " ".join(invoke(runs["a"], out).output.split())
+    assert re.search(r"B: \S+busier \(cmp, seed 1, 60.000 ms, pvtime .*\), set vm\.b\.vcpus=2\)", text), text
+    assert "overrides differ" not in invoke(runs["a"], runs["a_again"], "--json").stdout

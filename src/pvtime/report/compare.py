@@ -39,22 +39,24 @@ class ResultsError(Exception):
 
 @dataclass(frozen=True)
 class Results:
-    """A results folder's summary.json, and the pvtime version that wrote it (provenance.json)."""
+    """A results folder's summary.json, and from provenance.json the pvtime version that wrote it
+    and the overrides the run was given (`--set`, `--seed`, ...)."""
 
     folder: Path
     summary: dict[str, Any]
     pvtime_version: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
 
     @property
     def schema_version(self) -> int:
         return int(self.summary["schema_version"])
 
     def describe(self) -> dict[str, Any]:
-        """Which run it is: its folder, scenario, seed, duration, schema and pvtime version."""
+        """Which run it is: its folder, scenario, seed, duration, schema, pvtime version and overrides."""
         s = self.summary
         return {"folder": str(self.folder), "scenario": s.get("scenario"), "seed": s.get("seed"),
                 "duration_ns": s.get("duration_ns"), "schema_version": self.schema_version,
-                "pvtime_version": self.pvtime_version}
+                "pvtime_version": self.pvtime_version, "overrides": self.overrides}
 
     def vcpus(self) -> dict[tuple[str, int], dict[str, Any]]:
         """summary.json's vCPU rows by (vm, vcpu), in the run's order."""
@@ -94,18 +96,24 @@ def load_results(folder: Path) -> Results:
         missing = [k for k in ("vm", "vcpu", *(key for key, _ in VIEWS)) if not isinstance(row, dict) or k not in row]
         if missing:
             raise ResultsError(f"{path}: vcpus[{i}] has no {', '.join(missing)}")
-    return Results(folder, summary, _pvtime_version(folder / PROVENANCE_FILE))
+    return Results(folder, summary, *_provenance(folder / PROVENANCE_FILE))
 
 
-def _pvtime_version(path: Path) -> str | None:
-    """The version provenance.json names (None without one: it is outside what is compared)."""
+def _provenance(path: Path) -> tuple[str | None, dict[str, Any]]:
+    """The version provenance.json names and the run's overrides (None and {} without a readable
+    one: it is outside what is compared)."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None, {}
+    overrides = doc.get("scenario", {}).get("overrides") if isinstance(doc, dict) else None
+    overrides = overrides if isinstance(overrides, dict) else {}
+    try:
         version = doc["pvtime"]["version"]
         describe = doc["pvtime"].get("git_describe")
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return f"{version} ({describe})" if describe else str(version)
+    except (KeyError, TypeError, AttributeError):
+        return None, overrides
+    return (f"{version} ({describe})" if describe else str(version)), overrides
 
 
 @dataclass(frozen=True)
@@ -191,6 +199,8 @@ class Comparison:
             x, y = self.a.summary.get(key), self.b.summary.get(key)
             if x != y:
                 out.append(f"the runs' {what} differ: {x} and {y}")
+        if self.a.overrides != self.b.overrides:
+            out.append(f"the runs' overrides differ: {_overrides(self.a) or 'none'} and {_overrides(self.b) or 'none'}")
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -254,7 +264,14 @@ def comparison_table(c: Comparison) -> Table:
 def _run(r: Results) -> str:
     s = r.summary
     version = f", pvtime {r.pvtime_version}" if r.pvtime_version else ""
-    return f"{r.folder} ({s.get('scenario')}, seed {s.get('seed')}, {_ms(s.get('duration_ns'))} ms{version})"
+    overrides = f", set {_overrides(r)}" if r.overrides else ""
+    return (f"{r.folder} ({s.get('scenario')}, seed {s.get('seed')}, {_ms(s.get('duration_ns'))} ms{version}"
+            f"{overrides})")
+
+
+def _overrides(r: Results) -> str:
+    """The run's overrides as `--set` writes them."""
+    return " ".join(f"{key}={json.dumps(value)}" for key, value in sorted(r.overrides.items()))
 
 
 def _styled(text: str, style: str) -> str:
