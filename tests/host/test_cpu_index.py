@@ -156,12 +156,12 @@ class ScanBalancer(Balancer):
         t = min(x * x * 117 * 117 // (10000 * 1024), 1024)
         self.nr_idle_scan = (1024 - t) * len(cpus) // 1024
 
-    def _find_busiest(self, cpu: Pcpu, now: int) -> tuple[Pcpu | None, int]:
+    def _find_busiest(self, cpu: Pcpu, now: int, pinned: int = 0) -> tuple[Pcpu | None, int]:
         cpus = self.sched.cpus
         busiest: Pcpu | None = None
         busiest_type = -1
         for other in cpus[cpu.id + 1:] + cpus[:cpu.id]:
-            if other.rq.nr_queued == other.rq.nr_delayed:
+            if other.rq.nr_queued == other.rq.nr_delayed or pinned >> other.id & 1:
                 continue
             t = self._group_type(other, now)
             if busiest is None or t > busiest_type:

@@ -26,7 +26,9 @@ MC level of a single-socket machine without SMT), each CPU its own group. Follow
   refuses the running task, tasks not allowed on the destination, before any failure a task not
   eligible on its queue, and cache-hot tasks (ran within sysctl_sched_migration_cost, 0.5 ms)
   unless balancing has failed more than `cache_nice_tries` (1) times; `detach_tasks` walks the
-  source's tasks least recently enqueued or picked first.
+  source's tasks least recently enqueued or picked first. When every task of the busiest CPU
+  is pinned away from the balancing CPU (LBF_ALL_PINNED), that CPU is dropped from the
+  candidates and the search runs again (`goto redo`), its load no longer counted.
 
 Simplified: load is the sum of the runnable tasks' weights and utilisation a PELT-like average
 of the CPU's busy time (32 ms half-life), where Linux uses PELT sums per task; runnable_avg is
@@ -62,6 +64,7 @@ HAS_SPARE, FULLY_BUSY, OVERLOADED = 0, 1, 2  # enum group_type, in its order
 BUSY_FACTOR = 16
 CACHE_NICE_TRIES = 1
 IMBALANCE_PCT = 117
+MAX_PINNED_INTERVAL_MS = 512  # MAX_PINNED_INTERVAL: how far an all-pinned domain's interval may grow
 CAPACITY = 1024  # SCHED_CAPACITY_SCALE: every CPU has the full capacity
 
 
@@ -257,27 +260,45 @@ class Balancer:
             # (spare capacity); among fully busy groups the first in order
             groups.move(keys, c, (t, cpu.rq.load if t == OVERLOADED else cpu.rq.nr_queued if t == HAS_SPARE else 0))
 
-    def _find_busiest(self, cpu: Pcpu, now: int) -> tuple[Pcpu | None, int]:
-        """update_sd_lb_stats' choice of the busiest group other than `cpu`'s, and its type
-        (None, -1: no other CPU has a runnable task)."""
+    def _find_busiest(self, cpu: Pcpu, now: int, pinned: int = 0) -> tuple[Pcpu | None, int]:
+        """update_sd_lb_stats' choice of the busiest group other than `cpu`'s and the CPUs of
+        mask `pinned` (cleared from env->cpus), and its type (None, -1: no such CPU has a
+        runnable task)."""
         self._classify_groups(now)
-        found = self._groups.greatest(self.index.runnable & ~(1 << cpu.id))
+        found = self._groups.greatest(self.index.runnable & ~(1 << cpu.id) & ~pinned)
         if found is None:
             return None, -1
         # the first in the order build_sched_groups links the groups: cpu+1, ..., cpu-1
         return self.sched.cpus[next_wrap(found[1], cpu.id + 1)], found[0][0]
 
     def _balance(self, cpu: Pcpu, now: int, *, idle: bool, newly: bool) -> bool:
-        """sched_balance_rq on the one domain; True when a task was moved here."""
+        """sched_balance_rq on the one domain; True when a task was moved here.
+
+        When every task of the busiest CPU is pinned away from `cpu` (LBF_ALL_PINNED), that CPU
+        leaves the candidates and the search starts again (`goto redo`) while other CPUs remain.
+        """
         local_type = self._group_type(cpu, now)
-        busiest, busiest_type = self._find_busiest(cpu, now)
-        imbalance, by_tasks = self._imbalance(cpu, local_type, busiest, busiest_type, idle)
-        if busiest is None or imbalance <= 0:
-            cpu.nr_balance_failed = 0  # out_balanced
-            if not newly:
-                cpu.balance_interval_ms = min(self.max_interval_ms, cpu.balance_interval_ms * 2)
+        pinned = 0  # CPUs cleared from env->cpus: all their tasks were pinned elsewhere
+        everyone = (1 << len(self.sched.cpus)) - 1
+        while True:
+            busiest, busiest_type = self._find_busiest(cpu, now, pinned)
+            imbalance, by_tasks = self._imbalance(cpu, local_type, busiest, busiest_type, idle, pinned)
+            if busiest is None or imbalance <= 0:
+                cpu.nr_balance_failed = 0  # out_balanced
+                if not newly:
+                    cpu.balance_interval_ms = min(self.max_interval_ms, cpu.balance_interval_ms * 2)
+                return False
+            moved, all_pinned = self._detach_attach(cpu, busiest, imbalance, by_tasks, now, newly=newly)
+            if moved or not all_pinned:
+                break
+            pinned |= 1 << busiest.id
+            if everyone & ~pinned & ~(1 << cpu.id):
+                continue  # redo
+            cpu.nr_balance_failed = 0  # out_all_pinned
+            if not newly and (cpu.balance_interval_ms < MAX_PINNED_INTERVAL_MS
+                              or cpu.balance_interval_ms < self.max_interval_ms):
+                cpu.balance_interval_ms *= 2
             return False
-        moved = self._detach_attach(cpu, busiest, imbalance, by_tasks, now, newly=newly)
         if moved:
             cpu.nr_balance_failed = 0
         elif not newly:
@@ -286,8 +307,9 @@ class Balancer:
         return moved
 
     def _imbalance(self, cpu: Pcpu, local_type: int, busiest: Pcpu | None, busiest_type: int,
-                   idle: bool) -> tuple[int, bool]:
-        """sched_balance_find_src_group + calculate_imbalance: (imbalance, in tasks?)."""
+                   idle: bool, pinned: int = 0) -> tuple[int, bool]:
+        """sched_balance_find_src_group + calculate_imbalance: (imbalance, in tasks?). The CPUs of
+        `pinned` count no load (update_sg_lb_stats visits only env->cpus), but their capacity."""
         if busiest is None or local_type > busiest_type:
             return 0, True
         local_load, busiest_load = cpu.rq.load, busiest.rq.load
@@ -296,7 +318,8 @@ class Balancer:
         if local_type == HAS_SPARE:  # even out the number of tasks, only into an idle CPU
             diff = busiest.rq.nr_queued - cpu.rq.nr_queued if idle else 0
             return max(0, diff) >> 1, True
-        total = self.index.total_load // len(self.sched.cpus)  # sds->avg_load
+        cleared = sum(self.sched.cpus[c].rq.load for c in cpus_of(pinned))
+        total = (self.index.total_load - cleared) // len(self.sched.cpus)  # sds->avg_load
         if busiest_type == OVERLOADED and local_type == OVERLOADED:
             if local_load >= busiest_load or local_load >= total or 100 * busiest_load <= IMBALANCE_PCT * local_load:
                 return 0, True
@@ -305,10 +328,14 @@ class Balancer:
         return min(busiest_load - total, total - local_load), False  # migrate_load
 
     def _detach_attach(self, cpu: Pcpu, busiest: Pcpu, imbalance: int, by_tasks: bool, now: int, *,
-                       newly: bool) -> bool:
-        """detach_tasks / attach_tasks."""
+                       newly: bool) -> tuple[bool, bool]:
+        """detach_tasks / attach_tasks: (a task was moved, LBF_ALL_PINNED -- every task looked at
+        was turned away by the checks can_migrate_task makes up to and including affinity)."""
         last: SchedEntity | None = None
         src = busiest.rq
+        if src.nr_runnable <= 1:
+            return False, False  # sched_balance_rq looks at no task: LBF_ALL_PINNED stays clear
+        all_pinned = not self._any_allowed(cpu, src, by_tasks)
         for se in src.migratable():
             if src.nr_runnable <= 1 or imbalance <= 0:
                 break
@@ -326,12 +353,27 @@ class Balancer:
             if newly:
                 break  # CONFIG_PREEMPTION: a newly idle CPU takes one task
         if last is None:
-            return False
+            return False, all_pinned
         self.sched.resched_if_wanted(busiest, now, local=False)  # the source's update_curr may ask
         if cpu.curr is not None:
             cpu.rq.wakeup_preempt(last, now, fork=False)  # attach_task -> wakeup_preempt
             self.sched.resched_if_wanted(cpu, now, local=True)
-        return True
+        return True, False
+
+    def _any_allowed(self, cpu: Pcpu, src: FairRunQueue, by_tasks: bool) -> bool:
+        """Whether some task on `src` -- its running one included, as rq->cfs_tasks holds it --
+        passes can_migrate_task's checks up to affinity for `cpu` and so clears LBF_ALL_PINNED:
+        a delayed task is refused first unless load is migrated, and before any failure an
+        ineligible one when `cpu` has tasks queued."""
+        tasks = [*src.queue, *([src.curr] if src.curr is not None and src.curr.on_rq else [])]
+        for se in tasks:
+            if se.sched_delayed and by_tasks:
+                continue
+            if cpu.nr_balance_failed == 0 and cpu.rq.nr_queued and not src.entity_eligible(se):
+                continue
+            if cpu.id in se.allowed_set:
+                return True
+        return False
 
     def _can_migrate(self, se: SchedEntity, cpu: Pcpu, src: FairRunQueue, now: int) -> bool:
         """can_migrate_task, in Linux's order (`migratable` leaves out the running and delayed)."""
