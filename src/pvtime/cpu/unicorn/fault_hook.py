@@ -5,7 +5,7 @@ Unicorn calls a `UC_HOOK_MEM_*_UNMAPPED` or `UC_HOOK_MEM_WRITE_PROT` hook for an
 make -- every MMIO access a guest makes, about 7,500 in a Linux boot -- and stops with the fault
 when the hook returns false. The hook only records what the run loop needs afterwards: the
 access's kind, address, size and stored value, the PC, and the instruction word the vCPU fetches
-there (read through its MMU, as `GuestMemory.fetch` does). `native/access_fault.c` does that in C;
+there (read through its MMU: `fetch_word`, which `GuestMemory.fetch` uses too). `native/access_fault.c` does that in C;
 a Python hook doing the same through the binding cost about 12 us an access (its wrapper, the PC
 and instruction reads), a tenth of a Linux boot's time outside the engine. Where the C hook does
 not fit the host, or with `PVTIME_NATIVE=0`, its Python twin records the same through the same C
@@ -21,6 +21,7 @@ from unicorn import UC_PROT_EXEC, Uc
 from unicorn import arm64_const as A
 from unicorn.unicorn_py3.unicorn import uclib
 
+from pvtime.abi.widths import U64
 from pvtime.cpu.unicorn.native import ACCESS_FAULT, _choose, _hook_add
 
 
@@ -36,8 +37,19 @@ class FaultRecord(ctypes.Structure):
 #: A UC_HOOK_MEM_* fault callback: (engine, uc_mem_type, address, size, value, user data) -> handled.
 _FAULT_CB = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64, ctypes.c_int,
                              ctypes.c_int64, ctypes.c_void_p)
-_VMEM_READ = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p,
-                              ctypes.c_size_t)
+# uc_vmem_read (unicorn >= 2.1.2; the Python binding does not wrap it): bytes at a virtual address,
+# read through the engine's MMU as the vCPU is now, for an access of the given kind; 0 on success.
+_vmem_read = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p,
+                              ctypes.c_size_t)(("uc_vmem_read", uclib))
+
+
+def fetch_word(uch: int, va: int) -> int | None:
+    """The instruction word engine `uch`'s vCPU fetches at virtual address `va` now (through its
+    MMU when it is on), or None where it cannot (no translation, or no memory behind it)."""
+    word = ctypes.c_uint32()
+    if _vmem_read(uch, va & U64, UC_PROT_EXEC, ctypes.byref(word), 4):
+        return None
+    return word.value
 
 
 class FaultHook:
@@ -61,15 +73,15 @@ class FaultHook:
     def _python_hook(self) -> object:
         """The C hook's twin: the same record, through the same C API calls."""
         record = self.record
-        reg_read, vmem_read = uclib.uc_reg_read, _VMEM_READ(record.vmem_read)
-        pc, word = ctypes.c_uint64(), ctypes.c_uint32()
+        reg_read = uclib.uc_reg_read
+        pc = ctypes.c_uint64()
 
         def on_fault(uc: int, kind: int, address: int, size: int, value: int, user: int) -> bool:
-            pc.value = word.value = 0
+            pc.value = 0
             reg_read(uc, record.pc_id, ctypes.byref(pc))
-            ok = vmem_read(uc, pc.value, record.exec_prot, ctypes.byref(word), 4) == 0
+            word = fetch_word(uc, pc.value)
             record.type, record.address, record.size, record.value = kind & 0xFFFF_FFFF, address, size, value
-            record.pc, record.word, record.word_ok = pc.value, word.value, ok
+            record.pc, record.word, record.word_ok = pc.value, word or 0, word is not None
             record.count += 1
             return False
 

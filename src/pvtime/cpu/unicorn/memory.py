@@ -42,21 +42,15 @@ from unicorn import (
     UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_PROT, UC_MEM_WRITE_UNMAPPED, UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE, Uc,
 )
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TB_FLUSH, UC_CTL_TLB_FLUSH
-from unicorn.unicorn_py3.unicorn import uclib
 
 from pvtime.abi.uapi import PAGE_SIZE
 from pvtime.abi.widths import U64
 from pvtime.cpu.backend import GuestRegion, Stop, StopKind
 from pvtime.cpu.disasm import disassemble
 from pvtime.cpu.mmio_decode import MmioAccess, decode
-from pvtime.cpu.unicorn.fault_hook import FaultHook
+from pvtime.cpu.unicorn.fault_hook import FaultHook, fetch_word
 from pvtime.cpu.unicorn.registers import Registers
 
-
-# uc_vmem_translate (unicorn >= 2.1.2; the Python binding does not wrap it): VA -> PA through the
-# engine's MMU as the vCPU is now, for an access of the given kind; 0 on success.
-_vmem_translate = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
-                                   ctypes.POINTER(ctypes.c_uint64))(("uc_vmem_translate", uclib))
 
 _UNMAPPED = UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED
 
@@ -82,7 +76,6 @@ class GuestMemory:
 
     def __init__(self, uc: Uc, *, native: bool | None = None) -> None:
         self._uc = uc
-        self._ram: list[tuple[int, int, memoryview]] = []  # (gpa, size, buffer) of the mapped slots
         self._mapped: list[tuple[int, int, bool, int]] = []
         self._synced: Sequence[GuestRegion] | None = None  # the memslots tuple last synced
         self._buffers: list[object] = []  # ctypes views keeping the mapped buffers exported
@@ -95,7 +88,6 @@ class GuestMemory:
         self.wp_fault: tuple[GuestRegion, int, int] | None = None
         self._mmio: _PendingMmio | None = None
         self._uch = uc._uch  # noqa: SLF001 - the engine handle, for the C API
-        self._pa = ctypes.c_uint64()
         # The buffers this engine maps (by identity), and what it must drop before it runs next.
         self._shared: frozenset[int] = frozenset()
         self._stale_tlb = False
@@ -106,20 +98,10 @@ class GuestMemory:
         self._hook_fault_ranges()  # no memslots yet: every address faults
         _engines.add(self)
 
-    def read_word(self, gpa: int) -> int | None:
-        """The 32-bit word at a guest-physical address, or None where no RAM is mapped."""
-        for base, size, buf in self._ram:
-            off = gpa - base
-            if 0 <= off <= size - 4:
-                return int.from_bytes(buf[off:off + 4], "little")
-        return None
-
     def fetch(self, va: int) -> int | None:
         """The instruction word the vCPU fetches at virtual address `va` now (through its MMU when
         it is on), or None where it cannot (no translation, or no RAM behind it)."""
-        if _vmem_translate(self._uch, va & U64, UC_PROT_EXEC, ctypes.byref(self._pa)):
-            return None
-        return self.read_word(self._pa.value)
+        return fetch_word(self._uch, va)
 
     def fault_stop(self, pc: int, reason: str, word: int | None = None) -> Stop:
         """The stop of a vCPU that cannot go on at `pc`, naming the instruction there."""
@@ -154,13 +136,12 @@ class GuestMemory:
         uc = self._uc
         for gpa, size, _, _ in self._mapped:
             uc.mem_unmap(gpa, size)
-        self._mapped, self._buffers, self._ram = [], [], []
+        self._mapped, self._buffers = [], []
         for slot, key in zip(slots, wanted, strict=True):
             view = (ctypes.c_char * slot.memory_size).from_buffer(slot.buffer)
             prot = UC_PROT_READ | UC_PROT_EXEC | (0 if slot.readonly else UC_PROT_WRITE)
             uc.mem_map_ptr(slot.guest_phys_addr, slot.memory_size, prot, ctypes.addressof(view))
             self._buffers.append(view)
-            self._ram.append((slot.guest_phys_addr, slot.memory_size, slot.buffer))
             self._mapped.append(key)
         self._wp = {}
         self._shared = frozenset(key[3] for key in wanted)

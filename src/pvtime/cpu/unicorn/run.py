@@ -130,14 +130,6 @@ class Budget:
                 self.counter.arm(0)
                 return
             self._polls += 1
-            if self._polls <= POLL_BLOCKS:
-                # Exactly one block, then one at a time while still masked and before the deadline.
-                # A timer's rise may change which interrupt the vGIC signals (the line may fall):
-                # the steps end there too, for the loop to look again.
-                fire = traps.next_irq_ns()
-                until = clock.deadline_ns if fire is None or fire <= now else min(clock.deadline_ns, fire)
-                self.counter.arm_steps(POLL_BLOCKS - self._polls, self._deadline_used(until))
-                return
             insns = POLL_INSNS
         else:
             self._polls = 0
@@ -146,12 +138,18 @@ class Budget:
         fire = traps.next_irq_ns()
         if fire is not None and fire > now:
             until = min(until, fire)
+        if irq_pending and self._polls <= POLL_BLOCKS:
+            # Exactly one block, then one at a time while still masked and before `until`: a
+            # timer's rise may change which interrupt the vGIC signals (the line may fall), and
+            # the loop looks again there.
+            self.counter.arm_steps(POLL_BLOCKS - self._polls, self._deadline_used(until))
+            return
         # ceil: the engine must reach `until`, so that the event is due when it stops.
         need = -(-max(until - now, 0) * self.instructions_per_sec // NSEC_PER_SEC)
         self.counter.arm(4 * max(1, min(insns, need)))
 
     def _deadline_used(self, until: int) -> int:
-        """The counter's `used` at which account() brings the clock to `until`."""
+        """The counter's `used` at which account() brings the clock to `until` (ns)."""
         clock = self.clock
         assert clock is not None
         left = until - clock.now_ns
